@@ -1,0 +1,241 @@
+//! Every JetStream interaction of the pipeline.
+
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+use meterflow_schemas::RejectReason;
+use std::time::Duration;
+
+use crate::config::NatsConfig;
+use crate::{IngestError, Result};
+
+/// One message pulled from the usage stream.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Stream sequence.
+    pub seq: u64,
+    /// Publish time at the broker, seconds since the epoch (deterministic across redeliveries).
+    pub published_unix: i64,
+    /// The message subject.
+    pub subject: String,
+    /// The message bytes.
+    pub payload: Bytes,
+    /// The message itself, kept to acknowledge it after the commit.
+    pub message: jetstream::Message,
+}
+
+/// A reject on its way to the DLQ.
+#[derive(Debug, Clone)]
+pub struct RejectEnvelope {
+    /// Stream sequence of the message it came from.
+    pub seq: u64,
+    /// Subject of that message.
+    pub subject: String,
+    /// Position in a batch-mode array, if any.
+    pub index: Option<usize>,
+    /// Reason code.
+    pub reason: RejectReason,
+    /// Human-readable detail.
+    pub detail: String,
+    /// Original bytes of the event (or of the whole message).
+    pub original: Bytes,
+}
+
+/// The JetStream side of the pipeline.
+#[derive(Debug)]
+pub struct Broker {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: NatsConfig,
+    consumer: Option<jetstream::consumer::Consumer<pull::Config>>,
+}
+
+fn js_err(operation: &'static str) -> impl Fn(String) -> IngestError {
+    move |message| IngestError::JetStream { operation, message }
+}
+
+impl Broker {
+    /// Connects to the server named in the config.
+    pub async fn connect(config: NatsConfig) -> Result<Self> {
+        let options = async_nats::ConnectOptions::new()
+            .name("meterflow")
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(10)));
+        let client = async_nats::connect_with_options(config.url.as_str(), options)
+            .await
+            .map_err(|e| IngestError::Connect { url: config.url.clone(), message: e.to_string() })?;
+        let js = jetstream::new(client.clone());
+        Ok(Broker { client, js, config, consumer: None })
+    }
+
+    /// The JetStream context (for publishers such as the demo and tests).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The config this broker was built from.
+    pub fn config(&self) -> &NatsConfig {
+        &self.config
+    }
+
+    /// Creates the usage and dead-letter streams if absent and checks an existing usage stream
+    /// keeps messages by limits (a work-queue stream would delete messages on ack, and the
+    /// pipeline could not re-read from its committed sequence after a crash).
+    pub async fn ensure_streams(&self) -> Result<()> {
+        let c = &self.config;
+        let usage = stream::Config {
+            name: c.stream.clone(),
+            subjects: c.subjects.clone(),
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(c.max_age_days.max(1) * 86_400),
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let mut s =
+            self.js.get_or_create_stream(usage).await.map_err(|e| js_err("create usage stream")(e.to_string()))?;
+        let info = s.info().await.map_err(|e| js_err("stream info")(e.to_string()))?;
+        if info.config.retention != stream::RetentionPolicy::Limits {
+            return Err(IngestError::StreamConfig {
+                stream: c.stream.clone(),
+                message: "retention must be `limits` so that committed ranges can be re-read after a crash".into(),
+            });
+        }
+        if c.subjects.iter().any(|s| s.starts_with(&c.dlq_subject_prefix)) {
+            return Err(IngestError::StreamConfig {
+                stream: c.dlq_stream.clone(),
+                message: format!("dlq_subject_prefix {:?} overlaps the usage subjects", c.dlq_subject_prefix),
+            });
+        }
+        let dlq = stream::Config {
+            name: c.dlq_stream.clone(),
+            subjects: vec![format!("{}.>", c.dlq_subject_prefix)],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(c.max_age_days.max(1) * 86_400),
+            // Re-publishing after a crash uses the same Nats-Msg-Id: a long window absorbs it.
+            duplicate_window: Duration::from_secs(3_600),
+            ..Default::default()
+        };
+        self.js.get_or_create_stream(dlq).await.map_err(|e| js_err("create DLQ stream")(e.to_string()))?;
+        Ok(())
+    }
+
+    /// (Re)creates the durable pull consumer so that it delivers from `next_seq` on: the
+    /// sequence after the last one the pipeline's committed state covers. The broker's own ack
+    /// floor is deliberately not trusted (acks can be ahead of a commit lost to a power cut).
+    pub async fn position_consumer(&mut self, next_seq: u64) -> Result<()> {
+        let c = &self.config;
+        let stream = self.js.get_stream(&c.stream).await.map_err(|e| js_err("get stream")(e.to_string()))?;
+        // Absent consumers are fine: deletion only clears a stale position.
+        let _deleted = stream.delete_consumer(&c.consumer).await;
+        let deliver_policy = if next_seq <= 1 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence { start_sequence: next_seq }
+        };
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(c.consumer.clone()),
+                description: Some("meterflow pipeline: acked only after the Delta commit".into()),
+                deliver_policy,
+                ack_policy: AckPolicy::All,
+                ack_wait: Duration::from_secs(c.ack_wait_s.max(1)),
+                max_ack_pending: -1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err("create consumer")(e.to_string()))?;
+        self.consumer = Some(consumer);
+        Ok(())
+    }
+
+    /// Pulls up to `max` messages, waiting at most the configured fetch wait.
+    pub async fn fetch(&self, max: usize) -> Result<Vec<Fetched>> {
+        let consumer = self.consumer.as_ref().ok_or_else(|| js_err("fetch")("consumer not positioned".into()))?;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(max.max(1))
+            .expires(self.config.fetch_wait())
+            .messages()
+            .await
+            .map_err(|e| js_err("fetch")(e.to_string()))?;
+        let mut out = Vec::new();
+        while let Some(m) = batch.next().await {
+            let message = m.map_err(|e| js_err("fetch")(e.to_string()))?;
+            let (seq, published_unix) = match message.info() {
+                Ok(info) => (info.stream_sequence, info.published.unix_timestamp()),
+                Err(e) => return Err(js_err("message info")(e.to_string())),
+            };
+            out.push(Fetched {
+                seq,
+                published_unix,
+                subject: message.subject.to_string(),
+                payload: message.payload.clone(),
+                message,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Publishes rejects to the DLQ and waits until the broker has stored every one. Each
+    /// carries `Nats-Msg-Id` `<stream>:<seq>:<index>` so a replay after a crash is absorbed.
+    pub async fn publish_rejects(&self, rejects: &[RejectEnvelope]) -> Result<()> {
+        let mut acks = Vec::with_capacity(rejects.len());
+        for r in rejects {
+            let index = r.index.map_or_else(|| "m".to_string(), |i| i.to_string());
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{}:{}:{}", self.config.stream, r.seq, index).as_str());
+            headers.insert("Meterflow-Reason", r.reason.code());
+            headers.insert("Meterflow-Detail", header_safe(&r.detail).as_str());
+            headers.insert("Meterflow-Stream", self.config.stream.as_str());
+            headers.insert("Meterflow-Stream-Seq", r.seq.to_string().as_str());
+            headers.insert("Meterflow-Subject", header_safe(&r.subject).as_str());
+            if let Some(i) = r.index {
+                headers.insert("Meterflow-Event-Index", i.to_string().as_str());
+            }
+            let subject = format!("{}.{}", self.config.dlq_subject_prefix, r.reason.code());
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, r.original.clone())
+                .await
+                .map_err(|e| js_err("DLQ publish")(e.to_string()))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| js_err("DLQ publish ack")(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges every message up to and including `message` (ack-all consumer).
+    pub async fn ack_through(&self, message: &jetstream::Message) -> Result<()> {
+        message.ack().await.map_err(|e| js_err("ack")(e.to_string()))
+    }
+
+    /// Last sequence currently in the usage stream.
+    pub async fn last_sequence(&self) -> Result<u64> {
+        let mut s = self.js.get_stream(&self.config.stream).await.map_err(|e| js_err("get stream")(e.to_string()))?;
+        let info = s.info().await.map_err(|e| js_err("stream info")(e.to_string()))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// Flushes pending client writes (acks) to the server.
+    pub async fn flush(&self) -> Result<()> {
+        self.client.flush().await.map_err(|e| js_err("flush")(e.to_string()))
+    }
+}
+
+/// Header values must be one line of printable text.
+fn header_safe(s: &str) -> String {
+    let mut out: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if out.len() > 512 {
+        let mut cut = 512;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}

@@ -1,0 +1,113 @@
+//! Enrichment: subject → customer, from reference data.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::{IngestError, Result};
+
+/// A customer as written in the reference data (`customers.toml`, `[[customers]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerConfig {
+    /// Stable customer id (used in tables and invoices).
+    pub id: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The event subjects that belong to this customer.
+    pub subjects: Vec<String>,
+    /// Billing currency (ISO 4217); must equal the plan's currency.
+    pub currency: String,
+    /// The legal entity that bills this customer.
+    pub legal_entity: String,
+    /// The customer's id in the ERP.
+    pub erp_customer_id: String,
+    /// The price plan the customer is on.
+    pub plan: String,
+}
+
+/// A customer, shared cheaply between events.
+pub type Customer = Arc<CustomerConfig>;
+
+/// Subject → customer lookup.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    by_subject: HashMap<String, Customer>,
+    customers: Vec<Customer>,
+}
+
+impl Directory {
+    /// Validates customers: ids unique and non-empty, every subject owned by one customer.
+    pub fn new(customers: Vec<CustomerConfig>, origin: &str) -> Result<Self> {
+        let err = |message: String| IngestError::Reference { path: origin.to_string(), message };
+        let mut dir = Directory::default();
+        for c in customers {
+            for (field, value) in [
+                ("id", &c.id),
+                ("currency", &c.currency),
+                ("legal_entity", &c.legal_entity),
+                ("erp_customer_id", &c.erp_customer_id),
+                ("plan", &c.plan),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(err(format!("customer {:?}: `{field}` is empty", c.id)));
+                }
+            }
+            if dir.customers.iter().any(|o| o.id == c.id) {
+                return Err(err(format!("customer `{}` is defined twice", c.id)));
+            }
+            if c.subjects.is_empty() {
+                return Err(err(format!("customer `{}` has no subjects", c.id)));
+            }
+            let customer = Arc::new(c);
+            for s in &customer.subjects {
+                if let Some(other) = dir.by_subject.insert(s.clone(), customer.clone()) {
+                    return Err(err(format!("subject `{s}` belongs to both `{}` and `{}`", other.id, customer.id)));
+                }
+            }
+            dir.customers.push(customer);
+        }
+        Ok(dir)
+    }
+
+    /// The customer owning `subject`.
+    pub fn lookup(&self, subject: &str) -> Option<&Customer> {
+        self.by_subject.get(subject)
+    }
+
+    /// All customers in file order.
+    pub fn customers(&self) -> &[Customer] {
+        &self.customers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customer(id: &str, subjects: &[&str]) -> CustomerConfig {
+        CustomerConfig {
+            id: id.into(),
+            name: None,
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            currency: "EUR".into(),
+            legal_entity: "meterflow-eu".into(),
+            erp_customer_id: format!("ERP-{id}"),
+            plan: "p".into(),
+        }
+    }
+
+    #[test]
+    fn every_subject_of_a_customer_resolves_to_it() {
+        let d = Directory::new(vec![customer("globex", &["globex", "globex-eu"])], "customers.toml").unwrap();
+        assert_eq!(d.lookup("globex-eu").unwrap().id, "globex");
+        assert!(d.lookup("initech").is_none());
+    }
+
+    #[test]
+    fn a_subject_claimed_by_two_customers_is_refused() {
+        let e = Directory::new(vec![customer("a", &["x"]), customer("b", &["x"])], "customers.toml").unwrap_err();
+        assert!(e.to_string().contains("subject `x` belongs to both `a` and `b`"), "{e}");
+    }
+}

@@ -1,0 +1,60 @@
+//! # meterflow-ingest: from JetStream to accepted, deduplicated, enriched events
+//!
+//! ```text
+//!   USAGE stream (usage.>) ──Broker::fetch──► messages (stream seq, publish time, bytes)
+//!        decode + validate (meterflow-schemas) ─┬─► Broker::publish_rejects ──► USAGE_DLQ
+//!        enrich: subject → Customer (Directory) ─┤   (unknown_subject, …)
+//!        dedup (ShardedDedup over DedupIndex) ───┘
+//!                           │ first sightings only
+//!                           ▼
+//!                      aggregator
+//! ```
+//!
+//! * [`Broker`] owns every JetStream interaction: the `USAGE` stream (limits retention, so the
+//!   pipeline can re-read from its own committed sequence), the `USAGE_DLQ` stream, and a
+//!   durable pull consumer that is re-positioned at start-up to the sequence the pipeline's own
+//!   state says comes next, never the broker's ack floor.
+//! * [`DedupIndex`] is the pure dedup decision over 128-bit fingerprints of `(source, id)`,
+//!   remembered for a horizon measured in stream-publish days so that a replay decides exactly
+//!   as the first pass did. [`ShardedDedup`] spreads it over worker threads by key, talking over
+//!   crossbeam channels, without locks.
+//! * [`Directory`] maps subjects to customers from reference data files.
+
+mod broker;
+mod config;
+mod dedup;
+mod enrich;
+
+pub use broker::{Broker, Fetched, RejectEnvelope};
+pub use config::{NatsConfig, DEFAULT_DLQ_STREAM, DEFAULT_STREAM};
+pub use dedup::{fingerprint, DedupIndex, ShardedDedup, BYTES_PER_SLOT};
+pub use enrich::{Customer, CustomerConfig, Directory};
+
+/// Errors of the ingest stage.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The NATS server cannot be reached or refused the connection. Retrying can help once the
+    /// server is up; check `nats.url` and credentials otherwise.
+    #[error("cannot connect to NATS at {url}: {message}")]
+    Connect { url: String, message: String },
+    /// A JetStream request (stream or consumer management, fetch, publish) failed. Usually
+    /// transient (server restart, timeout); retried by the caller.
+    #[error("JetStream {operation} failed: {message}")]
+    JetStream { operation: &'static str, message: String },
+    /// The stream exists with settings meterflow cannot work with (for example work-queue
+    /// retention). Fix the stream; retrying cannot help.
+    #[error("stream {stream}: {message}")]
+    StreamConfig { stream: String, message: String },
+    /// Reference data is missing, unreadable or inconsistent. Fix the file; retrying cannot help.
+    #[error("reference data {path}: {message}")]
+    Reference { path: String, message: String },
+    /// A dedup worker thread stopped (it panicked or was shut down). Not retryable in-process.
+    #[error("dedup shard {0} stopped")]
+    ShardStopped(usize),
+    /// A dedup snapshot could not be decoded. The snapshot is ignored and the state rebuilt.
+    #[error("dedup snapshot is corrupt: {0}")]
+    CorruptSnapshot(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = IngestError> = std::result::Result<T, E>;

@@ -1,0 +1,286 @@
+//! The config file, environment overrides and reference data: everything `run`, `sql` and
+//! `demo` are built from.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file, `METERFLOW_<SECTION>__<KEY>`
+//! environment variables (for example `METERFLOW_NATS__URL`,
+//! `METERFLOW_PIPELINE__COMMIT_INTERVAL_MS`), then command-line flags (`--nats-url`,
+//! `--data-dir`). Relative paths in the file are resolved against the file's folder.
+
+use anyhow::{bail, Context, Result};
+use meterflow_aggregator::{MeterConfig, Meters};
+use meterflow_ingest::{CustomerConfig, Directory, NatsConfig};
+use meterflow_rater::{PlanConfig, PriceBook};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Prefix of the environment variables that override config keys.
+pub const ENV_PREFIX: &str = "METERFLOW_";
+
+const fn default_commit_interval_ms() -> u64 {
+    1_000
+}
+const fn default_max_batch_events() -> usize {
+    500_000
+}
+const fn default_dedup_horizon_days() -> u16 {
+    35
+}
+fn default_dedup_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
+}
+const fn default_snapshot_every_commits() -> u64 {
+    20
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+/// `[pipeline]`: batching, commits and dedup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Longest time between two commits, in milliseconds: bounds how stale SQL can be.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Commit early once this many events are pending (bounds memory).
+    #[serde(default = "default_max_batch_events")]
+    pub max_batch_events: usize,
+    /// How long an event identity `(source, id)` is remembered, in days.
+    #[serde(default = "default_dedup_horizon_days")]
+    pub dedup_horizon_days: u16,
+    /// Dedup worker threads.
+    #[serde(default = "default_dedup_shards")]
+    pub dedup_shards: usize,
+    /// Write a state snapshot every this many commits (restarts replay at most this many).
+    #[serde(default = "default_snapshot_every_commits")]
+    pub snapshot_every_commits: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            commit_interval_ms: default_commit_interval_ms(),
+            max_batch_events: default_max_batch_events(),
+            dedup_horizon_days: default_dedup_horizon_days(),
+            dedup_shards: default_dedup_shards(),
+            snapshot_every_commits: default_snapshot_every_commits(),
+        }
+    }
+}
+
+/// `[storage]`: where the tables and state live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Data directory: one folder per Delta table, plus `state/` for snapshots.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { data_dir: default_data_dir() }
+    }
+}
+
+/// `[reference]`: the reference data files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceConfig {
+    /// TOML file with `[[customers]]`.
+    pub customers: PathBuf,
+    /// TOML file with `[[plans]]`.
+    pub plans: PathBuf,
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[nats]`
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// `[pipeline]`
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// `[storage]`
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// `[reference]`
+    pub reference: ReferenceConfig,
+    /// `[[meters]]`
+    #[serde(default)]
+    pub meters: Vec<MeterConfig>,
+}
+
+/// Command-line overrides shared by `run`, `sql` and `demo`.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--nats-url`
+    pub nats_url: Option<String>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Applies `METERFLOW_<SECTION>__<KEY>=value` variables to the parsed TOML. Values are read as
+/// TOML when they parse (numbers, booleans, arrays), otherwise as plain strings.
+pub fn apply_env(doc: &mut toml::Table, vars: impl IntoIterator<Item = (String, String)>) -> Result<Vec<String>> {
+    let mut applied = Vec::new();
+    for (name, value) in vars {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some((section, key)) = rest.split_once("__") else { continue };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        if section.is_empty() || key.is_empty() {
+            continue;
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let entry = doc.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(table) = entry.as_table_mut() else {
+            bail!("{name}: [{section}] is not a table in the config file");
+        };
+        table.insert(key.clone(), parsed);
+        applied.push(format!("{section}.{key}"));
+    }
+    Ok(applied)
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl Config {
+    /// Loads the file, applies environment variables and overrides, and resolves paths.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut doc: toml::Table =
+            toml::from_str(&text).with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+        apply_env(&mut doc, std::env::vars())?;
+        let mut config: Config = toml::Value::Table(doc)
+            .try_into()
+            .with_context(|| format!("config file {}: invalid settings", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.storage.data_dir = resolve(&base, &config.storage.data_dir);
+        config.reference.customers = resolve(&base, &config.reference.customers);
+        config.reference.plans = resolve(&base, &config.reference.plans);
+        if let Some(url) = &overrides.nats_url {
+            config.nats.url = url.clone();
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.storage.data_dir = dir.clone();
+        }
+        if config.meters.is_empty() {
+            bail!("config file {}: no [[meters]] defined", path.display());
+        }
+        Ok(config)
+    }
+
+    /// Folder of state snapshots.
+    pub fn state_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("_state")
+    }
+}
+
+/// Validated meters, customers and plans, cross-checked against each other.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    /// Meters from the config.
+    pub meters: Meters,
+    /// Subject → customer.
+    pub directory: Directory,
+    /// Plans.
+    pub prices: PriceBook,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomersFile {
+    customers: Vec<CustomerConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlansFile {
+    plans: Vec<PlanConfig>,
+}
+
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read reference data {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("reference data {} is invalid", path.display()))
+}
+
+impl Reference {
+    /// Loads and validates the reference data named by the config.
+    pub fn load(config: &Config) -> Result<Reference> {
+        let meters = Meters::new(config.meters.clone()).context("invalid [[meters]] in the config")?;
+        let names: Vec<&str> = meters.configs().iter().map(|m| m.name.as_str()).collect();
+        let customers: CustomersFile = read_toml(&config.reference.customers)?;
+        let plans: PlansFile = read_toml(&config.reference.plans)?;
+        let prices = PriceBook::new(plans.plans, &names)
+            .with_context(|| format!("reference data {}", config.reference.plans.display()))?;
+        let origin = config.reference.customers.display().to_string();
+        let directory = Directory::new(customers.customers, &origin)?;
+        for c in directory.customers() {
+            let Some(plan) = prices.plan(&c.plan) else {
+                bail!(
+                    "{origin}: customer `{}` is on plan `{}`, which {} does not define",
+                    c.id,
+                    c.plan,
+                    config.reference.plans.display()
+                );
+            };
+            if plan.currency.code != c.currency {
+                bail!(
+                    "{origin}: customer `{}` bills in {} but plan `{}` is priced in {}",
+                    c.id,
+                    c.currency,
+                    plan.id,
+                    plan.currency.code
+                );
+            }
+        }
+        Ok(Reference { meters, directory, prices })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_variables_override_file_values_by_section_and_key() {
+        let mut doc: toml::Table = toml::from_str("[nats]\nurl = \"nats://a:1\"\n").unwrap();
+        let applied = apply_env(
+            &mut doc,
+            vec![
+                ("METERFLOW_NATS__URL".to_string(), "nats://b:2".to_string()),
+                ("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS".to_string(), "250".to_string()),
+                ("METERFLOW_NATS__SUBJECTS".to_string(), "[\"usage.a.>\"]".to_string()),
+                ("OTHER".to_string(), "x".to_string()),
+                ("METERFLOW_NOSECTION".to_string(), "x".to_string()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(applied.len(), 3);
+        assert_eq!(doc["nats"]["url"].as_str(), Some("nats://b:2"));
+        assert_eq!(doc["pipeline"]["commit_interval_ms"].as_integer(), Some(250));
+        assert_eq!(doc["nats"]["subjects"].as_array().map(|a| a.len()), Some(1));
+    }
+
+    #[test]
+    fn the_example_config_and_reference_data_load_and_cross_check() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/meterflow.toml");
+        let config = Config::load(&path, &Overrides::default()).unwrap();
+        let reference = Reference::load(&config).unwrap();
+        assert!(reference.meters.index_of("api_calls").is_some());
+        assert_eq!(reference.directory.lookup("globex-eu").unwrap().id, "globex");
+    }
+}

@@ -1,0 +1,217 @@
+//! The `meterflow` command line.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use meterflow::config::{Config, Overrides};
+use meterflow::demo::{self, DemoOptions};
+use meterflow::pipeline::{Pipeline, RunOptions};
+use meterflow_sink::sql::{render, Format, ReadOnlySql};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// meterflow: streaming usage metering from NATS JetStream to Delta Lake tables.
+///
+/// Every config key can also be set with an environment variable METERFLOW_<SECTION>__<KEY>
+/// (for example METERFLOW_NATS__URL or METERFLOW_PIPELINE__COMMIT_INTERVAL_MS); command-line
+/// flags win over both.
+#[derive(Debug, Parser)]
+#[command(name = "meterflow", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags shared by the commands that read the config.
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// Config file (TOML). See examples/meterflow.toml.
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    /// NATS server URL, overriding [nats].url.
+    #[arg(long, value_name = "URL")]
+    nats_url: Option<String>,
+    /// Data directory of the tables, overriding [storage].data_dir.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    /// Aligned text table.
+    Table,
+    /// CSV with a header row.
+    Csv,
+    /// One JSON object per line (decimals as exact strings).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline: consume the USAGE stream, commit rated summaries to the Delta tables,
+    /// acknowledge the broker after each commit. Stops on SIGINT/SIGTERM after committing what
+    /// is in hand (exit 0).
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Stop by itself once the stream is drained and nothing arrived for this long
+        /// (for example 5s, 500ms, 2m).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        exit_when_idle: Option<Duration>,
+    },
+    /// Run a read-only SQL query over the committed tables (usage_summaries, window_totals).
+    /// Statements that write, create, set options or read other files are refused.
+    Sql {
+        #[command(flatten)]
+        common: Common,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        /// The query, for example "SELECT meter, SUM(quantity) FROM usage_summaries GROUP BY meter".
+        query: String,
+    },
+    /// Start a local nats-server with JetStream (unless --nats-url is given), publish a
+    /// realistic workload with duplicates and bad events, run the pipeline until drained,
+    /// check the totals against the workload's oracle and print them.
+    Demo {
+        /// Config file.
+        #[arg(long, short, value_name = "FILE", default_value = "examples/meterflow.toml")]
+        config: PathBuf,
+        /// Use this NATS server instead of starting one.
+        #[arg(long, value_name = "URL")]
+        nats_url: Option<String>,
+        /// Data directory (default: [storage].data_dir of the config; cleared at start if the
+        /// demo created it).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Distinct events in the one-event-per-message part (the batch part has four times as many).
+        #[arg(long, default_value_t = 5_000)]
+        events: usize,
+    },
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration; use e.g. 500ms, 5s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ignored = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Flips the shutdown flag on SIGINT or SIGTERM.
+fn shutdown_on_signals() -> Result<tokio::sync::watch::Receiver<bool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: committing what is in hand, then stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: committing what is in hand, then stopping"),
+        }
+        let _sent = tx.send(true);
+    });
+    Ok(rx)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { common, exit_when_idle } => {
+            init_logging("info");
+            let overrides = Overrides { nats_url: common.nats_url, data_dir: common.data_dir };
+            let config = Config::load(&common.config, &overrides)?;
+            let shutdown = shutdown_on_signals()?;
+            let pipeline = Pipeline::start(config).await?;
+            let stats = pipeline.run(shutdown, RunOptions { exit_when_idle }).await?;
+            tracing::info!(?stats, "stopped");
+            println!(
+                "committed through stream sequence {}: {} messages, {} events received, {} accepted, {} duplicates, {} rejected, {} commits",
+                stats.committed_seq,
+                stats.messages,
+                stats.events_received,
+                stats.events_accepted,
+                stats.duplicates,
+                stats.rejected_total(),
+                stats.commits
+            );
+            Ok(())
+        }
+        Command::Sql { common, format, query } => {
+            init_logging("warn");
+            let overrides = Overrides { nats_url: common.nats_url, data_dir: common.data_dir };
+            let config = Config::load(&common.config, &overrides)?;
+            let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
+            if sql.tables.is_empty() {
+                bail!(
+                    "no tables in {} yet: run the pipeline first (or pass the right --data-dir)",
+                    config.storage.data_dir.display()
+                );
+            }
+            let batches = sql.query(&query).await?;
+            let format = match format {
+                OutputFormat::Table => Format::Table,
+                OutputFormat::Csv => Format::Csv,
+                OutputFormat::Json => Format::Json,
+            };
+            let out = render(&batches, format)?;
+            print!("{out}");
+            if format == Format::Table && !out.ends_with('\n') {
+                println!();
+            }
+            Ok(())
+        }
+        Command::Demo { config, nats_url, data_dir, events } => {
+            init_logging("warn");
+            demo::run(DemoOptions { config, overrides: Overrides { nats_url, data_dir }, events }).await
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,445 @@
+//! The pipeline: the one place where the stages are wired together.
+//!
+//! ```text
+//!  fetch ─► decode ─► enrich ─► extract ─► dedup ─► aggregate ──(commit interval)──┐
+//!    ▲        └────────┴─────────┴── rejects ──────────────────────► pending DLQ    │
+//!    │                                                                              ▼
+//!    └── ack-all(last msg) ◄── snapshot (sometimes) ◄── Delta commit(rows, seq) ◄── DLQ publish
+//! ```
+//!
+//! The commit protocol, in order, for the messages fetched since the last commit:
+//! 1. rejects are published to `USAGE_DLQ` and their storage is confirmed;
+//! 2. the window deltas are rated and appended to `usage_summaries` in one Delta commit whose
+//!    application transaction records the last stream sequence covered;
+//! 3. only then is the broker acknowledged (ack-all on the last message);
+//! 4. every `snapshot_every_commits` commits the dedup and window state is saved, named by that
+//!    sequence.
+//!
+//! On start the committed sequence C is read from the table, the newest snapshot S <= C is
+//! loaded, and the consumer is positioned at S + 1. Messages up to C are *replayed*: they
+//! rebuild dedup and window state but produce no rows and no DLQ messages, because their effect
+//! is already committed. Messages after C are processed live. A crash at any point therefore
+//! neither loses nor doubles an event.
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use meterflow_aggregator::{Aggregator, AggregatorSnapshot, EventRef, WindowDelta};
+use meterflow_ingest::{fingerprint, Broker, Fetched, RejectEnvelope, ShardedDedup};
+use meterflow_schemas::{decode_message, RejectReason};
+use meterflow_sink::{StateStore, SummaryRow, SummaryTable};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+use crate::config::{Config, Reference};
+
+/// Counters of one run, printed at exit.
+#[derive(Debug, Default, Clone)]
+pub struct RunStats {
+    /// Messages processed live (not replayed).
+    pub messages: u64,
+    /// Messages replayed to rebuild state after a restart.
+    pub replayed_messages: u64,
+    /// Events decoded from live messages.
+    pub events_received: u64,
+    /// Events accepted (first sightings).
+    pub events_accepted: u64,
+    /// Events dropped as duplicates.
+    pub duplicates: u64,
+    /// Rejects by reason code.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// Delta commits.
+    pub commits: u64,
+    /// Summary rows written.
+    pub rows_written: u64,
+    /// Last committed stream sequence.
+    pub committed_seq: u64,
+}
+
+impl RunStats {
+    /// Total rejects.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+/// How a run ends.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Stop once nothing new arrived for this long and everything is committed.
+    pub exit_when_idle: Option<Duration>,
+}
+
+/// The serialised state: window state then dedup index.
+fn encode_state(agg: &Aggregator, dedup: &ShardedDedup) -> Result<Vec<u8>> {
+    let windows = serde_json::to_vec(&agg.snapshot())?;
+    let mut out = Vec::with_capacity(windows.len() + 8);
+    out.extend_from_slice(&(windows.len() as u64).to_le_bytes());
+    out.extend_from_slice(&windows);
+    out.extend_from_slice(&dedup.snapshot()?);
+    Ok(out)
+}
+
+fn decode_state(bytes: &[u8]) -> Result<(AggregatorSnapshot, &[u8])> {
+    let (len, rest) = bytes.split_at_checked(8).context("state snapshot truncated")?;
+    let mut l = [0u8; 8];
+    l.copy_from_slice(len);
+    let len = usize::try_from(u64::from_le_bytes(l))?;
+    let (windows, dedup) = rest.split_at_checked(len).context("state snapshot truncated")?;
+    Ok((serde_json::from_slice(windows)?, dedup))
+}
+
+/// A candidate event that passed decode, enrich and extract, waiting for the dedup decision.
+struct Candidate {
+    seq: u64,
+    customer: usize,
+    event: meterflow_schemas::UsageEvent,
+    measurements: Vec<meterflow_aggregator::Measurement>,
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    config: Config,
+    reference: Reference,
+    customer_index: HashMap<String, usize>,
+    broker: Broker,
+    table: SummaryTable,
+    store: StateStore,
+    dedup: ShardedDedup,
+    agg: Aggregator,
+    /// Highest sequence the table says is committed.
+    committed_seq: u64,
+    /// Next sequence expected from the consumer (lower ones are redeliveries).
+    next_seq: u64,
+    /// True while replaying messages up to `committed_seq`.
+    replaying: bool,
+    // Pending commit.
+    pending_rejects: Vec<RejectEnvelope>,
+    pending_last: Option<Fetched>,
+    pending_events: usize,
+    pending_since: Option<Instant>,
+    commits_since_snapshot: u64,
+    stats: RunStats,
+}
+
+impl Pipeline {
+    /// Connects, opens the table, restores state and positions the consumer.
+    pub async fn start(config: Config) -> Result<Pipeline> {
+        let reference = Reference::load(&config)?;
+        let customer_index =
+            reference.directory.customers().iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
+        std::fs::create_dir_all(&config.storage.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.storage.data_dir.display()))?;
+        let mut broker = Broker::connect(config.nats.clone()).await?;
+        broker.ensure_streams().await?;
+        let table = SummaryTable::open_or_create(&config.storage.data_dir).await?;
+        let store = StateStore::open(config.state_dir())?;
+        let committed_seq = table.committed_seq().await?;
+        let dedup = ShardedDedup::new(config.pipeline.dedup_shards, config.pipeline.dedup_horizon_days)?;
+        let mut agg = Aggregator::new(reference.meters.clone());
+        let mut resume_from = 1;
+        if let Some((snap_seq, bytes)) = store.latest_at_or_below(committed_seq)? {
+            match decode_state(&bytes).and_then(|(windows, dedup_bytes)| {
+                dedup.restore(dedup_bytes)?;
+                Ok(windows)
+            }) {
+                Ok(windows) => {
+                    agg = Aggregator::restore(reference.meters.clone(), windows);
+                    resume_from = snap_seq + 1;
+                }
+                Err(e) => {
+                    // A snapshot that cannot be read is not fatal: rebuild from the stream.
+                    tracing::warn!(error = %e, snap_seq, "ignoring unreadable state snapshot; replaying from the start of the stream");
+                }
+            }
+        }
+        // A partially restored dedup index (restore failed half-way) must not be used.
+        let dedup = if resume_from == 1 {
+            ShardedDedup::new(config.pipeline.dedup_shards, config.pipeline.dedup_horizon_days)?
+        } else {
+            dedup
+        };
+        broker.position_consumer(resume_from).await?;
+        tracing::info!(committed_seq, resume_from, "pipeline started; replaying committed messages to rebuild state");
+        let stats = RunStats { committed_seq, ..Default::default() };
+        Ok(Pipeline {
+            config,
+            reference,
+            customer_index,
+            broker,
+            table,
+            store,
+            dedup,
+            agg,
+            committed_seq,
+            next_seq: resume_from,
+            replaying: resume_from <= committed_seq,
+            pending_rejects: Vec::new(),
+            pending_last: None,
+            pending_events: 0,
+            pending_since: None,
+            commits_since_snapshot: 0,
+            stats,
+        })
+    }
+
+    /// Runs until `shutdown` flips to true (or the stream is drained and idle, when asked),
+    /// then commits what is pending, acks, and returns the counters.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, options: RunOptions) -> Result<RunStats> {
+        let interval = Duration::from_millis(self.config.pipeline.commit_interval_ms.max(1));
+        let mut idle_since: Option<Instant> = None;
+        let mut retry_delay = Duration::from_millis(100);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let fetched = tokio::select! {
+                r = self.broker.fetch(self.config.nats.fetch_batch) => r,
+                _ = shutdown.changed() => break,
+            };
+            let fetched = match fetched {
+                Ok(f) => {
+                    retry_delay = Duration::from_millis(100);
+                    f
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetch failed; retrying");
+                    tokio::time::sleep(retry_delay).await;
+                    retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let got_any = !fetched.is_empty();
+            self.process(fetched)?;
+            let due = self.pending_since.is_some_and(|t| t.elapsed() >= interval);
+            if self.pending_events >= self.config.pipeline.max_batch_events || due {
+                self.commit_with_retry(&mut shutdown).await?;
+            }
+            if let Some(limit) = options.exit_when_idle {
+                if got_any {
+                    idle_since = None;
+                } else {
+                    if self.pending_last.is_some() {
+                        self.commit_with_retry(&mut shutdown).await?;
+                    }
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= limit {
+                        let last = self.broker.last_sequence().await.unwrap_or(u64::MAX);
+                        if self.committed_seq >= last || self.next_seq > last {
+                            tracing::info!(committed_seq = self.committed_seq, "stream drained and idle; stopping");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if self.pending_last.is_some() {
+            self.commit_with_retry(&mut shutdown).await?;
+        }
+        self.broker.flush().await.ok();
+        self.stats.committed_seq = self.committed_seq;
+        Ok(self.stats)
+    }
+
+    /// Handles one fetched batch: drops redeliveries, replays what is already committed, and
+    /// processes the rest live.
+    fn process(&mut self, fetched: Vec<Fetched>) -> Result<()> {
+        let mut fresh = Vec::with_capacity(fetched.len());
+        for msg in fetched {
+            if msg.seq < self.next_seq {
+                continue; // redelivery of something already in hand or committed
+            }
+            self.next_seq = msg.seq + 1;
+            fresh.push(msg);
+        }
+        let split = fresh.partition_point(|m| m.seq <= self.committed_seq);
+        let live = fresh.split_off(split);
+        if !fresh.is_empty() {
+            self.stats.replayed_messages += fresh.len() as u64;
+            self.process_part(fresh, false)?;
+        }
+        if self.replaying && self.next_seq > self.committed_seq {
+            // The replay has rebuilt the state as of the committed sequence: what it would
+            // flush is already in the table.
+            self.agg.flush();
+            self.replaying = false;
+        }
+        if !live.is_empty() {
+            self.stats.messages += live.len() as u64;
+            self.pending_since.get_or_insert_with(Instant::now);
+            self.process_part(live, true)?;
+        }
+        Ok(())
+    }
+
+    /// Decode, enrich, extract, dedup and aggregate messages that are all live or all replayed.
+    /// Replayed messages only rebuild state: no rejects, no counters.
+    fn process_part(&mut self, messages: Vec<Fetched>, live: bool) -> Result<()> {
+        let meters = &self.reference.meters;
+        let mut candidates: Vec<Candidate> = Vec::new();
+        let mut keys: Vec<(u128, u16)> = Vec::new();
+        for msg in &messages {
+            let day = u16::try_from(msg.published_unix.div_euclid(86_400)).unwrap_or(u16::MAX);
+            let decoded = decode_message(&msg.payload);
+            let mut reject =
+                |reason: RejectReason, detail: String, index: Option<usize>, original: Bytes, stats: &mut RunStats| {
+                    if live {
+                        *stats.rejected.entry(reason.code()).or_default() += 1;
+                        self.pending_rejects.push(RejectEnvelope {
+                            seq: msg.seq,
+                            subject: msg.subject.clone(),
+                            index,
+                            reason,
+                            detail,
+                            original,
+                        });
+                    }
+                };
+            if live {
+                self.stats.events_received += (decoded.events.len() + decoded.rejects.len()) as u64;
+            }
+            for r in decoded.rejects {
+                reject(r.reason, r.detail, r.index, Bytes::from(r.original), &mut self.stats);
+            }
+            for event in decoded.events {
+                let original = || msg.payload.slice(event.span.clone());
+                let Some(customer) = self.reference.directory.lookup(&event.subject) else {
+                    let detail = format!("subject {:?} maps to no customer", event.subject);
+                    reject(RejectReason::UnknownSubject, detail, event.index, original(), &mut self.stats);
+                    continue;
+                };
+                let customer = self.customer_index.get(&customer.id).copied().unwrap_or_default();
+                let measurements = match meters.extract(&event) {
+                    Ok(m) => m,
+                    Err((reason, detail)) => {
+                        reject(reason, detail, event.index, original(), &mut self.stats);
+                        continue;
+                    }
+                };
+                keys.push((fingerprint(&event.source, &event.id), day));
+                candidates.push(Candidate { seq: msg.seq, customer, event, measurements });
+            }
+        }
+        if !keys.is_empty() {
+            let decisions = self.dedup.check_batch(&keys)?;
+            for (c, new) in candidates.iter().zip(decisions) {
+                if !new {
+                    if live {
+                        self.stats.duplicates += 1;
+                    }
+                    continue;
+                }
+                if live {
+                    self.stats.events_accepted += 1;
+                    self.pending_events += 1;
+                }
+                let customer = &self.reference.directory.customers()[c.customer];
+                let event = EventRef { time: c.event.time, source: &c.event.source, id: &c.event.id, seq: c.seq };
+                for m in &c.measurements {
+                    self.agg.add(&customer.id, &c.event.subject, m, event);
+                }
+            }
+        }
+        if live {
+            self.pending_last = messages.into_iter().last();
+        }
+        Ok(())
+    }
+
+    /// Rates window deltas into summary rows.
+    fn rate(&self, deltas: Vec<WindowDelta>, revision: u64) -> Result<Vec<SummaryRow>> {
+        let mut rows = Vec::with_capacity(deltas.len());
+        for d in deltas {
+            let customer_idx = self
+                .customer_index
+                .get(&d.key.customer_id)
+                .copied()
+                .context("customer vanished from reference data")?;
+            let customer = &self.reference.directory.customers()[customer_idx];
+            let plan = self.reference.prices.plan(&customer.plan).context("plan vanished from reference data")?;
+            let meter = &self.reference.meters.configs()[d.key.meter].name;
+            let amount = plan.rate_delta(meter, d.before, d.after)?;
+            rows.push(SummaryRow {
+                customer_id: d.key.customer_id.clone(),
+                subject: d.key.subject.clone(),
+                meter: meter.clone(),
+                dimensions: d.key.dimensions.clone(),
+                window_start: d.window_start,
+                window_end: d.window_end,
+                revision,
+                quantity: d.quantity(),
+                amount,
+                currency: plan.currency.code.clone(),
+                plan_id: plan.id.clone(),
+                event_count: d.event_count,
+                first_seq: d.first_seq,
+                last_seq: d.last_seq,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Runs the commit protocol for everything pending, retrying transient failures until it
+    /// succeeds. On shutdown during retries it gives up without acking (nothing is lost: the
+    /// messages are redelivered from the committed sequence on the next start).
+    async fn commit_with_retry(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+        let Some(last) = self.pending_last.take() else { return Ok(()) };
+        let through = last.seq;
+        let rows = self.rate(self.agg.flush(), through)?;
+        let rejects = std::mem::take(&mut self.pending_rejects);
+        let mut delay = Duration::from_millis(100);
+        let mut stop_requested = false;
+        loop {
+            let attempt = async {
+                self.broker.publish_rejects(&rejects).await?;
+                let version = self.table.commit(&rows, through).await?;
+                anyhow::Ok(version)
+            }
+            .await;
+            match attempt {
+                Ok(version) => {
+                    tracing::debug!(version, through, rows = rows.len(), "committed");
+                    break;
+                }
+                Err(e) if stop_requested => {
+                    return Err(e.context(
+                        "commit failed during shutdown; uncommitted messages will be re-read on the next start",
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), through, "commit failed; not acknowledging, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => { stop_requested = true; }
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.committed_seq = through;
+        self.stats.commits += 1;
+        self.stats.rows_written += rows.len() as u64;
+        self.stats.committed_seq = through;
+        self.pending_events = 0;
+        self.pending_since = None;
+        if let Err(e) = self.broker.ack_through(&last.message).await {
+            // Harmless: the next start resumes from the committed sequence, not the ack floor.
+            tracing::warn!(error = %e, through, "ack failed after a successful commit");
+        }
+        self.commits_since_snapshot += 1;
+        if self.commits_since_snapshot >= self.config.pipeline.snapshot_every_commits.max(1) {
+            self.snapshot()?;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<()> {
+        let bytes = encode_state(&self.agg, &self.dedup)?;
+        match self.store.save(self.committed_seq, &bytes) {
+            Ok(()) => self.commits_since_snapshot = 0,
+            // Not fatal: the next start replays a little more.
+            Err(e) => tracing::warn!(error = %e, "state snapshot failed; will retry at the next commit"),
+        }
+        Ok(())
+    }
+}

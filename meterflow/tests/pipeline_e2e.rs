@@ -1,0 +1,252 @@
+//! End-to-end: real nats-server, the real `meterflow` binary, real Delta tables.
+
+mod common;
+
+use async_nats::HeaderMap;
+use common::{sigterm, wait_until, TestEnv};
+use meterflow::config::{Config, Overrides, Reference};
+use meterflow::workload::{self, WorkloadSpec};
+use rust_decimal::Decimal;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn event(id: &str, subject: &str, kind: &str, time: &str, data: &str) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"gw/eu-1","type":"{kind}","subject":"{subject}","time":"{time}","data":{data}}}"#
+    )
+}
+
+async fn publish(js: &async_nats::jetstream::Context, subject: &str, payload: String, msg_id: Option<&str>) -> u64 {
+    let mut headers = HeaderMap::new();
+    if let Some(id) = msg_id {
+        headers.insert("Nats-Msg-Id", id);
+    }
+    js.publish_with_headers(subject.to_string(), headers, payload.into()).await.unwrap().await.unwrap().sequence
+}
+
+/// (customer, meter) -> (quantity, amount, events) from SQL.
+fn totals(env: &TestEnv) -> BTreeMap<(String, String), (Decimal, Decimal, u64)> {
+    env.sql(
+        "SELECT customer_id, meter, SUM(quantity), SUM(amount), SUM(event_count) FROM usage_summaries GROUP BY 1, 2",
+    )
+    .into_iter()
+    .skip(1)
+    .map(|r| ((r[0].clone(), r[1].clone()), (r[2].parse().unwrap(), r[3].parse().unwrap(), r[4].parse().unwrap())))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_workload_is_counted_exactly_once_and_bad_events_land_in_the_dlq_with_reasons() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let t = "2026-11-23T05:00:00.123Z";
+    publish(
+        &js,
+        "usage.api",
+        event("e1", "acme", "api_calls", t, r#"{"requests":"3","region":"eu-west-1"}"#),
+        Some("e1"),
+    )
+    .await;
+    publish(
+        &js,
+        "usage.api",
+        event("e2", "acme", "api_calls", "2026-11-23T05:59:59Z", r#"{"requests":2.5,"region":"eu-west-1"}"#),
+        None,
+    )
+    .await;
+    // The same (source, id) again: no Nats-Msg-Id, a different time. A duplicate.
+    publish(
+        &js,
+        "usage.api",
+        event("e1", "acme", "api_calls", "2026-11-23T06:10:00Z", r#"{"requests":"3","region":"eu-west-1"}"#),
+        None,
+    )
+    .await;
+    // Batch mode: good and bad events in one message.
+    let batch = format!(
+        "[{}, {}, {}, {}]",
+        event("e3", "globex-eu", "llm_tokens", t, r#"{"tokens":1000,"model":"large"}"#),
+        event("bad-time", "globex", "llm_tokens", "yesterday", r#"{"tokens":1,"model":"large"}"#),
+        event("e4", "globex", "llm_tokens", t, r#"{"tokens":"500","model":"large"}"#),
+        event("bad-neg", "globex", "llm_tokens", t, r#"{"tokens":-5,"model":"large"}"#),
+    );
+    let batch_seq = publish(&js, "usage.llm", batch, None).await;
+    publish(&js, "usage.bad", r#"{"specversion":"1.0","id":"#.to_string(), None).await;
+    publish(&js, "usage.api", event("e5", "initech", "api_calls", t, r#"{"requests":1}"#), None).await;
+    publish(&js, "usage.x", event("e6", "acme", "teleports", t, "{}"), None).await;
+    for (id, user) in [("u1", "alice"), ("u2", "bob"), ("u3", "alice")] {
+        publish(&js, "usage.users", event(id, "acme", "user_seen", t, &format!(r#"{{"user_id":"{user}"}}"#)), None)
+            .await;
+    }
+    for (id, gb) in [("s1", "10.5"), ("s2", "12.25"), ("s3", "11")] {
+        publish(&js, "usage.storage", event(id, "acme", "storage", t, &format!(r#"{{"gigabytes":"{gb}"}}"#)), None)
+            .await;
+    }
+
+    let out = env.run_until_idle(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 duplicates"), "{stdout}");
+
+    let got = totals(&env);
+    let d = |s: &str| s.parse::<Decimal>().unwrap();
+    let key = |c: &str, m: &str| (c.to_string(), m.to_string());
+    assert_eq!(got[&key("acme", "api_calls")], (d("5.5"), d("0.0011"), 2));
+    assert_eq!(got[&key("globex", "llm_tokens")], (d("1500"), d("0.0042"), 2));
+    assert_eq!(got[&key("acme", "active_users")], (d("2"), d("0.10"), 3));
+    assert_eq!(got[&key("acme", "storage_peak")], (d("12.25"), d("0.1225"), 3));
+    assert_eq!(got.len(), 4);
+
+    // Windows are exact UTC hours; dimensions carry the group-by values.
+    let rows =
+        env.sql("SELECT window_start, window_end, dimensions, quantity FROM window_totals WHERE meter = 'api_calls'");
+    assert_eq!(
+        rows[1],
+        vec![
+            "2026-11-23T05:00:00Z",
+            "2026-11-23T06:00:00Z",
+            "\"{\"\"region\"\":\"\"eu-west-1\"\"}\"",
+            "5.500000000000"
+        ]
+    );
+
+    // The DLQ holds each reject with its reason, original bytes and source sequence.
+    let mut dlq = js.get_stream("USAGE_DLQ").await.unwrap();
+    let n = dlq.info().await.unwrap().state.messages;
+    let mut reasons = BTreeMap::new();
+    for seq in 1..=n {
+        let m = dlq.get_raw_message(seq).await.unwrap();
+        let h = &m.headers;
+        let reason = h.get("Meterflow-Reason").unwrap().to_string();
+        if reason == "invalid_time" || reason == "negative_value" {
+            assert_eq!(h.get("Meterflow-Stream-Seq").unwrap().as_str(), batch_seq.to_string());
+            let index = h.get("Meterflow-Event-Index").unwrap().to_string();
+            assert_eq!(index, if reason == "invalid_time" { "1" } else { "3" });
+            let body = String::from_utf8(m.payload.to_vec()).unwrap();
+            assert!(
+                body.starts_with("{\"specversion\"")
+                    && body.contains(if reason == "invalid_time" { "bad-time" } else { "bad-neg" })
+            );
+        }
+        if reason == "invalid_json" {
+            assert_eq!(m.payload.as_ref(), br#"{"specversion":"1.0","id":"#);
+        }
+        *reasons.entry(reason).or_insert(0) += 1;
+    }
+    let want: BTreeMap<String, i32> =
+        [("invalid_time", 1), ("negative_value", 1), ("invalid_json", 1), ("unknown_subject", 1), ("unknown_type", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+    assert_eq!(reasons, want);
+
+    // Running again over the same stream changes nothing.
+    env.run_until_idle(&[]);
+    assert_eq!(totals(&env), got);
+}
+
+fn reference() -> Reference {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/meterflow.toml");
+    Reference::load(&Config::load(&path, &Overrides::default()).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_pipeline_with_sigkill_mid_run_loses_and_doubles_nothing() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let spec = WorkloadSpec {
+        events: 12_000,
+        batch_size: 1,
+        duplicate_every: 8,
+        bad_every: 40,
+        seed: 7,
+        ..Default::default()
+    };
+    let (messages, oracle) = workload::generate(&spec, &reference()).unwrap();
+    workload::publish_all(&js, &messages, 256).await.unwrap();
+    // Small pulls and frequent commits and snapshots: many commit boundaries to die between.
+    let envs = [
+        ("METERFLOW_NATS__FETCH_BATCH", "200"),
+        ("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "50"),
+        ("METERFLOW_PIPELINE__SNAPSHOT_EVERY_COMMITS", "3"),
+    ];
+
+    let mut kills = 0;
+    for round in 0..3 {
+        let mut child = env.spawn_run(&envs);
+        let before = env.commit_files();
+        // Die at a different point each round: after a few more commits.
+        let target = before + 2 + round * 3;
+        wait_until(Duration::from_secs(60), || env.commit_files() >= target);
+        std::thread::sleep(Duration::from_millis(7 * round as u64));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills >= 1, "the pipeline finished before it could be killed; make the workload larger");
+    let partial: u64 = totals(&env).values().map(|v| v.2).sum();
+    env.run_until_idle(&envs);
+
+    let got = totals(&env);
+    for (key, q) in &oracle.quantity {
+        let (gq, ga, _) = got.get(key).copied().unwrap_or_default();
+        assert_eq!(gq, *q, "quantity of {key:?}");
+        assert_eq!(ga, oracle.amount[key], "amount of {key:?}");
+    }
+    let events: u64 = got.values().map(|v| v.2).sum();
+    // Every accepted event is in exactly one row per meter it feeds (one meter per type here).
+    assert_eq!(events, oracle.accepted);
+    assert!(partial < events, "the kills happened after everything was committed ({partial} of {events})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_commits_what_is_in_hand_and_exits_cleanly() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let spec =
+        WorkloadSpec { events: 3_000, batch_size: 10, duplicate_every: 0, bad_every: 0, seed: 9, ..Default::default() };
+    let (messages, oracle) = workload::generate(&spec, &reference()).unwrap();
+    let mut child = env.spawn_run(&[]);
+    workload::publish_all(&js, &messages, 256).await.unwrap();
+    let expected = oracle.accepted;
+    let done = wait_until(Duration::from_secs(60), || {
+        env.commit_files() > 1 && totals(&env).values().map(|v| v.2).sum::<u64>() == expected
+    });
+    assert!(done, "usage did not become visible while running");
+    let started = Instant::now();
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(totals(&env).values().map(|v| v.2).sum::<u64>(), expected);
+}
+
+#[test]
+fn sql_that_would_write_or_read_files_is_refused_with_a_clear_message() {
+    let env = TestEnv::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        env.ensure_streams().await;
+        let js = env.jetstream().await;
+        publish(&js, "usage.api", event("e1", "acme", "api_calls", "2026-11-23T05:00:00Z", r#"{"requests":1}"#), None)
+            .await;
+    });
+    env.run_until_idle(&[]);
+    for bad in [
+        "DELETE FROM usage_summaries",
+        "COPY usage_summaries TO '/tmp/x.csv'",
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+    ] {
+        let out = env.command("sql").arg(bad).output().unwrap();
+        assert!(!out.status.success(), "{bad} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("read-only") || err.contains("not supported") || err.contains("not allowed"),
+            "{bad}: {err}"
+        );
+    }
+}

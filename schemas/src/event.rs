@@ -1,0 +1,335 @@
+//! Decoding one JetStream message into validated usage events.
+
+use chrono::{DateTime, Utc};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use crate::reject::{Reject, RejectReason};
+
+/// Upper bound, in bytes, of `id`, `source`, `subject` and `type`.
+pub const MAX_ATTRIBUTE_BYTES: usize = 256;
+
+/// A validated CloudEvents usage event. Strings are owned; `data` keeps the exact JSON text of
+/// the event's `data` member so meter values can be read without a float round trip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageEvent {
+    /// CloudEvents `id`: with `source`, the identity used for dedup.
+    pub id: String,
+    /// CloudEvents `source`.
+    pub source: String,
+    /// CloudEvents `type`: selects the meters.
+    pub event_type: String,
+    /// CloudEvents `subject`: the customer's usage key.
+    pub subject: String,
+    /// CloudEvents `time`: the event time, in UTC.
+    pub time: DateTime<Utc>,
+    /// The raw JSON of `data`, when present.
+    pub data: Option<Box<RawValue>>,
+    /// Position in a batch-mode array (`None` for a single-event message).
+    pub index: Option<usize>,
+    /// Byte range of this event inside the message, to quote it in a later reject.
+    pub span: Range<usize>,
+}
+
+/// The outcome of decoding one message: accepted events and rejects, in message order.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Events that passed validation.
+    pub events: Vec<UsageEvent>,
+    /// Events (or the whole message) that did not.
+    pub rejects: Vec<Reject>,
+}
+
+/// Decodes a message holding one CloudEvent (a JSON object) or a batch (a JSON array of
+/// objects). Each invalid event becomes a [`Reject`]; valid events in the same batch still flow.
+/// A message that is not JSON at all is one reject for the whole message.
+pub fn decode_message(bytes: &[u8]) -> Decoded {
+    let mut out = Decoded::default();
+    let first = bytes.iter().copied().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'[') => match serde_json::from_slice::<Vec<&RawValue>>(bytes) {
+            Ok(items) if items.is_empty() => {
+                out.rejects.push(Reject::new(RejectReason::EmptyBatch, "batch array holds no events", bytes));
+            }
+            Ok(items) => {
+                for (index, item) in items.into_iter().enumerate() {
+                    let span = span_of(bytes, item.get().as_bytes());
+                    match decode_event(item, Some(index), span) {
+                        Ok(event) => out.events.push(event),
+                        Err(mut reject) => {
+                            reject.index = Some(index);
+                            out.rejects.push(reject);
+                        }
+                    }
+                }
+            }
+            Err(e) => out.rejects.push(Reject::new(RejectReason::InvalidJson, e.to_string(), bytes)),
+        },
+        Some(b'{') => match serde_json::from_slice::<&RawValue>(bytes) {
+            Ok(item) => match decode_event(item, None, 0..bytes.len()) {
+                Ok(event) => out.events.push(event),
+                Err(reject) => out.rejects.push(reject),
+            },
+            Err(e) => out.rejects.push(Reject::new(RejectReason::InvalidJson, e.to_string(), bytes)),
+        },
+        _ => {
+            // Distinguish "valid JSON of the wrong shape" from "not JSON".
+            let reject = match serde_json::from_slice::<&RawValue>(bytes) {
+                Ok(_) => Reject::new(
+                    RejectReason::NotAnEvent,
+                    "message is neither an event object nor an array of events",
+                    bytes,
+                ),
+                Err(e) => Reject::new(RejectReason::InvalidJson, e.to_string(), bytes),
+            };
+            out.rejects.push(reject);
+        }
+    }
+    out
+}
+
+/// Byte range of `inner` (a sub-slice of `outer`) within `outer`.
+fn span_of(outer: &[u8], inner: &[u8]) -> Range<usize> {
+    let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
+    let start = start.min(outer.len());
+    start..(start + inner.len()).min(outer.len())
+}
+
+/// The members of one event object, in order, with duplicate names detected.
+struct Members<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    duplicate: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a CloudEvents JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(8);
+                let mut duplicate = None;
+                while let Some((key, value)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    if duplicate.is_none() && fields.iter().any(|(k, _)| *k == key) {
+                        duplicate = Some(key.to_string());
+                    }
+                    fields.push((key, value));
+                }
+                Ok(Members { fields, duplicate })
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+impl<'a> Members<'a> {
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    }
+}
+
+fn reject(reason: RejectReason, detail: impl Into<String>, item: &RawValue) -> Reject {
+    Reject::new(reason, detail, item.get().as_bytes())
+}
+
+/// Reads a required string attribute, enforcing presence, type, non-emptiness and size.
+fn required_string(
+    members: &Members<'_>,
+    name: &str,
+    max_len: Option<usize>,
+    item: &RawValue,
+) -> Result<String, Reject> {
+    let raw = members.get(name).ok_or_else(|| {
+        reject(RejectReason::MissingAttribute, format!("required attribute `{name}` is missing"), item)
+    })?;
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return Err(reject(
+            RejectReason::InvalidAttributeType,
+            format!("attribute `{name}` must be a string, got {}", truncate(text, 40)),
+            item,
+        ));
+    }
+    let value: String = serde_json::from_str(text)
+        .map_err(|e| reject(RejectReason::InvalidAttributeType, format!("attribute `{name}`: {e}"), item))?;
+    if value.trim().is_empty() {
+        return Err(reject(RejectReason::EmptyAttribute, format!("required attribute `{name}` is empty"), item));
+    }
+    if let Some(max) = max_len {
+        if value.len() > max {
+            return Err(reject(
+                RejectReason::AttributeTooLong,
+                format!("attribute `{name}` is {} bytes, the limit is {max}", value.len()),
+                item,
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(reject(
+                RejectReason::ControlCharacters,
+                format!("attribute `{name}` contains control characters"),
+                item,
+            ));
+        }
+    }
+    Ok(value)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn decode_event(item: &RawValue, index: Option<usize>, span: Range<usize>) -> Result<UsageEvent, Reject> {
+    let text = item.get();
+    if !text.starts_with('{') {
+        return Err(reject(RejectReason::NotAnEvent, "batch element is not a JSON object", item));
+    }
+    let members: Members<'_> =
+        serde_json::from_str(text).map_err(|e| reject(RejectReason::InvalidJson, e.to_string(), item))?;
+    if let Some(name) = &members.duplicate {
+        return Err(reject(
+            RejectReason::DuplicateAttribute,
+            format!("attribute `{name}` appears more than once"),
+            item,
+        ));
+    }
+    let specversion = required_string(&members, "specversion", Some(16), item)?;
+    if specversion != "1.0" {
+        return Err(reject(
+            RejectReason::UnsupportedSpecVersion,
+            format!("specversion must be \"1.0\", got {specversion:?}"),
+            item,
+        ));
+    }
+    let id = required_string(&members, "id", Some(MAX_ATTRIBUTE_BYTES), item)?;
+    let source = required_string(&members, "source", Some(MAX_ATTRIBUTE_BYTES), item)?;
+    let event_type = required_string(&members, "type", Some(MAX_ATTRIBUTE_BYTES), item)?;
+    let subject = required_string(&members, "subject", Some(MAX_ATTRIBUTE_BYTES), item)?;
+    let time_text = required_string(&members, "time", Some(64), item)?;
+    let time = DateTime::parse_from_rfc3339(&time_text)
+        .map_err(|e| reject(RejectReason::InvalidTime, format!("time {time_text:?} is not RFC 3339: {e}"), item))?
+        .with_timezone(&Utc);
+    if members.get("data_base64").is_some() {
+        return Err(reject(RejectReason::UnsupportedData, "data_base64 is not supported: send `data` as JSON", item));
+    }
+    if let Some(ct) = members.get("datacontenttype") {
+        let ct: String = serde_json::from_str(ct.get()).unwrap_or_default();
+        let media = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        if !(media == "application/json" || media.ends_with("+json") || media == "text/json") {
+            return Err(reject(RejectReason::UnsupportedData, format!("datacontenttype {ct:?} is not JSON"), item));
+        }
+    }
+    let data = match members.get("data") {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => Some(raw.to_owned()),
+    };
+    Ok(UsageEvent { id, source, event_type, subject, time, data, index, span })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"specversion":"1.0","id":"evt-1","source":"api-gateway/eu-1","type":"api_calls","subject":"cust-42","time":"2026-11-23T05:00:00.123Z","data":{"requests":"3","region":"eu-west-1"}}"#;
+
+    fn with(field: &str, value: &str) -> String {
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(GOOD).unwrap();
+        if value == "<remove>" {
+            v.remove(field);
+        } else {
+            v.insert(field.to_string(), serde_json::from_str(value).unwrap());
+        }
+        serde_json::to_string(&v).unwrap()
+    }
+
+    fn reason_of(message: &str) -> RejectReason {
+        let d = decode_message(message.as_bytes());
+        assert!(d.events.is_empty(), "expected a reject for {message}");
+        d.rejects[0].reason
+    }
+
+    #[test]
+    fn a_valid_single_event_decodes_with_its_exact_time_and_data() {
+        let d = decode_message(GOOD.as_bytes());
+        assert!(d.rejects.is_empty());
+        let e = &d.events[0];
+        assert_eq!((e.id.as_str(), e.source.as_str(), e.subject.as_str()), ("evt-1", "api-gateway/eu-1", "cust-42"));
+        assert_eq!(e.time.to_rfc3339(), "2026-11-23T05:00:00.123+00:00");
+        assert_eq!(e.index, None);
+        assert_eq!(e.span, 0..GOOD.len());
+    }
+
+    #[test]
+    fn good_events_in_a_batch_flow_while_bad_ones_are_rejected_with_their_bytes() {
+        let bad = with("time", "\"yesterday\"");
+        let msg = format!("[{GOOD}, {bad}, 42, {GOOD}]");
+        let d = decode_message(msg.as_bytes());
+        assert_eq!(d.events.len(), 2);
+        assert_eq!(d.events[1].index, Some(3));
+        assert_eq!(&msg.as_bytes()[d.events[1].span.clone()], GOOD.as_bytes());
+        let reasons: Vec<_> = d.rejects.iter().map(|r| (r.index, r.reason)).collect();
+        assert_eq!(reasons, vec![(Some(1), RejectReason::InvalidTime), (Some(2), RejectReason::NotAnEvent)]);
+        assert_eq!(d.rejects[0].original, bad.as_bytes());
+    }
+
+    #[test]
+    fn each_kind_of_malformed_message_has_its_own_reason() {
+        assert_eq!(reason_of("{\"specversion\":"), RejectReason::InvalidJson);
+        assert_eq!(reason_of("\u{0}garbage"), RejectReason::InvalidJson);
+        assert_eq!(reason_of("\"just a string\""), RejectReason::NotAnEvent);
+        assert_eq!(reason_of("[]"), RejectReason::EmptyBatch);
+        assert_eq!(reason_of(&with("id", "<remove>")), RejectReason::MissingAttribute);
+        assert_eq!(reason_of(&with("subject", "\"  \"")), RejectReason::EmptyAttribute);
+        assert_eq!(reason_of(&with("id", "7")), RejectReason::InvalidAttributeType);
+        assert_eq!(reason_of(&with("specversion", "\"0.3\"")), RejectReason::UnsupportedSpecVersion);
+        assert_eq!(reason_of(&with("time", "\"2026-13-45T99:00:00Z\"")), RejectReason::InvalidTime);
+        assert_eq!(reason_of(&with("id", &format!("\"{}\"", "x".repeat(257)))), RejectReason::AttributeTooLong);
+        assert_eq!(reason_of(&with("source", "\"a\\u0007b\"")), RejectReason::ControlCharacters);
+        assert_eq!(reason_of(&with("datacontenttype", "\"text/plain\"")), RejectReason::UnsupportedData);
+        assert_eq!(reason_of(r#"{"id":"a","id":"b"}"#), RejectReason::DuplicateAttribute);
+        assert_eq!(
+            reason_of(&[0xff_u8, 0xfe].iter().map(|&b| b as char).collect::<String>()),
+            RejectReason::InvalidJson
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_inside_a_string_is_invalid_json() {
+        let mut bytes = GOOD.as_bytes().to_vec();
+        let pos = GOOD.find("evt-1").unwrap();
+        bytes[pos] = 0xff;
+        let d = decode_message(&bytes);
+        assert_eq!(d.rejects[0].reason, RejectReason::InvalidJson);
+        assert_eq!(d.rejects[0].original, bytes);
+    }
+
+    #[test]
+    fn an_id_of_exactly_256_bytes_is_accepted() {
+        let d = decode_message(with("id", &format!("\"{}\"", "x".repeat(256))).as_bytes());
+        assert_eq!(d.events.len(), 1);
+    }
+
+    #[test]
+    fn a_nesting_bomb_is_rejected_not_crashed_on() {
+        let bomb = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(decode_message(bomb.as_bytes()).rejects[0].reason, RejectReason::InvalidJson);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_every_byte_is_accounted_for(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let d = decode_message(&bytes);
+            proptest::prop_assert!(d.events.len() + d.rejects.len() >= 1);
+        }
+    }
+}

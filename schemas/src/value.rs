@@ -1,0 +1,130 @@
+//! Exact reading of meter values and properties from an event's raw JSON `data`.
+
+use rust_decimal::Decimal;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use crate::reject::RejectReason;
+
+/// The largest number of fractional digits a meter value may carry. The tables store quantities
+/// as DECIMAL(38, 12), so anything finer could not be stored exactly and is rejected instead of
+/// being rounded silently.
+pub const MAX_VALUE_SCALE: u32 = 12;
+
+/// Reads an exact decimal from the raw JSON text of a value: a JSON number (`12`, `0.5`,
+/// `1.5e3`) or a string holding a decimal (`"12.25"`). The text is parsed directly into a
+/// [`Decimal`]; it never passes through a float.
+///
+/// Errors: [`RejectReason::InvalidValue`] for anything that is not an exact decimal (booleans,
+/// objects, `"NaN"`, numbers beyond 28 significant digits), [`RejectReason::NegativeValue`] for
+/// values below zero, [`RejectReason::ValueTooPrecise`] beyond [`MAX_VALUE_SCALE`] fractional digits.
+pub fn parse_decimal(raw: &RawValue) -> Result<Decimal, (RejectReason, String)> {
+    let text = raw.get().trim();
+    let number_text: Cow<'_, str> = if text.starts_with('"') {
+        match serde_json::from_str::<Cow<'_, str>>(text) {
+            Ok(s) => s,
+            Err(_) => return Err((RejectReason::InvalidValue, format!("unreadable string {text}"))),
+        }
+    } else {
+        Cow::Borrowed(text)
+    };
+    let s = number_text.as_ref();
+    let looks_numeric = !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+        && s.bytes().any(|b| b.is_ascii_digit());
+    if !looks_numeric {
+        return Err((RejectReason::InvalidValue, format!("{text} is not a decimal number")));
+    }
+    let parsed = if s.contains(['e', 'E']) { Decimal::from_scientific(s) } else { Decimal::from_str_exact(s) };
+    let value = parsed.map_err(|e| (RejectReason::InvalidValue, format!("{text} is not an exact decimal: {e}")))?;
+    if value.is_sign_negative() && !value.is_zero() {
+        return Err((RejectReason::NegativeValue, format!("{text} is negative")));
+    }
+    let value = value.normalize();
+    if value.scale() > MAX_VALUE_SCALE {
+        return Err((
+            RejectReason::ValueTooPrecise,
+            format!("{text} has more than {MAX_VALUE_SCALE} fractional digits"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Finds a property in an event's raw `data` object by a dotted path (`requests`,
+/// `usage.tokens`; a leading `$.` is accepted as in OpenMeter's JSONPath). Returns `None` when
+/// `data` is absent, not an object, or the path does not exist.
+pub fn lookup_property<'a>(data: Option<&'a RawValue>, path: &str) -> Option<&'a RawValue> {
+    let mut current = data?;
+    let path = path.strip_prefix("$.").unwrap_or(path);
+    for part in path.split('.') {
+        let object: BTreeMap<Cow<'a, str>, &'a RawValue> = serde_json::from_str(current.get()).ok()?;
+        current = *object.get(part)?;
+    }
+    Some(current)
+}
+
+/// The text of a scalar property, for group-by dimensions and unique counting: strings as their
+/// content, numbers and booleans as their JSON text, `null` as `None`. Objects and arrays are
+/// returned as their compact JSON text so that they still group deterministically.
+pub fn property_as_text(raw: &RawValue) -> Option<String> {
+    let text = raw.get().trim();
+    if text == "null" {
+        return None;
+    }
+    if text.starts_with('"') {
+        return serde_json::from_str::<String>(text).ok();
+    }
+    Some(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn numbers_and_decimal_strings_parse_exactly() {
+        assert_eq!(parse_decimal(&raw("3")).unwrap().to_string(), "3");
+        assert_eq!(parse_decimal(&raw("\"0.1\"")).unwrap().to_string(), "0.1");
+        assert_eq!(parse_decimal(&raw("0.30000000000000004")).unwrap_err().0, RejectReason::ValueTooPrecise);
+        assert_eq!(parse_decimal(&raw("1.5e3")).unwrap().to_string(), "1500");
+        assert_eq!(
+            parse_decimal(&raw("123456789012345678.000000000001")).unwrap().to_string(),
+            "123456789012345678.000000000001"
+        );
+    }
+
+    #[test]
+    fn a_float_round_trip_would_change_this_value_but_parsing_does_not() {
+        // 0.1 + 0.2 in f64 is 0.30000000000000004; exact decimals add to 0.3.
+        let a = parse_decimal(&raw("0.1")).unwrap();
+        let b = parse_decimal(&raw("\"0.2\"")).unwrap();
+        assert_eq!((a + b).to_string(), "0.3");
+    }
+
+    #[test]
+    fn non_numbers_are_invalid_values() {
+        for bad in ["true", "null", "{}", "[1]", "\"NaN\"", "\"\"", "\"12abc\"", "\"1,5\""] {
+            assert_eq!(parse_decimal(&raw(bad)).unwrap_err().0, RejectReason::InvalidValue, "{bad}");
+        }
+    }
+
+    #[test]
+    fn negative_values_are_rejected_but_negative_zero_is_zero() {
+        assert_eq!(parse_decimal(&raw("-1")).unwrap_err().0, RejectReason::NegativeValue);
+        assert!(parse_decimal(&raw("-0")).unwrap().is_zero());
+    }
+
+    #[test]
+    fn dotted_paths_reach_nested_properties() {
+        let data = raw(r#"{"usage":{"tokens":"42"},"region":"eu"}"#);
+        assert_eq!(lookup_property(Some(&data), "usage.tokens").unwrap().get(), "\"42\"");
+        assert_eq!(lookup_property(Some(&data), "$.region").unwrap().get(), "\"eu\"");
+        assert!(lookup_property(Some(&data), "usage.missing").is_none());
+        assert!(lookup_property(None, "region").is_none());
+    }
+}

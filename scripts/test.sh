@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: installs nats-server if missing, then the whole
+# workspace test suite (unit, property and integration tests against a real nats-server).
+# Extra arguments go to `cargo test`.
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+cd "$ROOT"
+echo "nats-server: $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
+cargo test --workspace "$@"

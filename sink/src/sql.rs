@@ -1,0 +1,236 @@
+//! Read-only SQL over the committed tables, for billing teams and the CLI.
+//!
+//! Every table folder under the data directory is registered under its name, plus the view
+//! `window_totals` (one row per window, the deltas summed). Statements are planned with DDL,
+//! DML and statements (`SET`, transactions) disallowed, so `CREATE`, `INSERT`, `COPY`, `SET`
+//! and `CREATE EXTERNAL TABLE` are refused before anything runs; URL tables (`SELECT * FROM
+//! '/etc/passwd'`) are not enabled and no file-reading table functions are registered.
+
+use deltalake::arrow::array::{Array, RecordBatch};
+use deltalake::arrow::datatypes::DataType;
+use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
+use deltalake::arrow::util::pretty::pretty_format_batches;
+use deltalake::datafusion::execution::context::{SQLOptions, SessionContext};
+use std::path::Path;
+
+use crate::table::{table_url, SUMMARIES_TABLE};
+use crate::{Result, SinkError};
+
+/// SQL of the `window_totals` view: the value of each window with its rows summed.
+pub const WINDOW_TOTALS_VIEW: &str = "CREATE VIEW window_totals AS \
+SELECT customer_id, subject, meter, dimensions, window_start, window_end, currency, \
+SUM(quantity) AS quantity, SUM(amount) AS amount, SUM(event_count) AS event_count, \
+COUNT(*) AS revisions, MIN(first_seq) AS first_seq, MAX(last_seq) AS last_seq \
+FROM usage_summaries \
+GROUP BY customer_id, subject, meter, dimensions, window_start, window_end, currency";
+
+/// The tables meterflow writes, in the order they are registered.
+pub const TABLES: &[&str] = &[SUMMARIES_TABLE];
+
+/// A DataFusion session over the committed tables that refuses anything but queries.
+pub struct ReadOnlySql {
+    ctx: SessionContext,
+    options: SQLOptions,
+    /// Tables registered (those that exist on disk).
+    pub tables: Vec<String>,
+}
+
+impl std::fmt::Debug for ReadOnlySql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadOnlySql").field("tables", &self.tables).finish()
+    }
+}
+
+fn sql_err(e: impl std::fmt::Display) -> SinkError {
+    SinkError::Sql(e.to_string())
+}
+
+impl ReadOnlySql {
+    /// Registers the committed tables found under `data_dir`.
+    pub async fn open(data_dir: &Path) -> Result<Self> {
+        if !data_dir.is_dir() {
+            return Err(SinkError::DataDir {
+                path: data_dir.display().to_string(),
+                message: "does not exist: run the pipeline first, or pass the right --data-dir".into(),
+            });
+        }
+        let ctx = SessionContext::new();
+        let mut tables = Vec::new();
+        for name in TABLES {
+            if !data_dir.join(name).join("_delta_log").is_dir() {
+                continue;
+            }
+            let table = deltalake::open_table(table_url(data_dir, name)?)
+                .await
+                .map_err(|e| SinkError::Delta { table: name.to_string(), source: e })?;
+            let provider = table.table_provider().await.map_err(sql_err)?;
+            ctx.register_table(*name, provider).map_err(sql_err)?;
+            tables.push(name.to_string());
+        }
+        if tables.iter().any(|t| t == SUMMARIES_TABLE) {
+            ctx.sql(WINDOW_TOTALS_VIEW).await.map_err(sql_err)?;
+            tables.push("window_totals".into());
+        }
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        Ok(ReadOnlySql { ctx, options, tables })
+    }
+
+    /// Plans and runs one read-only statement.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let df = self.ctx.sql_with_options(sql, self.options).await.map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("not supported") || msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement")
+            {
+                SinkError::Sql(format!("refused: meterflow SQL is read-only (queries only): {msg}"))
+            } else {
+                SinkError::Sql(msg)
+            }
+        })?;
+        df.collect().await.map_err(sql_err)
+    }
+}
+
+/// Output formats of query results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// An aligned text table.
+    Table,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+    /// One JSON object per line; decimals and timestamps as strings, integers as numbers.
+    Json,
+}
+
+/// Renders batches in the chosen format (decimals exactly as stored).
+pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
+    match format {
+        Format::Table => pretty_format_batches(batches).map(|t| t.to_string()).map_err(sql_err),
+        Format::Csv => render_csv(batches),
+        Format::Json => render_json(batches),
+    }
+}
+
+fn cells(batch: &RecordBatch) -> Result<Vec<Vec<Option<String>>>> {
+    let opts = FormatOptions::default();
+    let mut rows = vec![Vec::with_capacity(batch.num_columns()); batch.num_rows()];
+    for col in batch.columns() {
+        let f = ArrayFormatter::try_new(col.as_ref(), &opts).map_err(sql_err)?;
+        for (i, row) in rows.iter_mut().enumerate() {
+            row.push(if col.is_null(i) { None } else { Some(f.value(i).to_string()) });
+        }
+    }
+    Ok(rows)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn render_csv(batches: &[RecordBatch]) -> Result<String> {
+    let mut out = String::new();
+    let Some(first) = batches.first() else { return Ok(out) };
+    let header: Vec<String> = first.schema().fields().iter().map(|f| csv_field(f.name())).collect();
+    out.push_str(&header.join(","));
+    out.push('\n');
+    for b in batches {
+        for row in cells(b)? {
+            let line: Vec<String> = row.iter().map(|c| c.as_deref().map(csv_field).unwrap_or_default()).collect();
+            out.push_str(&line.join(","));
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+fn render_json(batches: &[RecordBatch]) -> Result<String> {
+    let mut out = String::new();
+    for b in batches {
+        let schema = b.schema();
+        for row in cells(b)? {
+            let mut obj = serde_json::Map::new();
+            for (field, cell) in schema.fields().iter().zip(row) {
+                let v = match cell {
+                    None => serde_json::Value::Null,
+                    Some(s) if field.data_type().is_integer() => {
+                        s.parse::<i64>().map(serde_json::Value::from).unwrap_or(serde_json::Value::String(s))
+                    }
+                    Some(s) if *field.data_type() == DataType::Boolean => serde_json::Value::Bool(s == "true"),
+                    Some(s) => serde_json::Value::String(s),
+                };
+                obj.insert(field.name().clone(), v);
+            }
+            out.push_str(&serde_json::Value::Object(obj).to_string());
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{SummaryRow, SummaryTable};
+    use chrono::DateTime;
+
+    async fn fixture() -> (tempfile::TempDir, ReadOnlySql) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = SummaryTable::open_or_create(dir.path()).await.unwrap();
+        let ws = DateTime::from_timestamp(1_795_000_000 / 3600 * 3600, 0).unwrap();
+        let row = |q: &str, a: &str, seq| SummaryRow {
+            customer_id: "acme".into(),
+            subject: "acme".into(),
+            meter: "api_calls".into(),
+            dimensions: "{\"region\":\"eu\"}".into(),
+            window_start: ws,
+            window_end: ws + chrono::Duration::hours(1),
+            revision: seq,
+            quantity: q.parse().unwrap(),
+            amount: a.parse().unwrap(),
+            currency: "USD".into(),
+            plan_id: "p".into(),
+            event_count: 1,
+            first_seq: seq,
+            last_seq: seq,
+        };
+        t.commit(&[row("0.1", "0.00002", 1)], 1).await.unwrap();
+        t.commit(&[row("0.2", "0.00004", 2)], 2).await.unwrap();
+        let sql = ReadOnlySql::open(dir.path()).await.unwrap();
+        (dir, sql)
+    }
+
+    #[tokio::test]
+    async fn window_totals_sum_the_deltas_exactly() {
+        let (_dir, sql) = fixture().await;
+        let b = sql.query("SELECT quantity, amount, revisions FROM window_totals").await.unwrap();
+        let csv = render(&b, Format::Csv).unwrap();
+        assert_eq!(csv, "quantity,amount,revisions\n0.300000000000,0.000060000000000000,2\n");
+    }
+
+    #[tokio::test]
+    async fn statements_that_write_or_read_files_are_refused() {
+        let (_dir, sql) = fixture().await;
+        for bad in [
+            "CREATE TABLE t AS SELECT 1",
+            "INSERT INTO usage_summaries SELECT * FROM usage_summaries",
+            "COPY usage_summaries TO '/tmp/out.csv'",
+            "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'",
+            "SET datafusion.execution.batch_size = 1",
+            "DROP VIEW window_totals",
+            "SELECT * FROM '/etc/passwd'",
+            "SELECT * FROM read_csv('/etc/passwd')",
+        ] {
+            assert!(sql.query(bad).await.is_err(), "{bad} was not refused");
+        }
+    }
+
+    #[tokio::test]
+    async fn json_output_keeps_decimals_as_exact_strings() {
+        let (_dir, sql) = fixture().await;
+        let b = sql.query("SELECT SUM(quantity) AS q, COUNT(*) AS n FROM usage_summaries").await.unwrap();
+        assert_eq!(render(&b, Format::Json).unwrap(), "{\"n\":2,\"q\":\"0.300000000000\"}\n");
+    }
+}

@@ -1,0 +1,381 @@
+//! The `usage_summaries` Delta table.
+
+use chrono::{DateTime, Utc};
+use deltalake::arrow::array::{ArrayRef, Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{DataType, StructField, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableError, TableProperty};
+use rust_decimal::Decimal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::{Result, SinkError};
+
+/// Name of the rated summaries table (and of its folder under the data directory).
+pub const SUMMARIES_TABLE: &str = "usage_summaries";
+/// Application id of the Delta application transaction that records stream progress.
+pub const APP_ID: &str = "meterflow-pipeline";
+
+/// Fractional digits of `quantity` (DECIMAL(38, 12)).
+pub const QUANTITY_SCALE: u32 = 12;
+/// Fractional digits of `amount` (DECIMAL(38, 18)): unrounded, see the rater.
+pub const AMOUNT_SCALE: u32 = 18;
+
+/// Reopen the table handle after this many commits: delta-rs commit latency grows with the
+/// lifetime of one handle.
+const REOPEN_EVERY: u64 = 100;
+
+/// One rated summary row: the change of one window's value in one commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryRow {
+    /// Customer id.
+    pub customer_id: String,
+    /// Event subject.
+    pub subject: String,
+    /// Meter name.
+    pub meter: String,
+    /// Canonical JSON of the group-by values.
+    pub dimensions: String,
+    /// Window start (UTC).
+    pub window_start: DateTime<Utc>,
+    /// Window end, exclusive (UTC).
+    pub window_end: DateTime<Utc>,
+    /// The stream sequence the writing commit covers through; orders a window's rows.
+    pub revision: u64,
+    /// Change of the window's quantity (rows of a window sum to its value).
+    pub quantity: Decimal,
+    /// Change of the window's rated amount, unrounded.
+    pub amount: Decimal,
+    /// ISO 4217 currency of `amount`.
+    pub currency: String,
+    /// Plan that rated the row.
+    pub plan_id: String,
+    /// Accepted events folded into this row.
+    pub event_count: u64,
+    /// Lowest stream sequence among those events.
+    pub first_seq: u64,
+    /// Highest stream sequence among those events.
+    pub last_seq: u64,
+}
+
+fn ts_type() -> ArrowType {
+    ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Arrow schema of `usage_summaries`.
+pub fn summaries_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("customer_id", ArrowType::Utf8, false),
+        Field::new("subject", ArrowType::Utf8, false),
+        Field::new("meter", ArrowType::Utf8, false),
+        Field::new("dimensions", ArrowType::Utf8, false),
+        Field::new("window_start", ts_type(), false),
+        Field::new("window_end", ts_type(), false),
+        Field::new("revision", ArrowType::Int64, false),
+        Field::new("quantity", ArrowType::Decimal128(38, QUANTITY_SCALE as i8), false),
+        Field::new("amount", ArrowType::Decimal128(38, AMOUNT_SCALE as i8), false),
+        Field::new("currency", ArrowType::Utf8, false),
+        Field::new("plan_id", ArrowType::Utf8, false),
+        Field::new("event_count", ArrowType::Int64, false),
+        Field::new("first_seq", ArrowType::Int64, false),
+        Field::new("last_seq", ArrowType::Int64, false),
+        Field::new("committed_at", ts_type(), false),
+    ]))
+}
+
+fn delta_columns() -> Result<Vec<StructField>> {
+    let dec = |p, s| {
+        DataType::decimal(p, s).map_err(|e| SinkError::Encode { table: SUMMARIES_TABLE.into(), message: e.to_string() })
+    };
+    Ok(vec![
+        StructField::new("customer_id", DataType::STRING, false),
+        StructField::new("subject", DataType::STRING, false),
+        StructField::new("meter", DataType::STRING, false),
+        StructField::new("dimensions", DataType::STRING, false),
+        StructField::new("window_start", DataType::TIMESTAMP, false),
+        StructField::new("window_end", DataType::TIMESTAMP, false),
+        StructField::new("revision", DataType::LONG, false),
+        StructField::new("quantity", dec(38, QUANTITY_SCALE as u8)?, false),
+        StructField::new("amount", dec(38, AMOUNT_SCALE as u8)?, false),
+        StructField::new("currency", DataType::STRING, false),
+        StructField::new("plan_id", DataType::STRING, false),
+        StructField::new("event_count", DataType::LONG, false),
+        StructField::new("first_seq", DataType::LONG, false),
+        StructField::new("last_seq", DataType::LONG, false),
+        StructField::new("committed_at", DataType::TIMESTAMP, false),
+    ])
+}
+
+/// Exact conversion of a decimal to the unscaled i128 of a column with `scale` digits.
+pub(crate) fn to_unscaled(d: Decimal, scale: u32, column: &str) -> Result<i128> {
+    let d = d.normalize();
+    if d.scale() > scale {
+        return Err(SinkError::Encode {
+            table: SUMMARIES_TABLE.into(),
+            message: format!("{column} {d} has more than {scale} fractional digits"),
+        });
+    }
+    let factor = 10i128.pow(scale - d.scale());
+    d.mantissa().checked_mul(factor).ok_or_else(|| SinkError::Encode {
+        table: SUMMARIES_TABLE.into(),
+        message: format!("{column} {d} overflows DECIMAL(38, {scale})"),
+    })
+}
+
+fn seq_i64(v: u64, column: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| SinkError::Encode {
+        table: SUMMARIES_TABLE.into(),
+        message: format!("{column} {v} exceeds Int64"),
+    })
+}
+
+/// Builds the Arrow batch for `rows`, stamped with `committed_at`.
+pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut customer = StringBuilder::with_capacity(n, n * 8);
+    let mut subject = StringBuilder::with_capacity(n, n * 8);
+    let mut meter = StringBuilder::with_capacity(n, n * 8);
+    let mut dims = StringBuilder::with_capacity(n, n * 16);
+    let mut wstart = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut wend = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut revision = Int64Builder::with_capacity(n);
+    let mut quantity = Decimal128Builder::with_capacity(n);
+    let mut amount = Decimal128Builder::with_capacity(n);
+    let mut currency = StringBuilder::with_capacity(n, n * 3);
+    let mut plan = StringBuilder::with_capacity(n, n * 8);
+    let mut events = Int64Builder::with_capacity(n);
+    let mut first = Int64Builder::with_capacity(n);
+    let mut last = Int64Builder::with_capacity(n);
+    let mut committed = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    for r in rows {
+        customer.append_value(&r.customer_id);
+        subject.append_value(&r.subject);
+        meter.append_value(&r.meter);
+        dims.append_value(&r.dimensions);
+        wstart.append_value(r.window_start.timestamp_micros());
+        wend.append_value(r.window_end.timestamp_micros());
+        revision.append_value(seq_i64(r.revision, "revision")?);
+        quantity.append_value(to_unscaled(r.quantity, QUANTITY_SCALE, "quantity")?);
+        amount.append_value(to_unscaled(r.amount, AMOUNT_SCALE, "amount")?);
+        currency.append_value(&r.currency);
+        plan.append_value(&r.plan_id);
+        events.append_value(seq_i64(r.event_count, "event_count")?);
+        first.append_value(seq_i64(r.first_seq, "first_seq")?);
+        last.append_value(seq_i64(r.last_seq, "last_seq")?);
+        committed.append_value(committed_at.timestamp_micros());
+    }
+    let enc = |e: deltalake::arrow::error::ArrowError| SinkError::Encode {
+        table: SUMMARIES_TABLE.into(),
+        message: e.to_string(),
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(customer.finish()),
+        Arc::new(subject.finish()),
+        Arc::new(meter.finish()),
+        Arc::new(dims.finish()),
+        Arc::new(wstart.finish()),
+        Arc::new(wend.finish()),
+        Arc::new(revision.finish()),
+        Arc::new(quantity.finish().with_precision_and_scale(38, QUANTITY_SCALE as i8).map_err(enc)?),
+        Arc::new(amount.finish().with_precision_and_scale(38, AMOUNT_SCALE as i8).map_err(enc)?),
+        Arc::new(currency.finish()),
+        Arc::new(plan.finish()),
+        Arc::new(events.finish()),
+        Arc::new(first.finish()),
+        Arc::new(last.finish()),
+        Arc::new(committed.finish()),
+    ];
+    RecordBatch::try_new(summaries_schema(), columns).map_err(enc)
+}
+
+/// The `usage_summaries` table with its stream checkpoint.
+pub struct SummaryTable {
+    path: PathBuf,
+    table: Option<DeltaTable>,
+    commits_since_open: u64,
+}
+
+impl std::fmt::Debug for SummaryTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SummaryTable").field("path", &self.path).finish()
+    }
+}
+
+fn delta_err(e: DeltaTableError) -> SinkError {
+    SinkError::Delta { table: SUMMARIES_TABLE.into(), source: e }
+}
+
+/// Location of a table under the data directory.
+pub fn table_url(data_dir: &Path, name: &str) -> Result<url::Url> {
+    let path = data_dir.join(name);
+    std::fs::create_dir_all(&path)
+        .map_err(|e| SinkError::DataDir { path: path.display().to_string(), message: e.to_string() })?;
+    let abs = path
+        .canonicalize()
+        .map_err(|e| SinkError::DataDir { path: path.display().to_string(), message: e.to_string() })?;
+    url::Url::from_directory_path(&abs)
+        .map_err(|_| SinkError::DataDir { path: abs.display().to_string(), message: "not an absolute path".into() })
+}
+
+impl SummaryTable {
+    /// Opens the table under `data_dir`, creating it (and the folder) when absent.
+    pub async fn open_or_create(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join(SUMMARIES_TABLE);
+        let url = table_url(data_dir, SUMMARIES_TABLE)?;
+        let table = match deltalake::open_table(url.clone()).await {
+            Ok(t) => t,
+            Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => {
+                let t = DeltaTable::try_from_url(url).await.map_err(delta_err)?;
+                t.create()
+                    .with_table_name(SUMMARIES_TABLE)
+                    .with_comment(
+                        "meterflow rated usage summaries: rows are deltas; SUM(quantity) per window gives its value",
+                    )
+                    .with_columns(delta_columns()?)
+                    .with_save_mode(SaveMode::Ignore)
+                    .with_configuration_property(TableProperty::CheckpointInterval, Some("50"))
+                    .with_configuration_property(TableProperty::LogRetentionDuration, Some("interval 7 days"))
+                    .await
+                    .map_err(delta_err)?
+            }
+            Err(e) => return Err(delta_err(e)),
+        };
+        Ok(SummaryTable { path, table: Some(table), commits_since_open: 0 })
+    }
+
+    fn table(&self) -> Result<&DeltaTable> {
+        self.table.as_ref().ok_or_else(|| SinkError::Encode {
+            table: SUMMARIES_TABLE.into(),
+            message: "table handle lost after a failed commit".into(),
+        })
+    }
+
+    /// Reopens the handle from storage (after a failed commit, or periodically).
+    pub async fn reopen(&mut self) -> Result<()> {
+        let url = table_url(self.path.parent().unwrap_or(Path::new(".")), SUMMARIES_TABLE)?;
+        self.table = Some(deltalake::open_table(url).await.map_err(delta_err)?);
+        self.commits_since_open = 0;
+        Ok(())
+    }
+
+    /// The last stream sequence committed (0 when nothing has been).
+    pub async fn committed_seq(&self) -> Result<u64> {
+        let t = self.table()?;
+        let v = t
+            .snapshot()
+            .map_err(delta_err)?
+            .transaction_version(t.log_store().as_ref(), APP_ID)
+            .await
+            .map_err(delta_err)?;
+        Ok(v.map_or(0, |v| v.max(0) as u64))
+    }
+
+    /// Current table version.
+    pub fn version(&self) -> Option<i64> {
+        self.table.as_ref().and_then(|t| t.version())
+    }
+
+    /// Atomically appends `rows` and records `through_seq` as the committed stream sequence.
+    /// With no rows, commits the progress alone. Returns the new table version.
+    pub async fn commit(&mut self, rows: &[SummaryRow], through_seq: u64) -> Result<i64> {
+        if self.table.is_none() || self.commits_since_open >= REOPEN_EVERY {
+            self.reopen().await?;
+        }
+        let seq = seq_i64(through_seq, "through_seq")?;
+        let props = CommitProperties::default().with_application_transaction(Transaction::new(APP_ID, seq));
+        let result = if rows.is_empty() {
+            self.commit_progress_only(props).await
+        } else {
+            let batch = encode_rows(rows, Utc::now())?;
+            let table = self.table.take().ok_or_else(|| SinkError::Encode {
+                table: SUMMARIES_TABLE.into(),
+                message: "no table handle".into(),
+            })?;
+            table
+                .write(vec![batch])
+                .with_save_mode(SaveMode::Append)
+                .with_commit_properties(props)
+                .await
+                .map_err(delta_err)
+        };
+        match result {
+            Ok(t) => {
+                let v = t.version().unwrap_or_default();
+                self.table = Some(t);
+                self.commits_since_open += 1;
+                Ok(v)
+            }
+            Err(e) => {
+                // The handle may be stale or consumed; the next attempt reopens it.
+                self.table = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit_progress_only(&mut self, props: CommitProperties) -> Result<DeltaTable> {
+        let table = self.table()?;
+        let snapshot = table.snapshot().map_err(delta_err)?;
+        let log_store = table.log_store();
+        let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+        CommitBuilder::from(props)
+            .with_actions(vec![])
+            .build(Some(snapshot), log_store, operation)
+            .await
+            .map_err(delta_err)?;
+        let mut t = self
+            .table
+            .take()
+            .ok_or_else(|| SinkError::Encode { table: SUMMARIES_TABLE.into(), message: "no table handle".into() })?;
+        t.update_state().await.map_err(delta_err)?;
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(q: &str, a: &str, seq: u64) -> SummaryRow {
+        let t = DateTime::from_timestamp(1_795_000_000, 0).unwrap();
+        SummaryRow {
+            customer_id: "acme".into(),
+            subject: "acme".into(),
+            meter: "api_calls".into(),
+            dimensions: r#"{"region":"eu"}"#.into(),
+            window_start: t,
+            window_end: t,
+            revision: seq,
+            quantity: q.parse().unwrap(),
+            amount: a.parse().unwrap(),
+            currency: "USD".into(),
+            plan_id: "p".into(),
+            event_count: 1,
+            first_seq: seq,
+            last_seq: seq,
+        }
+    }
+
+    #[test]
+    fn decimals_convert_exactly_to_the_column_scale() {
+        assert_eq!(to_unscaled("1.5".parse().unwrap(), 12, "q").unwrap(), 1_500_000_000_000);
+        assert_eq!(to_unscaled("0.000000000001".parse().unwrap(), 12, "q").unwrap(), 1);
+        assert!(to_unscaled("0.0000000000001".parse().unwrap(), 12, "q").is_err());
+    }
+
+    #[tokio::test]
+    async fn commits_record_the_stream_sequence_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = SummaryTable::open_or_create(dir.path()).await.unwrap();
+        assert_eq!(t.committed_seq().await.unwrap(), 0);
+        t.commit(&[row("3", "0.0006", 7)], 7).await.unwrap();
+        t.commit(&[], 9).await.unwrap();
+        assert_eq!(t.committed_seq().await.unwrap(), 9);
+        let reopened = SummaryTable::open_or_create(dir.path()).await.unwrap();
+        assert_eq!(reopened.committed_seq().await.unwrap(), 9);
+        assert_eq!(reopened.version(), Some(2));
+    }
+}
