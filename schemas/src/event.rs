@@ -15,7 +15,7 @@ pub const MAX_ATTRIBUTE_BYTES: usize = 256;
 
 /// A validated CloudEvents usage event. Strings are owned; `data` keeps the exact JSON text of
 /// the event's `data` member so meter values can be read without a float round trip.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct UsageEvent {
     /// CloudEvents `id`: with `source`, the identity used for dedup.
     pub id: String,
@@ -322,7 +322,14 @@ mod tests {
     #[test]
     fn a_nesting_bomb_is_rejected_not_crashed_on() {
         let bomb = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert_eq!(decode_message(bomb.as_bytes()).rejects[0].reason, RejectReason::InvalidJson);
+        let d = decode_message(bomb.as_bytes());
+        assert!(d.events.is_empty());
+        assert!(matches!(d.rejects[0].reason, RejectReason::InvalidJson | RejectReason::NotAnEvent));
+        let object_bomb = format!("{}{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
+        assert!(decode_message(object_bomb.as_bytes()).events.is_empty());
+        // Deep nesting inside `data` is kept raw and never walked recursively.
+        let deep_data = with("data", "{}").replace("\"data\":{}", &format!("\"data\":{}1{}", "[".repeat(50_000), "]".repeat(50_000)));
+        assert_eq!(decode_message(deep_data.as_bytes()).events.len(), 1);
     }
 
     proptest::proptest! {

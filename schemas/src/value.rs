@@ -93,9 +93,11 @@ mod tests {
         assert_eq!(parse_decimal(&raw("0.30000000000000004")).unwrap_err().0, RejectReason::ValueTooPrecise);
         assert_eq!(parse_decimal(&raw("1.5e3")).unwrap().to_string(), "1500");
         assert_eq!(
-            parse_decimal(&raw("123456789012345678.000000000001")).unwrap().to_string(),
-            "123456789012345678.000000000001"
+            parse_decimal(&raw("1234567890123456.000000000001")).unwrap().to_string(),
+            "1234567890123456.000000000001"
         );
+        // Beyond 28 significant digits a decimal cannot be held exactly: rejected, not rounded.
+        assert_eq!(parse_decimal(&raw("123456789012345678.000000000001")).unwrap_err().0, RejectReason::InvalidValue);
     }
 
     #[test]
