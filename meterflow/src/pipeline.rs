@@ -54,6 +54,8 @@ pub struct RunStats {
     pub rows_written: u64,
     /// Last committed stream sequence.
     pub committed_seq: u64,
+    /// Seconds from the first live message to the last commit (the busy time, without idling).
+    pub busy_secs: f64,
 }
 
 impl RunStats {
@@ -119,6 +121,7 @@ pub struct Pipeline {
     pending_events: usize,
     pending_since: Option<Instant>,
     commits_since_snapshot: u64,
+    first_live: Option<Instant>,
     stats: RunStats,
 }
 
@@ -179,6 +182,7 @@ impl Pipeline {
             pending_events: 0,
             pending_since: None,
             commits_since_snapshot: 0,
+            first_live: None,
             stats,
         })
     }
@@ -267,6 +271,7 @@ impl Pipeline {
         if !live.is_empty() {
             self.stats.messages += live.len() as u64;
             self.pending_since.get_or_insert_with(Instant::now);
+            self.first_live.get_or_insert_with(Instant::now);
             self.process_part(live, true)?;
         }
         Ok(())
@@ -385,7 +390,8 @@ impl Pipeline {
     async fn commit_with_retry(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
         let Some(last) = self.pending_last.take() else { return Ok(()) };
         let through = last.seq;
-        let rows = self.rate(self.agg.flush(), through)?;
+        let deltas = self.agg.flush();
+        let rows = self.rate(deltas, through)?;
         let rejects = std::mem::take(&mut self.pending_rejects);
         let mut delay = Duration::from_millis(100);
         let mut stop_requested = false;
@@ -420,6 +426,7 @@ impl Pipeline {
         self.stats.commits += 1;
         self.stats.rows_written += rows.len() as u64;
         self.stats.committed_seq = through;
+        self.stats.busy_secs = self.first_live.map_or(0.0, |t| t.elapsed().as_secs_f64());
         self.pending_events = 0;
         self.pending_since = None;
         if let Err(e) = self.broker.ack_through(&last.message).await {

@@ -6,8 +6,9 @@
 //! always add up to the price of its total, whatever order the rows were written in.
 //!
 //! Money is [`rust_decimal::Decimal`] end to end. Amounts are never rounded here: unit prices
-//! carry at most [`MAX_PRICE_SCALE`] fractional digits and quantities at most 12, so every
-//! product is exact within the tables' DECIMAL(38, 18) amount column. Rounding to the currency's
+//! carry at most [`MAX_PRICE_SCALE`] (9) fractional digits and quantities at most 9, so every
+//! product is exact within the tables' DECIMAL(38, 18) amount column; a product that would not
+//! fit exactly is an error, never a silent rounding. Rounding to the currency's
 //! minor unit happens once, per invoice line, in billing.
 
 mod currency;

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 
 use crate::currency::Currency;
 
-/// The most fractional digits a unit price may carry (quantities carry at most 12, amounts are
+/// The most fractional digits a unit price may carry (quantities carry at most 9, amounts are
 /// stored with 18, so every quantity x price product is exact).
-pub const MAX_PRICE_SCALE: u32 = 6;
+pub const MAX_PRICE_SCALE: u32 = 9;
 
 /// A plan as written in the reference data.
 #[derive(Debug, Clone, Deserialize)]
@@ -133,8 +133,7 @@ impl Plan {
             .unit_prices
             .get(meter)
             .ok_or_else(|| RaterError::NoCharge { plan: self.id.clone(), meter: meter.to_string() })?;
-        quantity
-            .checked_mul(*unit)
+        exact_mul(quantity, *unit)
             .ok_or_else(|| RaterError::Overflow { plan: self.id.clone(), meter: meter.to_string() })
     }
 
@@ -143,6 +142,21 @@ impl Plan {
     pub fn rate_delta(&self, meter: &str, before: Decimal, after: Decimal) -> Result<Decimal, RaterError> {
         Ok(self.price(meter, after)? - self.price(meter, before)?)
     }
+}
+
+/// `a * b` computed exactly, or `None` when the exact product does not fit a [`Decimal`]
+/// (rust_decimal's own multiplication would round away digits instead).
+pub(crate) fn exact_mul(a: Decimal, b: Decimal) -> Option<Decimal> {
+    let mut mantissa = a.mantissa().checked_mul(b.mantissa())?;
+    let mut scale = a.scale() + b.scale();
+    while scale > 0 && mantissa % 10 == 0 {
+        mantissa /= 10;
+        scale -= 1;
+    }
+    if scale > 28 || mantissa.unsigned_abs() >= 1u128 << 96 {
+        return None;
+    }
+    Decimal::try_from_i128_with_scale(mantissa, scale).ok()
 }
 
 #[cfg(test)]
@@ -181,11 +195,20 @@ mod tests {
         assert!(matches!(e, RaterError::UnknownMeter { .. }));
         let e = PriceBook::new(vec![plan(&[])], &["api_calls"]).unwrap_err();
         assert!(e.to_string().contains("no charge for meter `api_calls`"));
-        let e = PriceBook::new(vec![plan(&[("api_calls", "0.0000001")])], &["api_calls"]).unwrap_err();
+        let e = PriceBook::new(vec![plan(&[("api_calls", "0.0000000001")])], &["api_calls"]).unwrap_err();
         assert!(matches!(e, RaterError::PriceTooPrecise { .. }));
         let mut bad = plan(&[("api_calls", "1")]);
         bad.currency = "DOGE".into();
         assert!(matches!(PriceBook::new(vec![bad], &["api_calls"]).unwrap_err(), RaterError::UnknownCurrency { .. }));
+    }
+
+    #[test]
+    fn products_are_exact_or_refused_never_rounded() {
+        let q: Decimal = "123456789012.123456789".parse().unwrap();
+        let p: Decimal = "0.000002800".parse().unwrap();
+        assert_eq!(exact_mul(q, p).unwrap().to_string(), "345679.0092339456790092");
+        let huge: Decimal = "79228162514264337593543950.335".parse().unwrap();
+        assert_eq!(exact_mul(huge, "1.5".parse().unwrap()), None);
     }
 
     proptest! {

@@ -328,7 +328,8 @@ mod tests {
         let object_bomb = format!("{}{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
         assert!(decode_message(object_bomb.as_bytes()).events.is_empty());
         // Deep nesting inside `data` is kept raw and never walked recursively.
-        let deep_data = with("data", "{}").replace("\"data\":{}", &format!("\"data\":{}1{}", "[".repeat(50_000), "]".repeat(50_000)));
+        let deep_data = with("data", "{}")
+            .replace("\"data\":{}", &format!("\"data\":{}1{}", "[".repeat(50_000), "]".repeat(50_000)));
         assert_eq!(decode_message(deep_data.as_bytes()).events.len(), 1);
     }
 

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use crate::reject::RejectReason;
 
 /// The largest number of fractional digits a meter value may carry. The tables store quantities
-/// as DECIMAL(38, 12), so anything finer could not be stored exactly and is rejected instead of
+/// as DECIMAL(38, 9), so anything finer could not be stored exactly and is rejected instead of
 /// being rounded silently.
-pub const MAX_VALUE_SCALE: u32 = 12;
+pub const MAX_VALUE_SCALE: u32 = 9;
 
 /// Reads an exact decimal from the raw JSON text of a value: a JSON number (`12`, `0.5`,
 /// `1.5e3`) or a string holding a decimal (`"12.25"`). The text is parsed directly into a
@@ -93,11 +93,11 @@ mod tests {
         assert_eq!(parse_decimal(&raw("0.30000000000000004")).unwrap_err().0, RejectReason::ValueTooPrecise);
         assert_eq!(parse_decimal(&raw("1.5e3")).unwrap().to_string(), "1500");
         assert_eq!(
-            parse_decimal(&raw("1234567890123456.000000000001")).unwrap().to_string(),
-            "1234567890123456.000000000001"
+            parse_decimal(&raw("1234567890123456789.000000001")).unwrap().to_string(),
+            "1234567890123456789.000000001"
         );
         // Beyond 28 significant digits a decimal cannot be held exactly: rejected, not rounded.
-        assert_eq!(parse_decimal(&raw("123456789012345678.000000000001")).unwrap_err().0, RejectReason::InvalidValue);
+        assert_eq!(parse_decimal(&raw("99999999999999999999.000000001")).unwrap_err().0, RejectReason::InvalidValue);
     }
 
     #[test]

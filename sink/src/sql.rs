@@ -207,7 +207,7 @@ mod tests {
         let (_dir, sql) = fixture().await;
         let b = sql.query("SELECT quantity, amount, revisions FROM window_totals").await.unwrap();
         let csv = render(&b, Format::Csv).unwrap();
-        assert_eq!(csv, "quantity,amount,revisions\n0.300000000000,0.000060000000000000,2\n");
+        assert_eq!(csv, "quantity,amount,revisions\n0.300000000,0.000060000000000000,2\n");
     }
 
     #[tokio::test]
@@ -231,6 +231,6 @@ mod tests {
     async fn json_output_keeps_decimals_as_exact_strings() {
         let (_dir, sql) = fixture().await;
         let b = sql.query("SELECT SUM(quantity) AS q, COUNT(*) AS n FROM usage_summaries").await.unwrap();
-        assert_eq!(render(&b, Format::Json).unwrap(), "{\"n\":2,\"q\":\"0.300000000000\"}\n");
+        assert_eq!(render(&b, Format::Json).unwrap(), "{\"n\":2,\"q\":\"0.300000000\"}\n");
     }
 }

@@ -19,8 +19,8 @@ pub const SUMMARIES_TABLE: &str = "usage_summaries";
 /// Application id of the Delta application transaction that records stream progress.
 pub const APP_ID: &str = "meterflow-pipeline";
 
-/// Fractional digits of `quantity` (DECIMAL(38, 12)).
-pub const QUANTITY_SCALE: u32 = 12;
+/// Fractional digits of `quantity` (DECIMAL(38, 9)).
+pub const QUANTITY_SCALE: u32 = 9;
 /// Fractional digits of `amount` (DECIMAL(38, 18)): unrounded, see the rater.
 pub const AMOUNT_SCALE: u32 = 18;
 
@@ -274,13 +274,13 @@ impl SummaryTable {
     }
 
     /// Current table version.
-    pub fn version(&self) -> Option<i64> {
+    pub fn version(&self) -> Option<u64> {
         self.table.as_ref().and_then(|t| t.version())
     }
 
     /// Atomically appends `rows` and records `through_seq` as the committed stream sequence.
     /// With no rows, commits the progress alone. Returns the new table version.
-    pub async fn commit(&mut self, rows: &[SummaryRow], through_seq: u64) -> Result<i64> {
+    pub async fn commit(&mut self, rows: &[SummaryRow], through_seq: u64) -> Result<u64> {
         if self.table.is_none() || self.commits_since_open >= REOPEN_EVERY {
             self.reopen().await?;
         }
