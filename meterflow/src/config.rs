@@ -151,7 +151,28 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        base.join(p)
+        normalize(&base.join(p))
+    }
+}
+
+/// Removes `.` and `name/..` pairs without touching the file system (`examples/../.demo` is
+/// shown as `.demo`).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
     }
 }
 
@@ -273,6 +294,14 @@ mod tests {
         assert_eq!(doc["nats"]["url"].as_str(), Some("nats://b:2"));
         assert_eq!(doc["pipeline"]["commit_interval_ms"].as_integer(), Some(250));
         assert_eq!(doc["nats"]["subjects"].as_array().map(|a| a.len()), Some(1));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder_without_dot_dot() {
+        assert_eq!(resolve(Path::new("examples"), Path::new("../.demo/data")), PathBuf::from(".demo/data"));
+        assert_eq!(resolve(Path::new("/etc/mf"), Path::new("./ref/c.toml")), PathBuf::from("/etc/mf/ref/c.toml"));
+        assert_eq!(resolve(Path::new(""), Path::new("../x")), PathBuf::from("../x"));
+        assert_eq!(resolve(Path::new("a"), Path::new("/abs")), PathBuf::from("/abs"));
     }
 
     #[test]

@@ -23,8 +23,12 @@ pub struct DemoOptions {
     pub config: PathBuf,
     /// Overrides (`--nats-url` uses an existing server instead of starting one).
     pub overrides: Overrides,
-    /// Distinct events in the single-event part of the workload.
+    /// Distinct events in the one-event-per-message part of the workload.
     pub events: usize,
+    /// Distinct events in the batch-mode part (0 skips it).
+    pub batch_events: usize,
+    /// Events per batch-mode message.
+    pub batch_size: usize,
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<()> {
@@ -40,6 +44,7 @@ fn prepare_data_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Adds the oracle of a workload whose windows do not overlap the windows of `into`.
 fn merge(into: &mut Oracle, other: Oracle) {
     for (k, v) in other.quantity {
         *into.quantity.entry(k).or_default() += v;
@@ -80,14 +85,23 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         }
     };
 
-    // Part one: one event per message. Part two: CloudEvents batch mode, 50 events per message.
+    // Part one: one event per message. Part two: CloudEvents batch mode, on the following two
+    // days (so that the parts' windows, and thus their oracles, do not overlap).
     let single = WorkloadSpec { events: options.events, batch_size: 1, seed: 1, ..Default::default() };
-    let batched =
-        WorkloadSpec { events: options.events * 4, batch_size: 50, bad_every: 5, seed: 2, ..Default::default() };
+    let batched = WorkloadSpec {
+        events: options.batch_events,
+        batch_size: options.batch_size.max(1),
+        bad_every: 5,
+        seed: 2,
+        base_time: single.base_time + chrono::Duration::days(2),
+        ..Default::default()
+    };
     let (mut messages, mut oracle) = workload::generate(&single, &reference)?;
-    let (more, oracle2) = workload::generate(&batched, &reference)?;
-    messages.extend(more);
-    merge(&mut oracle, oracle2);
+    if options.batch_events > 0 {
+        let (more, oracle2) = workload::generate(&batched, &reference)?;
+        messages.extend(more);
+        merge(&mut oracle, oracle2);
+    }
 
     let client = async_nats::connect(config.nats.url.as_str())
         .await
@@ -179,6 +193,10 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     println!("\nThe tables stay in {dir}. Explore them with SQL, for example:");
     println!("  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} \"SELECT * FROM window_totals ORDER BY window_start LIMIT 10\"");
     println!("  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} --format csv \"SELECT customer_id, date_trunc('day', window_start) AS day, meter, SUM(quantity) AS quantity, SUM(amount) AS amount FROM usage_summaries GROUP BY 1, 2, 3 ORDER BY 1, 2, 3\"");
-    println!("  duckdb -c \"INSTALL delta; LOAD delta; SELECT meter, SUM(quantity) FROM delta_scan('{dir}/usage_summaries') GROUP BY meter\"");
+    println!("The same table from Python's deltalake and DuckDB (installed in .tools/venv by scripts/tools.sh):");
+    println!(
+        "  .tools/venv/bin/python -c \"import deltalake, duckdb; ds = deltalake.DeltaTable('{dir}/usage_summaries').to_pyarrow_dataset(); \
+         print(duckdb.sql('SELECT customer_id, meter, SUM(quantity), SUM(amount) FROM ds GROUP BY ALL ORDER BY ALL'))\""
+    );
     Ok(())
 }

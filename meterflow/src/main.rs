@@ -83,9 +83,15 @@ enum Command {
         /// demo created it).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
-        /// Distinct events in the one-event-per-message part (the batch part has four times as many).
+        /// Distinct events in the one-event-per-message part of the workload.
         #[arg(long, default_value_t = 5_000)]
         events: usize,
+        /// Distinct events in the batch-mode part (0 skips it).
+        #[arg(long, default_value_t = 20_000)]
+        batch_events: usize,
+        /// Events per batch-mode message.
+        #[arg(long, default_value_t = 50)]
+        batch_size: usize,
     },
 }
 
@@ -173,9 +179,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Demo { config, nats_url, data_dir, events } => {
+        Command::Demo { config, nats_url, data_dir, events, batch_events, batch_size } => {
             init_logging("warn");
-            demo::run(DemoOptions { config, overrides: Overrides { nats_url, data_dir }, events }).await
+            let overrides = Overrides { nats_url, data_dir };
+            demo::run(DemoOptions { config, overrides, events, batch_events, batch_size }).await
         }
     }
 }

@@ -248,3 +248,60 @@ fn sql_that_would_write_or_read_files_is_refused_with_a_clear_message() {
         );
     }
 }
+
+/// The Python used to cross-read tables: `$DELTA_READER_PYTHON` (set by scripts/tools.sh) or
+/// the project's `.tools/venv`.
+fn reader_python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("DELTA_READER_PYTHON") {
+        return p.into();
+    }
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
+    assert!(local.is_file(), "no Python with deltalake and duckdb: run `bash scripts/tools.sh` first");
+    local
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_engines_read_the_delta_table_and_get_the_same_exact_totals() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let spec = WorkloadSpec {
+        events: 4_000,
+        batch_size: 25,
+        duplicate_every: 5,
+        bad_every: 7,
+        seed: 11,
+        ..Default::default()
+    };
+    let (messages, oracle) = workload::generate(&spec, &reference()).unwrap();
+    workload::publish_all(&js, &messages, 256).await.unwrap();
+    env.run_until_idle(&[("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "100"), ("METERFLOW_NATS__FETCH_BATCH", "20")]);
+
+    // delta-rs's Python binding reads the Delta log; DuckDB sums the decimals.
+    let script = r#"
+import sys, deltalake, duckdb
+t = deltalake.DeltaTable(sys.argv[1])
+ds = t.to_pyarrow_dataset()
+rows = duckdb.sql("SELECT customer_id, meter, CAST(SUM(quantity) AS VARCHAR), CAST(SUM(amount) AS VARCHAR) FROM ds GROUP BY ALL ORDER BY ALL").fetchall()
+for r in rows:
+    print(",".join(r))
+"#;
+    let table = env.data_dir().join("usage_summaries");
+    let out = std::process::Command::new(reader_python()).arg("-c").arg(script).arg(&table).output().unwrap();
+    assert!(out.status.success(), "python reader failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut seen = 0;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(',').collect();
+        let key = (f[0].to_string(), f[1].to_string());
+        assert_eq!(f[2].parse::<Decimal>().unwrap(), oracle.quantity[&key], "DuckDB quantity of {key:?}");
+        assert_eq!(f[3].parse::<Decimal>().unwrap(), oracle.amount[&key], "DuckDB amount of {key:?}");
+        seen += 1;
+    }
+    assert_eq!(seen, oracle.quantity.len());
+    // And meterflow's own SQL agrees.
+    let ours = totals(&env);
+    for (key, q) in &oracle.quantity {
+        assert_eq!(ours[key].0, *q);
+    }
+}

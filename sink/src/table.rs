@@ -225,23 +225,22 @@ impl SummaryTable {
     pub async fn open_or_create(data_dir: &Path) -> Result<Self> {
         let path = data_dir.join(SUMMARIES_TABLE);
         let url = table_url(data_dir, SUMMARIES_TABLE)?;
-        let table = match deltalake::open_table(url.clone()).await {
-            Ok(t) => t,
-            Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => {
-                let t = DeltaTable::try_from_url(url).await.map_err(delta_err)?;
-                t.create()
-                    .with_table_name(SUMMARIES_TABLE)
-                    .with_comment(
-                        "meterflow rated usage summaries: rows are deltas; SUM(quantity) per window gives its value",
-                    )
-                    .with_columns(delta_columns()?)
-                    .with_save_mode(SaveMode::Ignore)
-                    .with_configuration_property(TableProperty::CheckpointInterval, Some("50"))
-                    .with_configuration_property(TableProperty::LogRetentionDuration, Some("interval 7 days"))
-                    .await
-                    .map_err(delta_err)?
-            }
-            Err(e) => return Err(delta_err(e)),
+        // Check for the log first: opening a missing table makes the kernel log an error.
+        let table = if path.join("_delta_log").is_dir() {
+            deltalake::open_table(url).await.map_err(delta_err)?
+        } else {
+            let t = deltalake::DeltaTableBuilder::from_url(url).and_then(|b| b.build()).map_err(delta_err)?;
+            t.create()
+                .with_table_name(SUMMARIES_TABLE)
+                .with_comment(
+                    "meterflow rated usage summaries: rows are deltas; SUM(quantity) per window gives its value",
+                )
+                .with_columns(delta_columns()?)
+                .with_save_mode(SaveMode::Ignore)
+                .with_configuration_property(TableProperty::CheckpointInterval, Some("50"))
+                .with_configuration_property(TableProperty::LogRetentionDuration, Some("interval 7 days"))
+                .await
+                .map_err(delta_err)?
         };
         Ok(SummaryTable { path, table: Some(table), commits_since_open: 0 })
     }
