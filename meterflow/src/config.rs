@@ -34,6 +34,9 @@ const fn default_snapshot_every_commits() -> u64 {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
+const fn default_compact_every_commits() -> u64 {
+    100
+}
 
 /// `[pipeline]`: batching, commits and dedup.
 #[derive(Debug, Clone, Deserialize)]
@@ -75,11 +78,14 @@ pub struct StorageConfig {
     /// Data directory: one folder per Delta table, plus `state/` for snapshots.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Compact the table's small files every this many commits (0 = never).
+    #[serde(default = "default_compact_every_commits")]
+    pub compact_every_commits: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { data_dir: default_data_dir() }
+        StorageConfig { data_dir: default_data_dir(), compact_every_commits: default_compact_every_commits() }
     }
 }
 

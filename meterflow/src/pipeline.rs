@@ -437,6 +437,14 @@ impl Pipeline {
         if self.commits_since_snapshot >= self.config.pipeline.snapshot_every_commits.max(1) {
             self.snapshot()?;
         }
+        let every = self.config.storage.compact_every_commits;
+        if every > 0 && self.stats.commits.is_multiple_of(every) {
+            match self.table.compact().await {
+                Ok((removed, added)) => tracing::info!(removed, added, "compacted usage_summaries"),
+                // Not fatal: compaction only keeps reads and commits fast.
+                Err(e) => tracing::warn!(error = %e, "compaction failed; will retry later"),
+            }
+        }
         Ok(())
     }
 

@@ -1,4 +1,5 @@
 //! End-to-end: real nats-server, the real `meterflow` binary, real Delta tables.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by design
 
 mod common;
 
