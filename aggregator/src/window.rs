@@ -20,6 +20,9 @@ pub struct WindowKey {
     pub dimensions: String,
     /// Window start, seconds since the epoch (UTC).
     pub window_start: i64,
+    /// Which price applies (the plan version in force at the event times; opaque here). A
+    /// window that straddles a plan change is split into one key per version.
+    pub pricing: String,
 }
 
 /// The facts about an event the aggregator needs besides its measurement.
@@ -118,13 +121,14 @@ impl Aggregator {
     }
 
     /// Adds one measurement of an accepted (deduplicated) event.
-    pub fn add(&mut self, customer_id: &str, subject: &str, m: &Measurement, event: EventRef<'_>) {
+    pub fn add(&mut self, customer_id: &str, subject: &str, pricing: &str, m: &Measurement, event: EventRef<'_>) {
         let key = WindowKey {
             customer_id: customer_id.to_string(),
             subject: subject.to_string(),
             meter: m.meter,
             dimensions: m.dimensions.clone(),
             window_start: m.window_start,
+            pricing: pricing.to_string(),
         };
         let aggregation = self.meters.configs()[m.meter].aggregation;
         let state = self.windows.entry(key.clone()).or_default();
@@ -272,7 +276,7 @@ mod tests {
         for (i, e) in events.iter().enumerate() {
             let id = e.4.to_string();
             let time = DateTime::from_timestamp(e.1 * 3600 + e.3, 0).unwrap();
-            agg.add("acme", "acme", &measurement(e), EventRef { time, source: "s", id: &id, seq: i as u64 + 1 });
+            agg.add("acme", "acme", "p@1", &measurement(e), EventRef { time, source: "s", id: &id, seq: i as u64 + 1 });
             if (i + 1) % flush_every == 0 {
                 for d in agg.flush() {
                     *sums.entry(d.key.clone()).or_default() += d.quantity();
@@ -320,7 +324,7 @@ mod tests {
         for (i, e) in evs.iter().enumerate() {
             let id = e.4.to_string();
             let time = DateTime::from_timestamp(e.1 * 3600 + e.3, 0).unwrap();
-            agg.add("acme", "acme", &measurement(e), EventRef { time, source: "s", id: &id, seq: i as u64 });
+            agg.add("acme", "acme", "p@1", &measurement(e), EventRef { time, source: "s", id: &id, seq: i as u64 });
         }
         agg.flush();
         let restored = Aggregator::restore(
@@ -340,8 +344,8 @@ mod tests {
             value: MeasureValue::Number(Decimal::from(v)),
         };
         let t = |s| DateTime::from_timestamp(s, 0).unwrap();
-        agg.add("a", "a", &m(5), EventRef { time: t(100), source: "s", id: "1", seq: 1 });
-        agg.add("a", "a", &m(9), EventRef { time: t(50), source: "s", id: "2", seq: 2 });
+        agg.add("a", "a", "p@1", &m(5), EventRef { time: t(100), source: "s", id: "1", seq: 1 });
+        agg.add("a", "a", "p@1", &m(9), EventRef { time: t(50), source: "s", id: "2", seq: 2 });
         let d = agg.flush();
         assert_eq!(d[0].after, Decimal::from(5));
         assert_eq!(d[0].event_count, 2);

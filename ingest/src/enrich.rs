@@ -23,8 +23,27 @@ pub struct CustomerConfig {
     pub legal_entity: String,
     /// The customer's id in the ERP.
     pub erp_customer_id: String,
-    /// The price plan the customer is on.
+    /// The price plan the customer is on from the beginning of time (shorthand for one
+    /// open-ended subscription). Use `subscriptions` for plan changes.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Effective-dated subscriptions (`[[customers.subscriptions]]`).
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// A subscription as written in the reference data: a plan over `[start, end)`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// Plan id.
     pub plan: String,
+    /// First day (`YYYY-MM-DD`, midnight UTC) or instant (RFC 3339) covered; open when absent.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// First day or instant no longer covered; open when absent.
+    #[serde(default)]
+    pub end: Option<String>,
 }
 
 /// A customer, shared cheaply between events.
@@ -48,7 +67,6 @@ impl Directory {
                 ("currency", &c.currency),
                 ("legal_entity", &c.legal_entity),
                 ("erp_customer_id", &c.erp_customer_id),
-                ("plan", &c.plan),
             ] {
                 if value.trim().is_empty() {
                     return Err(err(format!("customer {:?}: `{field}` is empty", c.id)));
@@ -94,7 +112,8 @@ mod tests {
             currency: "EUR".into(),
             legal_entity: "meterflow-eu".into(),
             erp_customer_id: format!("ERP-{id}"),
-            plan: "p".into(),
+            plan: Some("p".into()),
+            subscriptions: vec![],
         }
     }
 

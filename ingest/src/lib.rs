@@ -28,7 +28,7 @@ mod enrich;
 pub use broker::{Broker, Fetched, RejectEnvelope};
 pub use config::{NatsConfig, DEFAULT_DLQ_STREAM, DEFAULT_STREAM};
 pub use dedup::{fingerprint, DedupIndex, ShardedDedup, BYTES_PER_SLOT};
-pub use enrich::{Customer, CustomerConfig, Directory};
+pub use enrich::{Customer, CustomerConfig, Directory, SubscriptionConfig};
 
 /// Errors of the ingest stage.
 #[derive(Debug, thiserror::Error)]

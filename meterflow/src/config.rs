@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use meterflow_aggregator::{MeterConfig, Meters};
 use meterflow_ingest::{CustomerConfig, Directory, NatsConfig};
-use meterflow_rater::{PlanConfig, PriceBook};
+use meterflow_rater::{check_subscriptions, parse_instant, PlanConfig, PriceBook, Rounding, Subscription};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -99,6 +99,25 @@ pub struct ReferenceConfig {
     pub plans: PathBuf,
 }
 
+fn default_rounding() -> Rounding {
+    Rounding::HalfUp
+}
+
+/// `[billing]`: how money is finalised on invoices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingConfig {
+    /// Rounding of each invoice line to the currency's minor unit: `half_up` or `half_even`.
+    #[serde(default = "default_rounding")]
+    pub rounding: Rounding,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        BillingConfig { rounding: default_rounding() }
+    }
+}
+
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +133,9 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[reference]`
     pub reference: ReferenceConfig,
+    /// `[billing]`
+    #[serde(default)]
+    pub billing: BillingConfig,
     /// `[[meters]]`
     #[serde(default)]
     pub meters: Vec<MeterConfig>,
@@ -224,6 +246,8 @@ pub struct Reference {
     pub directory: Directory,
     /// Plans.
     pub prices: PriceBook,
+    /// Subscriptions of each customer, in `directory.customers()` order.
+    pub subscriptions: Vec<Vec<Subscription>>,
 }
 
 #[derive(Deserialize)]
@@ -255,26 +279,45 @@ impl Reference {
             .with_context(|| format!("reference data {}", config.reference.plans.display()))?;
         let origin = config.reference.customers.display().to_string();
         let directory = Directory::new(customers.customers, &origin)?;
+        let mut subscriptions = Vec::with_capacity(directory.customers().len());
         for c in directory.customers() {
-            let Some(plan) = prices.plan(&c.plan) else {
-                bail!(
-                    "{origin}: customer `{}` is on plan `{}`, which {} does not define",
-                    c.id,
-                    c.plan,
-                    config.reference.plans.display()
-                );
-            };
-            if plan.currency.code != c.currency {
-                bail!(
-                    "{origin}: customer `{}` bills in {} but plan `{}` is priced in {}",
-                    c.id,
-                    c.currency,
-                    plan.id,
-                    plan.currency.code
-                );
+            let mut subs: Vec<Subscription> =
+                c.plan.iter().map(|p| Subscription { plan: p.clone(), start: None, end: None }).collect();
+            for s in &c.subscriptions {
+                let when = |v: &Option<String>| -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+                    v.as_deref()
+                        .map(|t| {
+                            parse_instant(t).with_context(|| {
+                                format!("{origin}: customer `{}`: {t:?} is not YYYY-MM-DD or an RFC 3339 time", c.id)
+                            })
+                        })
+                        .transpose()
+                };
+                subs.push(Subscription { plan: s.plan.clone(), start: when(&s.start)?, end: when(&s.end)? });
             }
+            check_subscriptions(&subs).map_err(|e| anyhow::anyhow!("{origin}: customer `{}` {e}", c.id))?;
+            for s in &subs {
+                let Some(plan) = prices.plan(&s.plan) else {
+                    bail!(
+                        "{origin}: customer `{}` subscribes to plan `{}`, which {} does not define",
+                        c.id,
+                        s.plan,
+                        config.reference.plans.display()
+                    );
+                };
+                if plan.currency.code != c.currency {
+                    bail!(
+                        "{origin}: customer `{}` bills in {} but plan `{}` is priced in {}",
+                        c.id,
+                        c.currency,
+                        plan.id,
+                        plan.currency.code
+                    );
+                }
+            }
+            subscriptions.push(subs);
         }
-        Ok(Reference { meters, directory, prices })
+        Ok(Reference { meters, directory, prices, subscriptions })
     }
 }
 

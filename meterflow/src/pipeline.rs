@@ -25,6 +25,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use meterflow_aggregator::{Aggregator, AggregatorSnapshot, EventRef, WindowDelta};
 use meterflow_ingest::{fingerprint, Broker, Fetched, RejectEnvelope, ShardedDedup};
+use meterflow_rater::{pricing_at, Period, PeriodTotals, TotalKey};
 use meterflow_schemas::{decode_message, RejectReason};
 use meterflow_sink::{StateStore, SummaryRow, SummaryTable};
 use std::collections::{BTreeMap, HashMap};
@@ -72,29 +73,38 @@ pub struct RunOptions {
     pub exit_when_idle: Option<Duration>,
 }
 
-/// The serialised state: window state then dedup index.
-fn encode_state(agg: &Aggregator, dedup: &ShardedDedup) -> Result<Vec<u8>> {
+/// The serialised state: window state, period totals, then the dedup index.
+fn encode_state(agg: &Aggregator, totals: &PeriodTotals, dedup: &ShardedDedup) -> Result<Vec<u8>> {
     let windows = serde_json::to_vec(&agg.snapshot())?;
-    let mut out = Vec::with_capacity(windows.len() + 8);
-    out.extend_from_slice(&(windows.len() as u64).to_le_bytes());
-    out.extend_from_slice(&windows);
+    let totals = serde_json::to_vec(&totals.entries())?;
+    let mut out = Vec::with_capacity(windows.len() + totals.len() + 16);
+    for section in [&windows, &totals] {
+        out.extend_from_slice(&(section.len() as u64).to_le_bytes());
+        out.extend_from_slice(section);
+    }
     out.extend_from_slice(&dedup.snapshot()?);
     Ok(out)
 }
 
-fn decode_state(bytes: &[u8]) -> Result<(AggregatorSnapshot, &[u8])> {
+fn split_section(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
     let (len, rest) = bytes.split_at_checked(8).context("state snapshot truncated")?;
     let mut l = [0u8; 8];
     l.copy_from_slice(len);
     let len = usize::try_from(u64::from_le_bytes(l))?;
-    let (windows, dedup) = rest.split_at_checked(len).context("state snapshot truncated")?;
-    Ok((serde_json::from_slice(windows)?, dedup))
+    rest.split_at_checked(len).context("state snapshot truncated")
+}
+
+fn decode_state(bytes: &[u8]) -> Result<(AggregatorSnapshot, PeriodTotals, &[u8])> {
+    let (windows, rest) = split_section(bytes)?;
+    let (totals, dedup) = split_section(rest)?;
+    Ok((serde_json::from_slice(windows)?, PeriodTotals::from_entries(serde_json::from_slice(totals)?), dedup))
 }
 
 /// A candidate event that passed decode, enrich and extract, waiting for the dedup decision.
 struct Candidate {
     seq: u64,
     customer: usize,
+    pricing: String,
     event: meterflow_schemas::UsageEvent,
     measurements: Vec<meterflow_aggregator::Measurement>,
 }
@@ -109,6 +119,10 @@ pub struct Pipeline {
     store: StateStore,
     dedup: ShardedDedup,
     agg: Aggregator,
+    /// Billing-period totals per customer, meter and plan version (for tiered rating).
+    totals: PeriodTotals,
+    /// Plan version label → (plan id, version index).
+    pricing_index: HashMap<String, (String, usize)>,
     /// Highest sequence the table says is committed.
     committed_seq: u64,
     /// Next sequence expected from the consumer (lower ones are redeliveries).
@@ -140,14 +154,16 @@ impl Pipeline {
         let committed_seq = table.committed_seq().await?;
         let dedup = ShardedDedup::new(config.pipeline.dedup_shards, config.pipeline.dedup_horizon_days)?;
         let mut agg = Aggregator::new(reference.meters.clone());
+        let mut totals = PeriodTotals::default();
         let mut resume_from = 1;
         if let Some((snap_seq, bytes)) = store.latest_at_or_below(committed_seq)? {
-            match decode_state(&bytes).and_then(|(windows, dedup_bytes)| {
+            match decode_state(&bytes).and_then(|(windows, t, dedup_bytes)| {
                 dedup.restore(dedup_bytes)?;
-                Ok(windows)
+                Ok((windows, t))
             }) {
-                Ok(windows) => {
+                Ok((windows, t)) => {
                     agg = Aggregator::restore(reference.meters.clone(), windows);
+                    totals = t;
                     resume_from = snap_seq + 1;
                 }
                 Err(e) => {
@@ -165,6 +181,16 @@ impl Pipeline {
         broker.position_consumer(resume_from).await?;
         tracing::info!(committed_seq, resume_from, "pipeline started; replaying committed messages to rebuild state");
         let stats = RunStats { committed_seq, ..Default::default() };
+        let mut pricing_index = HashMap::new();
+        for subs in &reference.subscriptions {
+            for s in subs {
+                if let Some(plan) = reference.prices.plan(&s.plan) {
+                    for v in 0..plan.versions.len() {
+                        pricing_index.insert(plan.version_label(v), (plan.id.clone(), v));
+                    }
+                }
+            }
+        }
         Ok(Pipeline {
             config,
             reference,
@@ -174,6 +200,8 @@ impl Pipeline {
             store,
             dedup,
             agg,
+            totals,
+            pricing_index,
             committed_seq,
             next_seq: resume_from,
             replaying: resume_from <= committed_seq,
@@ -263,9 +291,10 @@ impl Pipeline {
             self.process_part(fresh, false)?;
         }
         if self.replaying && self.next_seq > self.committed_seq {
-            // The replay has rebuilt the state as of the committed sequence: what it would
-            // flush is already in the table.
-            self.agg.flush();
+            // The replay has rebuilt the state as of the committed sequence: the rows it would
+            // flush are already in the table, so only the period totals take them in.
+            let deltas = self.agg.flush();
+            self.advance_totals(&deltas)?;
             self.replaying = false;
         }
         if !live.is_empty() {
@@ -314,6 +343,13 @@ impl Pipeline {
                     continue;
                 };
                 let customer = self.customer_index.get(&customer.id).copied().unwrap_or_default();
+                let subs = &self.reference.subscriptions[customer];
+                let Some((plan, version)) = pricing_at(&self.reference.prices, subs, event.time) else {
+                    let detail = format!("no subscription or plan version in force at {}", event.time.to_rfc3339());
+                    reject(RejectReason::NoSubscription, detail, event.index, original(), &mut self.stats);
+                    continue;
+                };
+                let pricing = plan.version_label(version);
                 let measurements = match meters.extract(&event) {
                     Ok(m) => m,
                     Err((reason, detail)) => {
@@ -322,7 +358,7 @@ impl Pipeline {
                     }
                 };
                 keys.push((fingerprint(&event.source, &event.id), day));
-                candidates.push(Candidate { seq: msg.seq, customer, event, measurements });
+                candidates.push(Candidate { seq: msg.seq, customer, pricing, event, measurements });
             }
         }
         if !keys.is_empty() {
@@ -341,7 +377,7 @@ impl Pipeline {
                 let customer = &self.reference.directory.customers()[c.customer];
                 let event = EventRef { time: c.event.time, source: &c.event.source, id: &c.event.id, seq: c.seq };
                 for m in &c.measurements {
-                    self.agg.add(&customer.id, &c.event.subject, m, event);
+                    self.agg.add(&customer.id, &c.event.subject, &c.pricing, m, event);
                 }
             }
         }
@@ -351,21 +387,49 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Rates window deltas into summary rows.
-    fn rate(&self, deltas: Vec<WindowDelta>, revision: u64) -> Result<Vec<SummaryRow>> {
-        let mut rows = Vec::with_capacity(deltas.len());
+    /// Moves the billing-period totals by each delta; returns (before, after) per delta.
+    fn advance_totals(
+        &mut self,
+        deltas: &[WindowDelta],
+    ) -> Result<Vec<(rust_decimal::Decimal, rust_decimal::Decimal)>> {
+        let mut out = Vec::with_capacity(deltas.len());
         for d in deltas {
+            let period = Period::month_of(d.window_start).context("window outside the calendar")?;
+            let key = TotalKey {
+                customer_id: d.key.customer_id.clone(),
+                meter: self.reference.meters.configs()[d.key.meter].name.clone(),
+                pricing: d.key.pricing.clone(),
+                period: period.label(),
+            };
+            out.push(self.totals.advance(key, d.quantity()));
+        }
+        Ok(out)
+    }
+
+    /// Rates window deltas into summary rows: each row is worth the change it makes to the
+    /// price of its billing-period total under the plan version in force.
+    fn rate(&mut self, deltas: Vec<WindowDelta>, revision: u64) -> Result<Vec<SummaryRow>> {
+        let moves = self.advance_totals(&deltas)?;
+        let mut rows = Vec::with_capacity(deltas.len());
+        for (d, (before, after)) in deltas.into_iter().zip(moves) {
             let customer_idx = self
                 .customer_index
                 .get(&d.key.customer_id)
                 .copied()
                 .context("customer vanished from reference data")?;
             let customer = &self.reference.directory.customers()[customer_idx];
-            let plan = self.reference.prices.plan(&customer.plan).context("plan vanished from reference data")?;
+            let (plan_id, version) =
+                self.pricing_index.get(&d.key.pricing).context("plan version vanished from reference data")?;
+            let plan = self.reference.prices.plan(plan_id).context("plan vanished from reference data")?;
             let meter = &self.reference.meters.configs()[d.key.meter].name;
-            let amount = plan.rate_delta(meter, d.before, d.after)?;
+            let charge = plan
+                .versions
+                .get(*version)
+                .and_then(|v| v.charge(meter))
+                .with_context(|| format!("plan version {} does not price {meter}", d.key.pricing))?;
+            let amount = charge.rate_delta(before, after)?;
             rows.push(SummaryRow {
-                customer_id: d.key.customer_id.clone(),
+                customer_id: customer.id.clone(),
                 subject: d.key.subject.clone(),
                 meter: meter.clone(),
                 dimensions: d.key.dimensions.clone(),
@@ -376,6 +440,7 @@ impl Pipeline {
                 amount,
                 currency: plan.currency.code.clone(),
                 plan_id: plan.id.clone(),
+                plan_version: d.key.pricing.clone(),
                 event_count: d.event_count,
                 first_seq: d.first_seq,
                 last_seq: d.last_seq,
@@ -449,7 +514,7 @@ impl Pipeline {
     }
 
     fn snapshot(&mut self) -> Result<()> {
-        let bytes = encode_state(&self.agg, &self.dedup)?;
+        let bytes = encode_state(&self.agg, &self.totals, &self.dedup)?;
         match self.store.save(self.committed_seq, &bytes) {
             Ok(()) => self.commits_since_snapshot = 0,
             // Not fatal: the next start replays a little more.

@@ -10,7 +10,7 @@
 use anyhow::{Context, Result};
 use async_nats::jetstream;
 use chrono::{DateTime, Duration, Utc};
-use meterflow_rater::PriceBook;
+use meterflow_rater::{pricing_at, Period, PriceBook};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -275,40 +275,50 @@ pub fn generate(spec: &WorkloadSpec, reference: &Reference) -> Result<(Vec<OutMe
 }
 
 fn compute_totals(events: &[Event], prices: &PriceBook, reference: &Reference, oracle: &mut Oracle) -> Result<()> {
-    // Window values, computed directly: SUM per hour, UNIQUE per day, MAX per day.
-    let mut sums: HashMap<(&str, &str), Decimal> = HashMap::new();
-    let mut uniques: HashMap<(&str, &str, i64), HashSet<&str>> = HashMap::new();
-    let mut peaks: HashMap<(&str, &str, i64), Decimal> = HashMap::new();
+    // Period totals per (customer, meter, plan version, month), computed straight from the
+    // events: SUM meters add values; UNIQUE and MAX meters add their per-day window values.
+    type Key = (String, &'static str, String, String);
+    let mut totals: BTreeMap<Key, Decimal> = BTreeMap::new();
+    let mut uniques: HashMap<(Key, &str, i64), HashSet<&str>> = HashMap::new();
+    let mut peaks: HashMap<(Key, &str, i64), Decimal> = HashMap::new();
     for e in events {
+        let idx = reference.directory.customers().iter().position(|c| c.id == e.customer).context("customer")?;
+        let (plan, version) = pricing_at(prices, &reference.subscriptions[idx], e.time).context("no plan in force")?;
+        let period = Period::month_of(e.time).context("period")?.label();
+        let meter = match e.kind {
+            "api_calls" => "api_calls",
+            "llm_tokens" => "llm_tokens",
+            "user_seen" => "active_users",
+            _ => "storage_peak",
+        };
+        let key: Key = (e.customer.to_string(), meter, plan.version_label(version), period);
         let day = e.time.timestamp().div_euclid(86_400);
-        match e.kind {
-            "api_calls" => *sums.entry((e.customer, "api_calls")).or_default() += e.value,
-            "llm_tokens" => *sums.entry((e.customer, "llm_tokens")).or_default() += e.value,
-            "user_seen" => {
-                uniques.entry((e.customer, e.subject, day)).or_default().insert(&e.text);
+        match meter {
+            "active_users" => {
+                uniques.entry((key, e.subject, day)).or_default().insert(&e.text);
             }
-            _ => {
-                let p = peaks.entry((e.customer, e.subject, day)).or_insert(e.value);
+            "storage_peak" => {
+                let p = peaks.entry((key, e.subject, day)).or_insert(e.value);
                 *p = (*p).max(e.value);
             }
+            _ => *totals.entry(key).or_default() += e.value,
         }
     }
-    let mut add = |customer: &str, meter: &str, q: Decimal| -> Result<()> {
-        let c = reference.directory.customers().iter().find(|c| c.id == customer).context("customer")?;
-        let plan = prices.plan(&c.plan).context("plan")?;
-        let key = (customer.to_string(), meter.to_string());
+    for ((key, _, _), set) in uniques {
+        *totals.entry(key).or_default() += Decimal::from(set.len());
+    }
+    for ((key, _, _), peak) in peaks {
+        *totals.entry(key).or_default() += peak;
+    }
+    for ((customer, meter, label, _), q) in totals {
+        let (plan_id, version) = label.split_once('@').context("label")?;
+        let plan = prices.plan(plan_id).context("plan")?;
+        let v = (0..plan.versions.len()).find(|i| plan.version_label(*i) == label);
+        let charge =
+            v.and_then(|v| plan.versions[v].charge(meter)).with_context(|| format!("{plan_id} {version} {meter}"))?;
+        let key = (customer, meter.to_string());
         *oracle.quantity.entry(key.clone()).or_default() += q;
-        *oracle.amount.entry(key).or_default() += plan.price(meter, q)?;
-        Ok(())
-    };
-    for ((c, m), q) in sums {
-        add(c, m, q)?;
-    }
-    for ((c, _, _), set) in uniques {
-        add(c, "active_users", Decimal::from(set.len()))?;
-    }
-    for ((c, _, _), peak) in peaks {
-        add(c, "storage_peak", peak)?;
+        *oracle.amount.entry(key).or_default() += charge.price(q)?;
     }
     Ok(())
 }

@@ -80,6 +80,12 @@ async fn a_known_workload_is_counted_exactly_once_and_bad_events_land_in_the_dlq
         publish(&js, "usage.users", event(id, "acme", "user_seen", t, &format!(r#"{{"user_id":"{user}"}}"#)), None)
             .await;
     }
+    let before_change =
+        event("g1", "globex", "api_calls", "2026-11-23T23:30:00Z", r#"{"requests":"1000","region":"eu-west-1"}"#);
+    publish(&js, "usage.api", before_change, None).await;
+    let after_change =
+        event("g2", "globex", "api_calls", "2026-11-24T00:30:00Z", r#"{"requests":1000,"region":"eu-west-1"}"#);
+    publish(&js, "usage.api", after_change, None).await;
     for (id, gb) in [("s1", "10.5"), ("s2", "12.25"), ("s3", "11")] {
         publish(&js, "usage.storage", event(id, "acme", "storage", t, &format!(r#"{{"gigabytes":"{gb}"}}"#)), None)
             .await;
@@ -95,8 +101,16 @@ async fn a_known_workload_is_counted_exactly_once_and_bad_events_land_in_the_dlq
     assert_eq!(got[&key("acme", "api_calls")], (d("5.5"), d("0.0011"), 2));
     assert_eq!(got[&key("globex", "llm_tokens")], (d("1500"), d("0.0042"), 2));
     assert_eq!(got[&key("acme", "active_users")], (d("2"), d("0.10"), 3));
-    assert_eq!(got[&key("acme", "storage_peak")], (d("12.25"), d("0.1225"), 3));
-    assert_eq!(got.len(), 4);
+    // Package pricing: ceil(12.25 / 10) = 2 blocks of 10 GB-days at 0.10.
+    assert_eq!(got[&key("acme", "storage_peak")], (d("12.25"), d("0.20"), 3));
+    // A plan change at midnight on 24 November splits globex's api_calls between versions.
+    assert_eq!(got[&key("globex", "api_calls")], (d("2000"), d("0.34"), 2));
+    let by_version = env.sql(
+        "SELECT plan_version, SUM(quantity), SUM(amount) FROM usage_summaries WHERE meter = 'api_calls' AND customer_id = 'globex' GROUP BY 1 ORDER BY 1",
+    );
+    assert_eq!(by_version[1], vec!["growth-eur@2026-01-01", "1000.000000000", "0.180000000000000000"]);
+    assert_eq!(by_version[2], vec!["growth-eur@2026-11-24", "1000.000000000", "0.160000000000000000"]);
+    assert_eq!(got.len(), 5);
 
     // Windows are exact UTC hours; dimensions carry the group-by values.
     let rows =

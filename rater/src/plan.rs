@@ -1,39 +1,55 @@
-//! Price plans from reference data, validated at load.
+//! Price plans from reference data: versions effective from a date, validated at load.
 
+use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::collections::HashMap;
 
+use crate::charge::{Charge, MAX_PRICE_SCALE};
 use crate::currency::Currency;
 
-/// The most fractional digits a unit price may carry (quantities carry at most 9, amounts are
-/// stored with 18, so every quantity x price product is exact).
-pub const MAX_PRICE_SCALE: u32 = 9;
-
-/// A plan as written in the reference data.
+/// A plan as written in the reference data (`[[plans]]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanConfig {
-    /// Plan id, referenced by customers.
+    /// Plan id, referenced by subscriptions.
     pub id: String,
     /// Display name.
     #[serde(default)]
     pub name: Option<String>,
     /// ISO 4217 currency of every price in the plan.
     pub currency: String,
-    /// One charge per meter.
-    #[serde(default)]
-    pub charges: Vec<ChargeConfig>,
+    /// Versions; each applies from its `effective_from` until the next one.
+    pub versions: Vec<PlanVersionConfig>,
 }
 
-/// The price of one meter in a plan.
+/// One version of a plan (`[[plans.versions]]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ChargeConfig {
-    /// Meter name.
-    pub meter: String,
-    /// Price per unit of the meter's quantity, as a decimal string (for example "0.0002").
-    pub unit_price: Decimal,
+pub struct PlanVersionConfig {
+    /// When this version starts to apply: `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time.
+    pub effective_from: String,
+    /// Flat fee per billing period, prorated by days for partial periods.
+    #[serde(default)]
+    pub recurring_fee: Decimal,
+    /// Minimum usage spend per billing period; a shortfall is billed as a true-up line.
+    #[serde(default)]
+    pub minimum_spend: Decimal,
+    /// One charge per meter.
+    #[serde(default)]
+    pub charges: Vec<Charge>,
+}
+
+/// A validated plan version.
+#[derive(Debug, Clone)]
+pub struct PlanVersion {
+    /// Start of validity.
+    pub effective_from: DateTime<Utc>,
+    /// Flat fee per period.
+    pub recurring_fee: Decimal,
+    /// Minimum spend per period.
+    pub minimum_spend: Decimal,
+    charges: HashMap<String, Charge>,
 }
 
 /// A validated plan.
@@ -43,7 +59,8 @@ pub struct Plan {
     pub id: String,
     /// Currency of all its amounts.
     pub currency: Currency,
-    unit_prices: HashMap<String, Decimal>,
+    /// Versions, ascending by `effective_from`.
+    pub versions: Vec<PlanVersion>,
 }
 
 /// Errors of plan loading and rating.
@@ -55,24 +72,29 @@ pub enum RaterError {
     /// The plan's currency is not an ISO 4217 code meterflow knows.
     #[error("plan `{plan}`: unknown currency {currency:?} (use an ISO 4217 code such as USD, EUR, JPY)")]
     UnknownCurrency { plan: String, currency: String },
+    /// A plan has no versions, or two versions start at the same time.
+    #[error("plan `{plan}`: {reason}")]
+    InvalidVersions { plan: String, reason: String },
+    /// A date or time that cannot be read.
+    #[error("plan `{plan}`: effective_from {value:?} is not YYYY-MM-DD or an RFC 3339 time")]
+    InvalidDate { plan: String, value: String },
     /// A charge names a meter the config does not define.
     #[error("plan `{plan}` prices meter `{meter}`, which is not defined in the config")]
     UnknownMeter { plan: String, meter: String },
-    /// A plan leaves a configured meter unpriced.
-    #[error(
-        "plan `{plan}` has no charge for meter `{meter}`: every meter must be priced (use unit_price = \"0\" for free)"
-    )]
+    /// A plan version leaves a configured meter unpriced.
+    #[error("plan `{plan}` has no charge for meter `{meter}`: every meter must be priced (use model = \"per_unit\", unit_price = \"0\" for free)")]
     UnpricedMeter { plan: String, meter: String },
-    /// Two charges for one meter in one plan.
-    #[error("plan `{plan}` prices meter `{meter}` twice")]
+    /// Two charges for one meter in one version.
+    #[error("plan `{plan}` prices meter `{meter}` twice in one version")]
     DuplicateCharge { plan: String, meter: String },
-    /// A negative price.
-    #[error("plan `{plan}`, meter `{meter}`: unit_price {price} is negative")]
-    NegativePrice { plan: String, meter: String, price: Decimal },
-    /// A price finer than [`MAX_PRICE_SCALE`] digits.
-    #[error("plan `{plan}`, meter `{meter}`: unit_price {price} has more than {MAX_PRICE_SCALE} fractional digits")]
-    PriceTooPrecise { plan: String, meter: String, price: Decimal },
-    /// Rating asked for a meter the plan does not price (cannot happen after validation).
+    /// A charge that cannot work: negative or over-precise prices, tiers out of order, a
+    /// non-positive package size.
+    #[error("plan `{plan}`, meter `{meter}`: {reason}")]
+    InvalidCharge { plan: String, meter: String, reason: String },
+    /// A negative or over-precise recurring fee or minimum.
+    #[error("plan `{plan}`: {reason}")]
+    InvalidFee { plan: String, reason: String },
+    /// Rating asked for a meter the plan version does not price (cannot happen after validation).
     #[error("plan `{plan}` does not price meter `{meter}`")]
     NoCharge { plan: String, meter: String },
     /// A product that does not fit exact decimal arithmetic.
@@ -80,10 +102,31 @@ pub enum RaterError {
     Overflow { plan: String, meter: String },
 }
 
+/// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time.
+pub fn parse_instant(value: &str) -> Option<DateTime<Utc>> {
+    if let Ok(d) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    }
+    DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&Utc))
+}
+
 /// All plans, by id.
 #[derive(Debug, Clone, Default)]
 pub struct PriceBook {
     plans: HashMap<String, Plan>,
+}
+
+fn check_fee(plan: &str, what: &str, v: Decimal) -> Result<(), RaterError> {
+    if v.is_sign_negative() && !v.is_zero() {
+        return Err(RaterError::InvalidFee { plan: plan.into(), reason: format!("{what} {v} is negative") });
+    }
+    if v.normalize().scale() > MAX_PRICE_SCALE {
+        return Err(RaterError::InvalidFee {
+            plan: plan.into(),
+            reason: format!("{what} {v} has more than {MAX_PRICE_SCALE} fractional digits"),
+        });
+    }
+    Ok(())
 }
 
 impl PriceBook {
@@ -96,26 +139,47 @@ impl PriceBook {
             }
             let currency = Currency::parse(&p.currency)
                 .ok_or_else(|| RaterError::UnknownCurrency { plan: p.id.clone(), currency: p.currency.clone() })?;
-            let mut unit_prices = HashMap::new();
-            for c in &p.charges {
-                let err_ctx = (p.id.clone(), c.meter.clone());
-                if !meters.contains(&c.meter.as_str()) {
-                    return Err(RaterError::UnknownMeter { plan: err_ctx.0, meter: err_ctx.1 });
-                }
-                if c.unit_price.is_sign_negative() && !c.unit_price.is_zero() {
-                    return Err(RaterError::NegativePrice { plan: err_ctx.0, meter: err_ctx.1, price: c.unit_price });
-                }
-                if c.unit_price.normalize().scale() > MAX_PRICE_SCALE {
-                    return Err(RaterError::PriceTooPrecise { plan: err_ctx.0, meter: err_ctx.1, price: c.unit_price });
-                }
-                if unit_prices.insert(c.meter.clone(), c.unit_price.normalize()).is_some() {
-                    return Err(RaterError::DuplicateCharge { plan: err_ctx.0, meter: err_ctx.1 });
-                }
+            if p.versions.is_empty() {
+                return Err(RaterError::InvalidVersions { plan: p.id.clone(), reason: "no [[plans.versions]]".into() });
             }
-            if let Some(m) = meters.iter().find(|m| !unit_prices.contains_key(**m)) {
-                return Err(RaterError::UnpricedMeter { plan: p.id.clone(), meter: m.to_string() });
+            let mut versions = Vec::with_capacity(p.versions.len());
+            for v in p.versions {
+                let effective_from = parse_instant(&v.effective_from)
+                    .ok_or_else(|| RaterError::InvalidDate { plan: p.id.clone(), value: v.effective_from.clone() })?;
+                check_fee(&p.id, "recurring_fee", v.recurring_fee)?;
+                check_fee(&p.id, "minimum_spend", v.minimum_spend)?;
+                let mut charges = HashMap::new();
+                for c in v.charges {
+                    if !meters.contains(&c.meter.as_str()) {
+                        return Err(RaterError::UnknownMeter { plan: p.id.clone(), meter: c.meter });
+                    }
+                    c.validate(&p.id)?;
+                    if charges.contains_key(&c.meter) {
+                        return Err(RaterError::DuplicateCharge { plan: p.id.clone(), meter: c.meter });
+                    }
+                    charges.insert(c.meter.clone(), c);
+                }
+                if let Some(m) = meters.iter().find(|m| !charges.contains_key(**m)) {
+                    return Err(RaterError::UnpricedMeter { plan: p.id.clone(), meter: m.to_string() });
+                }
+                versions.push(PlanVersion {
+                    effective_from,
+                    recurring_fee: v.recurring_fee,
+                    minimum_spend: v.minimum_spend,
+                    charges,
+                });
             }
-            plans.insert(p.id.clone(), Plan { id: p.id, currency, unit_prices });
+            versions.sort_by_key(|v| v.effective_from);
+            if let Some(w) = versions.windows(2).find(|w| w[0].effective_from == w[1].effective_from) {
+                return Err(RaterError::InvalidVersions {
+                    plan: p.id.clone(),
+                    reason: format!(
+                        "two versions are effective from {}: versions must not overlap",
+                        w[0].effective_from
+                    ),
+                });
+            }
+            plans.insert(p.id.clone(), Plan { id: p.id, currency, versions });
         }
         Ok(PriceBook { plans })
     }
@@ -127,20 +191,27 @@ impl PriceBook {
 }
 
 impl Plan {
-    /// Price of a total quantity of `meter` (per unit: quantity x unit price, exact).
-    pub fn price(&self, meter: &str, quantity: Decimal) -> Result<Decimal, RaterError> {
-        let unit = self
-            .unit_prices
-            .get(meter)
-            .ok_or_else(|| RaterError::NoCharge { plan: self.id.clone(), meter: meter.to_string() })?;
-        exact_mul(quantity, *unit)
-            .ok_or_else(|| RaterError::Overflow { plan: self.id.clone(), meter: meter.to_string() })
+    /// Index of the version in force at `t` (none before the first version).
+    pub fn version_at(&self, t: DateTime<Utc>) -> Option<usize> {
+        self.versions.iter().rposition(|v| v.effective_from <= t)
     }
 
-    /// The amount of a row that moved a window's value from `before` to `after`:
-    /// `price(after) - price(before)`.
-    pub fn rate_delta(&self, meter: &str, before: Decimal, after: Decimal) -> Result<Decimal, RaterError> {
-        Ok(self.price(meter, after)? - self.price(meter, before)?)
+    /// A stable label of a version: `<plan>@<effective_from date or time>`.
+    pub fn version_label(&self, index: usize) -> String {
+        match self.versions.get(index) {
+            Some(v) if v.effective_from.time() == chrono::NaiveTime::MIN => {
+                format!("{}@{}", self.id, v.effective_from.format("%Y-%m-%d"))
+            }
+            Some(v) => format!("{}@{}", self.id, v.effective_from.to_rfc3339()),
+            None => format!("{}@?", self.id),
+        }
+    }
+}
+
+impl PlanVersion {
+    /// The charge of `meter`.
+    pub fn charge(&self, meter: &str) -> Option<&Charge> {
+        self.charges.get(meter)
     }
 }
 
@@ -162,44 +233,66 @@ pub(crate) fn exact_mul(a: Decimal, b: Decimal) -> Option<Decimal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
-    fn plan(prices: &[(&str, &str)]) -> PlanConfig {
-        PlanConfig {
-            id: "p".into(),
-            name: None,
-            currency: "USD".into(),
-            charges: prices
-                .iter()
-                .map(|(m, p)| ChargeConfig { meter: m.to_string(), unit_price: p.parse().unwrap() })
-                .collect(),
+    fn book(text: &str) -> Result<PriceBook, RaterError> {
+        #[derive(Deserialize)]
+        struct F {
+            plans: Vec<PlanConfig>,
         }
+        let f: F = toml::from_str(text).unwrap();
+        PriceBook::new(f.plans, &["api_calls"])
+    }
+
+    const GOOD: &str = r#"
+[[plans]]
+id = "p"
+currency = "USD"
+[[plans.versions]]
+effective_from = "2026-01-01"
+charges = [{ meter = "api_calls", model = "per_unit", unit_price = "0.0002" }]
+[[plans.versions]]
+effective_from = "2026-11-15T12:00:00Z"
+charges = [{ meter = "api_calls", model = "graduated", tiers = [{ up_to = "100", unit_price = "0.1" }, { unit_price = "0.05" }] }]
+"#;
+
+    #[test]
+    fn the_version_in_force_is_the_latest_that_started() {
+        let b = book(GOOD).unwrap();
+        let p = b.plan("p").unwrap();
+        let t = |s| parse_instant(s).unwrap();
+        assert_eq!(p.version_at(t("2025-12-31T23:59:59Z")), None);
+        assert_eq!(p.version_at(t("2026-01-01")), Some(0));
+        assert_eq!(p.version_at(t("2026-11-15T11:59:59Z")), Some(0));
+        assert_eq!(p.version_at(t("2026-11-15T12:00:00Z")), Some(1));
+        assert_eq!(p.version_label(0), "p@2026-01-01");
+        assert_eq!(p.version_label(1), "p@2026-11-15T12:00:00+00:00");
     }
 
     #[test]
-    fn per_unit_price_is_exact() {
-        let book = PriceBook::new(vec![plan(&[("api_calls", "0.0002")])], &["api_calls"]).unwrap();
-        let p = book.plan("p").unwrap();
-        assert_eq!(p.price("api_calls", "3".parse().unwrap()).unwrap().to_string(), "0.0006");
-        assert_eq!(
-            p.rate_delta("api_calls", "0.1".parse().unwrap(), "0.3".parse().unwrap()).unwrap().normalize().to_string(),
-            "0.00004"
-        );
-    }
-
-    #[test]
-    fn plans_with_mistakes_are_refused_with_the_reason() {
-        let e = PriceBook::new(vec![plan(&[("api_calls", "-1")])], &["api_calls"]).unwrap_err();
-        assert!(matches!(e, RaterError::NegativePrice { .. }));
-        let e = PriceBook::new(vec![plan(&[("nope", "1")])], &["api_calls"]).unwrap_err();
-        assert!(matches!(e, RaterError::UnknownMeter { .. }));
-        let e = PriceBook::new(vec![plan(&[])], &["api_calls"]).unwrap_err();
-        assert!(e.to_string().contains("no charge for meter `api_calls`"));
-        let e = PriceBook::new(vec![plan(&[("api_calls", "0.0000000001")])], &["api_calls"]).unwrap_err();
-        assert!(matches!(e, RaterError::PriceTooPrecise { .. }));
-        let mut bad = plan(&[("api_calls", "1")]);
-        bad.currency = "DOGE".into();
-        assert!(matches!(PriceBook::new(vec![bad], &["api_calls"]).unwrap_err(), RaterError::UnknownCurrency { .. }));
+    fn reference_data_mistakes_are_refused_with_a_clear_reason() {
+        let cases = [
+            (GOOD.replace("2026-11-15T12:00:00Z", "2026-01-01"), "must not overlap"),
+            (GOOD.replace("\"USD\"", "\"DOGE\""), "unknown currency"),
+            (
+                GOOD.replace("meter = \"api_calls\", model = \"per_unit\"", "meter = \"nope\", model = \"per_unit\""),
+                "not defined in the config",
+            ),
+            (GOOD.replace("\"0.0002\"", "\"-0.0002\""), "negative"),
+            (GOOD.replace("\"0.0002\"", "\"0.0000000001\""), "more than 9 fractional digits"),
+            (
+                GOOD.replace(
+                    "up_to = \"100\", unit_price = \"0.1\" }, { unit_price",
+                    "up_to = \"100\", unit_price = \"0.1\" }, { up_to = \"50\", unit_price = \"0.07\" }, { unit_price",
+                ),
+                "out of order",
+            ),
+            (GOOD.replace("{ unit_price = \"0.05\" }", "{ up_to = \"500\", unit_price = \"0.05\" }"), "open-ended"),
+            (GOOD.replace("2026-01-01", "January"), "not YYYY-MM-DD"),
+        ];
+        for (text, want) in cases {
+            let e = book(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{want:?} not in {e:?}");
+        }
     }
 
     #[test]
@@ -209,21 +302,5 @@ mod tests {
         assert_eq!(exact_mul(q, p).unwrap().to_string(), "345679.0092339456790092");
         let huge: Decimal = "79228162514264337593543950.335".parse().unwrap();
         assert_eq!(exact_mul(huge, "1.5".parse().unwrap()), None);
-    }
-
-    proptest! {
-        #[test]
-        fn incremental_amounts_sum_to_the_price_of_the_total(steps in prop::collection::vec(0u64..1_000_000_000, 1..50)) {
-            let book = PriceBook::new(vec![plan(&[("m", "0.000123")])], &["m"]).unwrap();
-            let p = book.plan("m").or(book.plan("p")).unwrap();
-            let mut total = Decimal::ZERO;
-            let mut sum = Decimal::ZERO;
-            for s in steps {
-                let after = total + Decimal::new(s as i64, 3);
-                sum += p.rate_delta("m", total, after).unwrap();
-                total = after;
-            }
-            prop_assert_eq!(sum, p.price("m", total).unwrap());
-        }
     }
 }

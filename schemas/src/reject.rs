@@ -42,11 +42,13 @@ pub enum RejectReason {
     ValueTooPrecise,
     /// The event's `subject` maps to no customer in the reference data.
     UnknownSubject,
+    /// The customer has no subscription (or no plan version) in force at the event's time.
+    NoSubscription,
 }
 
 impl RejectReason {
     /// Every reason, in code order (for metrics and documentation).
-    pub const ALL: [RejectReason; 18] = [
+    pub const ALL: [RejectReason; 19] = [
         RejectReason::InvalidJson,
         RejectReason::NotAnEvent,
         RejectReason::EmptyBatch,
@@ -65,6 +67,7 @@ impl RejectReason {
         RejectReason::NegativeValue,
         RejectReason::ValueTooPrecise,
         RejectReason::UnknownSubject,
+        RejectReason::NoSubscription,
     ];
 
     /// The stable snake_case code of this reason.
@@ -88,6 +91,7 @@ impl RejectReason {
             RejectReason::NegativeValue => "negative_value",
             RejectReason::ValueTooPrecise => "value_too_precise",
             RejectReason::UnknownSubject => "unknown_subject",
+            RejectReason::NoSubscription => "no_subscription",
         }
     }
 }

@@ -18,11 +18,11 @@ use crate::{Result, SinkError};
 
 /// SQL of the `window_totals` view: the value of each window with its rows summed.
 pub const WINDOW_TOTALS_VIEW: &str = "CREATE VIEW window_totals AS \
-SELECT customer_id, subject, meter, dimensions, window_start, window_end, currency, \
+SELECT customer_id, subject, meter, dimensions, window_start, window_end, plan_version, currency, \
 SUM(quantity) AS quantity, SUM(amount) AS amount, SUM(event_count) AS event_count, \
 COUNT(*) AS revisions, MIN(first_seq) AS first_seq, MAX(last_seq) AS last_seq \
 FROM usage_summaries \
-GROUP BY customer_id, subject, meter, dimensions, window_start, window_end, currency";
+GROUP BY customer_id, subject, meter, dimensions, window_start, window_end, plan_version, currency";
 
 /// The tables meterflow writes, in the order they are registered.
 pub const TABLES: &[&str] = &[SUMMARIES_TABLE];
@@ -192,6 +192,7 @@ mod tests {
             amount: a.parse().unwrap(),
             currency: "USD".into(),
             plan_id: "p".into(),
+            plan_version: "p@2026-01-01".into(),
             event_count: 1,
             first_seq: seq,
             last_seq: seq,

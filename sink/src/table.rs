@@ -53,6 +53,8 @@ pub struct SummaryRow {
     pub currency: String,
     /// Plan that rated the row.
     pub plan_id: String,
+    /// Plan version that rated the row (`plan@effective_from`).
+    pub plan_version: String,
     /// Accepted events folded into this row.
     pub event_count: u64,
     /// Lowest stream sequence among those events.
@@ -79,6 +81,7 @@ pub fn summaries_schema() -> SchemaRef {
         Field::new("amount", ArrowType::Decimal128(38, AMOUNT_SCALE as i8), false),
         Field::new("currency", ArrowType::Utf8, false),
         Field::new("plan_id", ArrowType::Utf8, false),
+        Field::new("plan_version", ArrowType::Utf8, false),
         Field::new("event_count", ArrowType::Int64, false),
         Field::new("first_seq", ArrowType::Int64, false),
         Field::new("last_seq", ArrowType::Int64, false),
@@ -102,6 +105,7 @@ fn delta_columns() -> Result<Vec<StructField>> {
         StructField::new("amount", dec(38, AMOUNT_SCALE as u8)?, false),
         StructField::new("currency", DataType::STRING, false),
         StructField::new("plan_id", DataType::STRING, false),
+        StructField::new("plan_version", DataType::STRING, false),
         StructField::new("event_count", DataType::LONG, false),
         StructField::new("first_seq", DataType::LONG, false),
         StructField::new("last_seq", DataType::LONG, false),
@@ -146,6 +150,7 @@ pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<R
     let mut amount = Decimal128Builder::with_capacity(n);
     let mut currency = StringBuilder::with_capacity(n, n * 3);
     let mut plan = StringBuilder::with_capacity(n, n * 8);
+    let mut plan_version = StringBuilder::with_capacity(n, n * 16);
     let mut events = Int64Builder::with_capacity(n);
     let mut first = Int64Builder::with_capacity(n);
     let mut last = Int64Builder::with_capacity(n);
@@ -162,6 +167,7 @@ pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<R
         amount.append_value(to_unscaled(r.amount, AMOUNT_SCALE, "amount")?);
         currency.append_value(&r.currency);
         plan.append_value(&r.plan_id);
+        plan_version.append_value(&r.plan_version);
         events.append_value(seq_i64(r.event_count, "event_count")?);
         first.append_value(seq_i64(r.first_seq, "first_seq")?);
         last.append_value(seq_i64(r.last_seq, "last_seq")?);
@@ -183,6 +189,7 @@ pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<R
         Arc::new(amount.finish().with_precision_and_scale(38, AMOUNT_SCALE as i8).map_err(enc)?),
         Arc::new(currency.finish()),
         Arc::new(plan.finish()),
+        Arc::new(plan_version.finish()),
         Arc::new(events.finish()),
         Arc::new(first.finish()),
         Arc::new(last.finish()),
@@ -378,6 +385,7 @@ mod tests {
             amount: a.parse().unwrap(),
             currency: "USD".into(),
             plan_id: "p".into(),
+            plan_version: "p@2026-01-01".into(),
             event_count: 1,
             first_seq: seq,
             last_seq: seq,
