@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, Overrides, Reference};
 use crate::local_nats::LocalNats;
 use crate::pipeline::{Pipeline, RunOptions};
-use crate::workload::{self, Oracle, WorkloadSpec};
+use crate::workload::{self, WorkloadSpec};
 use meterflow_sink::sql::{render, Format, ReadOnlySql};
 
 /// Marker file that lets the demo wipe its own data directory on the next run.
@@ -44,22 +44,6 @@ fn prepare_data_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Adds the oracle of a workload whose windows do not overlap the windows of `into`.
-fn merge(into: &mut Oracle, other: Oracle) {
-    for (k, v) in other.quantity {
-        *into.quantity.entry(k).or_default() += v;
-    }
-    for (k, v) in other.amount {
-        *into.amount.entry(k).or_default() += v;
-    }
-    for (k, v) in other.rejected {
-        *into.rejected.entry(k).or_default() += v;
-    }
-    into.accepted += other.accepted;
-    into.duplicates += other.duplicates;
-    into.broker_retries += other.broker_retries;
-}
-
 /// Runs the demo and prints what happened.
 pub async fn run(options: DemoOptions) -> Result<()> {
     if !options.config.is_file() {
@@ -86,7 +70,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     };
 
     // Part one: one event per message. Part two: CloudEvents batch mode, on the following two
-    // days (so that the parts' windows, and thus their oracles, do not overlap).
+    // days (across globex's plan change on 24 November).
     let single = WorkloadSpec { events: options.events, batch_size: 1, seed: 1, ..Default::default() };
     let batched = WorkloadSpec {
         events: options.batch_events,
@@ -96,12 +80,8 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         base_time: single.base_time + chrono::Duration::days(2),
         ..Default::default()
     };
-    let (mut messages, mut oracle) = workload::generate(&single, &reference)?;
-    if options.batch_events > 0 {
-        let (more, oracle2) = workload::generate(&batched, &reference)?;
-        messages.extend(more);
-        merge(&mut oracle, oracle2);
-    }
+    let parts: Vec<WorkloadSpec> = if options.batch_events > 0 { vec![single, batched] } else { vec![single] };
+    let (messages, oracle) = workload::generate_all(&parts, &reference)?;
 
     let client = async_nats::connect(config.nats.url.as_str())
         .await

@@ -209,10 +209,27 @@ fn bad_message(rng: &mut Rng, base: DateTime<Utc>, n: usize) -> (String, &'stati
 
 /// Generates the messages and the oracle.
 pub fn generate(spec: &WorkloadSpec, reference: &Reference) -> Result<(Vec<OutMessage>, Oracle)> {
-    let mut rng = Rng::new(spec.seed);
+    generate_all(std::slice::from_ref(spec), reference)
+}
+
+/// Generates several workloads (for example one-event and batch-mode parts) into one stream,
+/// with one oracle over all of them: tiers apply to the combined period totals.
+pub fn generate_all(specs: &[WorkloadSpec], reference: &Reference) -> Result<(Vec<OutMessage>, Oracle)> {
     let mut oracle = Oracle::default();
-    let events: Vec<Event> = (0..spec.events).map(|n| make_event(&mut rng, spec.seed, n, spec.base_time)).collect();
     let mut messages = Vec::new();
+    let mut all = Vec::new();
+    for spec in specs {
+        let events = generate_part(spec, &mut messages, &mut oracle);
+        all.extend(events);
+    }
+    compute_totals(&all, &reference.prices, reference, &mut oracle)?;
+    oracle.accepted = all.len() as u64;
+    Ok((messages, oracle))
+}
+
+fn generate_part(spec: &WorkloadSpec, messages: &mut Vec<OutMessage>, oracle: &mut Oracle) -> Vec<Event> {
+    let mut rng = Rng::new(spec.seed);
+    let events: Vec<Event> = (0..spec.events).map(|n| make_event(&mut rng, spec.seed, n, spec.base_time)).collect();
     let mut late_duplicates = Vec::new();
     let mut extra: Vec<Event> = Vec::new();
     let batch = spec.batch_size.max(1);
@@ -269,9 +286,7 @@ pub fn generate(spec: &WorkloadSpec, reference: &Reference) -> Result<(Vec<OutMe
     }
     let mut all = events;
     all.extend(extra);
-    compute_totals(&all, &reference.prices, reference, &mut oracle)?;
-    oracle.accepted = all.len() as u64;
-    Ok((messages, oracle))
+    all
 }
 
 fn compute_totals(events: &[Event], prices: &PriceBook, reference: &Reference, oracle: &mut Oracle) -> Result<()> {
