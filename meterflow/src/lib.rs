@@ -6,10 +6,12 @@
 //! * [`pipeline`]: the wiring of ingest → aggregator → rater → sink and the commit protocol;
 //! * [`workload`]: the synthetic workload (with an exact oracle) used by the demo and the tests;
 //! * [`local_nats`]: starting a local nats-server with JetStream;
+//! * [`rerate`]: `meterflow rerate`, price corrections as adjustment rows;
 //! * [`demo`]: `meterflow demo`.
 
 pub mod config;
 pub mod demo;
 pub mod local_nats;
 pub mod pipeline;
+pub mod rerate;
 pub mod workload;

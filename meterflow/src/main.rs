@@ -69,6 +69,20 @@ enum Command {
         /// The query, for example "SELECT meter, SUM(quantity) FROM usage_summaries GROUP BY meter".
         query: String,
     },
+    /// Recompute a billing period from its summaries under the current plans (after a price
+    /// correction) and append the differences as adjustment rows (row_kind = 'rerate', with a
+    /// reason). History is never rewritten; running it again writes nothing new.
+    Rerate {
+        /// Config file (TOML).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Data directory of the tables, overriding [storage].data_dir.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The billing period, YYYY-MM.
+        #[arg(long, value_name = "YYYY-MM")]
+        period: String,
+    },
     /// Start a local nats-server with JetStream (unless --nats-url is given), publish a
     /// realistic workload with duplicates and bad events, run the pipeline until drained,
     /// check the totals against the workload's oracle and print them.
@@ -176,6 +190,27 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{out}");
             if format == Format::Table && !out.ends_with('\n') {
                 println!();
+            }
+            Ok(())
+        }
+        Command::Rerate { config, data_dir, period } => {
+            init_logging("warn");
+            let config = Config::load(&config, &Overrides { nats_url: None, data_dir })?;
+            let adjustments = meterflow::rerate::rerate(&config, &period).await?;
+            if adjustments.is_empty() {
+                println!("{period}: every amount already matches the current plans; nothing written");
+            }
+            for a in &adjustments {
+                println!(
+                    "{period} {} {} {}: quantity {} rated {} now {} -> adjustment {}",
+                    a.customer_id,
+                    a.meter,
+                    a.plan_version,
+                    a.quantity,
+                    a.rated,
+                    a.expected,
+                    a.expected - a.rated
+                );
             }
             Ok(())
         }

@@ -27,7 +27,7 @@ use meterflow_aggregator::{Aggregator, AggregatorSnapshot, EventRef, WindowDelta
 use meterflow_ingest::{fingerprint, Broker, Fetched, RejectEnvelope, ShardedDedup};
 use meterflow_rater::{pricing_at, Period, PeriodTotals, TotalKey};
 use meterflow_schemas::{decode_message, RejectReason};
-use meterflow_sink::{StateStore, SummaryRow, SummaryTable};
+use meterflow_sink::{RowKind, StateStore, SummaryRow, SummaryTable};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -444,6 +444,8 @@ impl Pipeline {
                 event_count: d.event_count,
                 first_seq: d.first_seq,
                 last_seq: d.last_seq,
+                row_kind: RowKind::Usage,
+                reason: None,
             });
         }
         Ok(rows)

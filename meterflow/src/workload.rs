@@ -41,7 +41,7 @@ impl Default for WorkloadSpec {
             duplicate_every: 10,
             bad_every: 50,
             seed: 42,
-            base_time: DateTime::from_timestamp(1_795_478_400, 0).unwrap_or_default(), // 2026-11-23T00:00:00Z
+            base_time: DateTime::from_timestamp(1_795_392_000, 0).unwrap_or_default(), // 2026-11-23T00:00:00Z
         }
     }
 }

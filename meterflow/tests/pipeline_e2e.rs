@@ -114,7 +114,7 @@ async fn a_known_workload_is_counted_exactly_once_and_bad_events_land_in_the_dlq
 
     // Windows are exact UTC hours; dimensions carry the group-by values.
     let rows =
-        env.sql("SELECT window_start, window_end, dimensions, quantity FROM window_totals WHERE meter = 'api_calls'");
+        env.sql("SELECT window_start, window_end, dimensions, quantity FROM window_totals WHERE meter = 'api_calls' AND customer_id = 'acme'");
     assert_eq!(
         rows[1],
         vec!["2026-11-23T05:00:00Z", "2026-11-23T06:00:00Z", "\"{\"\"region\"\":\"\"eu-west-1\"\"}\"", "5.500000000"]
@@ -319,4 +319,58 @@ for r in rows:
     for (key, q) in &oracle.quantity {
         assert_eq!(ours[key].0, *q);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerate_after_a_price_correction_appends_the_difference_once() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    for (i, requests) in [40_000, 70_000].iter().enumerate() {
+        let body = format!(r#"{{"requests":{requests},"region":"eu-west-1"}}"#);
+        publish(&js, "usage.api", event(&format!("r{i}"), "acme", "api_calls", "2026-11-23T05:00:00Z", &body), None)
+            .await;
+    }
+    env.run_until_idle(&[]);
+    // 110,000 requests, graduated: 100,000 x 0.0002 + 10,000 x 0.00015 = 21.50
+    let d = |s: &str| s.parse::<Decimal>().unwrap();
+    let key = ("acme".to_string(), "api_calls".to_string());
+    assert_eq!(totals(&env)[&key].1, d("21.50"));
+
+    // Finance corrects the first tier's price in place: 0.0002 -> 0.00025.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let corrected = env.dir.path().join("corrected");
+    std::fs::create_dir_all(corrected.join("reference")).unwrap();
+    std::fs::copy(examples.join("meterflow.toml"), corrected.join("meterflow.toml")).unwrap();
+    std::fs::copy(examples.join("reference/customers.toml"), corrected.join("reference/customers.toml")).unwrap();
+    let plans = std::fs::read_to_string(examples.join("reference/plans.toml")).unwrap();
+    let fixed = plans
+        .replace(r#"{ up_to = "100000", unit_price = "0.0002" }"#, r#"{ up_to = "100000", unit_price = "0.00025" }"#);
+    assert_ne!(plans, fixed);
+    std::fs::write(corrected.join("reference/plans.toml"), fixed).unwrap();
+
+    let rerate = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterflow"))
+            .args(["rerate", "--period", "2026-11", "--config"])
+            .arg(corrected.join("meterflow.toml"))
+            .arg("--data-dir")
+            .arg(env.data_dir())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let first = rerate();
+    assert!(first.contains("adjustment 5.00"), "{first}");
+    // 100,000 x 0.00025 + 10,000 x 0.00015 = 26.50, and the original rows are untouched.
+    assert_eq!(totals(&env)[&key].1, d("26.50"));
+    let kinds = env.sql("SELECT row_kind, COUNT(*), SUM(amount) FROM usage_summaries GROUP BY 1 ORDER BY 1");
+    assert_eq!(kinds[1][0], "rerate");
+    assert_eq!(kinds[1][2], "5.000000000000000000");
+    assert_eq!(kinds[2][0], "usage");
+
+    let files_before = env.commit_files();
+    let second = rerate();
+    assert!(second.contains("nothing written"), "{second}");
+    assert_eq!(env.commit_files(), files_before);
 }

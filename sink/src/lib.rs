@@ -24,7 +24,7 @@ mod table;
 
 pub use error::SinkError;
 pub use state::StateStore;
-pub use table::{summaries_schema, SummaryRow, SummaryTable, APP_ID, SUMMARIES_TABLE};
+pub use table::{summaries_schema, RowKind, SummaryRow, SummaryTable, APP_ID, SUMMARIES_TABLE};
 
 /// Result alias for this crate.
 pub type Result<T, E = SinkError> = std::result::Result<T, E>;

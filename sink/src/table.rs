@@ -61,6 +61,29 @@ pub struct SummaryRow {
     pub first_seq: u64,
     /// Highest stream sequence among those events.
     pub last_seq: u64,
+    /// `usage` for rows the pipeline rates from events, `rerate` for price corrections.
+    pub row_kind: RowKind,
+    /// Why the row exists, for rows that are not plain usage.
+    pub reason: Option<String>,
+}
+
+/// What kind of row a summary row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowKind {
+    /// A window delta rated from events.
+    Usage,
+    /// An adjustment written by `meterflow rerate`: quantity 0, amount = the price difference.
+    Rerate,
+}
+
+impl RowKind {
+    /// The value stored in the `row_kind` column.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RowKind::Usage => "usage",
+            RowKind::Rerate => "rerate",
+        }
+    }
 }
 
 fn ts_type() -> ArrowType {
@@ -86,6 +109,8 @@ pub fn summaries_schema() -> SchemaRef {
         Field::new("first_seq", ArrowType::Int64, false),
         Field::new("last_seq", ArrowType::Int64, false),
         Field::new("committed_at", ts_type(), false),
+        Field::new("row_kind", ArrowType::Utf8, false),
+        Field::new("reason", ArrowType::Utf8, true),
     ]))
 }
 
@@ -110,6 +135,8 @@ fn delta_columns() -> Result<Vec<StructField>> {
         StructField::new("first_seq", DataType::LONG, false),
         StructField::new("last_seq", DataType::LONG, false),
         StructField::new("committed_at", DataType::TIMESTAMP, false),
+        StructField::new("row_kind", DataType::STRING, false),
+        StructField::new("reason", DataType::STRING, true),
     ])
 }
 
@@ -155,6 +182,8 @@ pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<R
     let mut first = Int64Builder::with_capacity(n);
     let mut last = Int64Builder::with_capacity(n);
     let mut committed = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut kind = StringBuilder::with_capacity(n, n * 5);
+    let mut reason = StringBuilder::with_capacity(n, 0);
     for r in rows {
         customer.append_value(&r.customer_id);
         subject.append_value(&r.subject);
@@ -172,6 +201,8 @@ pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<R
         first.append_value(seq_i64(r.first_seq, "first_seq")?);
         last.append_value(seq_i64(r.last_seq, "last_seq")?);
         committed.append_value(committed_at.timestamp_micros());
+        kind.append_value(r.row_kind.as_str());
+        reason.append_option(r.reason.as_deref());
     }
     let enc = |e: deltalake::arrow::error::ArrowError| SinkError::Encode {
         table: SUMMARIES_TABLE.into(),
@@ -194,6 +225,8 @@ pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<R
         Arc::new(first.finish()),
         Arc::new(last.finish()),
         Arc::new(committed.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(reason.finish()),
     ];
     RecordBatch::try_new(summaries_schema(), columns).map_err(enc)
 }
@@ -322,6 +355,27 @@ impl SummaryTable {
         }
     }
 
+    /// Appends adjustment rows (for example from `meterflow rerate`) without touching the
+    /// pipeline's stream checkpoint. Safe while the pipeline runs: Delta resolves concurrent
+    /// appends.
+    pub async fn append_adjustments(&mut self, rows: &[SummaryRow]) -> Result<u64> {
+        if rows.is_empty() {
+            return Ok(self.version().unwrap_or_default());
+        }
+        if self.table.is_none() {
+            self.reopen().await?;
+        }
+        let batch = encode_rows(rows, Utc::now())?;
+        let table = self
+            .table
+            .take()
+            .ok_or_else(|| SinkError::Encode { table: SUMMARIES_TABLE.into(), message: "no table handle".into() })?;
+        let t = table.write(vec![batch]).with_save_mode(SaveMode::Append).await.map_err(delta_err)?;
+        let v = t.version().unwrap_or_default();
+        self.table = Some(t);
+        Ok(v)
+    }
+
     /// Compacts small files into larger ones (a Delta OPTIMIZE commit; data and the stream
     /// checkpoint are unchanged). Returns `(files removed, files added)`. Replaced files stay on
     /// disk, marked removed in the log, until a vacuum: read the table through its Delta log,
@@ -389,6 +443,8 @@ mod tests {
             event_count: 1,
             first_seq: seq,
             last_seq: seq,
+            row_kind: RowKind::Usage,
+            reason: None,
         }
     }
 

@@ -1,0 +1,108 @@
+//! `meterflow rerate --period YYYY-MM`: after a price correction, recompute a billing period
+//! from its summaries under the current plans and append the differences as adjustment rows.
+//!
+//! For each (customer, meter, plan version) of the period, the expected amount is the current
+//! price of the period's total quantity; the difference to the amounts already written becomes
+//! one `row_kind = 'rerate'` row with quantity 0 and a reason. Nothing is rewritten, and a
+//! second run finds no difference and writes nothing.
+
+use anyhow::{bail, Context, Result};
+use meterflow_rater::Period;
+use meterflow_sink::sql::{render, Format, ReadOnlySql};
+use meterflow_sink::{RowKind, SummaryRow, SummaryTable};
+use rust_decimal::Decimal;
+
+use crate::config::{Config, Reference};
+
+/// One adjustment and why.
+#[derive(Debug, Clone)]
+pub struct Adjustment {
+    /// Customer.
+    pub customer_id: String,
+    /// Meter.
+    pub meter: String,
+    /// Plan version.
+    pub plan_version: String,
+    /// Total quantity of the period under that version.
+    pub quantity: Decimal,
+    /// Amount already written.
+    pub rated: Decimal,
+    /// Amount under the current plans.
+    pub expected: Decimal,
+}
+
+/// Computes and appends the rerate adjustments of `period`; returns them.
+pub async fn rerate(config: &Config, period_label: &str) -> Result<Vec<Adjustment>> {
+    let period = Period::parse(period_label).with_context(|| format!("--period {period_label:?} is not YYYY-MM"))?;
+    let reference = Reference::load(config)?;
+    let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
+    if sql.tables.is_empty() {
+        bail!("no tables in {}: nothing to rerate", config.storage.data_dir.display());
+    }
+    let query = format!(
+        "SELECT customer_id, meter, plan_version, plan_id, currency, SUM(quantity) AS quantity, SUM(amount) AS amount \
+         FROM usage_summaries WHERE window_start >= TIMESTAMP '{}' AND window_start < TIMESTAMP '{}' \
+         GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3",
+        period.start.format("%Y-%m-%dT%H:%M:%SZ"),
+        period.end.format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let csv = render(&sql.query(&query).await?, Format::Csv)?;
+    let mut adjustments = Vec::new();
+    let mut rows = Vec::new();
+    let mut table = SummaryTable::open_or_create(&config.storage.data_dir).await?;
+    let revision = table.committed_seq().await?;
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let [customer_id, meter, plan_version, plan_id, currency, quantity, amount] = f.as_slice() else {
+            bail!("unexpected summary line {line:?}");
+        };
+        let plan = reference
+            .prices
+            .plan(plan_id)
+            .with_context(|| format!("plan `{plan_id}` is no longer in the reference data"))?;
+        let version = (0..plan.versions.len())
+            .find(|i| plan.version_label(*i) == *plan_version)
+            .with_context(|| format!("plan version `{plan_version}` is no longer in the reference data"))?;
+        let charge = plan.versions[version]
+            .charge(meter)
+            .with_context(|| format!("plan version `{plan_version}` no longer prices `{meter}`"))?;
+        let quantity: Decimal = quantity.parse()?;
+        let rated: Decimal = amount.parse()?;
+        let expected = charge.price(quantity)?;
+        if expected == rated {
+            continue;
+        }
+        rows.push(SummaryRow {
+            customer_id: customer_id.to_string(),
+            subject: String::new(),
+            meter: meter.to_string(),
+            dimensions: "{}".into(),
+            window_start: period.start,
+            window_end: period.end,
+            revision,
+            quantity: Decimal::ZERO,
+            amount: expected - rated,
+            currency: currency.to_string(),
+            plan_id: plan_id.to_string(),
+            plan_version: plan_version.to_string(),
+            event_count: 0,
+            first_seq: 0,
+            last_seq: 0,
+            row_kind: RowKind::Rerate,
+            reason: Some(format!(
+                "rerate {}: {quantity} priced {expected} under the current {plan_version}, {rated} was rated",
+                period.label()
+            )),
+        });
+        adjustments.push(Adjustment {
+            customer_id: customer_id.to_string(),
+            meter: meter.to_string(),
+            plan_version: plan_version.to_string(),
+            quantity,
+            rated,
+            expected,
+        });
+    }
+    table.append_adjustments(&rows).await?;
+    Ok(adjustments)
+}
