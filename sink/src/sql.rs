@@ -173,32 +173,12 @@ fn render_json(batches: &[RecordBatch]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{SummaryRow, SummaryTable};
-    use chrono::DateTime;
+    use crate::table::tests::row;
+    use crate::table::SummaryTable;
 
     async fn fixture() -> (tempfile::TempDir, ReadOnlySql) {
         let dir = tempfile::tempdir().unwrap();
         let mut t = SummaryTable::open_or_create(dir.path()).await.unwrap();
-        let ws = DateTime::from_timestamp(1_795_000_000 / 3600 * 3600, 0).unwrap();
-        let row = |q: &str, a: &str, seq| SummaryRow {
-            customer_id: "acme".into(),
-            subject: "acme".into(),
-            meter: "api_calls".into(),
-            dimensions: "{\"region\":\"eu\"}".into(),
-            window_start: ws,
-            window_end: ws + chrono::Duration::hours(1),
-            revision: seq,
-            quantity: q.parse().unwrap(),
-            amount: a.parse().unwrap(),
-            currency: "USD".into(),
-            plan_id: "p".into(),
-            plan_version: "p@2026-01-01".into(),
-            event_count: 1,
-            first_seq: seq,
-            last_seq: seq,
-            row_kind: crate::RowKind::Usage,
-            reason: None,
-        };
         t.commit(&[row("0.1", "0.00002", 1)], 1).await.unwrap();
         t.commit(&[row("0.2", "0.00004", 2)], 2).await.unwrap();
         let sql = ReadOnlySql::open(dir.path()).await.unwrap();

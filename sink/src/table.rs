@@ -422,18 +422,19 @@ impl SummaryTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn row(q: &str, a: &str, seq: u64) -> SummaryRow {
-        let t = DateTime::from_timestamp(1_795_000_000, 0).unwrap();
+    /// A usage row of acme's api_calls in the hour window starting at 2026-11-18T07:00Z.
+    pub(crate) fn row(q: &str, a: &str, seq: u64) -> SummaryRow {
+        let t = DateTime::from_timestamp(1_795_000_000 / 3600 * 3600, 0).unwrap();
         SummaryRow {
             customer_id: "acme".into(),
             subject: "acme".into(),
             meter: "api_calls".into(),
             dimensions: r#"{"region":"eu"}"#.into(),
             window_start: t,
-            window_end: t,
+            window_end: t + chrono::Duration::hours(1),
             revision: seq,
             quantity: q.parse().unwrap(),
             amount: a.parse().unwrap(),
