@@ -19,8 +19,10 @@
 //!
 //! All of this is pure data manipulation: no I/O, no clocks.
 
+mod bounds;
 mod meter;
 mod window;
 
+pub use bounds::TimeBounds;
 pub use meter::{Aggregation, MeasureValue, Measurement, MeterConfig, MeterError, Meters, WindowSize};
 pub use window::{Aggregator, AggregatorSnapshot, EventRef, WindowDelta, WindowKey};

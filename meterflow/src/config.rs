@@ -22,8 +22,10 @@ const fn default_commit_interval_ms() -> u64 {
 const fn default_max_batch_events() -> usize {
     500_000
 }
+/// 37 days: the smallest horizon that covers the default 35-day backdating limit plus the
+/// 5-minute skew bound, counted in whole publish days (see [`Config::load`]).
 const fn default_dedup_horizon_days() -> u16 {
-    35
+    37
 }
 fn default_dedup_shards() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
@@ -67,6 +69,47 @@ impl Default for PipelineConfig {
             dedup_horizon_days: default_dedup_horizon_days(),
             dedup_shards: default_dedup_shards(),
             snapshot_every_commits: default_snapshot_every_commits(),
+        }
+    }
+}
+
+const fn default_max_backdating_days() -> u32 {
+    35
+}
+const fn default_max_future_skew_s() -> u64 {
+    300
+}
+
+/// `[lateness]`: how late (and how early) usage may arrive.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatenessConfig {
+    /// Events older than this many days (before their arrival at the broker) are rejected as
+    /// `too_old`. The dedup horizon must cover it.
+    #[serde(default = "default_max_backdating_days")]
+    pub max_backdating_days: u32,
+    /// Events more than this many seconds ahead of their arrival are rejected as `future_time`.
+    #[serde(default = "default_max_future_skew_s")]
+    pub max_future_skew_s: u64,
+}
+
+impl Default for LatenessConfig {
+    fn default() -> Self {
+        LatenessConfig {
+            max_backdating_days: default_max_backdating_days(),
+            max_future_skew_s: default_max_future_skew_s(),
+        }
+    }
+}
+
+impl LatenessConfig {
+    /// The bounds as the aggregator checks them.
+    pub fn bounds(&self) -> meterflow_aggregator::TimeBounds {
+        meterflow_aggregator::TimeBounds {
+            max_backdating: chrono::Duration::days(i64::from(self.max_backdating_days)),
+            max_future_skew: chrono::Duration::seconds(
+                i64::try_from(self.max_future_skew_s).unwrap_or(i64::MAX / 2_000),
+            ),
         }
     }
 }
@@ -136,6 +179,9 @@ pub struct Config {
     /// `[billing]`
     #[serde(default)]
     pub billing: BillingConfig,
+    /// `[lateness]`
+    #[serde(default)]
+    pub lateness: LatenessConfig,
     /// `[[meters]]`
     #[serde(default)]
     pub meters: Vec<MeterConfig>,
@@ -227,6 +273,23 @@ impl Config {
         }
         if config.meters.is_empty() {
             bail!("config file {}: no [[meters]] defined", path.display());
+        }
+        // A retry of an accepted event is accepted again unless dedup still remembers it. The
+        // event was first accepted no earlier than `time - skew`, and a retry is refused as
+        // too_old after `time + backdating`; so retries arrive at most backdating + skew after
+        // the first acceptance. Dedup counts whole publish days, which adds up to one more day.
+        let reach_days =
+            (u64::from(config.lateness.max_backdating_days) * 86_400 + config.lateness.max_future_skew_s) / 86_400 + 2;
+        if u64::from(config.pipeline.dedup_horizon_days) < reach_days {
+            bail!(
+                "config file {}: [pipeline] dedup_horizon_days = {} does not cover [lateness] max_backdating_days = {} \
+                 plus max_future_skew_s = {} (a late retry could be counted twice): raise dedup_horizon_days to at \
+                 least {reach_days} or lower the backdating limit",
+                path.display(),
+                config.pipeline.dedup_horizon_days,
+                config.lateness.max_backdating_days,
+                config.lateness.max_future_skew_s,
+            );
         }
         Ok(config)
     }

@@ -123,6 +123,8 @@ pub struct Pipeline {
     totals: PeriodTotals,
     /// Plan version label → (plan id, version index).
     pricing_index: HashMap<String, (String, usize)>,
+    /// Event-time limits (too old, too far in the future).
+    bounds: meterflow_aggregator::TimeBounds,
     /// Highest sequence the table says is committed.
     committed_seq: u64,
     /// Next sequence expected from the consumer (lower ones are redeliveries).
@@ -181,6 +183,7 @@ impl Pipeline {
         broker.position_consumer(resume_from).await?;
         tracing::info!(committed_seq, resume_from, "pipeline started; replaying committed messages to rebuild state");
         let stats = RunStats { committed_seq, ..Default::default() };
+        let bounds = config.lateness.bounds();
         let mut pricing_index = HashMap::new();
         for subs in &reference.subscriptions {
             for s in subs {
@@ -202,6 +205,7 @@ impl Pipeline {
             agg,
             totals,
             pricing_index,
+            bounds,
             committed_seq,
             next_seq: resume_from,
             replaying: resume_from <= committed_seq,
@@ -314,6 +318,7 @@ impl Pipeline {
         let mut keys: Vec<(u128, u16)> = Vec::new();
         for msg in &messages {
             let day = u16::try_from(msg.published_unix.div_euclid(86_400)).unwrap_or(u16::MAX);
+            let arrival = chrono::DateTime::from_timestamp(msg.published_unix, 0).unwrap_or_default();
             let decoded = decode_message(&msg.payload);
             let mut reject =
                 |reason: RejectReason, detail: String, index: Option<usize>, original: Bytes, stats: &mut RunStats| {
@@ -337,6 +342,10 @@ impl Pipeline {
             }
             for event in decoded.events {
                 let original = || msg.payload.slice(event.span.clone());
+                if let Err((reason, detail)) = self.bounds.check(event.time, arrival) {
+                    reject(reason, detail, event.index, original(), &mut self.stats);
+                    continue;
+                }
                 let Some(customer) = self.reference.directory.lookup(&event.subject) else {
                     let detail = format!("subject {:?} maps to no customer", event.subject);
                     reject(RejectReason::UnknownSubject, detail, event.index, original(), &mut self.stats);

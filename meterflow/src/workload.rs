@@ -29,7 +29,8 @@ pub struct WorkloadSpec {
     pub bad_every: usize,
     /// Seed of the deterministic generator.
     pub seed: u64,
-    /// Event times fall in the 48 hours from this instant.
+    /// Event times fall in the 48 hours from this instant (default: midnight UTC four days ago,
+    /// so that the whole workload is in the past and well within the backdating limit).
     pub base_time: DateTime<Utc>,
 }
 
@@ -41,9 +42,15 @@ impl Default for WorkloadSpec {
             duplicate_every: 10,
             bad_every: 50,
             seed: 42,
-            base_time: DateTime::from_timestamp(1_795_392_000, 0).unwrap_or_default(), // 2026-11-23T00:00:00Z
+            base_time: days_ago(4),
         }
     }
+}
+
+/// Midnight UTC `n` days before today.
+pub fn days_ago(n: i64) -> DateTime<Utc> {
+    let today = Utc::now().timestamp().div_euclid(86_400) * 86_400;
+    DateTime::from_timestamp(today - n * 86_400, 0).unwrap_or_default()
 }
 
 /// One message to publish.

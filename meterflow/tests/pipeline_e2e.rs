@@ -352,6 +352,7 @@ async fn rerate_after_a_price_correction_appends_the_difference_once() {
     let rerate = || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterflow"))
             .args(["rerate", "--period", "2026-11", "--config"])
+            .envs(common::WIDE_BOUNDS)
             .arg(corrected.join("meterflow.toml"))
             .arg("--data-dir")
             .arg(env.data_dir())
@@ -373,4 +374,47 @@ async fn rerate_after_a_price_correction_appends_the_difference_once() {
     let second = rerate();
     assert!(second.contains("nothing written"), "{second}");
     assert_eq!(env.commit_files(), files_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_beyond_the_backdating_or_skew_bounds_are_rejected_with_their_reason() {
+    let env = TestEnv::start_with_default_bounds();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let now = chrono::Utc::now();
+    let at = |d: chrono::Duration| (now + d).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = r#"{"requests":1,"region":"eu-west-1"}"#;
+    publish(&js, "usage.api", event("fresh", "acme", "api_calls", &at(chrono::Duration::hours(-1)), body), None).await;
+    publish(&js, "usage.api", event("old-ok", "acme", "api_calls", &at(chrono::Duration::days(-34)), body), None).await;
+    publish(&js, "usage.api", event("ancient", "acme", "api_calls", &at(chrono::Duration::days(-36)), body), None)
+        .await;
+    publish(&js, "usage.api", event("soon", "acme", "api_calls", &at(chrono::Duration::minutes(4)), body), None).await;
+    publish(&js, "usage.api", event("later", "acme", "api_calls", &at(chrono::Duration::minutes(10)), body), None)
+        .await;
+    env.run_until_idle(&[]);
+    let events: u64 = totals(&env).values().map(|v| v.2).sum();
+    assert_eq!(events, 3);
+    let mut dlq = js.get_stream("USAGE_DLQ").await.unwrap();
+    let n = dlq.info().await.unwrap().state.messages;
+    let mut reasons = Vec::new();
+    for seq in 1..=n {
+        let m = dlq.get_raw_message(seq).await.unwrap();
+        reasons.push(m.headers.get("Meterflow-Reason").unwrap().to_string());
+    }
+    reasons.sort();
+    assert_eq!(reasons, vec!["future_time", "too_old"]);
+}
+
+#[test]
+fn a_dedup_horizon_shorter_than_the_backdating_limit_is_refused_at_start() {
+    let env = TestEnv::start_with_default_bounds();
+    let out = env
+        .command("run")
+        .env("METERFLOW_PIPELINE__DEDUP_HORIZON_DAYS", "36")
+        .args(["--exit-when-idle", "1s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dedup_horizon_days = 36 does not cover") && err.contains("at least 37"), "{err}");
 }

@@ -44,11 +44,15 @@ pub enum RejectReason {
     UnknownSubject,
     /// The customer has no subscription (or no plan version) in force at the event's time.
     NoSubscription,
+    /// The event time is older than the maximum backdating allowed (relative to its arrival).
+    TooOld,
+    /// The event time is further in the future than the clock-skew bound allows.
+    FutureTime,
 }
 
 impl RejectReason {
     /// Every reason, in code order (for metrics and documentation).
-    pub const ALL: [RejectReason; 19] = [
+    pub const ALL: [RejectReason; 21] = [
         RejectReason::InvalidJson,
         RejectReason::NotAnEvent,
         RejectReason::EmptyBatch,
@@ -68,6 +72,8 @@ impl RejectReason {
         RejectReason::ValueTooPrecise,
         RejectReason::UnknownSubject,
         RejectReason::NoSubscription,
+        RejectReason::TooOld,
+        RejectReason::FutureTime,
     ];
 
     /// The stable snake_case code of this reason.
@@ -92,6 +98,8 @@ impl RejectReason {
             RejectReason::ValueTooPrecise => "value_too_precise",
             RejectReason::UnknownSubject => "unknown_subject",
             RejectReason::NoSubscription => "no_subscription",
+            RejectReason::TooOld => "too_old",
+            RejectReason::FutureTime => "future_time",
         }
     }
 }

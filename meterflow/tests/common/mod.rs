@@ -7,10 +7,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Event-time bounds wide enough for tests that publish usage at fixed dates (for example
+/// around the example plan change on 2026-11-24), whatever day the tests run on.
+pub const WIDE_BOUNDS: [(&str, &str); 3] = [
+    ("METERFLOW_LATENESS__MAX_BACKDATING_DAYS", "30000"),
+    ("METERFLOW_LATENESS__MAX_FUTURE_SKEW_S", "31536000"),
+    ("METERFLOW_PIPELINE__DEDUP_HORIZON_DAYS", "30400"),
+];
+
 pub struct TestEnv {
     pub nats: LocalNats,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// Environment given to every `meterflow` command.
+    pub envs: Vec<(&'static str, &'static str)>,
 }
 
 impl TestEnv {
@@ -19,7 +29,14 @@ impl TestEnv {
         let nats = LocalNats::start(&dir.path().join("nats"))
             .expect("nats-server starts (run scripts/tools.sh to install it)");
         let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/meterflow.toml");
-        TestEnv { nats, dir, config }
+        TestEnv { nats, dir, config, envs: WIDE_BOUNDS.to_vec() }
+    }
+
+    /// Like [`TestEnv::start`], with the default event-time bounds of the example config.
+    pub fn start_with_default_bounds() -> TestEnv {
+        let mut env = TestEnv::start();
+        env.envs.clear();
+        env
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -32,7 +49,7 @@ impl TestEnv {
         if sub != "sql" {
             c.arg("--nats-url").arg(self.nats.url());
         }
-        c.env("RUST_LOG", "warn");
+        c.env("RUST_LOG", "warn").envs(self.envs.iter().copied());
         c
     }
 
