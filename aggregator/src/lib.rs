@@ -21,8 +21,10 @@
 
 mod bounds;
 mod meter;
+mod progress;
 mod window;
 
 pub use bounds::TimeBounds;
 pub use meter::{Aggregation, MeasureValue, Measurement, MeterConfig, MeterError, Meters, WindowSize};
-pub use window::{Aggregator, AggregatorSnapshot, EventRef, WindowDelta, WindowKey};
+pub use progress::{LatenessPolicy, Progress};
+pub use window::{Aggregator, AggregatorSnapshot, EventRef, WindowDelta, WindowKey, DEFAULT_POLICY};

@@ -70,6 +70,21 @@ pub struct MeterConfig {
     pub group_by: Vec<String>,
     /// Window length.
     pub window: WindowSize,
+    /// How long after its end a window still takes events as on time, in seconds (default one
+    /// hour). Later events still count, in rows flagged `late`.
+    #[serde(default = "default_allowed_lateness_s")]
+    pub allowed_lateness_s: u64,
+}
+
+const fn default_allowed_lateness_s() -> u64 {
+    3_600
+}
+
+impl MeterConfig {
+    /// The allowed lateness as a duration.
+    pub fn allowed_lateness(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.allowed_lateness_s).unwrap_or(i64::MAX / 2_000))
+    }
 }
 
 /// A meter definition that cannot work.
@@ -223,6 +238,7 @@ mod tests {
                 value_property: Some("requests".into()),
                 group_by: vec!["region".into()],
                 window: WindowSize::Hour,
+                allowed_lateness_s: 3600,
             },
             MeterConfig {
                 name: "api_call_count".into(),
@@ -231,6 +247,7 @@ mod tests {
                 value_property: None,
                 group_by: vec![],
                 window: WindowSize::Day,
+                allowed_lateness_s: 3600,
             },
         ])
         .unwrap()

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::meter::{to_utc, Aggregation, MeasureValue, Measurement, Meters};
+use crate::progress::{LatenessPolicy, Progress};
 
 /// Identity of one window of one meter for one customer subject and dimension set.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -36,6 +37,8 @@ pub struct EventRef<'a> {
     pub id: &'a str,
     /// Stream sequence of the message holding the event.
     pub seq: u64,
+    /// When the broker received the message (publish time).
+    pub arrival: DateTime<Utc>,
 }
 
 /// Aggregated state of one window. `flushed` is what the rows already written sum to.
@@ -60,6 +63,10 @@ struct Pending {
     events: u64,
     first_seq: u64,
     last_seq: u64,
+    /// Some of these events arrived after the window had closed.
+    late: bool,
+    /// Newest arrival among these events, Unix microseconds.
+    arrived_at: i64,
 }
 
 /// One output row: the change of a window's value since the previous flush.
@@ -81,6 +88,10 @@ pub struct WindowDelta {
     pub first_seq: u64,
     /// Highest stream sequence among those events.
     pub last_seq: u64,
+    /// True when some of these events arrived after the window had closed (an adjustment).
+    pub late: bool,
+    /// Newest broker arrival time among these events.
+    pub arrived_at: DateTime<Utc>,
 }
 
 impl WindowDelta {
@@ -94,6 +105,8 @@ impl WindowDelta {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct AggregatorSnapshot {
     windows: Vec<(WindowKey, WindowState)>,
+    #[serde(default)]
+    progress: Progress,
 }
 
 /// Folds measurements into windows and flushes deltas.
@@ -102,12 +115,59 @@ pub struct Aggregator {
     meters: Meters,
     windows: HashMap<WindowKey, WindowState>,
     dirty: HashSet<WindowKey>,
+    progress: Progress,
+    policy: LatenessPolicy,
 }
+
+/// The default lateness policy: one minute of out-of-orderness, five minutes idle timeout.
+pub const DEFAULT_POLICY: LatenessPolicy =
+    LatenessPolicy { out_of_orderness: chrono::Duration::seconds(60), idle_timeout: chrono::Duration::seconds(300) };
 
 impl Aggregator {
     /// An empty aggregator for these meters.
     pub fn new(meters: Meters) -> Self {
-        Aggregator { meters, windows: HashMap::new(), dirty: HashSet::new() }
+        Aggregator::with_policy(meters, DEFAULT_POLICY)
+    }
+
+    /// An empty aggregator with an explicit lateness policy.
+    pub fn with_policy(meters: Meters, policy: LatenessPolicy) -> Self {
+        let progress = Progress::new(meters.configs().len());
+        Aggregator { meters, windows: HashMap::new(), dirty: HashSet::new(), progress, policy }
+    }
+
+    /// Watermarks and the stream clock.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// The lateness policy.
+    pub fn policy(&self) -> &LatenessPolicy {
+        &self.policy
+    }
+
+    /// Moves the stream clock (for example on an idle stream), never back.
+    pub fn advance_clock(&mut self, now: DateTime<Utc>) {
+        self.progress.advance_clock(now);
+    }
+
+    /// True when the window of `key` is closed to on-time events.
+    pub fn is_closed(&self, key: &WindowKey) -> bool {
+        let m = &self.meters.configs()[key.meter];
+        let end = to_utc(key.window_start + m.window.seconds()).unwrap_or_default();
+        self.progress.is_closed(key.meter, end, m.allowed_lateness(), &self.policy)
+    }
+
+    /// Drops the state of windows that ended before `horizon` (no acceptable event can reach
+    /// them any more: they are older than the backdating limit). Returns how many.
+    pub fn evict_before(&mut self, horizon: DateTime<Utc>) -> usize {
+        let before = self.windows.len();
+        let meters = &self.meters;
+        let dirty = &self.dirty;
+        self.windows.retain(|k, _| {
+            let end = k.window_start + meters.configs()[k.meter].window.seconds();
+            end > horizon.timestamp() || dirty.contains(k)
+        });
+        before - self.windows.len()
     }
 
     /// The meters this aggregator folds.
@@ -131,9 +191,13 @@ impl Aggregator {
             pricing: pricing.to_string(),
         };
         let aggregation = self.meters.configs()[m.meter].aggregation;
+        let late = self.is_closed(&key);
+        self.progress.observe(m.meter, event.time, event.arrival);
         let state = self.windows.entry(key.clone()).or_default();
         fold(state, aggregation, &m.value, event);
         let p = &mut state.pending;
+        p.late |= late;
+        p.arrived_at = p.arrived_at.max(event.arrival.timestamp_micros());
         if p.events == 0 {
             p.first_seq = event.seq;
             p.last_seq = event.seq;
@@ -172,6 +236,8 @@ impl Aggregator {
                 event_count: pending.events,
                 first_seq: pending.first_seq,
                 last_seq: pending.last_seq,
+                late: pending.late,
+                arrived_at: DateTime::from_timestamp_micros(pending.arrived_at).unwrap_or_default(),
             });
         }
         out
@@ -189,12 +255,16 @@ impl Aggregator {
             })
             .collect();
         windows.sort_by(|a, b| a.0.cmp(&b.0));
-        AggregatorSnapshot { windows }
+        AggregatorSnapshot { windows, progress: self.progress.clone() }
     }
 
     /// Restores state from a snapshot taken by [`Aggregator::snapshot`].
-    pub fn restore(meters: Meters, snapshot: AggregatorSnapshot) -> Self {
-        Aggregator { meters, windows: snapshot.windows.into_iter().collect(), dirty: HashSet::new() }
+    pub fn restore(meters: Meters, policy: LatenessPolicy, snapshot: AggregatorSnapshot) -> Self {
+        let mut progress = snapshot.progress;
+        if progress.stream_clock().is_none() {
+            progress = Progress::new(meters.configs().len());
+        }
+        Aggregator { meters, windows: snapshot.windows.into_iter().collect(), dirty: HashSet::new(), progress, policy }
     }
 
     /// Current value of every window, for tests and inspection.
@@ -246,6 +316,7 @@ mod tests {
             value_property: if aggregation == Aggregation::Count { None } else { Some("v".into()) },
             group_by: vec![],
             window: WindowSize::Hour,
+            allowed_lateness_s: 3600,
         };
         Meters::new(vec![
             mk("sum", Aggregation::Sum),
@@ -276,7 +347,13 @@ mod tests {
         for (i, e) in events.iter().enumerate() {
             let id = e.4.to_string();
             let time = DateTime::from_timestamp(e.1 * 3600 + e.3, 0).unwrap();
-            agg.add("acme", "acme", "p@1", &measurement(e), EventRef { time, source: "s", id: &id, seq: i as u64 + 1 });
+            agg.add(
+                "acme",
+                "acme",
+                "p@1",
+                &measurement(e),
+                EventRef { time, source: "s", id: &id, seq: i as u64 + 1, arrival: time },
+            );
             if (i + 1) % flush_every == 0 {
                 for d in agg.flush() {
                     *sums.entry(d.key.clone()).or_default() += d.quantity();
@@ -324,11 +401,18 @@ mod tests {
         for (i, e) in evs.iter().enumerate() {
             let id = e.4.to_string();
             let time = DateTime::from_timestamp(e.1 * 3600 + e.3, 0).unwrap();
-            agg.add("acme", "acme", "p@1", &measurement(e), EventRef { time, source: "s", id: &id, seq: i as u64 });
+            agg.add(
+                "acme",
+                "acme",
+                "p@1",
+                &measurement(e),
+                EventRef { time, source: "s", id: &id, seq: i as u64, arrival: time },
+            );
         }
         agg.flush();
         let restored = Aggregator::restore(
             meters(),
+            DEFAULT_POLICY,
             serde_json::from_str(&serde_json::to_string(&agg.snapshot()).unwrap()).unwrap(),
         );
         assert_eq!(restored.values(), agg.values());
@@ -344,8 +428,8 @@ mod tests {
             value: MeasureValue::Number(Decimal::from(v)),
         };
         let t = |s| DateTime::from_timestamp(s, 0).unwrap();
-        agg.add("a", "a", "p@1", &m(5), EventRef { time: t(100), source: "s", id: "1", seq: 1 });
-        agg.add("a", "a", "p@1", &m(9), EventRef { time: t(50), source: "s", id: "2", seq: 2 });
+        agg.add("a", "a", "p@1", &m(5), EventRef { time: t(100), source: "s", id: "1", seq: 1, arrival: t(100) });
+        agg.add("a", "a", "p@1", &m(9), EventRef { time: t(50), source: "s", id: "2", seq: 2, arrival: t(100) });
         let d = agg.flush();
         assert_eq!(d[0].after, Decimal::from(5));
         assert_eq!(d[0].event_count, 2);

@@ -79,6 +79,15 @@ const fn default_max_backdating_days() -> u32 {
 const fn default_max_future_skew_s() -> u64 {
     300
 }
+const fn default_out_of_orderness_s() -> u64 {
+    60
+}
+const fn default_idle_timeout_s() -> u64 {
+    300
+}
+const fn default_period_grace_s() -> u64 {
+    3_600
+}
 
 /// `[lateness]`: how late (and how early) usage may arrive.
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +100,15 @@ pub struct LatenessConfig {
     /// Events more than this many seconds ahead of their arrival are rejected as `future_time`.
     #[serde(default = "default_max_future_skew_s")]
     pub max_future_skew_s: u64,
+    /// The watermark trails the newest event time by this many seconds.
+    #[serde(default = "default_out_of_orderness_s")]
+    pub out_of_orderness_s: u64,
+    /// A meter without events follows the stream clock after this many seconds.
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+    /// A billing period closes once every meter's watermark is this many seconds past its end.
+    #[serde(default = "default_period_grace_s")]
+    pub period_grace_s: u64,
 }
 
 impl Default for LatenessConfig {
@@ -98,8 +116,15 @@ impl Default for LatenessConfig {
         LatenessConfig {
             max_backdating_days: default_max_backdating_days(),
             max_future_skew_s: default_max_future_skew_s(),
+            out_of_orderness_s: default_out_of_orderness_s(),
+            idle_timeout_s: default_idle_timeout_s(),
+            period_grace_s: default_period_grace_s(),
         }
     }
+}
+
+fn secs(s: u64) -> chrono::Duration {
+    chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 2_000))
 }
 
 impl LatenessConfig {
@@ -107,10 +132,21 @@ impl LatenessConfig {
     pub fn bounds(&self) -> meterflow_aggregator::TimeBounds {
         meterflow_aggregator::TimeBounds {
             max_backdating: chrono::Duration::days(i64::from(self.max_backdating_days)),
-            max_future_skew: chrono::Duration::seconds(
-                i64::try_from(self.max_future_skew_s).unwrap_or(i64::MAX / 2_000),
-            ),
+            max_future_skew: secs(self.max_future_skew_s),
         }
+    }
+
+    /// The watermark policy.
+    pub fn policy(&self) -> meterflow_aggregator::LatenessPolicy {
+        meterflow_aggregator::LatenessPolicy {
+            out_of_orderness: secs(self.out_of_orderness_s),
+            idle_timeout: secs(self.idle_timeout_s),
+        }
+    }
+
+    /// The grace period after a billing period's end.
+    pub fn period_grace(&self) -> chrono::Duration {
+        secs(self.period_grace_s)
     }
 }
 

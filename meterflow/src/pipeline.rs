@@ -103,6 +103,7 @@ fn decode_state(bytes: &[u8]) -> Result<(AggregatorSnapshot, PeriodTotals, &[u8]
 /// A candidate event that passed decode, enrich and extract, waiting for the dedup decision.
 struct Candidate {
     seq: u64,
+    arrival: chrono::DateTime<chrono::Utc>,
     customer: usize,
     pricing: String,
     event: meterflow_schemas::UsageEvent,
@@ -155,7 +156,7 @@ impl Pipeline {
         let store = StateStore::open(config.state_dir())?;
         let committed_seq = table.committed_seq().await?;
         let dedup = ShardedDedup::new(config.pipeline.dedup_shards, config.pipeline.dedup_horizon_days)?;
-        let mut agg = Aggregator::new(reference.meters.clone());
+        let mut agg = Aggregator::with_policy(reference.meters.clone(), config.lateness.policy());
         let mut totals = PeriodTotals::default();
         let mut resume_from = 1;
         if let Some((snap_seq, bytes)) = store.latest_at_or_below(committed_seq)? {
@@ -164,7 +165,7 @@ impl Pipeline {
                 Ok((windows, t))
             }) {
                 Ok((windows, t)) => {
-                    agg = Aggregator::restore(reference.meters.clone(), windows);
+                    agg = Aggregator::restore(reference.meters.clone(), config.lateness.policy(), windows);
                     totals = t;
                     resume_from = snap_seq + 1;
                 }
@@ -246,6 +247,11 @@ impl Pipeline {
                 }
             };
             let got_any = !fetched.is_empty();
+            if !got_any && !self.replaying {
+                // Drained: the stream clock catches up with the wall clock, so quiet meters'
+                // watermarks (and billing periods) still advance.
+                self.agg.advance_clock(chrono::Utc::now());
+            }
             self.process(fetched)?;
             let due = self.pending_since.is_some_and(|t| t.elapsed() >= interval);
             if self.pending_events >= self.config.pipeline.max_batch_events || due {
@@ -367,7 +373,7 @@ impl Pipeline {
                     }
                 };
                 keys.push((fingerprint(&event.source, &event.id), day));
-                candidates.push(Candidate { seq: msg.seq, customer, pricing, event, measurements });
+                candidates.push(Candidate { seq: msg.seq, arrival, customer, pricing, event, measurements });
             }
         }
         if !keys.is_empty() {
@@ -384,7 +390,13 @@ impl Pipeline {
                     self.pending_events += 1;
                 }
                 let customer = &self.reference.directory.customers()[c.customer];
-                let event = EventRef { time: c.event.time, source: &c.event.source, id: &c.event.id, seq: c.seq };
+                let event = EventRef {
+                    time: c.event.time,
+                    source: &c.event.source,
+                    id: &c.event.id,
+                    seq: c.seq,
+                    arrival: c.arrival,
+                };
                 for m in &c.measurements {
                     self.agg.add(&customer.id, &c.event.subject, &c.pricing, m, event);
                 }
@@ -453,8 +465,9 @@ impl Pipeline {
                 event_count: d.event_count,
                 first_seq: d.first_seq,
                 last_seq: d.last_seq,
-                row_kind: RowKind::Usage,
+                row_kind: if d.late { RowKind::Late } else { RowKind::Usage },
                 reason: None,
+                arrived_at: Some(d.arrived_at),
             });
         }
         Ok(rows)
@@ -508,6 +521,14 @@ impl Pipeline {
         if let Err(e) = self.broker.ack_through(&last.message).await {
             // Harmless: the next start resumes from the committed sequence, not the ack floor.
             tracing::warn!(error = %e, through, "ack failed after a successful commit");
+        }
+        // Windows older than anything the backdating limit still admits can go.
+        if let Some(clock) = self.agg.progress().stream_clock() {
+            let reach = self.bounds.max_backdating + self.bounds.max_future_skew + chrono::Duration::days(1);
+            let evicted = self.agg.evict_before(clock - reach);
+            if evicted > 0 {
+                tracing::debug!(evicted, "dropped windows beyond the backdating limit");
+            }
         }
         self.commits_since_snapshot += 1;
         if self.commits_since_snapshot >= self.config.pipeline.snapshot_every_commits.max(1) {

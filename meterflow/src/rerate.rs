@@ -89,6 +89,7 @@ pub async fn rerate(config: &Config, period_label: &str) -> Result<Vec<Adjustmen
             first_seq: 0,
             last_seq: 0,
             row_kind: RowKind::Rerate,
+            arrived_at: None,
             reason: Some(format!(
                 "rerate {}: {quantity} priced {expected} under the current {plan_version}, {rated} was rated",
                 period.label()

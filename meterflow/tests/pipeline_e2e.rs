@@ -365,10 +365,11 @@ async fn rerate_after_a_price_correction_appends_the_difference_once() {
     assert!(first.contains("adjustment 5.00"), "{first}");
     // 100,000 x 0.00025 + 10,000 x 0.00015 = 26.50, and the original rows are untouched.
     assert_eq!(totals(&env)[&key].1, d("26.50"));
-    let kinds = env.sql("SELECT row_kind, COUNT(*), SUM(amount) FROM usage_summaries GROUP BY 1 ORDER BY 1");
-    assert_eq!(kinds[1][0], "rerate");
-    assert_eq!(kinds[1][2], "5.000000000000000000");
-    assert_eq!(kinds[2][0], "usage");
+    let kinds = env.sql(
+        "SELECT row_kind = 'rerate' AS rerate, COUNT(*), SUM(amount), SUM(quantity) FROM usage_summaries GROUP BY 1 ORDER BY 1",
+    );
+    assert_eq!(kinds[1], vec!["false", "1", "21.500000000000000000", "110000.000000000"]);
+    assert_eq!(kinds[2], vec!["true", "1", "5.000000000000000000", "0.000000000"]);
 
     let files_before = env.commit_files();
     let second = rerate();
@@ -417,4 +418,27 @@ fn a_dedup_horizon_shorter_than_the_backdating_limit_is_refused_at_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("dedup_horizon_days = 36 does not cover") && err.contains("at least 37"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_after_its_window_closed_still_counts_in_a_row_flagged_late() {
+    let env = TestEnv::start_with_default_bounds();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let now = chrono::Utc::now();
+    let at =
+        |minutes: i64| (now - chrono::Duration::minutes(minutes)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = r#"{"requests":2,"region":"eu-west-1"}"#;
+    // The newest event moves the api_calls watermark to about now - 2 minutes.
+    publish(&js, "usage.api", event("recent", "acme", "api_calls", &at(1), body), None).await;
+    // Five hours old: its hour window closed (end + 1 h allowed lateness) long ago.
+    publish(&js, "usage.api", event("straggler", "acme", "api_calls", &at(300), body), None).await;
+    // Twenty minutes old: its window is still open.
+    publish(&js, "usage.api", event("on-time", "acme", "api_calls", &at(20), body), None).await;
+    env.run_until_idle(&[]);
+    let kinds = env.sql("SELECT row_kind, SUM(event_count), SUM(quantity) FROM usage_summaries GROUP BY 1 ORDER BY 1");
+    assert_eq!(kinds[1], vec!["late", "1", "2.000000000"]);
+    assert_eq!(kinds[2], vec!["usage", "2", "4.000000000"]);
+    let arrived = env.sql("SELECT COUNT(*) FROM usage_summaries WHERE arrived_at IS NULL");
+    assert_eq!(arrived[1], vec!["0"]);
 }

@@ -21,7 +21,7 @@ pub const WINDOW_TOTALS_VIEW: &str = "CREATE VIEW window_totals AS \
 SELECT customer_id, subject, meter, dimensions, window_start, window_end, plan_version, currency, \
 SUM(quantity) AS quantity, SUM(amount) AS amount, SUM(event_count) AS event_count, \
 COUNT(*) AS revisions, MIN(first_seq) AS first_seq, MAX(last_seq) AS last_seq \
-FROM usage_summaries WHERE row_kind = 'usage' \
+FROM usage_summaries WHERE row_kind IN ('usage', 'late', 'adjustment') \
 GROUP BY customer_id, subject, meter, dimensions, window_start, window_end, plan_version, currency";
 
 /// The tables meterflow writes, in the order they are registered.

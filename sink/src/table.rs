@@ -65,6 +65,8 @@ pub struct SummaryRow {
     pub row_kind: RowKind,
     /// Why the row exists, for rows that are not plain usage.
     pub reason: Option<String>,
+    /// Newest broker arrival time among the row's events (None for rerate rows).
+    pub arrived_at: Option<DateTime<Utc>>,
 }
 
 /// What kind of row a summary row is.
@@ -72,6 +74,11 @@ pub struct SummaryRow {
 pub enum RowKind {
     /// A window delta rated from events.
     Usage,
+    /// Usage that arrived after its window had closed (the watermark passed the window's end
+    /// plus the meter's allowed lateness) while its billing period was still open.
+    Late,
+    /// Usage for a billing period that was already closed: an adjustment for the next invoice.
+    Adjustment,
     /// An adjustment written by `meterflow rerate`: quantity 0, amount = the price difference.
     Rerate,
 }
@@ -81,6 +88,8 @@ impl RowKind {
     pub const fn as_str(self) -> &'static str {
         match self {
             RowKind::Usage => "usage",
+            RowKind::Late => "late",
+            RowKind::Adjustment => "adjustment",
             RowKind::Rerate => "rerate",
         }
     }
@@ -111,6 +120,7 @@ pub fn summaries_schema() -> SchemaRef {
         Field::new("committed_at", ts_type(), false),
         Field::new("row_kind", ArrowType::Utf8, false),
         Field::new("reason", ArrowType::Utf8, true),
+        Field::new("arrived_at", ts_type(), true),
     ]))
 }
 
@@ -137,6 +147,7 @@ fn delta_columns() -> Result<Vec<StructField>> {
         StructField::new("committed_at", DataType::TIMESTAMP, false),
         StructField::new("row_kind", DataType::STRING, false),
         StructField::new("reason", DataType::STRING, true),
+        StructField::new("arrived_at", DataType::TIMESTAMP, true),
     ])
 }
 
@@ -184,6 +195,7 @@ pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<R
     let mut committed = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut kind = StringBuilder::with_capacity(n, n * 5);
     let mut reason = StringBuilder::with_capacity(n, 0);
+    let mut arrived = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     for r in rows {
         customer.append_value(&r.customer_id);
         subject.append_value(&r.subject);
@@ -203,6 +215,7 @@ pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<R
         committed.append_value(committed_at.timestamp_micros());
         kind.append_value(r.row_kind.as_str());
         reason.append_option(r.reason.as_deref());
+        arrived.append_option(r.arrived_at.map(|t| t.timestamp_micros()));
     }
     let enc = |e: deltalake::arrow::error::ArrowError| SinkError::Encode {
         table: SUMMARIES_TABLE.into(),
@@ -227,6 +240,7 @@ pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<R
         Arc::new(committed.finish()),
         Arc::new(kind.finish()),
         Arc::new(reason.finish()),
+        Arc::new(arrived.finish()),
     ];
     RecordBatch::try_new(summaries_schema(), columns).map_err(enc)
 }
@@ -446,6 +460,7 @@ pub(crate) mod tests {
             last_seq: seq,
             row_kind: RowKind::Usage,
             reason: None,
+            arrived_at: None,
         }
     }
 
