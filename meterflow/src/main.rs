@@ -83,6 +83,21 @@ enum Command {
         #[arg(long, value_name = "YYYY-MM")]
         period: String,
     },
+    /// Close a billing period now (periods also close by themselves once every meter's
+    /// watermark has passed the period's end plus the grace period). The close is recorded in
+    /// the billing_periods table with the usage_summaries version it seals; usage that arrives
+    /// for a closed period later is written as adjustment rows. Closed periods never reopen.
+    Close {
+        /// Config file (TOML).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Data directory of the tables, overriding [storage].data_dir.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The billing period, YYYY-MM.
+        #[arg(long, value_name = "YYYY-MM")]
+        period: String,
+    },
     /// Start a local nats-server with JetStream (unless --nats-url is given), publish a
     /// realistic workload with duplicates and bad events, run the pipeline until drained,
     /// check the totals against the workload's oracle and print them.
@@ -191,6 +206,31 @@ async fn run(cli: Cli) -> Result<()> {
             if format == Format::Table && !out.ends_with('\n') {
                 println!();
             }
+            Ok(())
+        }
+        Command::Close { config, data_dir, period } => {
+            init_logging("warn");
+            let config = Config::load(&config, &Overrides { nats_url: None, data_dir })?;
+            let p = meterflow_rater::Period::parse(&period)
+                .with_context(|| format!("--period {period:?} is not YYYY-MM (for example 2026-11)"))?;
+            let table = meterflow_sink::SummaryTable::open_or_create(&config.storage.data_dir).await?;
+            let mut periods = meterflow_sink::PeriodTable::open_or_create(&config.storage.data_dir).await?;
+            if let Some(c) = periods.closed().await?.get(&p.label()) {
+                println!(
+                    "{} was already closed at {} ({}), sealing usage_summaries version {}; closed periods are never reopened",
+                    c.period,
+                    c.closed_at.to_rfc3339(),
+                    c.closed_by,
+                    c.sealed_version
+                );
+                return Ok(());
+            }
+            let sealed = table.version().unwrap_or_default();
+            periods.close(&p.label(), p.start, p.end, "manual", sealed).await?;
+            println!(
+                "closed {} sealing usage_summaries version {sealed}; later usage for it becomes adjustments",
+                p.label()
+            );
             Ok(())
         }
         Command::Rerate { config, data_dir, period } => {

@@ -27,7 +27,7 @@ use meterflow_aggregator::{Aggregator, AggregatorSnapshot, EventRef, WindowDelta
 use meterflow_ingest::{fingerprint, Broker, Fetched, RejectEnvelope, ShardedDedup};
 use meterflow_rater::{pricing_at, Period, PeriodTotals, TotalKey};
 use meterflow_schemas::{decode_message, RejectReason};
-use meterflow_sink::{RowKind, StateStore, SummaryRow, SummaryTable};
+use meterflow_sink::{ClosedPeriod, PeriodTable, RowKind, StateStore, SummaryRow, SummaryTable};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -126,6 +126,12 @@ pub struct Pipeline {
     pricing_index: HashMap<String, (String, usize)>,
     /// Event-time limits (too old, too far in the future).
     bounds: meterflow_aggregator::TimeBounds,
+    /// The billing_periods table and the closed periods as last read from it.
+    periods: PeriodTable,
+    closed: BTreeMap<String, ClosedPeriod>,
+    closed_read_at: Instant,
+    /// Billing periods that hold usage (candidates for closing).
+    seen_periods: std::collections::BTreeSet<String>,
     /// Highest sequence the table says is committed.
     committed_seq: u64,
     /// Next sequence expected from the consumer (lower ones are redeliveries).
@@ -185,6 +191,9 @@ impl Pipeline {
         tracing::info!(committed_seq, resume_from, "pipeline started; replaying committed messages to rebuild state");
         let stats = RunStats { committed_seq, ..Default::default() };
         let bounds = config.lateness.bounds();
+        let mut periods = PeriodTable::open_or_create(&config.storage.data_dir).await?;
+        let closed = periods.closed().await?;
+        let seen_periods = totals.entries().into_iter().map(|(k, _)| k.period).collect();
         let mut pricing_index = HashMap::new();
         for subs in &reference.subscriptions {
             for s in subs {
@@ -207,6 +216,10 @@ impl Pipeline {
             totals,
             pricing_index,
             bounds,
+            periods,
+            closed,
+            closed_read_at: Instant::now(),
+            seen_periods,
             committed_seq,
             next_seq: resume_from,
             replaying: resume_from <= committed_seq,
@@ -251,6 +264,9 @@ impl Pipeline {
                 // Drained: the stream clock catches up with the wall clock, so quiet meters'
                 // watermarks (and billing periods) still advance.
                 self.agg.advance_clock(chrono::Utc::now());
+                if self.pending_last.is_none() {
+                    self.close_due_periods().await?;
+                }
             }
             self.process(fetched)?;
             let due = self.pending_since.is_some_and(|t| t.elapsed() >= interval);
@@ -423,6 +439,7 @@ impl Pipeline {
                 period: period.label(),
             };
             out.push(self.totals.advance(key, d.quantity()));
+            self.seen_periods.insert(period.label());
         }
         Ok(out)
     }
@@ -433,6 +450,14 @@ impl Pipeline {
         let moves = self.advance_totals(&deltas)?;
         let mut rows = Vec::with_capacity(deltas.len());
         for (d, (before, after)) in deltas.into_iter().zip(moves) {
+            let period = Period::month_of(d.window_start).map(|p| p.label()).unwrap_or_default();
+            let row_kind = if self.closed.contains_key(&period) {
+                RowKind::Adjustment
+            } else if d.late {
+                RowKind::Late
+            } else {
+                RowKind::Usage
+            };
             let customer_idx = self
                 .customer_index
                 .get(&d.key.customer_id)
@@ -465,7 +490,7 @@ impl Pipeline {
                 event_count: d.event_count,
                 first_seq: d.first_seq,
                 last_seq: d.last_seq,
-                row_kind: if d.late { RowKind::Late } else { RowKind::Usage },
+                row_kind,
                 reason: None,
                 arrived_at: Some(d.arrived_at),
             });
@@ -534,6 +559,7 @@ impl Pipeline {
         if self.commits_since_snapshot >= self.config.pipeline.snapshot_every_commits.max(1) {
             self.snapshot()?;
         }
+        self.close_due_periods().await?;
         let every = self.config.storage.compact_every_commits;
         if every > 0 && self.stats.commits.is_multiple_of(every) {
             match self.table.compact().await {
@@ -541,6 +567,46 @@ impl Pipeline {
                 // Not fatal: compaction only keeps reads and commits fast.
                 Err(e) => tracing::warn!(error = %e, "compaction failed; will retry later"),
             }
+        }
+        Ok(())
+    }
+
+    /// Closes every billing period that holds usage and whose end plus the grace period all
+    /// meters' watermarks have passed; also picks up periods closed with `meterflow close`.
+    /// Only called with nothing pending, so the sealed version holds everything processed.
+    async fn close_due_periods(&mut self) -> Result<()> {
+        if self.closed_read_at.elapsed() >= Duration::from_secs(5) {
+            match self.periods.closed().await {
+                Ok(c) => self.closed = c,
+                Err(e) => tracing::warn!(error = %e, "cannot read billing_periods; keeping the last known closes"),
+            }
+            self.closed_read_at = Instant::now();
+        }
+        let policy = *self.agg.policy();
+        let watermark =
+            (0..self.reference.meters.configs().len()).filter_map(|m| self.agg.progress().watermark(m, &policy)).min();
+        let Some(watermark) = watermark else { return Ok(()) };
+        let grace = self.config.lateness.period_grace();
+        let due: Vec<Period> = self
+            .seen_periods
+            .iter()
+            .filter(|p| !self.closed.contains_key(*p))
+            .filter_map(|p| Period::parse(p))
+            .filter(|p| watermark > p.end + grace)
+            .collect();
+        for p in due {
+            let sealed = self.table.version().unwrap_or_default();
+            self.periods.close(&p.label(), p.start, p.end, "watermark", sealed).await?;
+            tracing::info!(period = %p.label(), sealed, %watermark, "closed billing period");
+            self.closed.insert(
+                p.label(),
+                ClosedPeriod {
+                    period: p.label(),
+                    closed_at: chrono::Utc::now(),
+                    closed_by: "watermark".into(),
+                    sealed_version: i64::try_from(sealed).unwrap_or(i64::MAX),
+                },
+            );
         }
         Ok(())
     }

@@ -441,4 +441,81 @@ async fn usage_after_its_window_closed_still_counts_in_a_row_flagged_late() {
     assert_eq!(kinds[2], vec!["usage", "2", "4.000000000"]);
     let arrived = env.sql("SELECT COUNT(*) FROM usage_summaries WHERE arrived_at IS NULL");
     assert_eq!(arrived[1], vec!["0"]);
+    // The straggler's window ended four to five hours before it arrived.
+    let late = env.sql("SELECT meter, row_kind, lateness, events FROM late_usage");
+    assert_eq!(late[1..], [vec!["api_calls", "late", "2: 1-6 hours", "1"]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_for_a_closed_period_becomes_an_adjustment_and_the_period_stays_closed() {
+    let env = TestEnv::start_with_default_bounds();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let now = chrono::Utc::now();
+    let this_month = meterflow_rater::Period::month_of(now).unwrap().label();
+    let stamp = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = r#"{"requests":3,"region":"eu-west-1"}"#;
+    publish(&js, "usage.api", event("a", "acme", "api_calls", &stamp(now - chrono::Duration::minutes(3)), body), None)
+        .await;
+    env.run_until_idle(&[]);
+
+    let close = || {
+        let out = env.command("close").args(["--period", &this_month]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(close().starts_with(&format!("closed {this_month}")));
+    // Late usage for the closed period still counts, as an adjustment.
+    publish(&js, "usage.api", event("b", "acme", "api_calls", &stamp(now - chrono::Duration::minutes(2)), body), None)
+        .await;
+    env.run_until_idle(&[]);
+    let kinds = env.sql("SELECT row_kind, SUM(event_count), SUM(quantity) FROM usage_summaries GROUP BY 1 ORDER BY 1");
+    assert_eq!(kinds[1], vec!["adjustment", "1", "3.000000000"]);
+    assert_eq!(kinds[2][1], "1");
+    let key = ("acme".to_string(), "api_calls".to_string());
+    assert_eq!(totals(&env)[&key].0, "6".parse::<Decimal>().unwrap());
+
+    // Closing again does not reopen or re-seal it.
+    assert!(close().contains("was already closed"), "closing twice must be a no-op");
+    let periods =
+        env.sql(&format!("SELECT closed_by, sealed_version FROM billing_periods WHERE period = '{this_month}'"));
+    assert_eq!(periods.len(), 2, "{periods:?}");
+    assert_eq!(periods[1][0], "manual");
+    // The sealed version shows the period as it was at close: the first event only.
+    let sealed: u64 = periods[1][1].parse().unwrap();
+    assert!(sealed >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_billing_period_closes_by_itself_once_the_watermark_passes_its_end_plus_grace() {
+    let env = TestEnv::start_with_default_bounds();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let now = chrono::Utc::now();
+    let this_month = meterflow_rater::Period::month_of(now).unwrap();
+    let last_month = meterflow_rater::Period::month_of(this_month.start - chrono::Duration::days(1)).unwrap();
+    let stamp = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = r#"{"requests":5,"region":"eu-west-1"}"#;
+    let late_in_last_month = stamp(last_month.end - chrono::Duration::hours(2));
+    // Current usage first: it moves the watermark to now, so the straggler after it is late.
+    let current = stamp(now - chrono::Duration::minutes(1));
+    publish(&js, "usage.api", event("c1", "acme", "api_calls", &current, body), None).await;
+    publish(&js, "usage.api", event("l1", "acme", "api_calls", &late_in_last_month, body), None).await;
+    env.run_until_idle(&[]);
+    let periods = env.sql("SELECT period, closed_by FROM billing_periods ORDER BY period");
+    assert_eq!(periods[1..], [vec![last_month.label(), "watermark".to_string()]], "only last month is due");
+
+    publish(&js, "usage.api", event("l2", "acme", "api_calls", &late_in_last_month, body), None).await;
+    env.run_until_idle(&[]);
+    let rows = env.sql(&format!(
+        "SELECT row_kind, SUM(quantity) FROM usage_summaries WHERE window_start < TIMESTAMP '{}' GROUP BY 1 ORDER BY 1",
+        stamp(last_month.end)
+    ));
+    assert_eq!(
+        rows[1..],
+        [
+            vec!["adjustment".to_string(), "5.000000000".to_string()],
+            vec!["late".to_string(), "5.000000000".to_string()]
+        ]
+    );
 }

@@ -18,11 +18,13 @@
 //! ack that outlived a lost commit cannot lose data.
 
 mod error;
+mod periods;
 pub mod sql;
 mod state;
 mod table;
 
 pub use error::SinkError;
+pub use periods::{ClosedPeriod, PeriodTable, PERIODS_TABLE};
 pub use state::StateStore;
 pub use table::{summaries_schema, RowKind, SummaryRow, SummaryTable, APP_ID, SUMMARIES_TABLE};
 

@@ -24,8 +24,22 @@ COUNT(*) AS revisions, MIN(first_seq) AS first_seq, MAX(last_seq) AS last_seq \
 FROM usage_summaries WHERE row_kind IN ('usage', 'late', 'adjustment') \
 GROUP BY customer_id, subject, meter, dimensions, window_start, window_end, plan_version, currency";
 
+/// SQL of the `late_usage` view: late rows and adjustments by meter and by how late their
+/// newest event arrived after the window ended.
+pub const LATE_USAGE_VIEW: &str = "CREATE VIEW late_usage AS \
+SELECT meter, row_kind, \
+CASE WHEN lateness_s < 3600 THEN '1: < 1 hour' \
+WHEN lateness_s < 21600 THEN '2: 1-6 hours' \
+WHEN lateness_s < 86400 THEN '3: 6-24 hours' \
+WHEN lateness_s < 604800 THEN '4: 1-7 days' \
+ELSE '5: 7 days or more' END AS lateness, \
+SUM(event_count) AS events, SUM(quantity) AS quantity, SUM(amount) AS amount \
+FROM (SELECT *, (CAST(arrived_at AS BIGINT) - CAST(window_end AS BIGINT)) / 1000000 AS lateness_s \
+FROM usage_summaries WHERE row_kind IN ('late', 'adjustment')) \
+GROUP BY 1, 2, 3";
+
 /// The tables meterflow writes, in the order they are registered.
-pub const TABLES: &[&str] = &[SUMMARIES_TABLE];
+pub const TABLES: &[&str] = &[SUMMARIES_TABLE, crate::PERIODS_TABLE];
 
 /// A DataFusion session over the committed tables that refuses anything but queries.
 pub struct ReadOnlySql {
@@ -70,6 +84,8 @@ impl ReadOnlySql {
         if tables.iter().any(|t| t == SUMMARIES_TABLE) {
             ctx.sql(WINDOW_TOTALS_VIEW).await.map_err(sql_err)?;
             tables.push("window_totals".into());
+            ctx.sql(LATE_USAGE_VIEW).await.map_err(sql_err)?;
+            tables.push("late_usage".into());
         }
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         Ok(ReadOnlySql { ctx, options, tables })

@@ -46,7 +46,7 @@ impl TestEnv {
     pub fn command(&self, sub: &str) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_meterflow"));
         c.arg(sub).arg("--config").arg(&self.config).arg("--data-dir").arg(self.data_dir());
-        if sub != "sql" {
+        if sub == "run" || sub == "demo" {
             c.arg("--nats-url").arg(self.nats.url());
         }
         c.env("RUST_LOG", "warn").envs(self.envs.iter().copied());

@@ -1,0 +1,198 @@
+//! The `billing_periods` table: which billing periods are closed, when, by what, and the
+//! `usage_summaries` version each close sealed.
+//!
+//! A period is closed by appending a row; nothing ever removes one, so a closed period is never
+//! reopened. Reading the summaries table *as of* `sealed_version` (Delta time travel) gives
+//! exactly what the period held when it closed; rows for the period in later versions are
+//! adjustments for the next invoice run.
+
+use chrono::{DateTime, Utc};
+use deltalake::arrow::array::{
+    Array, ArrayRef, Int64Array, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondBuilder,
+};
+use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, TimeUnit};
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::datafusion::execution::context::SessionContext;
+use deltalake::kernel::{DataType, StructField};
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::table::table_url;
+use crate::{Result, SinkError};
+
+/// Name of the table (and its folder).
+pub const PERIODS_TABLE: &str = "billing_periods";
+
+/// One closed billing period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedPeriod {
+    /// `YYYY-MM`.
+    pub period: String,
+    /// When it was closed.
+    pub closed_at: DateTime<Utc>,
+    /// `watermark` (automatic) or `manual` (`meterflow close`).
+    pub closed_by: String,
+    /// The `usage_summaries` version it sealed.
+    pub sealed_version: i64,
+}
+
+fn err(e: DeltaTableError) -> SinkError {
+    SinkError::Delta { table: PERIODS_TABLE.into(), source: e }
+}
+
+fn ts() -> ArrowType {
+    ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// The `billing_periods` table.
+pub struct PeriodTable {
+    data_dir: PathBuf,
+    table: Option<DeltaTable>,
+}
+
+impl std::fmt::Debug for PeriodTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeriodTable").field("data_dir", &self.data_dir).finish()
+    }
+}
+
+impl PeriodTable {
+    /// Opens the table under `data_dir`, creating it when absent.
+    pub async fn open_or_create(data_dir: &Path) -> Result<Self> {
+        let url = table_url(data_dir, PERIODS_TABLE)?;
+        let table = if data_dir.join(PERIODS_TABLE).join("_delta_log").is_dir() {
+            deltalake::open_table(url).await.map_err(err)?
+        } else {
+            let t = deltalake::DeltaTableBuilder::from_url(url).and_then(|b| b.build()).map_err(err)?;
+            t.create()
+                .with_table_name(PERIODS_TABLE)
+                .with_comment("meterflow billing periods: one row per close; closed periods are never reopened")
+                .with_columns(vec![
+                    StructField::new("period", DataType::STRING, false),
+                    StructField::new("period_start", DataType::TIMESTAMP, false),
+                    StructField::new("period_end", DataType::TIMESTAMP, false),
+                    StructField::new("closed_at", DataType::TIMESTAMP, false),
+                    StructField::new("closed_by", DataType::STRING, false),
+                    StructField::new("sealed_version", DataType::LONG, false),
+                ])
+                .with_save_mode(SaveMode::Ignore)
+                .await
+                .map_err(err)?
+        };
+        Ok(PeriodTable { data_dir: data_dir.to_path_buf(), table: Some(table) })
+    }
+
+    /// The closed periods, by `YYYY-MM` (the first close of each, should two race).
+    pub async fn closed(&mut self) -> Result<BTreeMap<String, ClosedPeriod>> {
+        let url = table_url(&self.data_dir, PERIODS_TABLE)?;
+        let table = deltalake::open_table(url).await.map_err(err)?;
+        let ctx = SessionContext::new();
+        let provider = table.table_provider().await.map_err(|e| SinkError::Sql(e.to_string()))?;
+        ctx.register_table(PERIODS_TABLE, provider).map_err(|e| SinkError::Sql(e.to_string()))?;
+        let df = ctx
+            .sql("SELECT period, CAST(closed_at AS BIGINT) AS closed_us, closed_by, sealed_version FROM billing_periods ORDER BY closed_at")
+            .await
+            .map_err(|e| SinkError::Sql(e.to_string()))?;
+        let batches = df.collect().await.map_err(|e| SinkError::Sql(e.to_string()))?;
+        self.table = Some(table);
+        let mut out = BTreeMap::new();
+        for b in batches {
+            let bad = || SinkError::Sql("billing_periods has an unexpected schema".into());
+            // Parquet strings may come back as Utf8View: normalise before downcasting.
+            let as_type = |i: usize, t: &ArrowType| {
+                deltalake::arrow::compute::cast(b.column(i), t).map_err(|e| SinkError::Sql(e.to_string()))
+            };
+            let (period, closed, by, sealed) = (
+                as_type(0, &ArrowType::Utf8)?,
+                as_type(1, &ArrowType::Int64)?,
+                as_type(2, &ArrowType::Utf8)?,
+                as_type(3, &ArrowType::Int64)?,
+            );
+            let period = period.as_any().downcast_ref::<StringArray>().ok_or_else(bad)?;
+            let closed = closed.as_any().downcast_ref::<Int64Array>().ok_or_else(bad)?;
+            let by = by.as_any().downcast_ref::<StringArray>().ok_or_else(bad)?;
+            let sealed = sealed.as_any().downcast_ref::<Int64Array>().ok_or_else(bad)?;
+            for i in 0..b.num_rows() {
+                if period.is_null(i) {
+                    continue;
+                }
+                let p = period.value(i).to_string();
+                out.entry(p.clone()).or_insert_with(|| ClosedPeriod {
+                    period: p,
+                    closed_at: DateTime::from_timestamp_micros(closed.value(i)).unwrap_or_default(),
+                    closed_by: by.value(i).to_string(),
+                    sealed_version: sealed.value(i),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that `period` ([start, end)) closed, sealing `sealed_version` of the summaries.
+    pub async fn close(
+        &mut self,
+        period: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        closed_by: &str,
+        sealed_version: u64,
+    ) -> Result<()> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("period", ArrowType::Utf8, false),
+            Field::new("period_start", ts(), false),
+            Field::new("period_end", ts(), false),
+            Field::new("closed_at", ts(), false),
+            Field::new("closed_by", ArrowType::Utf8, false),
+            Field::new("sealed_version", ArrowType::Int64, false),
+        ]));
+        let mut p = StringBuilder::new();
+        p.append_value(period);
+        let mut by = StringBuilder::new();
+        by.append_value(closed_by);
+        let stamp = |t: DateTime<Utc>| {
+            let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+            b.append_value(t.timestamp_micros());
+            Arc::new(b.finish()) as ArrayRef
+        };
+        let mut v = Int64Builder::new();
+        v.append_value(i64::try_from(sealed_version).unwrap_or(i64::MAX));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(p.finish()),
+            stamp(start),
+            stamp(end),
+            stamp(Utc::now()),
+            Arc::new(by.finish()),
+            Arc::new(v.finish()),
+        ];
+        let batch = RecordBatch::try_new(schema, columns)
+            .map_err(|e| SinkError::Encode { table: PERIODS_TABLE.into(), message: e.to_string() })?;
+        let table = match self.table.take() {
+            Some(t) => t,
+            None => deltalake::open_table(table_url(&self.data_dir, PERIODS_TABLE)?).await.map_err(err)?,
+        };
+        let t = table.write(vec![batch]).with_save_mode(SaveMode::Append).await.map_err(err)?;
+        self.table = Some(t);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_close_is_recorded_once_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = PeriodTable::open_or_create(dir.path()).await.unwrap();
+        assert!(t.closed().await.unwrap().is_empty());
+        let start = DateTime::from_timestamp(1_793_491_200, 0).unwrap();
+        t.close("2026-11", start, start, "manual", 7).await.unwrap();
+        t.close("2026-11", start, start, "watermark", 9).await.unwrap();
+        let closed = PeriodTable::open_or_create(dir.path()).await.unwrap().closed().await.unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed["2026-11"].closed_by.as_str(), closed["2026-11"].sealed_version), ("manual", 7));
+    }
+}
