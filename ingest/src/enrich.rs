@@ -30,6 +30,13 @@ pub struct CustomerConfig {
     /// Effective-dated subscriptions (`[[customers.subscriptions]]`).
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// Day of the month billing periods start on (1 to 28; default 1, calendar months).
+    #[serde(default = "default_anchor_day")]
+    pub billing_anchor_day: u32,
+}
+
+const fn default_anchor_day() -> u32 {
+    1
 }
 
 /// A subscription as written in the reference data: a plan over `[start, end)`.
@@ -75,6 +82,12 @@ impl Directory {
             if dir.customers.iter().any(|o| o.id == c.id) {
                 return Err(err(format!("customer `{}` is defined twice", c.id)));
             }
+            if !(1..=28).contains(&c.billing_anchor_day) {
+                return Err(err(format!(
+                    "customer `{}`: billing_anchor_day {} must be between 1 and 28",
+                    c.id, c.billing_anchor_day
+                )));
+            }
             if c.subjects.is_empty() {
                 return Err(err(format!("customer `{}` has no subjects", c.id)));
             }
@@ -114,6 +127,7 @@ mod tests {
             erp_customer_id: format!("ERP-{id}"),
             plan: Some("p".into()),
             subscriptions: vec![],
+            billing_anchor_day: 1,
         }
     }
 

@@ -79,8 +79,9 @@ enum Command {
         /// Data directory of the tables, overriding [storage].data_dir.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
-        /// The billing period, YYYY-MM.
-        #[arg(long, value_name = "YYYY-MM")]
+        /// The billing period: YYYY-MM (calendar month), or YYYY-MM-DD for customers whose
+        /// periods start on an anchor day.
+        #[arg(long, value_name = "PERIOD")]
         period: String,
     },
     /// Close a billing period now (periods also close by themselves once every meter's
@@ -94,8 +95,9 @@ enum Command {
         /// Data directory of the tables, overriding [storage].data_dir.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
-        /// The billing period, YYYY-MM.
-        #[arg(long, value_name = "YYYY-MM")]
+        /// The billing period: YYYY-MM (calendar month), or YYYY-MM-DD for customers whose
+        /// periods start on an anchor day.
+        #[arg(long, value_name = "PERIOD")]
         period: String,
     },
     /// Start a local nats-server with JetStream (unless --nats-url is given), publish a
@@ -212,7 +214,7 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging("warn");
             let config = Config::load(&config, &Overrides { nats_url: None, data_dir })?;
             let p = meterflow_rater::Period::parse(&period)
-                .with_context(|| format!("--period {period:?} is not YYYY-MM (for example 2026-11)"))?;
+                .with_context(|| format!("--period {period:?} is not YYYY-MM (for example 2026-11) or YYYY-MM-DD (an anchored period's first day)"))?;
             let table = meterflow_sink::SummaryTable::open_or_create(&config.storage.data_dir).await?;
             let mut periods = meterflow_sink::PeriodTable::open_or_create(&config.storage.data_dir).await?;
             if let Some(c) = periods.closed().await?.get(&p.label()) {

@@ -424,22 +424,33 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Moves the billing-period totals by each delta; returns (before, after) per delta.
+    /// The billing period of a window for its customer.
+    fn period_of(&self, d: &WindowDelta) -> Result<Period> {
+        let anchor = self
+            .customer_index
+            .get(&d.key.customer_id)
+            .and_then(|i| self.reference.directory.customers().get(*i))
+            .map_or(1, |c| c.billing_anchor_day);
+        Period::containing(d.window_start, anchor).context("window outside the calendar")
+    }
+
+    /// Moves the billing-period totals by each delta; returns (before, after, period) per delta.
     fn advance_totals(
         &mut self,
         deltas: &[WindowDelta],
-    ) -> Result<Vec<(rust_decimal::Decimal, rust_decimal::Decimal)>> {
+    ) -> Result<Vec<(rust_decimal::Decimal, rust_decimal::Decimal, String)>> {
         let mut out = Vec::with_capacity(deltas.len());
         for d in deltas {
-            let period = Period::month_of(d.window_start).context("window outside the calendar")?;
+            let period = self.period_of(d)?.label();
             let key = TotalKey {
                 customer_id: d.key.customer_id.clone(),
                 meter: self.reference.meters.configs()[d.key.meter].name.clone(),
                 pricing: d.key.pricing.clone(),
-                period: period.label(),
+                period: period.clone(),
             };
-            out.push(self.totals.advance(key, d.quantity()));
-            self.seen_periods.insert(period.label());
+            let (before, after) = self.totals.advance(key, d.quantity());
+            self.seen_periods.insert(period.clone());
+            out.push((before, after, period));
         }
         Ok(out)
     }
@@ -449,8 +460,7 @@ impl Pipeline {
     fn rate(&mut self, deltas: Vec<WindowDelta>, revision: u64) -> Result<Vec<SummaryRow>> {
         let moves = self.advance_totals(&deltas)?;
         let mut rows = Vec::with_capacity(deltas.len());
-        for (d, (before, after)) in deltas.into_iter().zip(moves) {
-            let period = Period::month_of(d.window_start).map(|p| p.label()).unwrap_or_default();
+        for (d, (before, after, period)) in deltas.into_iter().zip(moves) {
             let row_kind = if self.closed.contains_key(&period) {
                 RowKind::Adjustment
             } else if d.late {
@@ -487,6 +497,7 @@ impl Pipeline {
                 currency: plan.currency.code.clone(),
                 plan_id: plan.id.clone(),
                 plan_version: d.key.pricing.clone(),
+                billing_period: period,
                 event_count: d.event_count,
                 first_seq: d.first_seq,
                 last_seq: d.last_seq,

@@ -33,7 +33,10 @@ pub struct Adjustment {
 
 /// Computes and appends the rerate adjustments of `period`; returns them.
 pub async fn rerate(config: &Config, period_label: &str) -> Result<Vec<Adjustment>> {
-    let period = Period::parse(period_label).with_context(|| format!("--period {period_label:?} is not YYYY-MM"))?;
+    let period = Period::parse(period_label).with_context(|| {
+        format!("--period {period_label:?} is not YYYY-MM (calendar month) or YYYY-MM-DD (a period starting on an anchor day)")
+    })?;
+    let label = period.label();
     let reference = Reference::load(config)?;
     let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
     if sql.tables.is_empty() {
@@ -41,10 +44,8 @@ pub async fn rerate(config: &Config, period_label: &str) -> Result<Vec<Adjustmen
     }
     let query = format!(
         "SELECT customer_id, meter, plan_version, plan_id, currency, SUM(quantity) AS quantity, SUM(amount) AS amount \
-         FROM usage_summaries WHERE window_start >= TIMESTAMP '{}' AND window_start < TIMESTAMP '{}' \
-         GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3",
-        period.start.format("%Y-%m-%dT%H:%M:%SZ"),
-        period.end.format("%Y-%m-%dT%H:%M:%SZ")
+         FROM usage_summaries WHERE billing_period = '{label}' \
+         GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3"
     );
     let csv = render(&sql.query(&query).await?, Format::Csv)?;
     let mut adjustments = Vec::new();
@@ -85,6 +86,7 @@ pub async fn rerate(config: &Config, period_label: &str) -> Result<Vec<Adjustmen
             currency: currency.to_string(),
             plan_id: plan_id.to_string(),
             plan_version: plan_version.to_string(),
+            billing_period: label.clone(),
             event_count: 0,
             first_seq: 0,
             last_seq: 0,

@@ -306,7 +306,8 @@ fn compute_totals(events: &[Event], prices: &PriceBook, reference: &Reference, o
     for e in events {
         let idx = reference.directory.customers().iter().position(|c| c.id == e.customer).context("customer")?;
         let (plan, version) = pricing_at(prices, &reference.subscriptions[idx], e.time).context("no plan in force")?;
-        let period = Period::month_of(e.time).context("period")?.label();
+        let anchor = reference.directory.customers()[idx].billing_anchor_day;
+        let period = Period::containing(e.time, anchor).context("period")?.label();
         let meter = match e.kind {
             "api_calls" => "api_calls",
             "llm_tokens" => "llm_tokens",

@@ -111,6 +111,9 @@ async fn a_known_workload_is_counted_exactly_once_and_bad_events_land_in_the_dlq
     assert_eq!(by_version[1], vec!["growth-eur@2026-01-01", "1000.000000000", "0.180000000000000000"]);
     assert_eq!(by_version[2], vec!["growth-eur@2026-11-24", "1000.000000000", "0.160000000000000000"]);
     assert_eq!(got.len(), 5);
+    // globex's billing periods start on the 15th; acme's are calendar months.
+    let periods = env.sql("SELECT customer_id, billing_period FROM usage_summaries GROUP BY 1, 2 ORDER BY 1, 2");
+    assert_eq!(periods[1..], [vec!["acme", "2026-11"], vec!["globex", "2026-11-15"]]);
 
     // Windows are exact UTC hours; dimensions carry the group-by values.
     let rows =

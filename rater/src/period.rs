@@ -24,15 +24,44 @@ impl Period {
         Some(Period { start, end: month_start(y, m)? })
     }
 
-    /// Parses `YYYY-MM`.
+    /// The billing period holding `t` for a customer whose periods start on `anchor_day`
+    /// (1 = calendar months; 2 to 28 = from that day of one month to that day of the next).
+    pub fn containing(t: DateTime<Utc>, anchor_day: u32) -> Option<Period> {
+        if anchor_day <= 1 {
+            return Period::month_of(t);
+        }
+        let at = |y: i32, m: u32| {
+            NaiveDate::from_ymd_opt(y, m, anchor_day)
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| Utc.from_utc_datetime(&t))
+        };
+        let prev = |y: i32, m: u32| if m == 1 { (y - 1, 12) } else { (y, m - 1) };
+        let next = |y: i32, m: u32| if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        let (mut y, mut m) = (t.year(), t.month());
+        if t < at(y, m)? {
+            (y, m) = prev(y, m);
+        }
+        let (ny, nm) = next(y, m);
+        Some(Period { start: at(y, m)?, end: at(ny, nm)? })
+    }
+
+    /// Parses `YYYY-MM` (a calendar month) or `YYYY-MM-DD` (the anchored period starting then).
     pub fn parse(s: &str) -> Option<Period> {
+        if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+            let p = Period::containing(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0)?), d.day())?;
+            return (p.start.date_naive() == d && d.day() <= 28).then_some(p);
+        }
         let (y, m) = s.split_once('-')?;
         Period::month_of(month_start(y.parse().ok()?, m.parse().ok()?)?)
     }
 
-    /// `YYYY-MM`.
+    /// `YYYY-MM` for a calendar month, `YYYY-MM-DD` (its first day) for an anchored period.
     pub fn label(&self) -> String {
-        self.start.format("%Y-%m").to_string()
+        if self.start.day() == 1 {
+            self.start.format("%Y-%m").to_string()
+        } else {
+            self.start.format("%Y-%m-%d").to_string()
+        }
     }
 
     /// Days in the period.
@@ -77,4 +106,33 @@ pub fn prorate(fee: Decimal, period: &Period, from: DateTime<Utc>, to: Option<Da
 /// The true-up that lifts usage spend to the minimum (zero when the minimum is met).
 pub fn minimum_true_up(usage_amount: Decimal, minimum_spend: Decimal) -> Decimal {
     (minimum_spend - usage_amount).max(Decimal::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn calendar_months_and_anchored_periods_hold_the_right_instants() {
+        let p = Period::containing(t("2026-11-23T05:00:00Z"), 1).unwrap();
+        assert_eq!((p.label(), p.days()), ("2026-11".to_string(), 30));
+        let a = Period::containing(t("2026-11-23T05:00:00Z"), 15).unwrap();
+        assert_eq!((a.label(), a.end), ("2026-11-15".to_string(), t("2026-12-15T00:00:00Z")));
+        let before_anchor = Period::containing(t("2026-01-14T23:59:59Z"), 15).unwrap();
+        assert_eq!((before_anchor.label(), before_anchor.days()), ("2025-12-15".to_string(), 31));
+        assert_eq!(Period::containing(t("2026-02-15T00:00:00Z"), 15).unwrap().days(), 28);
+    }
+
+    #[test]
+    fn labels_parse_back_to_their_period() {
+        for label in ["2026-11", "2026-11-15", "2025-12-28"] {
+            assert_eq!(Period::parse(label).unwrap().label(), label);
+        }
+        assert!(Period::parse("2026-11-30").is_none(), "anchors stop at the 28th");
+        assert!(Period::parse("November").is_none());
+    }
 }

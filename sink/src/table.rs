@@ -55,6 +55,9 @@ pub struct SummaryRow {
     pub plan_id: String,
     /// Plan version that rated the row (`plan@effective_from`).
     pub plan_version: String,
+    /// The customer's billing period holding the window (`YYYY-MM`, or `YYYY-MM-DD` when the
+    /// customer's periods start on another day than the 1st).
+    pub billing_period: String,
     /// Accepted events folded into this row.
     pub event_count: u64,
     /// Lowest stream sequence among those events.
@@ -114,6 +117,7 @@ pub fn summaries_schema() -> SchemaRef {
         Field::new("currency", ArrowType::Utf8, false),
         Field::new("plan_id", ArrowType::Utf8, false),
         Field::new("plan_version", ArrowType::Utf8, false),
+        Field::new("billing_period", ArrowType::Utf8, false),
         Field::new("event_count", ArrowType::Int64, false),
         Field::new("first_seq", ArrowType::Int64, false),
         Field::new("last_seq", ArrowType::Int64, false),
@@ -141,6 +145,7 @@ fn delta_columns() -> Result<Vec<StructField>> {
         StructField::new("currency", DataType::STRING, false),
         StructField::new("plan_id", DataType::STRING, false),
         StructField::new("plan_version", DataType::STRING, false),
+        StructField::new("billing_period", DataType::STRING, false),
         StructField::new("event_count", DataType::LONG, false),
         StructField::new("first_seq", DataType::LONG, false),
         StructField::new("last_seq", DataType::LONG, false),
@@ -189,6 +194,7 @@ pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<R
     let mut currency = StringBuilder::with_capacity(n, n * 3);
     let mut plan = StringBuilder::with_capacity(n, n * 8);
     let mut plan_version = StringBuilder::with_capacity(n, n * 16);
+    let mut billing_period = StringBuilder::with_capacity(n, n * 7);
     let mut events = Int64Builder::with_capacity(n);
     let mut first = Int64Builder::with_capacity(n);
     let mut last = Int64Builder::with_capacity(n);
@@ -209,6 +215,7 @@ pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<R
         currency.append_value(&r.currency);
         plan.append_value(&r.plan_id);
         plan_version.append_value(&r.plan_version);
+        billing_period.append_value(&r.billing_period);
         events.append_value(seq_i64(r.event_count, "event_count")?);
         first.append_value(seq_i64(r.first_seq, "first_seq")?);
         last.append_value(seq_i64(r.last_seq, "last_seq")?);
@@ -234,6 +241,7 @@ pub fn encode_rows(rows: &[SummaryRow], committed_at: DateTime<Utc>) -> Result<R
         Arc::new(currency.finish()),
         Arc::new(plan.finish()),
         Arc::new(plan_version.finish()),
+        Arc::new(billing_period.finish()),
         Arc::new(events.finish()),
         Arc::new(first.finish()),
         Arc::new(last.finish()),
@@ -455,6 +463,7 @@ pub(crate) mod tests {
             currency: "USD".into(),
             plan_id: "p".into(),
             plan_version: "p@2026-01-01".into(),
+            billing_period: "2026-11".into(),
             event_count: 1,
             first_seq: seq,
             last_seq: seq,
