@@ -197,6 +197,52 @@ impl Default for BillingConfig {
     }
 }
 
+const fn default_memory_limit_mb() -> usize {
+    1_024
+}
+const fn default_timeout_s() -> u64 {
+    60
+}
+const fn default_max_rows() -> usize {
+    10_000
+}
+
+/// `[sql]`: limits of `meterflow sql`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// Memory one query may hold, in MiB; operators that can spill to disk do so first.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: usize,
+    /// Longest a query may run, in seconds.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+    /// Most rows printed; the output says when it was cut.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        SqlConfig {
+            memory_limit_mb: default_memory_limit_mb(),
+            timeout_s: default_timeout_s(),
+            max_rows: default_max_rows(),
+        }
+    }
+}
+
+impl SqlConfig {
+    /// The limits as the SQL session applies them.
+    pub fn limits(&self) -> meterflow_sink::sql::SqlLimits {
+        meterflow_sink::sql::SqlLimits {
+            memory_limit_bytes: self.memory_limit_mb.saturating_mul(1 << 20),
+            timeout: std::time::Duration::from_secs(self.timeout_s.max(1)),
+            max_rows: self.max_rows.max(1),
+        }
+    }
+}
+
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,6 +264,9 @@ pub struct Config {
     /// `[lateness]`
     #[serde(default)]
     pub lateness: LatenessConfig,
+    /// `[sql]`
+    #[serde(default)]
+    pub sql: SqlConfig,
     /// `[[meters]]`
     #[serde(default)]
     pub meters: Vec<MeterConfig>,

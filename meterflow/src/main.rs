@@ -190,14 +190,14 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging("warn");
             let overrides = Overrides { nats_url: common.nats_url, data_dir: common.data_dir };
             let config = Config::load(&common.config, &overrides)?;
-            let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
+            let sql = ReadOnlySql::open_with_limits(&config.storage.data_dir, config.sql.limits()).await?;
             if sql.tables.is_empty() {
                 bail!(
                     "no tables in {} yet: run the pipeline first (or pass the right --data-dir)",
                     config.storage.data_dir.display()
                 );
             }
-            let batches = sql.query(&query).await?;
+            let (batches, cut) = sql.query_limited(&query).await?;
             let format = match format {
                 OutputFormat::Table => Format::Table,
                 OutputFormat::Csv => Format::Csv,
@@ -207,6 +207,12 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{out}");
             if format == Format::Table && !out.ends_with('\n') {
                 println!();
+            }
+            if cut {
+                eprintln!(
+                    "note: output cut at {} rows ([sql] max_rows); add LIMIT or aggregate, or raise the limit",
+                    config.sql.max_rows
+                );
             }
             Ok(())
         }

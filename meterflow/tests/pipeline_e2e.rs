@@ -522,3 +522,34 @@ async fn a_billing_period_closes_by_itself_once_the_watermark_passes_its_end_plu
         ]
     );
 }
+
+#[test]
+fn hostile_queries_hit_the_configured_limits_with_a_clear_message() {
+    let env = TestEnv::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        env.ensure_streams().await;
+        let js = env.jetstream().await;
+        publish(&js, "usage.api", event("e1", "acme", "api_calls", "2026-11-23T05:00:00Z", r#"{"requests":1}"#), None)
+            .await;
+    });
+    env.run_until_idle(&[]);
+    let sql = |q: &str, envs: &[(&str, &str)]| env.command("sql").envs(envs.iter().copied()).arg(q).output().unwrap();
+    let out = sql(
+        "SELECT COUNT(DISTINCT a.value * 1000000 + b.value) FROM generate_series(1, 3000) a CROSS JOIN generate_series(1, 3000) b",
+        &[("METERFLOW_SQL__MEMORY_LIMIT_MB", "4")],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("memory_limit_mb"));
+    let out = sql(
+        "SELECT SUM(a.value * b.value) FROM generate_series(1, 1000000) a CROSS JOIN generate_series(1, 1000000) b",
+        &[("METERFLOW_SQL__TIMEOUT_S", "1")],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timeout_s"));
+    let out = sql("SELECT value FROM generate_series(1, 50)", &[("METERFLOW_SQL__MAX_ROWS", "7")]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("output cut at 7 rows"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("| ")).count(), 8);
+    // header + 7
+}

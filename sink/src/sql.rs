@@ -10,8 +10,10 @@ use deltalake::arrow::array::{Array, RecordBatch};
 use deltalake::arrow::datatypes::DataType;
 use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
 use deltalake::arrow::util::pretty::pretty_format_batches;
-use deltalake::datafusion::execution::context::{SQLOptions, SessionContext};
+use deltalake::datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::table::{table_url, SUMMARIES_TABLE};
 use crate::{Result, SinkError};
@@ -41,10 +43,28 @@ GROUP BY 1, 2, 3";
 /// The tables meterflow writes, in the order they are registered.
 pub const TABLES: &[&str] = &[SUMMARIES_TABLE, crate::PERIODS_TABLE];
 
+/// Resource limits of a SQL session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlLimits {
+    /// Memory a query may hold, in bytes (operators that can spill to disk do so first).
+    pub memory_limit_bytes: usize,
+    /// Longest a query may run.
+    pub timeout: Duration,
+    /// Most rows [`ReadOnlySql::query_limited`] returns (interactive output).
+    pub max_rows: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        SqlLimits { memory_limit_bytes: 1 << 30, timeout: Duration::from_secs(60), max_rows: 10_000 }
+    }
+}
+
 /// A DataFusion session over the committed tables that refuses anything but queries.
 pub struct ReadOnlySql {
     ctx: SessionContext,
     options: SQLOptions,
+    limits: SqlLimits,
     /// Tables registered (those that exist on disk).
     pub tables: Vec<String>,
 }
@@ -60,15 +80,24 @@ fn sql_err(e: impl std::fmt::Display) -> SinkError {
 }
 
 impl ReadOnlySql {
-    /// Registers the committed tables found under `data_dir`.
+    /// Registers the committed tables found under `data_dir`, with default limits.
     pub async fn open(data_dir: &Path) -> Result<Self> {
+        ReadOnlySql::open_with_limits(data_dir, SqlLimits::default()).await
+    }
+
+    /// Registers the committed tables found under `data_dir`, with these limits.
+    pub async fn open_with_limits(data_dir: &Path, limits: SqlLimits) -> Result<Self> {
         if !data_dir.is_dir() {
             return Err(SinkError::DataDir {
                 path: data_dir.display().to_string(),
                 message: "does not exist: run the pipeline first, or pass the right --data-dir".into(),
             });
         }
-        let ctx = SessionContext::new();
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory_limit_bytes.max(1 << 20), 1.0)
+            .build_arc()
+            .map_err(sql_err)?;
+        let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
         let mut tables = Vec::new();
         for name in TABLES {
             if !data_dir.join(name).join("_delta_log").is_dir() {
@@ -88,11 +117,21 @@ impl ReadOnlySql {
             tables.push("late_usage".into());
         }
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        Ok(ReadOnlySql { ctx, options, tables })
+        Ok(ReadOnlySql { ctx, options, limits, tables })
     }
 
-    /// Plans and runs one read-only statement.
+    /// Plans and runs one read-only statement within the memory limit and timeout.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        Ok(self.run(sql, None).await?.0)
+    }
+
+    /// Like [`ReadOnlySql::query`], returning at most `max_rows` rows; the flag says whether
+    /// more rows were cut off.
+    pub async fn query_limited(&self, sql: &str) -> Result<(Vec<RecordBatch>, bool)> {
+        self.run(sql, Some(self.limits.max_rows)).await
+    }
+
+    async fn run(&self, sql: &str, max_rows: Option<usize>) -> Result<(Vec<RecordBatch>, bool)> {
         let df = self.ctx.sql_with_options(sql, self.options).await.map_err(|e| {
             let msg = e.to_string();
             if msg.contains("not supported") || msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement")
@@ -102,7 +141,43 @@ impl ReadOnlySql {
                 SinkError::Sql(msg)
             }
         })?;
-        df.collect().await.map_err(sql_err)
+        // One row more than allowed tells whether the output was cut.
+        let df = match max_rows {
+            Some(n) => df.limit(0, Some(n.saturating_add(1))).map_err(sql_err)?,
+            None => df,
+        };
+        let limits = self.limits;
+        let batches = match tokio::time::timeout(limits.timeout, df.collect()).await {
+            Err(_) => {
+                return Err(SinkError::Sql(format!(
+                    "query stopped after the {} s limit ([sql] timeout_s): narrow it with WHERE or LIMIT",
+                    limits.timeout.as_secs()
+                )))
+            }
+            Ok(Err(e)) if e.to_string().contains("Resources exhausted") => {
+                return Err(SinkError::Sql(format!(
+                    "query needs more memory than the {} MB limit ([sql] memory_limit_mb): aggregate more, select fewer columns, or add WHERE/LIMIT ({e})",
+                    limits.memory_limit_bytes >> 20
+                )))
+            }
+            Ok(r) => r.map_err(sql_err)?,
+        };
+        let Some(n) = max_rows else { return Ok((batches, false)) };
+        let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if total <= n {
+            return Ok((batches, false));
+        }
+        let mut kept = Vec::new();
+        let mut left = n;
+        for b in batches {
+            if left == 0 {
+                break;
+            }
+            let take = b.num_rows().min(left);
+            kept.push(b.slice(0, take));
+            left -= take;
+        }
+        Ok((kept, true))
     }
 }
 
@@ -224,6 +299,39 @@ mod tests {
         ] {
             assert!(sql.query(bad).await.is_err(), "{bad} was not refused");
         }
+    }
+
+    #[tokio::test]
+    async fn a_query_beyond_the_memory_limit_fails_with_a_clear_message() {
+        let (dir, _) = fixture().await;
+        let limits = SqlLimits { memory_limit_bytes: 4 << 20, ..SqlLimits::default() };
+        let sql = ReadOnlySql::open_with_limits(dir.path(), limits).await.unwrap();
+        let huge = "SELECT COUNT(DISTINCT a.value * 1000000 + b.value) FROM generate_series(1, 3000) a CROSS JOIN generate_series(1, 3000) b";
+        let e = sql.query(huge).await.unwrap_err().to_string();
+        assert!(e.contains("more memory than the 4 MB limit"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_query_beyond_the_time_limit_is_stopped() {
+        let (dir, _) = fixture().await;
+        let limits = SqlLimits { timeout: Duration::from_millis(200), ..SqlLimits::default() };
+        let sql = ReadOnlySql::open_with_limits(dir.path(), limits).await.unwrap();
+        let slow =
+            "SELECT SUM(a.value * b.value) FROM generate_series(1, 100000) a CROSS JOIN generate_series(1, 100000) b";
+        let e = sql.query(slow).await.unwrap_err().to_string();
+        assert!(e.contains("stopped after the 0 s limit"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn interactive_output_is_cut_at_the_row_limit() {
+        let (dir, _) = fixture().await;
+        let limits = SqlLimits { max_rows: 5, ..SqlLimits::default() };
+        let sql = ReadOnlySql::open_with_limits(dir.path(), limits).await.unwrap();
+        let (b, cut) = sql.query_limited("SELECT value FROM generate_series(1, 100)").await.unwrap();
+        assert!(cut);
+        assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+        let (_, cut) = sql.query_limited("SELECT value FROM generate_series(1, 5)").await.unwrap();
+        assert!(!cut);
     }
 
     #[tokio::test]
