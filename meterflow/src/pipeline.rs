@@ -27,7 +27,9 @@ use meterflow_aggregator::{Aggregator, AggregatorSnapshot, EventRef, WindowDelta
 use meterflow_ingest::{fingerprint, Broker, Fetched, RejectEnvelope, ShardedDedup};
 use meterflow_rater::{pricing_at, Period, PeriodTotals, TotalKey};
 use meterflow_schemas::{decode_message, RejectReason};
-use meterflow_sink::{ClosedPeriod, PeriodTable, RowKind, StateStore, SummaryRow, SummaryTable};
+use meterflow_sink::{
+    ClosedPeriod, PeriodTable, RejectionRow, RejectionTable, RowKind, StateStore, SummaryRow, SummaryTable,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -126,6 +128,8 @@ pub struct Pipeline {
     pricing_index: HashMap<String, (String, usize)>,
     /// Event-time limits (too old, too far in the future).
     bounds: meterflow_aggregator::TimeBounds,
+    /// The rejections table (committed before the summaries of the same range).
+    rejections: RejectionTable,
     /// The billing_periods table and the closed periods as last read from it.
     periods: PeriodTable,
     closed: BTreeMap<String, ClosedPeriod>,
@@ -191,6 +195,7 @@ impl Pipeline {
         tracing::info!(committed_seq, resume_from, "pipeline started; replaying committed messages to rebuild state");
         let stats = RunStats { committed_seq, ..Default::default() };
         let bounds = config.lateness.bounds();
+        let rejections = RejectionTable::open_or_create(&config.storage.data_dir).await?;
         let mut periods = PeriodTable::open_or_create(&config.storage.data_dir).await?;
         let closed = periods.closed().await?;
         let seen_periods = totals.entries().into_iter().map(|(k, _)| k.period).collect();
@@ -216,6 +221,7 @@ impl Pipeline {
             totals,
             pricing_index,
             bounds,
+            rejections,
             periods,
             closed,
             closed_read_at: Instant::now(),
@@ -518,11 +524,23 @@ impl Pipeline {
         let deltas = self.agg.flush();
         let rows = self.rate(deltas, through)?;
         let rejects = std::mem::take(&mut self.pending_rejects);
+        let rejection_rows: Vec<RejectionRow> = rejects
+            .iter()
+            .map(|r| RejectionRow {
+                stream_seq: r.seq,
+                event_index: r.index.map(|i| i as u64),
+                reason: r.reason.code().to_string(),
+                detail: r.detail.clone(),
+                subject: r.subject.clone(),
+                size: r.original.len() as u64,
+            })
+            .collect();
         let mut delay = Duration::from_millis(100);
         let mut stop_requested = false;
         loop {
             let attempt = async {
                 self.broker.publish_rejects(&rejects).await?;
+                self.rejections.commit(&rejection_rows, through).await?;
                 let version = self.table.commit(&rows, through).await?;
                 anyhow::Ok(version)
             }

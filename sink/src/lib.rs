@@ -19,12 +19,14 @@
 
 mod error;
 mod periods;
+mod rejections;
 pub mod sql;
 mod state;
 mod table;
 
 pub use error::SinkError;
 pub use periods::{ClosedPeriod, PeriodTable, PERIODS_TABLE};
+pub use rejections::{RejectionRow, RejectionTable, REJECTIONS_TABLE};
 pub use state::StateStore;
 pub use table::{summaries_schema, RowKind, SummaryRow, SummaryTable, APP_ID, SUMMARIES_TABLE};
 

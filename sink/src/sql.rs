@@ -41,7 +41,7 @@ FROM usage_summaries WHERE row_kind IN ('late', 'adjustment')) \
 GROUP BY 1, 2, 3";
 
 /// The tables meterflow writes, in the order they are registered.
-pub const TABLES: &[&str] = &[SUMMARIES_TABLE, crate::PERIODS_TABLE];
+pub const TABLES: &[&str] = &[SUMMARIES_TABLE, crate::PERIODS_TABLE, crate::REJECTIONS_TABLE];
 
 /// Resource limits of a SQL session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,7 +306,7 @@ mod tests {
         let (dir, _) = fixture().await;
         let limits = SqlLimits { memory_limit_bytes: 4 << 20, ..SqlLimits::default() };
         let sql = ReadOnlySql::open_with_limits(dir.path(), limits).await.unwrap();
-        let huge = "SELECT COUNT(DISTINCT a.value * 1000000 + b.value) FROM generate_series(1, 3000) a CROSS JOIN generate_series(1, 3000) b";
+        let huge = "SELECT v, COUNT(*) FROM (SELECT a.value * 100000 + b.value AS v FROM generate_series(1, 3000) a CROSS JOIN generate_series(1, 3000) b) GROUP BY v ORDER BY 2 DESC LIMIT 1";
         let e = sql.query(huge).await.unwrap_err().to_string();
         assert!(e.contains("more memory than the 4 MB limit"), "{e}");
     }

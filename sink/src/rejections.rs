@@ -1,0 +1,187 @@
+//! The `rejections` table: one row per rejected event or message, so SQL can count rejects by
+//! reason (`too_old`, `unknown_subject`, ...). The DLQ stream keeps the original bytes; this
+//! table keeps the facts.
+//!
+//! It is committed before `usage_summaries` for the same stream range, with its own
+//! application transaction (`meterflow-rejections`), so after a crash between the two commits
+//! the rows already written are recognised by sequence and not written again.
+
+use chrono::Utc;
+use deltalake::arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, TimeUnit};
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{DataType, StructField, Transaction};
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::table::table_url;
+use crate::{Result, SinkError};
+
+/// Name of the table (and its folder).
+pub const REJECTIONS_TABLE: &str = "rejections";
+const APP_ID: &str = "meterflow-rejections";
+
+/// One rejected event (or whole message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectionRow {
+    /// Stream sequence of the message.
+    pub stream_seq: u64,
+    /// Position in a batch-mode array, if any.
+    pub event_index: Option<u64>,
+    /// Reason code.
+    pub reason: String,
+    /// What exactly was wrong.
+    pub detail: String,
+    /// Subject the message was published to.
+    pub subject: String,
+    /// Size of the rejected bytes.
+    pub size: u64,
+}
+
+fn err(e: DeltaTableError) -> SinkError {
+    SinkError::Delta { table: REJECTIONS_TABLE.into(), source: e }
+}
+
+/// The `rejections` table.
+pub struct RejectionTable {
+    data_dir: PathBuf,
+    table: Option<DeltaTable>,
+}
+
+impl std::fmt::Debug for RejectionTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RejectionTable").field("data_dir", &self.data_dir).finish()
+    }
+}
+
+impl RejectionTable {
+    /// Opens the table under `data_dir`, creating it when absent.
+    pub async fn open_or_create(data_dir: &Path) -> Result<Self> {
+        let url = table_url(data_dir, REJECTIONS_TABLE)?;
+        let table = if data_dir.join(REJECTIONS_TABLE).join("_delta_log").is_dir() {
+            deltalake::open_table(url).await.map_err(err)?
+        } else {
+            let t = deltalake::DeltaTableBuilder::from_url(url).and_then(|b| b.build()).map_err(err)?;
+            t.create()
+                .with_table_name(REJECTIONS_TABLE)
+                .with_comment("meterflow rejected events by reason; original bytes are in the USAGE_DLQ stream")
+                .with_columns(vec![
+                    StructField::new("stream_seq", DataType::LONG, false),
+                    StructField::new("event_index", DataType::LONG, true),
+                    StructField::new("reason", DataType::STRING, false),
+                    StructField::new("detail", DataType::STRING, false),
+                    StructField::new("subject", DataType::STRING, false),
+                    StructField::new("size", DataType::LONG, false),
+                    StructField::new("committed_at", DataType::TIMESTAMP, false),
+                ])
+                .with_save_mode(SaveMode::Ignore)
+                .await
+                .map_err(err)?
+        };
+        Ok(RejectionTable { data_dir: data_dir.to_path_buf(), table: Some(table) })
+    }
+
+    /// The last stream sequence whose rejections are committed (0 when none).
+    pub async fn committed_seq(&self) -> Result<u64> {
+        let Some(t) = self.table.as_ref() else { return Ok(0) };
+        let v = t.snapshot().map_err(err)?.transaction_version(t.log_store().as_ref(), APP_ID).await.map_err(err)?;
+        Ok(v.map_or(0, |v| v.max(0) as u64))
+    }
+
+    /// Appends the rejections of the range ending at `through_seq` (rows at or below the
+    /// already committed sequence are skipped) and records the range.
+    pub async fn commit(&mut self, rows: &[RejectionRow], through_seq: u64) -> Result<()> {
+        let done = self.committed_seq().await?;
+        if through_seq <= done {
+            return Ok(());
+        }
+        let rows: Vec<&RejectionRow> = rows.iter().filter(|r| r.stream_seq > done).collect();
+        let n = rows.len();
+        let mut seq = Int64Builder::with_capacity(n);
+        let mut index = Int64Builder::with_capacity(n);
+        let mut reason = StringBuilder::new();
+        let mut detail = StringBuilder::new();
+        let mut subject = StringBuilder::new();
+        let mut size = Int64Builder::with_capacity(n);
+        let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        let now = Utc::now().timestamp_micros();
+        let i64_of = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for r in rows {
+            seq.append_value(i64_of(r.stream_seq));
+            index.append_option(r.event_index.map(i64_of));
+            reason.append_value(&r.reason);
+            detail.append_value(&r.detail);
+            subject.append_value(&r.subject);
+            size.append_value(i64_of(r.size));
+            at.append_value(now);
+        }
+        let ts = ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("stream_seq", ArrowType::Int64, false),
+            Field::new("event_index", ArrowType::Int64, true),
+            Field::new("reason", ArrowType::Utf8, false),
+            Field::new("detail", ArrowType::Utf8, false),
+            Field::new("subject", ArrowType::Utf8, false),
+            Field::new("size", ArrowType::Int64, false),
+            Field::new("committed_at", ts, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(seq.finish()),
+            Arc::new(index.finish()),
+            Arc::new(reason.finish()),
+            Arc::new(detail.finish()),
+            Arc::new(subject.finish()),
+            Arc::new(size.finish()),
+            Arc::new(at.finish()),
+        ];
+        let batch = RecordBatch::try_new(schema, columns)
+            .map_err(|e| SinkError::Encode { table: REJECTIONS_TABLE.into(), message: e.to_string() })?;
+        let props = CommitProperties::default()
+            .with_application_transaction(Transaction::new(APP_ID, i64::try_from(through_seq).unwrap_or(i64::MAX)));
+        let table = match self.table.take() {
+            Some(t) => t,
+            None => deltalake::open_table(table_url(&self.data_dir, REJECTIONS_TABLE)?).await.map_err(err)?,
+        };
+        match table.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(props).await {
+            Ok(t) => {
+                self.table = Some(t);
+                Ok(())
+            }
+            Err(e) => Err(err(e)), // the handle is reopened on the next attempt
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: u64, reason: &str) -> RejectionRow {
+        RejectionRow {
+            stream_seq: seq,
+            event_index: None,
+            reason: reason.into(),
+            detail: "d".into(),
+            subject: "usage.x".into(),
+            size: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_already_committed_are_not_written_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = RejectionTable::open_or_create(dir.path()).await.unwrap();
+        t.commit(&[row(2, "too_old"), row(5, "invalid_json")], 5).await.unwrap();
+        // A replay after a crash hands the same range again, plus one more.
+        t.commit(&[row(2, "too_old"), row(5, "invalid_json"), row(7, "too_old")], 7).await.unwrap();
+        t.commit(&[row(7, "too_old")], 7).await.unwrap();
+        assert_eq!(t.committed_seq().await.unwrap(), 7);
+        let sql = crate::sql::ReadOnlySql::open(dir.path()).await.unwrap();
+        let b =
+            sql.query("SELECT reason, COUNT(*) AS n FROM rejections GROUP BY reason ORDER BY reason").await.unwrap();
+        assert_eq!(crate::sql::render(&b, crate::sql::Format::Csv).unwrap(), "reason,n\ninvalid_json,1\ntoo_old,2\n");
+    }
+}
