@@ -35,6 +35,13 @@ struct Common {
     data_dir: Option<PathBuf>,
 }
 
+impl Common {
+    /// The config file with the environment and these flags applied.
+    fn load(&self) -> Result<Config> {
+        Config::load(&self.config, &Overrides { nats_url: self.nats_url.clone(), data_dir: self.data_dir.clone() })
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum OutputFormat {
     /// Aligned text table.
@@ -73,12 +80,8 @@ enum Command {
     /// correction) and append the differences as adjustment rows (row_kind = 'rerate', with a
     /// reason). History is never rewritten; running it again writes nothing new.
     Rerate {
-        /// Config file (TOML).
-        #[arg(long, short, value_name = "FILE")]
-        config: PathBuf,
-        /// Data directory of the tables, overriding [storage].data_dir.
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
         /// The billing period: YYYY-MM (calendar month), or YYYY-MM-DD for customers whose
         /// periods start on an anchor day.
         #[arg(long, value_name = "PERIOD")]
@@ -89,12 +92,8 @@ enum Command {
     /// the billing_periods table with the usage_summaries version it seals; usage that arrives
     /// for a closed period later is written as adjustment rows. Closed periods never reopen.
     Close {
-        /// Config file (TOML).
-        #[arg(long, short, value_name = "FILE")]
-        config: PathBuf,
-        /// Data directory of the tables, overriding [storage].data_dir.
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
         /// The billing period: YYYY-MM (calendar month), or YYYY-MM-DD for customers whose
         /// periods start on an anchor day.
         #[arg(long, value_name = "PERIOD")]
@@ -168,8 +167,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { common, exit_when_idle } => {
             init_logging("info");
-            let overrides = Overrides { nats_url: common.nats_url, data_dir: common.data_dir };
-            let config = Config::load(&common.config, &overrides)?;
+            let config = common.load()?;
             let shutdown = shutdown_on_signals()?;
             let pipeline = Pipeline::start(config).await?;
             let stats = pipeline.run(shutdown, RunOptions { exit_when_idle }).await?;
@@ -188,8 +186,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Sql { common, format, query } => {
             init_logging("warn");
-            let overrides = Overrides { nats_url: common.nats_url, data_dir: common.data_dir };
-            let config = Config::load(&common.config, &overrides)?;
+            let config = common.load()?;
             let sql = ReadOnlySql::open_with_limits(&config.storage.data_dir, config.sql.limits()).await?;
             if sql.tables.is_empty() {
                 bail!(
@@ -216,9 +213,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Close { config, data_dir, period } => {
+        Command::Close { common, period } => {
             init_logging("warn");
-            let config = Config::load(&config, &Overrides { nats_url: None, data_dir })?;
+            let config = common.load()?;
             let p = meterflow_rater::Period::parse(&period)
                 .with_context(|| format!("--period {period:?} is not YYYY-MM (for example 2026-11) or YYYY-MM-DD (an anchored period's first day)"))?;
             let table = meterflow_sink::SummaryTable::open_or_create(&config.storage.data_dir).await?;
@@ -241,9 +238,9 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Rerate { config, data_dir, period } => {
+        Command::Rerate { common, period } => {
             init_logging("warn");
-            let config = Config::load(&config, &Overrides { nats_url: None, data_dir })?;
+            let config = common.load()?;
             let adjustments = meterflow::rerate::rerate(&config, &period).await?;
             if adjustments.is_empty() {
                 println!("{period}: every amount already matches the current plans; nothing written");

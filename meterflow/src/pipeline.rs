@@ -121,7 +121,7 @@ struct Candidate {
     seq: u64,
     arrival: chrono::DateTime<chrono::Utc>,
     customer: usize,
-    pricing: String,
+    pricing: std::sync::Arc<str>,
     event: meterflow_schemas::UsageEvent,
     measurements: Vec<meterflow_aggregator::Measurement>,
 }
@@ -140,6 +140,8 @@ pub struct Pipeline {
     totals: PeriodTotals,
     /// Plan version label → (plan id, version index).
     pricing_index: HashMap<String, (String, usize)>,
+    /// Plan id → the label of each version, built once so events share them.
+    pricing_labels: HashMap<String, Vec<std::sync::Arc<str>>>,
     /// Event-time limits (too old, too far in the future).
     bounds: meterflow_aggregator::TimeBounds,
     /// The rejections table (committed before the summaries of the same range).
@@ -214,13 +216,14 @@ impl Pipeline {
         let closed = periods.closed().await?;
         let seen_periods = totals.entries().into_iter().map(|(k, _)| k.period).collect();
         let mut pricing_index = HashMap::new();
-        for subs in &reference.subscriptions {
-            for s in subs {
-                if let Some(plan) = reference.prices.plan(&s.plan) {
-                    for v in 0..plan.versions.len() {
-                        pricing_index.insert(plan.version_label(v), (plan.id.clone(), v));
-                    }
+        let mut pricing_labels: HashMap<String, Vec<std::sync::Arc<str>>> = HashMap::new();
+        for s in reference.subscriptions.iter().flatten() {
+            if let Some(plan) = reference.prices.plan(&s.plan) {
+                let labels = (0..plan.versions.len()).map(|v| std::sync::Arc::from(plan.version_label(v))).collect();
+                for v in 0..plan.versions.len() {
+                    pricing_index.insert(plan.version_label(v), (plan.id.clone(), v));
                 }
+                pricing_labels.insert(plan.id.clone(), labels);
             }
         }
         Ok(Pipeline {
@@ -234,6 +237,7 @@ impl Pipeline {
             agg,
             totals,
             pricing_index,
+            pricing_labels,
             bounds,
             rejections,
             periods,
@@ -400,7 +404,9 @@ impl Pipeline {
                     reject(RejectReason::NoSubscription, detail, event.index, original(), &mut self.stats);
                     continue;
                 };
-                let pricing = plan.version_label(version);
+                // Every subscribed plan's labels were built at start; no allocation per event.
+                let pricing = self.pricing_labels.get(&plan.id).and_then(|l| l.get(version)).cloned();
+                let pricing = pricing.unwrap_or_else(|| plan.version_label(version).into());
                 let measurements = match meters.extract(&event) {
                     Ok(m) => m,
                     Err((reason, detail)) => {

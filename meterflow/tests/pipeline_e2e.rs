@@ -9,7 +9,7 @@ use meterflow::config::{Config, Overrides, Reference};
 use meterflow::workload::{self, WorkloadSpec};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn event(id: &str, subject: &str, kind: &str, time: &str, data: &str) -> String {
     format!(
@@ -233,11 +233,18 @@ async fn sigterm_commits_what_is_in_hand_and_exits_cleanly() {
         env.commit_files() > 1 && totals(&env).values().map(|v| v.2).sum::<u64>() == expected
     });
     assert!(done, "usage did not become visible while running");
-    let started = Instant::now();
     sigterm(&child);
-    let status = child.wait().unwrap();
+    // A guard against hanging, not a speed claim: shutdown must finish at all.
+    let mut status = None;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "no exit after SIGTERM"
+    );
+    let status = status.unwrap();
     assert!(status.success(), "exit status {status}");
-    assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(totals(&env).values().map(|v| v.2).sum::<u64>(), expected);
 }
 
@@ -353,12 +360,9 @@ async fn rerate_after_a_price_correction_appends_the_difference_once() {
     std::fs::write(corrected.join("reference/plans.toml"), fixed).unwrap();
 
     let rerate = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterflow"))
-            .args(["rerate", "--period", "2026-11", "--config"])
-            .envs(common::WIDE_BOUNDS)
-            .arg(corrected.join("meterflow.toml"))
-            .arg("--data-dir")
-            .arg(env.data_dir())
+        let out = env
+            .command_with_config("rerate", &corrected.join("meterflow.toml"))
+            .args(["--period", "2026-11"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

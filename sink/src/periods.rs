@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::table::table_url;
+use crate::table::{open_or_create_table, table_url};
 use crate::{Result, SinkError};
 
 /// Name of the table (and its folder).
@@ -62,26 +62,21 @@ impl std::fmt::Debug for PeriodTable {
 impl PeriodTable {
     /// Opens the table under `data_dir`, creating it when absent.
     pub async fn open_or_create(data_dir: &Path) -> Result<Self> {
-        let url = table_url(data_dir, PERIODS_TABLE)?;
-        let table = if data_dir.join(PERIODS_TABLE).join("_delta_log").is_dir() {
-            deltalake::open_table(url).await.map_err(err)?
-        } else {
-            let t = deltalake::DeltaTableBuilder::from_url(url).and_then(|b| b.build()).map_err(err)?;
-            t.create()
-                .with_table_name(PERIODS_TABLE)
-                .with_comment("meterflow billing periods: one row per close; closed periods are never reopened")
-                .with_columns(vec![
-                    StructField::new("period", DataType::STRING, false),
-                    StructField::new("period_start", DataType::TIMESTAMP, false),
-                    StructField::new("period_end", DataType::TIMESTAMP, false),
-                    StructField::new("closed_at", DataType::TIMESTAMP, false),
-                    StructField::new("closed_by", DataType::STRING, false),
-                    StructField::new("sealed_version", DataType::LONG, false),
-                ])
-                .with_save_mode(SaveMode::Ignore)
-                .await
-                .map_err(err)?
-        };
+        let table = open_or_create_table(
+            data_dir,
+            PERIODS_TABLE,
+            "meterflow billing periods: one row per close; closed periods are never reopened",
+            vec![
+                StructField::new("period", DataType::STRING, false),
+                StructField::new("period_start", DataType::TIMESTAMP, false),
+                StructField::new("period_end", DataType::TIMESTAMP, false),
+                StructField::new("closed_at", DataType::TIMESTAMP, false),
+                StructField::new("closed_by", DataType::STRING, false),
+                StructField::new("sealed_version", DataType::LONG, false),
+            ],
+            vec![],
+        )
+        .await?;
         Ok(PeriodTable { data_dir: data_dir.to_path_buf(), table: Some(table) })
     }
 

@@ -17,7 +17,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::table::table_url;
+use crate::table::{app_transaction_version, open_or_create_table, table_url};
 use crate::{Result, SinkError};
 
 /// Name of the table (and its folder).
@@ -60,35 +60,29 @@ impl std::fmt::Debug for RejectionTable {
 impl RejectionTable {
     /// Opens the table under `data_dir`, creating it when absent.
     pub async fn open_or_create(data_dir: &Path) -> Result<Self> {
-        let url = table_url(data_dir, REJECTIONS_TABLE)?;
-        let table = if data_dir.join(REJECTIONS_TABLE).join("_delta_log").is_dir() {
-            deltalake::open_table(url).await.map_err(err)?
-        } else {
-            let t = deltalake::DeltaTableBuilder::from_url(url).and_then(|b| b.build()).map_err(err)?;
-            t.create()
-                .with_table_name(REJECTIONS_TABLE)
-                .with_comment("meterflow rejected events by reason; original bytes are in the USAGE_DLQ stream")
-                .with_columns(vec![
-                    StructField::new("stream_seq", DataType::LONG, false),
-                    StructField::new("event_index", DataType::LONG, true),
-                    StructField::new("reason", DataType::STRING, false),
-                    StructField::new("detail", DataType::STRING, false),
-                    StructField::new("subject", DataType::STRING, false),
-                    StructField::new("size", DataType::LONG, false),
-                    StructField::new("committed_at", DataType::TIMESTAMP, false),
-                ])
-                .with_save_mode(SaveMode::Ignore)
-                .await
-                .map_err(err)?
-        };
+        let table = open_or_create_table(
+            data_dir,
+            REJECTIONS_TABLE,
+            "meterflow rejected events by reason; original bytes are in the USAGE_DLQ stream",
+            vec![
+                StructField::new("stream_seq", DataType::LONG, false),
+                StructField::new("event_index", DataType::LONG, true),
+                StructField::new("reason", DataType::STRING, false),
+                StructField::new("detail", DataType::STRING, false),
+                StructField::new("subject", DataType::STRING, false),
+                StructField::new("size", DataType::LONG, false),
+                StructField::new("committed_at", DataType::TIMESTAMP, false),
+            ],
+            vec![],
+        )
+        .await?;
         Ok(RejectionTable { data_dir: data_dir.to_path_buf(), table: Some(table) })
     }
 
     /// The last stream sequence whose rejections are committed (0 when none).
     pub async fn committed_seq(&self) -> Result<u64> {
         let Some(t) = self.table.as_ref() else { return Ok(0) };
-        let v = t.snapshot().map_err(err)?.transaction_version(t.log_store().as_ref(), APP_ID).await.map_err(err)?;
-        Ok(v.map_or(0, |v| v.max(0) as u64))
+        app_transaction_version(t, APP_ID).await.map_err(err)
     }
 
     /// Appends the rejections of the range ending at `through_seq` (rows at or below the

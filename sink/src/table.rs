@@ -270,6 +270,44 @@ fn delta_err(e: DeltaTableError) -> SinkError {
     SinkError::Delta { table: SUMMARIES_TABLE.into(), source: e }
 }
 
+/// Opens the Delta table `name` under `data_dir`, creating it with `columns` when absent. Every
+/// meterflow table is created through here.
+pub(crate) async fn open_or_create_table(
+    data_dir: &Path,
+    name: &str,
+    comment: &str,
+    columns: Vec<StructField>,
+    properties: Vec<(TableProperty, &str)>,
+) -> Result<DeltaTable> {
+    let err = |e| SinkError::Delta { table: name.to_string(), source: e };
+    let url = table_url(data_dir, name)?;
+    // Check for the log first: opening a missing table makes the kernel log an error.
+    if data_dir.join(name).join("_delta_log").is_dir() {
+        return deltalake::open_table(url).await.map_err(err);
+    }
+    let mut create = deltalake::DeltaTableBuilder::from_url(url)
+        .and_then(|b| b.build())
+        .map_err(err)?
+        .create()
+        .with_table_name(name)
+        .with_comment(comment)
+        .with_columns(columns)
+        .with_save_mode(SaveMode::Ignore);
+    for (key, value) in properties {
+        create = create.with_configuration_property(key, Some(value));
+    }
+    create.await.map_err(err)
+}
+
+/// The version a table's application transaction `app_id` records (0 when none).
+pub(crate) async fn app_transaction_version(
+    table: &DeltaTable,
+    app_id: &str,
+) -> std::result::Result<u64, DeltaTableError> {
+    let v = table.snapshot()?.transaction_version(table.log_store().as_ref(), app_id).await?;
+    Ok(v.map_or(0, |v| v.max(0) as u64))
+}
+
 /// Location of a table under the data directory.
 pub fn table_url(data_dir: &Path, name: &str) -> Result<url::Url> {
     let path = data_dir.join(name);
@@ -286,24 +324,14 @@ impl SummaryTable {
     /// Opens the table under `data_dir`, creating it (and the folder) when absent.
     pub async fn open_or_create(data_dir: &Path) -> Result<Self> {
         let path = data_dir.join(SUMMARIES_TABLE);
-        let url = table_url(data_dir, SUMMARIES_TABLE)?;
-        // Check for the log first: opening a missing table makes the kernel log an error.
-        let table = if path.join("_delta_log").is_dir() {
-            deltalake::open_table(url).await.map_err(delta_err)?
-        } else {
-            let t = deltalake::DeltaTableBuilder::from_url(url).and_then(|b| b.build()).map_err(delta_err)?;
-            t.create()
-                .with_table_name(SUMMARIES_TABLE)
-                .with_comment(
-                    "meterflow rated usage summaries: rows are deltas; SUM(quantity) per window gives its value",
-                )
-                .with_columns(delta_columns()?)
-                .with_save_mode(SaveMode::Ignore)
-                .with_configuration_property(TableProperty::CheckpointInterval, Some("50"))
-                .with_configuration_property(TableProperty::LogRetentionDuration, Some("interval 7 days"))
-                .await
-                .map_err(delta_err)?
-        };
+        let table = open_or_create_table(
+            data_dir,
+            SUMMARIES_TABLE,
+            "meterflow rated usage summaries: rows are deltas; SUM(quantity) per window gives its value",
+            delta_columns()?,
+            vec![(TableProperty::CheckpointInterval, "50"), (TableProperty::LogRetentionDuration, "interval 7 days")],
+        )
+        .await?;
         Ok(SummaryTable { path, table: Some(table), commits_since_open: 0 })
     }
 
@@ -324,14 +352,7 @@ impl SummaryTable {
 
     /// The last stream sequence committed (0 when nothing has been).
     pub async fn committed_seq(&self) -> Result<u64> {
-        let t = self.table()?;
-        let v = t
-            .snapshot()
-            .map_err(delta_err)?
-            .transaction_version(t.log_store().as_ref(), APP_ID)
-            .await
-            .map_err(delta_err)?;
-        Ok(v.map_or(0, |v| v.max(0) as u64))
+        app_transaction_version(self.table()?, APP_ID).await.map_err(delta_err)
     }
 
     /// Current table version.

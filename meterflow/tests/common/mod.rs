@@ -43,12 +43,16 @@ impl TestEnv {
         self.dir.path().join("data")
     }
 
+    /// `meterflow <sub>` against this environment's server and data directory.
     pub fn command(&self, sub: &str) -> Command {
+        self.command_with_config(sub, &self.config)
+    }
+
+    /// Like [`TestEnv::command`], with another config file.
+    pub fn command_with_config(&self, sub: &str, config: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_meterflow"));
-        c.arg(sub).arg("--config").arg(&self.config).arg("--data-dir").arg(self.data_dir());
-        if sub == "run" || sub == "demo" {
-            c.arg("--nats-url").arg(self.nats.url());
-        }
+        c.arg(sub).arg("--config").arg(config).arg("--data-dir").arg(self.data_dir());
+        c.arg("--nats-url").arg(self.nats.url());
         c.env("RUST_LOG", "warn").envs(self.envs.iter().copied());
         c
     }
