@@ -62,6 +62,13 @@ pub struct Charge {
     /// The model.
     #[serde(flatten)]
     pub model: ChargeModel,
+    /// ERP item (product) code of this meter's invoice lines; defaults to the meter name.
+    #[serde(default)]
+    pub item: Option<String>,
+    /// GL revenue account credited with this meter's amounts; defaults to the billing config's
+    /// `default_revenue_account`.
+    #[serde(default)]
+    pub revenue_account: Option<String>,
 }
 
 /// The amount one tier contributes to a price, for invoice tier breakdowns.
@@ -211,13 +218,33 @@ mod tests {
     fn models() -> Vec<Charge> {
         let t = tiers(&[(Some("100"), "0.10", "0"), (Some("1000"), "0.08", "1"), (None, "0.05", "0")]);
         vec![
-            Charge { meter: "m".into(), included: d("0"), model: ChargeModel::PerUnit { unit_price: d("0.0002") } },
-            Charge { meter: "m".into(), included: d("50"), model: ChargeModel::Graduated { tiers: t.clone() } },
-            Charge { meter: "m".into(), included: d("0"), model: ChargeModel::Volume { tiers: t } },
+            Charge {
+                meter: "m".into(),
+                included: d("0"),
+                model: ChargeModel::PerUnit { unit_price: d("0.0002") },
+                item: None,
+                revenue_account: None,
+            },
+            Charge {
+                meter: "m".into(),
+                included: d("50"),
+                model: ChargeModel::Graduated { tiers: t.clone() },
+                item: None,
+                revenue_account: None,
+            },
+            Charge {
+                meter: "m".into(),
+                included: d("0"),
+                model: ChargeModel::Volume { tiers: t },
+                item: None,
+                revenue_account: None,
+            },
             Charge {
                 meter: "m".into(),
                 included: d("10"),
                 model: ChargeModel::Package { package_size: d("25"), package_price: d("2.5") },
+                item: None,
+                revenue_account: None,
             },
         ]
     }

@@ -24,11 +24,15 @@ pub mod sql;
 mod state;
 mod table;
 
+/// The Delta Lake crate the tables are written with (its `arrow` and `datafusion` versions).
+pub use deltalake;
 pub use error::SinkError;
 pub use periods::{ClosedPeriod, PeriodTable, PERIODS_TABLE};
 pub use rejections::{RejectionRow, RejectionTable, REJECTIONS_TABLE};
 pub use state::StateStore;
-pub use table::{summaries_schema, RowKind, SummaryRow, SummaryTable, APP_ID, SUMMARIES_TABLE};
+pub use table::{
+    open_or_create_table, summaries_schema, table_url, RowKind, SummaryRow, SummaryTable, APP_ID, SUMMARIES_TABLE,
+};
 
 /// Result alias for this crate.
 pub type Result<T, E = SinkError> = std::result::Result<T, E>;

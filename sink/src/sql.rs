@@ -201,7 +201,8 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
     }
 }
 
-fn cells(batch: &RecordBatch) -> Result<Vec<Vec<Option<String>>>> {
+/// The cells of a batch as display strings (decimals exact, `None` for nulls).
+pub fn cells(batch: &RecordBatch) -> Result<Vec<Vec<Option<String>>>> {
     let opts = FormatOptions::default();
     let mut rows = vec![Vec::with_capacity(batch.num_columns()); batch.num_rows()];
     for col in batch.columns() {
@@ -213,7 +214,8 @@ fn cells(batch: &RecordBatch) -> Result<Vec<Vec<Option<String>>>> {
     Ok(rows)
 }
 
-fn csv_field(s: &str) -> String {
+/// One RFC 4180 CSV field (quoted when needed).
+pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

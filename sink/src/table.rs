@@ -272,7 +272,7 @@ fn delta_err(e: DeltaTableError) -> SinkError {
 
 /// Opens the Delta table `name` under `data_dir`, creating it with `columns` when absent. Every
 /// meterflow table is created through here.
-pub(crate) async fn open_or_create_table(
+pub async fn open_or_create_table(
     data_dir: &Path,
     name: &str,
     comment: &str,
@@ -329,7 +329,7 @@ impl SummaryTable {
             SUMMARIES_TABLE,
             "meterflow rated usage summaries: rows are deltas; SUM(quantity) per window gives its value",
             delta_columns()?,
-            vec![(TableProperty::CheckpointInterval, "50"), (TableProperty::LogRetentionDuration, "interval 7 days")],
+            vec![(TableProperty::CheckpointInterval, "50"), (TableProperty::LogRetentionDuration, "interval 400 days")],
         )
         .await?;
         Ok(SummaryTable { path, table: Some(table), commits_since_open: 0 })

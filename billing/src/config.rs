@@ -1,0 +1,65 @@
+//! `[billing]`: how invoices are finalised and posted.
+
+use meterflow_rater::Rounding;
+use serde::Deserialize;
+
+/// A secret from the config or environment; never printed.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// The `[billing]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingConfig {
+    /// Rounding of each invoice line to the currency's minor unit: `half_up` or `half_even`.
+    pub rounding: Rounding,
+    /// Days from the issue date (the first day after the period) to the due date.
+    pub payment_terms_days: u32,
+    /// GL account debited with each invoice total (accounts receivable).
+    pub receivable_account: String,
+    /// GL revenue account of meters whose plan charge names none.
+    pub default_revenue_account: String,
+    /// GL revenue account of recurring fees and minimum-spend true-ups.
+    pub fee_revenue_account: String,
+    /// Most ERP documents per posting batch.
+    pub post_batch_size: usize,
+    /// HTTP target: attempts per batch on 429, 5xx, timeouts and dropped connections.
+    pub http_max_attempts: u32,
+    /// HTTP target: first retry delay; doubles per attempt, with jitter.
+    pub http_backoff_initial_ms: u64,
+    /// HTTP target: longest retry delay.
+    pub http_backoff_max_ms: u64,
+    /// HTTP target: at most this many requests per second (client-side rate limit).
+    pub http_requests_per_second: u32,
+    /// HTTP target: timeout of one request.
+    pub http_timeout_s: u64,
+    /// HTTP target: bearer token (set it from the environment:
+    /// METERFLOW_BILLING__HTTP_BEARER_TOKEN); never logged.
+    pub http_bearer_token: Option<Secret>,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        BillingConfig {
+            rounding: Rounding::HalfUp,
+            payment_terms_days: 30,
+            receivable_account: "1200".into(),
+            default_revenue_account: "4000".into(),
+            fee_revenue_account: "4100".into(),
+            post_batch_size: 100,
+            http_max_attempts: 6,
+            http_backoff_initial_ms: 200,
+            http_backoff_max_ms: 10_000,
+            http_requests_per_second: 20,
+            http_timeout_s: 30,
+            http_bearer_token: None,
+        }
+    }
+}

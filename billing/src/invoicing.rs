@@ -1,0 +1,488 @@
+//! `meterflow invoice`: reads the period's totals with DataFusion SQL over the Delta tables (the
+//! summaries as of the version the period's close sealed), builds the invoices, and records the
+//! finalized ones in `invoices` / `invoice_lines` plus one JSON document each.
+//!
+//! Which rows land on which invoice, for a customer's period P sealed at version V_P:
+//! - usage lines: rows of P in the summaries as of V_P;
+//! - adjustment lines: rows of each earlier closed period Q that are in the summaries as of
+//!   V_P but were not yet as of max(V_Q, V_prev), V_prev being the seal of the closed period
+//!   just before P. Each late row therefore lands on exactly one invoice: the first one
+//!   finalized after it arrived.
+//!
+//! The summaries table is append-only (compaction rewrites files, never rows), so these
+//! differences of sums are exact.
+
+use chrono::Utc;
+use meterflow_rater::{Period, PriceBook};
+use meterflow_sink::{ClosedPeriod, PeriodTable, SummaryTable, SUMMARIES_TABLE};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::config::BillingConfig;
+use crate::invoice::{build_invoice, Account, Invoice, InvoiceInput, UsageTotal};
+use crate::tables::{self, dec, int, lit, lit_list, Cell, Session, INVOICES, INVOICE_LINES};
+use crate::BillingError;
+
+/// What `meterflow invoice` is asked to do.
+#[derive(Debug, Clone)]
+pub struct InvoiceRequest {
+    /// Billing period label.
+    pub period: String,
+    /// Only this customer.
+    pub customer: Option<String>,
+    /// Compute a draft (also of an open period) and write nothing.
+    pub preview: bool,
+    /// Issue a new revision of finalized invoices whose content changed.
+    pub revise: bool,
+    /// Folder of the JSON documents.
+    pub out_dir: PathBuf,
+}
+
+/// What happened to one invoice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A draft; nothing written.
+    Preview,
+    /// Finalized now (revision 1).
+    Finalized,
+    /// Already finalized with the same content: nothing new written.
+    Unchanged,
+    /// Content changed and `--revise` was given: a new revision was written.
+    Revised,
+}
+
+impl Outcome {
+    /// Lower-case label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Preview => "preview",
+            Outcome::Finalized => "finalized",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Revised => "revised",
+        }
+    }
+}
+
+/// The result of an invoice run.
+#[derive(Debug, Clone)]
+pub struct InvoiceRun {
+    /// Invoices with what happened to each, in customer order.
+    pub invoices: Vec<(Invoice, Outcome)>,
+    /// Summary version read.
+    pub summary_version: u64,
+    /// JSON files written.
+    pub files: Vec<PathBuf>,
+}
+
+fn parse_period(label: &str) -> Result<Period, BillingError> {
+    Period::parse(label).ok_or_else(|| BillingError::BadPeriod(label.into()))
+}
+
+const TOTALS_COLUMNS: &str = "customer_id, meter, plan_id, plan_version, currency, billing_period, \
+SUM(quantity) AS quantity, SUM(amount) AS amount, SUM(event_count) AS events, \
+MIN(CASE WHEN event_count > 0 THEN first_seq END) AS first_seq, MAX(last_seq) AS last_seq";
+
+fn totals_sql(table: &str, filter: &str) -> String {
+    format!("SELECT {TOTALS_COLUMNS} FROM {table} WHERE {filter} GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 4, 6")
+}
+
+fn to_totals(rows: Vec<Vec<String>>) -> Result<Vec<UsageTotal>, BillingError> {
+    rows.into_iter()
+        .map(|r| {
+            let [customer_id, meter, plan_id, plan_version, currency, billing_period, q, a, e, f, l] = r.as_slice()
+            else {
+                return Err(BillingError::Sql(format!("unexpected totals row {r:?}")));
+            };
+            Ok(UsageTotal {
+                customer_id: customer_id.clone(),
+                meter: meter.clone(),
+                plan_id: plan_id.clone(),
+                plan_version: plan_version.clone(),
+                currency: currency.clone(),
+                billing_period: billing_period.clone(),
+                quantity: dec(q)?,
+                amount: dec(a)?,
+                event_count: int(e)?,
+                first_seq: int(f)?,
+                last_seq: int(l)?,
+            })
+        })
+        .collect()
+}
+
+type Key = (String, String, String, String, String, String);
+
+fn key(u: &UsageTotal) -> Key {
+    (
+        u.customer_id.clone(),
+        u.meter.clone(),
+        u.plan_id.clone(),
+        u.plan_version.clone(),
+        u.currency.clone(),
+        u.billing_period.clone(),
+    )
+}
+
+/// Totals as of `upper` minus totals as of `lower`: what arrived in between.
+fn difference(upper: Vec<UsageTotal>, lower: Vec<UsageTotal>) -> Vec<UsageTotal> {
+    let before: BTreeMap<Key, UsageTotal> = lower.into_iter().map(|u| (key(&u), u)).collect();
+    upper
+        .into_iter()
+        .filter_map(|mut u| {
+            if let Some(b) = before.get(&key(&u)) {
+                u.quantity -= b.quantity;
+                u.amount -= b.amount;
+                u.event_count = u.event_count.saturating_sub(b.event_count);
+                if u.event_count > 0 {
+                    u.first_seq = u.first_seq.max(b.last_seq + 1);
+                }
+            }
+            let changed = !u.quantity.is_zero() || !u.amount.is_zero() || u.event_count > 0;
+            changed.then_some(u)
+        })
+        .collect()
+}
+
+/// Same period flavour: both calendar months, or both starting on the same day.
+fn same_flavour(a: &Period, b: &Period) -> bool {
+    a.start.format("%d").to_string() == b.start.format("%d").to_string()
+}
+
+/// Plans the adjustment windows of invoice period `period`: `(lower version, periods)` groups
+/// and the base lower bound (the seal of the closed period just before it).
+fn adjustment_windows(
+    period: &Period,
+    closed: &BTreeMap<String, ClosedPeriod>,
+) -> (Option<u64>, Vec<(u64, Vec<String>)>) {
+    let earlier: Vec<(Period, &ClosedPeriod)> = closed
+        .values()
+        .filter_map(|c| Period::parse(&c.period).map(|p| (p, c)))
+        .filter(|(p, _)| same_flavour(p, period) && p.start < period.start)
+        .collect();
+    let Some(prev) = earlier.iter().max_by_key(|(p, _)| p.start) else { return (None, Vec::new()) };
+    let base = u64::try_from(prev.1.sealed_version).unwrap_or(0);
+    let mut groups: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (p, c) in &earlier {
+        let lower = base.max(u64::try_from(c.sealed_version).unwrap_or(0));
+        groups.entry(lower).or_default().push(p.label());
+    }
+    (Some(base), groups.into_iter().collect())
+}
+
+/// Computes (and unless previewing, finalizes) the invoices of one billing period.
+pub async fn run_invoices(
+    data_dir: &Path,
+    accounts: &[Account],
+    prices: &PriceBook,
+    config: &BillingConfig,
+    request: &InvoiceRequest,
+) -> Result<InvoiceRun, BillingError> {
+    let period = parse_period(&request.period)?;
+    let label = period.label();
+    if !tables::exists(data_dir, SUMMARIES_TABLE) {
+        return Err(BillingError::Nothing(format!(
+            "no usage_summaries table in {}: run the pipeline first (or pass the right --data-dir)",
+            data_dir.display()
+        )));
+    }
+    let in_scope: Vec<&Account> = accounts
+        .iter()
+        .filter(|a| a.bills_on(&period))
+        .filter(|a| request.customer.as_deref().is_none_or(|c| c == a.id))
+        .collect();
+    if let Some(c) = &request.customer {
+        match accounts.iter().find(|a| &a.id == c) {
+            None => return Err(BillingError::Customer(format!("no customer `{c}` in the reference data"))),
+            Some(a) if in_scope.is_empty() => {
+                let theirs = Period::containing(period.start, a.anchor_day).map(|p| p.label()).unwrap_or_default();
+                return Err(BillingError::Customer(format!(
+                    "customer `{c}` is billed on periods starting on day {} of the month: use --period {theirs}",
+                    a.anchor_day
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+
+    let closed = PeriodTable::open_or_create(data_dir).await?.closed().await?;
+    let sealed = closed.get(&label).map(|c| u64::try_from(c.sealed_version).unwrap_or(0));
+    let version = match (sealed, request.preview) {
+        (Some(v), _) => v,
+        (None, true) => SummaryTable::open_or_create(data_dir).await?.version().unwrap_or(0),
+        (None, false) => return Err(BillingError::PeriodOpen(label)),
+    };
+
+    let session = Session::new();
+    session.register_summaries_at(data_dir, version, "summaries_now").await?;
+    let customers = lit_list(in_scope.iter().map(|a| a.id.as_str()));
+    let usage = to_totals(
+        session
+            .rows(&totals_sql(
+                "summaries_now",
+                &format!("billing_period = {} AND customer_id IN ({customers})", lit(&label)),
+            ))
+            .await?,
+    )?;
+    let (base, windows) = adjustment_windows(&period, &closed);
+    let mut adjustments = Vec::new();
+    for (i, (lower, periods)) in windows.iter().enumerate() {
+        if *lower >= version {
+            continue;
+        }
+        let alias = format!("summaries_before_{i}");
+        session.register_summaries_at(data_dir, *lower, &alias).await?;
+        let filter = format!(
+            "billing_period IN ({}) AND customer_id IN ({customers})",
+            lit_list(periods.iter().map(String::as_str))
+        );
+        let upper = to_totals(session.rows(&totals_sql("summaries_now", &filter)).await?)?;
+        let lower_totals = to_totals(session.rows(&totals_sql(&alias, &filter)).await?)?;
+        adjustments.extend(difference(upper, lower_totals));
+    }
+
+    let mut invoices = Vec::new();
+    for account in &in_scope {
+        let mine = |v: &[UsageTotal]| v.iter().filter(|u| u.customer_id == account.id).cloned().collect::<Vec<_>>();
+        let (usage, adjustments) = (mine(&usage), mine(&adjustments));
+        let input = InvoiceInput {
+            period,
+            account,
+            usage: &usage,
+            adjustments: &adjustments,
+            prices,
+            config,
+            summary_version: version,
+            adjustments_after_version: base,
+            preview: request.preview,
+        };
+        if let Some(inv) = build_invoice(&input)? {
+            invoices.push(inv);
+        }
+    }
+    if request.preview {
+        return Ok(InvoiceRun {
+            invoices: invoices.into_iter().map(|i| (i, Outcome::Preview)).collect(),
+            summary_version: version,
+            files: Vec::new(),
+        });
+    }
+    finalize(data_dir, invoices, request, version).await
+}
+
+/// Latest finalized revision of each invoice id: `(revision, content hash)`.
+async fn finalized(data_dir: &Path) -> Result<BTreeMap<String, (u32, String)>, BillingError> {
+    let session = Session::new();
+    if !session.register(data_dir, INVOICES.name, "invoices").await? {
+        return Ok(BTreeMap::new());
+    }
+    let rows =
+        session.rows("SELECT invoice_id, revision, content_hash FROM invoices ORDER BY invoice_id, revision").await?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        if let [id, rev, hash] = r.as_slice() {
+            out.insert(id.clone(), (u32::try_from(int(rev)?).unwrap_or(u32::MAX), hash.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// `(invoice_id, revision)` pairs whose lines are already written.
+async fn lines_written(data_dir: &Path) -> Result<BTreeSet<(String, u32)>, BillingError> {
+    let session = Session::new();
+    if !session.register(data_dir, INVOICE_LINES.name, "invoice_lines").await? {
+        return Ok(BTreeSet::new());
+    }
+    let rows = session.rows("SELECT DISTINCT invoice_id, revision FROM invoice_lines").await?;
+    let mut out = BTreeSet::new();
+    for r in rows {
+        if let [id, rev] = r.as_slice() {
+            out.insert((id.clone(), u32::try_from(int(rev)?).unwrap_or(u32::MAX)));
+        }
+    }
+    Ok(out)
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn line_rows(inv: &Invoice) -> Vec<Vec<Cell>> {
+    inv.lines
+        .iter()
+        .map(|l| {
+            vec![
+                Cell::Text(inv.invoice_id.clone()),
+                Cell::Int(i64::from(inv.revision)),
+                Cell::Int(i64::from(l.line_no)),
+                Cell::Text(l.kind.clone()),
+                Cell::Text(inv.customer_id.clone()),
+                Cell::Text(inv.period.clone()),
+                Cell::Text(l.source_period.clone()),
+                Cell::OptText(l.meter.clone()),
+                Cell::OptText(l.plan_version.clone()),
+                Cell::Text(l.description.clone()),
+                Cell::Dec(l.quantity),
+                Cell::Dec(l.amount_unrounded),
+                Cell::Dec(l.amount),
+                Cell::Text(inv.currency.clone()),
+                Cell::Text(l.item.clone()),
+                Cell::Text(l.revenue_account.clone()),
+                Cell::Int(i64_of(l.event_count)),
+                Cell::Int(i64_of(l.first_seq)),
+                Cell::Int(i64_of(l.last_seq)),
+            ]
+        })
+        .collect()
+}
+
+fn header_row(inv: &Invoice, json: &str) -> Vec<Cell> {
+    vec![
+        Cell::Text(inv.invoice_id.clone()),
+        Cell::Int(i64::from(inv.revision)),
+        Cell::Text(inv.status.clone()),
+        Cell::Text(inv.customer_id.clone()),
+        Cell::Text(inv.customer_name.clone()),
+        Cell::Text(inv.erp_customer_id.clone()),
+        Cell::Text(inv.legal_entity.clone()),
+        Cell::Text(inv.currency.clone()),
+        Cell::Text(inv.period.clone()),
+        Cell::Time(inv.period_start),
+        Cell::Time(inv.period_end),
+        Cell::Text(inv.issue_date.clone()),
+        Cell::Text(inv.due_date.clone()),
+        Cell::Int(i64::try_from(inv.lines.len()).unwrap_or(i64::MAX)),
+        Cell::Dec(inv.total),
+        Cell::Int(i64_of(inv.summary_version)),
+        Cell::Text(inv.content_hash.clone()),
+        Cell::Time(Utc::now()),
+        Cell::Text(json.to_string()),
+    ]
+}
+
+/// Path of an invoice's JSON document.
+pub fn document_path(out_dir: &Path, inv: &Invoice) -> PathBuf {
+    out_dir.join(&inv.period).join(format!("{}.r{}.json", inv.invoice_id, inv.revision))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BillingError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| BillingError::io(dir, e))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| BillingError::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| BillingError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| BillingError::io(path, e))
+}
+
+async fn finalize(
+    data_dir: &Path,
+    invoices: Vec<Invoice>,
+    request: &InvoiceRequest,
+    version: u64,
+) -> Result<InvoiceRun, BillingError> {
+    let existing = finalized(data_dir).await?;
+    let mut planned = Vec::new();
+    let mut changed = Vec::new();
+    for mut inv in invoices {
+        let outcome = match existing.get(&inv.invoice_id) {
+            None => {
+                inv.revision = 1;
+                Outcome::Finalized
+            }
+            Some((rev, hash)) if *hash == inv.content_hash => {
+                inv.revision = *rev;
+                Outcome::Unchanged
+            }
+            Some((rev, hash)) => {
+                if !request.revise {
+                    changed.push(format!(
+                        "{} ({}): revision {rev} has content {hash}, recomputing gives {}",
+                        inv.invoice_id, inv.customer_id, inv.content_hash
+                    ));
+                    continue;
+                }
+                inv.revision = rev + 1;
+                Outcome::Revised
+            }
+        };
+        planned.push((inv, outcome));
+    }
+    if !changed.is_empty() {
+        return Err(BillingError::InvoiceChanged(format!(
+            "finalized invoices would change, so nothing was written:\n  {}\nFinalized invoices are never rewritten silently: corrections of a closed period land as adjustments on the next period's invoice. If the change is intended (for example fixed reference data), run again with --revise to issue new revisions.",
+            changed.join("\n  ")
+        )));
+    }
+    // Lines first, then headers: an invoice exists for readers only once its header is
+    // written, and a rerun after a crash in between writes only the missing part.
+    let written = lines_written(data_dir).await?;
+    let new: Vec<&(Invoice, Outcome)> = planned.iter().filter(|(_, o)| *o != Outcome::Unchanged).collect();
+    let lines: Vec<Vec<Cell>> = new
+        .iter()
+        .filter(|(i, _)| !written.contains(&(i.invoice_id.clone(), i.revision)))
+        .flat_map(|(i, _)| line_rows(i))
+        .collect();
+    tables::append(data_dir, &INVOICE_LINES, &lines).await?;
+    let mut headers = Vec::new();
+    let mut files = Vec::new();
+    for (inv, _) in &planned {
+        let json = inv.to_json()?;
+        let path = document_path(&request.out_dir, inv);
+        write_atomically(&path, json.as_bytes())?;
+        files.push(path);
+        if new.iter().any(|(i, _)| i.invoice_id == inv.invoice_id) {
+            headers.push(header_row(inv, &json));
+        }
+    }
+    tables::append(data_dir, &INVOICES, &headers).await?;
+    Ok(InvoiceRun { invoices: planned, summary_version: version, files })
+}
+
+/// The finalized invoices of a period (latest revision of each), read back from `invoices`.
+pub async fn finalized_invoices(data_dir: &Path, period: &str) -> Result<Vec<Invoice>, BillingError> {
+    let session = Session::new();
+    if !session.register(data_dir, INVOICES.name, "invoices").await? {
+        return Ok(Vec::new());
+    }
+    let rows = session
+        .rows(&format!(
+            "SELECT i.document FROM invoices i JOIN (SELECT invoice_id, MAX(revision) AS revision FROM invoices \
+             WHERE period = {p} GROUP BY invoice_id) latest ON i.invoice_id = latest.invoice_id AND i.revision = latest.revision \
+             WHERE i.period = {p} ORDER BY i.customer_id, i.invoice_id",
+            p = lit(period)
+        ))
+        .await?;
+    rows.iter().filter_map(|r| r.first()).map(|doc| Invoice::from_json(doc)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn closed(period: &str, sealed: i64) -> (String, ClosedPeriod) {
+        (
+            period.into(),
+            ClosedPeriod {
+                period: period.into(),
+                closed_at: Utc.timestamp_opt(0, 0).unwrap(),
+                closed_by: "manual".into(),
+                sealed_version: sealed,
+            },
+        )
+    }
+
+    #[test]
+    fn adjustments_start_where_the_previous_invoice_stopped() {
+        let map: BTreeMap<String, ClosedPeriod> =
+            [closed("2026-09", 5), closed("2026-10", 9), closed("2026-10-15", 7), closed("2026-11", 12)]
+                .into_iter()
+                .collect();
+        let (base, windows) = adjustment_windows(&Period::parse("2026-11").unwrap(), &map);
+        assert_eq!(base, Some(9));
+        assert_eq!(windows, vec![(9, vec!["2026-09".to_string(), "2026-10".to_string()])]);
+        let (base, windows) = adjustment_windows(&Period::parse("2026-09").unwrap(), &map);
+        assert_eq!((base, windows.len()), (None, 0), "nothing closed before the first period");
+    }
+}

@@ -1,0 +1,34 @@
+//! # meterflow-billing: invoices, ERP posting and reconciliation
+//!
+//! ```text
+//!   usage_summaries @ sealed version ─┐ DataFusion SQL      ┌─► invoices, invoice_lines (Delta)
+//!   billing_periods (closes, seals)  ─┼─► period totals ─► build_invoice ─┤ + one JSON document each
+//!   reference: customers, plans      ─┘                                    │
+//!                                                                          ▼
+//!   finalized invoices ─► erp::documents (AR invoice + balanced journal entry) ─► batches
+//!        ─► post::Target (file: JSONL + CSV journal | http(s): POST with retries | hledger journal)
+//!        ─► postings ledger (pending / posted / failed per document)
+//!   reconcile: summaries vs invoice lines vs postings ─► variances (zero when clean)
+//! ```
+//!
+//! The pure parts ([`invoice::build_invoice`], [`erp::documents`], [`erp::batches`]) hold the
+//! money logic; the rest is SQL and I/O at the edges.
+
+mod config;
+pub mod erp;
+mod error;
+pub mod invoice;
+mod invoicing;
+pub mod post;
+pub mod reconcile;
+mod tables;
+
+pub use config::{BillingConfig, Secret};
+pub use error::BillingError;
+pub use invoice::{Account, Invoice, InvoiceLine};
+pub use invoicing::{document_path, finalized_invoices, run_invoices, InvoiceRequest, InvoiceRun, Outcome};
+pub use post::{post_period, PostReport, Target};
+pub use reconcile::{reconcile, Reconciliation};
+
+/// Names of the billing tables.
+pub const BILLING_TABLES: &[&str] = &["invoices", "invoice_lines", "postings"];

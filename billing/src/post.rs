@@ -1,0 +1,475 @@
+//! `meterflow post`: sends the ERP documents of a period's finalized invoices to a target and
+//! keeps the posting ledger (`postings` Delta table).
+//!
+//! ```text
+//!   invoices (latest revisions) ─► documents (AR invoice + balanced journal entry each)
+//!     ─► minus what the ledger says is posted to this target ─► batches ─► target
+//!     ─► ledger rows: pending (before sending), then posted / failed (after each batch)
+//! ```
+//!
+//! Exactly once: a document is sent until the ledger records it posted, always with the same
+//! idempotency keys (per document in the body, per batch in the `Idempotency-Key` header), so
+//! a crash between sending and recording costs one resend that the ERP recognises. Validation
+//! failures (HTTP 4xx other than 429) are recorded `failed` and not resent unless asked.
+
+use chrono::Utc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::BillingConfig;
+use crate::erp::{self, Batch, ErpDocument, JournalEntry};
+use crate::invoicing::{finalized_invoices, write_atomically};
+use crate::tables::{self, int, lit, Cell, Session, POSTINGS};
+use crate::BillingError;
+
+/// Where documents go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A folder: one JSON Lines file per batch plus a CSV journal import.
+    File(PathBuf),
+    /// An HTTP(S) endpoint: one POST per batch.
+    Http(url::Url),
+    /// An hledger journal file (journal entries only).
+    Hledger(PathBuf),
+}
+
+impl Target {
+    /// Parses `file:DIR`, `http(s)://...` or `hledger:FILE`.
+    pub fn parse(s: &str) -> Result<Target, BillingError> {
+        let bad = |message: &str| BillingError::Target { target: s.into(), message: message.into() };
+        if let Some(dir) = s.strip_prefix("file:") {
+            if dir.is_empty() {
+                return Err(bad("give a folder: file:DIR"));
+            }
+            return Ok(Target::File(PathBuf::from(dir)));
+        }
+        if let Some(file) = s.strip_prefix("hledger:") {
+            if file.is_empty() {
+                return Err(bad("give a journal file: hledger:FILE"));
+            }
+            return Ok(Target::Hledger(PathBuf::from(file)));
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            return url::Url::parse(s).map(Target::Http).map_err(|e| bad(&format!("not a URL: {e}")));
+        }
+        Err(bad("use file:DIR, http(s)://HOST/PATH or hledger:FILE"))
+    }
+
+    /// The label recorded in the ledger (absolute paths; URLs without credentials).
+    pub fn label(&self) -> String {
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+        match self {
+            Target::File(d) => format!("file:{}", abs(d)),
+            Target::Hledger(f) => format!("hledger:{}", abs(f)),
+            Target::Http(u) => {
+                let mut u = u.clone();
+                let _user = u.set_username("");
+                let _pass = u.set_password(None);
+                u.to_string()
+            }
+        }
+    }
+
+    /// Whether the target takes this kind of document (hledger takes journal entries only).
+    fn accepts(&self, doc: &ErpDocument) -> bool {
+        !matches!((self, doc), (Target::Hledger(_), ErpDocument::ArInvoice(_)))
+    }
+}
+
+/// Posting status of a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    /// Recorded, not yet confirmed by the target.
+    Pending,
+    /// Confirmed by the target.
+    Posted,
+    /// Refused by the target (validation); not resent unless asked.
+    Failed,
+}
+
+impl Status {
+    /// Ledger value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Posted => "posted",
+            Status::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Status> {
+        match s {
+            "pending" => Some(Status::Pending),
+            "posted" => Some(Status::Posted),
+            "failed" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of a `post` run.
+#[derive(Debug, Clone, Default)]
+pub struct PostReport {
+    /// Documents of the period for this target.
+    pub documents: usize,
+    /// Already posted before this run (skipped).
+    pub already_posted: usize,
+    /// Posted in this run.
+    pub posted: usize,
+    /// Refused by the target in this run, with the target's message.
+    pub failed: Vec<(String, String)>,
+    /// Refused earlier and not resent (use --retry-failed).
+    pub previously_failed: usize,
+    /// Still pending after this run (the target was unreachable), with the last error.
+    pub pending: Vec<(String, String)>,
+    /// Batches sent.
+    pub batches: usize,
+    /// HTTP requests made (including retries).
+    pub requests: usize,
+}
+
+/// Per-document result of delivering one batch.
+enum Delivery {
+    Posted(String),
+    Failed(String),
+    Pending(String),
+}
+
+/// The latest ledger status of each document key for `target`: `(status, attempts)`.
+pub async fn ledger(data_dir: &Path, target: &str) -> Result<BTreeMap<String, (Status, u64)>, BillingError> {
+    let session = Session::new();
+    if !session.register(data_dir, POSTINGS.name, "postings").await? {
+        return Ok(BTreeMap::new());
+    }
+    let rows = session
+        .rows(&format!(
+            "SELECT idempotency_key, status, attempts FROM postings WHERE target = {} \
+             ORDER BY idempotency_key, recorded_at, attempts",
+            lit(target)
+        ))
+        .await?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        if let [key, status, attempts] = r.as_slice() {
+            let Some(s) = Status::parse(status) else { continue };
+            let prior: Option<&(Status, u64)> = out.get(key);
+            // A posted document stays posted whatever is recorded later.
+            if prior.is_some_and(|(p, _)| *p == Status::Posted) {
+                continue;
+            }
+            out.insert(key.clone(), (s, int(attempts)?));
+        }
+    }
+    Ok(out)
+}
+
+fn ledger_row(
+    doc: &ErpDocument,
+    target: &str,
+    batch: &str,
+    status: Status,
+    attempts: u64,
+    response: Option<String>,
+) -> Vec<Cell> {
+    let (invoice_id, revision, customer_id, period) = doc.invoice();
+    let (amount, currency) = doc.amount();
+    vec![
+        Cell::Text(doc.key().to_string()),
+        Cell::Text(doc.kind().to_string()),
+        Cell::Text(invoice_id.to_string()),
+        Cell::Int(i64::from(revision)),
+        Cell::Text(period.to_string()),
+        Cell::Text(customer_id.to_string()),
+        Cell::Text(target.to_string()),
+        Cell::Text(batch.to_string()),
+        Cell::Text(status.as_str().to_string()),
+        Cell::Int(i64::try_from(attempts).unwrap_or(i64::MAX)),
+        Cell::OptText(response),
+        Cell::Dec(amount),
+        Cell::Text(currency.to_string()),
+        Cell::Time(Utc::now()),
+    ]
+}
+
+/// Posts the documents of `period`'s finalized invoices to `target`.
+pub async fn post_period(
+    data_dir: &Path,
+    period: &str,
+    target: &Target,
+    config: &BillingConfig,
+    retry_failed: bool,
+) -> Result<PostReport, BillingError> {
+    let invoices = finalized_invoices(data_dir, period).await?;
+    if invoices.is_empty() {
+        return Err(BillingError::Nothing(format!(
+            "no finalized invoices for {period}: run `meterflow invoice --period {period}` first"
+        )));
+    }
+    let mut docs = Vec::new();
+    for inv in &invoices {
+        docs.extend(erp::documents(inv, config)?.into_iter().filter(|d| target.accepts(d)));
+    }
+    let label = target.label();
+    let known = ledger(data_dir, &label).await?;
+    let mut report = PostReport { documents: docs.len(), ..PostReport::default() };
+    let mut todo = Vec::new();
+    for d in docs {
+        match known.get(d.key()) {
+            Some((Status::Posted, _)) => report.already_posted += 1,
+            Some((Status::Failed, _)) if !retry_failed => report.previously_failed += 1,
+            _ => todo.push(d),
+        }
+    }
+    if todo.is_empty() {
+        return Ok(report);
+    }
+    let batches = erp::batches(todo, config.post_batch_size);
+    // Record intent first: the ledger shows what is in flight even if the process dies.
+    let pending: Vec<Vec<Cell>> = batches
+        .iter()
+        .flat_map(|b| b.documents.iter().map(move |d| (b, d)))
+        .filter(|(_, d)| known.get(d.key()).is_none())
+        .map(|(b, d)| ledger_row(d, &label, &b.id, Status::Pending, 0, None))
+        .collect();
+    tables::append(data_dir, &POSTINGS, &pending).await?;
+
+    let mut http = match target {
+        Target::Http(url) => Some(HttpPoster::new(url.clone(), config)?),
+        _ => None,
+    };
+    for batch in &batches {
+        report.batches += 1;
+        let (results, attempts) = match target {
+            Target::File(dir) => (deliver_file(dir, batch)?, 1),
+            Target::Hledger(file) => (deliver_hledger(file, batch, config)?, 1),
+            Target::Http(_) => match http.as_mut() {
+                Some(h) => h.deliver(batch).await,
+                None => continue,
+            },
+        };
+        report.requests += usize::try_from(attempts).unwrap_or(usize::MAX);
+        let mut rows = Vec::new();
+        for (doc, result) in batch.documents.iter().zip(results) {
+            let prior = known.get(doc.key()).map_or(0, |(_, a)| *a);
+            let (status, response) = match result {
+                Delivery::Posted(r) => {
+                    report.posted += 1;
+                    (Status::Posted, r)
+                }
+                Delivery::Failed(r) => {
+                    report.failed.push((doc.key().to_string(), r.clone()));
+                    (Status::Failed, r)
+                }
+                Delivery::Pending(r) => {
+                    report.pending.push((doc.key().to_string(), r.clone()));
+                    (Status::Pending, r)
+                }
+            };
+            rows.push(ledger_row(doc, &label, &batch.id, status, prior + attempts, Some(response)));
+        }
+        tables::append(data_dir, &POSTINGS, &rows).await?;
+    }
+    Ok(report)
+}
+
+fn deliver_file(dir: &Path, batch: &Batch) -> Result<Vec<Delivery>, BillingError> {
+    let mut jsonl = String::new();
+    for d in &batch.documents {
+        let line = serde_json::to_string(d)
+            .map_err(|e| BillingError::Document { what: d.key().to_string(), message: e.to_string() })?;
+        jsonl.push_str(&line);
+        jsonl.push('\n');
+    }
+    let docs = dir.join(format!("batch-{}.jsonl", batch.id));
+    write_atomically(&docs, jsonl.as_bytes())?;
+    let csv = dir.join(format!("journal-{}.csv", batch.id));
+    write_atomically(&csv, erp::journal_csv(&batch.documents).as_bytes())?;
+    let done = format!("written to {}", docs.display());
+    Ok(batch.documents.iter().map(|_| Delivery::Posted(done.clone())).collect())
+}
+
+fn deliver_hledger(file: &Path, batch: &Batch, config: &BillingConfig) -> Result<Vec<Delivery>, BillingError> {
+    use std::io::Write;
+    // Entries already in the file (a crash after appending, before recording) are not
+    // appended again: the file is its own idempotency record.
+    let existing = match std::fs::read_to_string(file) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(BillingError::io(file, e)),
+    };
+    let present: BTreeSet<&str> =
+        existing.lines().filter_map(|l| l.split("; key:").nth(1)).filter_map(|t| t.split(',').next()).collect();
+    let entries: Vec<&JournalEntry> = batch
+        .documents
+        .iter()
+        .filter_map(|d| match d {
+            ErpDocument::JournalEntry(je) if !present.contains(je.idempotency_key.as_str()) => Some(je),
+            _ => None,
+        })
+        .collect();
+    if !entries.is_empty() {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| BillingError::io(dir, e))?;
+        }
+        let mut text = String::new();
+        if existing.is_empty() {
+            text.push_str("; meterflow journal entries (one transaction per invoice revision)\n");
+        }
+        text.push('\n');
+        text.push_str(&erp::hledger_journal(&entries, config));
+        let mut f =
+            std::fs::OpenOptions::new().create(true).append(true).open(file).map_err(|e| BillingError::io(file, e))?;
+        f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| BillingError::io(file, e))?;
+    }
+    let done = format!("in {}", file.display());
+    Ok(batch.documents.iter().map(|_| Delivery::Posted(done.clone())).collect())
+}
+
+/// Cuts a response body to a size fit for the ledger.
+fn excerpt(body: &str) -> String {
+    let body = body.trim();
+    match body.char_indices().nth(1000) {
+        Some((i, _)) => format!("{}...", &body[..i]),
+        None => body.to_string(),
+    }
+}
+
+/// HTTP posting with retries, backoff with jitter, and a client-side rate limit.
+struct HttpPoster {
+    client: reqwest::Client,
+    url: url::Url,
+    token: Option<String>,
+    max_attempts: u32,
+    backoff: Duration,
+    backoff_max: Duration,
+    interval: Duration,
+    last_request: Option<Instant>,
+}
+
+impl HttpPoster {
+    fn new(url: url::Url, config: &BillingConfig) -> Result<HttpPoster, BillingError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.http_timeout_s.max(1)))
+            .build()
+            .map_err(|e| BillingError::Target { target: url.to_string(), message: e.to_string() })?;
+        Ok(HttpPoster {
+            client,
+            url,
+            token: config.http_bearer_token.as_ref().map(|s| s.0.clone()),
+            max_attempts: config.http_max_attempts.max(1),
+            backoff: Duration::from_millis(config.http_backoff_initial_ms),
+            backoff_max: Duration::from_millis(config.http_backoff_max_ms.max(config.http_backoff_initial_ms)),
+            interval: Duration::from_secs(1) / config.http_requests_per_second.max(1),
+            last_request: None,
+        })
+    }
+
+    /// Waits for the rate limit, then sends one request.
+    async fn send(&mut self, batch: &Batch, body: &[u8]) -> Result<reqwest::Response, reqwest::Error> {
+        if let Some(last) = self.last_request {
+            let wait = self.interval.saturating_sub(last.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        self.last_request = Some(Instant::now());
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .header("Idempotency-Key", &batch.id)
+            .header("Content-Type", "application/json")
+            .body(body.to_vec());
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await
+    }
+
+    /// Delay before attempt `attempt + 1`: exponential, capped, with jitter in [d/2, d].
+    fn delay(&self, batch: &Batch, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self.backoff.saturating_mul(1u32 << attempt.min(20)).min(self.backoff_max);
+        let seed = format!("{}:{attempt}:{:?}", batch.id, Instant::now());
+        let frac = (xxhash_rust::xxh3::xxh3_64(seed.as_bytes()) % 1000) as u32;
+        let jittered = exp / 2 + (exp / 2) * frac / 1000;
+        retry_after.map_or(jittered, |r| r.min(self.backoff_max).max(jittered))
+    }
+
+    /// Delivers one batch: `(per-document results, requests made)`.
+    async fn deliver(&mut self, batch: &Batch) -> (Vec<Delivery>, u64) {
+        let all = |d: &dyn Fn() -> Delivery| batch.documents.iter().map(|_| d()).collect::<Vec<_>>();
+        let body = serde_json::json!({ "batch_id": batch.id, "documents": batch.documents });
+        let body = match serde_json::to_vec(&body) {
+            Ok(b) => b,
+            Err(e) => return (all(&|| Delivery::Failed(format!("cannot encode the batch: {e}"))), 0),
+        };
+        let mut last_error = String::new();
+        for attempt in 0..self.max_attempts {
+            let requests = u64::from(attempt) + 1;
+            let retry_after = match self.send(batch, &body).await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let text = resp.text().await.unwrap_or_default();
+                    if status.is_success() {
+                        return (per_document(batch, &text, status.as_u16()), requests);
+                    }
+                    if status.as_u16() == 429 || status.is_server_error() {
+                        last_error = format!("HTTP {}: {}", status.as_u16(), excerpt(&text));
+                        tracing::warn!(batch = %batch.id, attempt = requests, error = %last_error, "ERP busy; will retry");
+                        retry_after
+                    } else {
+                        let message = format!("refused by the ERP (HTTP {}): {}", status.as_u16(), excerpt(&text));
+                        return (all(&|| Delivery::Failed(message.clone())), requests);
+                    }
+                }
+                Err(e) => {
+                    last_error = format!("request failed: {e}");
+                    tracing::warn!(batch = %batch.id, attempt = requests, error = %last_error, "ERP unreachable; will retry");
+                    None
+                }
+            };
+            if attempt + 1 < self.max_attempts {
+                tokio::time::sleep(self.delay(batch, attempt, retry_after)).await;
+            }
+        }
+        let message = format!("gave up after {} attempts, last: {last_error}", self.max_attempts);
+        (all(&|| Delivery::Pending(message.clone())), u64::from(self.max_attempts))
+    }
+}
+
+/// Reads the per-document results of a 2xx response: `{"results": [{"idempotency_key": ...,
+/// "status": "posted" | "failed", "message": ...}]}`; documents it does not mention (or a
+/// body without results) count as posted.
+fn per_document(batch: &Batch, body: &str, status: u16) -> Vec<Delivery> {
+    let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let results: BTreeMap<String, (String, String)> = parsed
+        .as_ref()
+        .and_then(|v| v.get("results"))
+        .and_then(|r| r.as_array())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| {
+                    let key = i.get("idempotency_key")?.as_str()?.to_string();
+                    let st = i.get("status").and_then(|s| s.as_str()).unwrap_or("posted").to_string();
+                    let msg = i.get("message").and_then(|s| s.as_str()).unwrap_or_default().to_string();
+                    Some((key, (st, msg)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    batch
+        .documents
+        .iter()
+        .map(|d| match results.get(d.key()) {
+            Some((st, msg)) if st == "failed" => Delivery::Failed(format!("refused by the ERP: {msg}")),
+            _ => Delivery::Posted(format!("HTTP {status}: {}", excerpt(body))),
+        })
+        .collect()
+}

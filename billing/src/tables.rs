@@ -1,0 +1,322 @@
+//! The billing Delta tables (`invoices`, `invoice_lines`, `postings`) and the SQL plumbing:
+//! sessions over the tables, summaries as of a version (Delta time travel), rows as strings.
+
+use chrono::{DateTime, Utc};
+use deltalake::arrow::array::{ArrayRef, Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, TimeUnit};
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::datafusion::execution::context::SessionContext;
+use deltalake::kernel::{DataType, StructField};
+use deltalake::protocol::SaveMode;
+use meterflow_sink::deltalake;
+use meterflow_sink::{open_or_create_table, table_url, SUMMARIES_TABLE};
+use rust_decimal::Decimal;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::BillingError;
+
+/// Column types of the billing tables.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Text,
+    OptText,
+    Int,
+    /// DECIMAL(38, scale).
+    Dec(u8),
+    Time,
+}
+
+/// A cell value.
+#[derive(Debug, Clone)]
+pub(crate) enum Cell {
+    Text(String),
+    OptText(Option<String>),
+    Int(i64),
+    Dec(Decimal),
+    Time(DateTime<Utc>),
+}
+
+/// One billing table: name, description, columns.
+pub(crate) struct Spec {
+    pub name: &'static str,
+    pub comment: &'static str,
+    pub columns: &'static [(&'static str, Kind)],
+}
+
+/// Quantities and rounded money: DECIMAL(38, 9).
+pub(crate) const Q: Kind = Kind::Dec(9);
+/// Unrounded money: DECIMAL(38, 18), as in usage_summaries.
+pub(crate) const EXACT: Kind = Kind::Dec(18);
+
+/// `invoices`: one row per finalized invoice revision.
+pub(crate) const INVOICES: Spec = Spec {
+    name: "invoices",
+    comment: "meterflow finalized invoices: one row per invoice revision, with its JSON document",
+    columns: &[
+        ("invoice_id", Kind::Text),
+        ("revision", Kind::Int),
+        ("status", Kind::Text),
+        ("customer_id", Kind::Text),
+        ("customer_name", Kind::Text),
+        ("erp_customer_id", Kind::Text),
+        ("legal_entity", Kind::Text),
+        ("currency", Kind::Text),
+        ("period", Kind::Text),
+        ("period_start", Kind::Time),
+        ("period_end", Kind::Time),
+        ("issue_date", Kind::Text),
+        ("due_date", Kind::Text),
+        ("line_count", Kind::Int),
+        ("total", Q),
+        ("summary_version", Kind::Int),
+        ("content_hash", Kind::Text),
+        ("finalized_at", Kind::Time),
+        ("document", Kind::Text),
+    ],
+};
+
+/// `invoice_lines`: the lines of every invoice revision.
+pub(crate) const INVOICE_LINES: Spec = Spec {
+    name: "invoice_lines",
+    comment: "meterflow invoice lines: one row per line of each invoice revision",
+    columns: &[
+        ("invoice_id", Kind::Text),
+        ("revision", Kind::Int),
+        ("line_no", Kind::Int),
+        ("line_kind", Kind::Text),
+        ("customer_id", Kind::Text),
+        ("period", Kind::Text),
+        ("source_period", Kind::Text),
+        ("meter", Kind::OptText),
+        ("plan_version", Kind::OptText),
+        ("description", Kind::Text),
+        ("quantity", Q),
+        ("amount_unrounded", EXACT),
+        ("amount", Q),
+        ("currency", Kind::Text),
+        ("item", Kind::Text),
+        ("revenue_account", Kind::Text),
+        ("event_count", Kind::Int),
+        ("first_seq", Kind::Int),
+        ("last_seq", Kind::Int),
+    ],
+};
+
+/// `postings`: the posting ledger, one row per status change of an ERP document.
+pub(crate) const POSTINGS: Spec = Spec {
+    name: "postings",
+    comment: "meterflow posting ledger: one row per status change (pending, posted, failed) of each ERP document",
+    columns: &[
+        ("idempotency_key", Kind::Text),
+        ("document_type", Kind::Text),
+        ("invoice_id", Kind::Text),
+        ("revision", Kind::Int),
+        ("period", Kind::Text),
+        ("customer_id", Kind::Text),
+        ("target", Kind::Text),
+        ("batch_id", Kind::Text),
+        ("status", Kind::Text),
+        ("attempts", Kind::Int),
+        ("response", Kind::OptText),
+        ("amount", Q),
+        ("currency", Kind::Text),
+        ("recorded_at", Kind::Time),
+    ],
+};
+
+fn delta_err(table: &str, e: impl std::fmt::Display) -> BillingError {
+    BillingError::Delta { table: table.into(), message: e.to_string() }
+}
+
+fn arrow_type(kind: Kind) -> ArrowType {
+    match kind {
+        Kind::Text | Kind::OptText => ArrowType::Utf8,
+        Kind::Int => ArrowType::Int64,
+        Kind::Dec(s) => ArrowType::Decimal128(38, s as i8),
+        Kind::Time => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+    }
+}
+
+fn delta_type(table: &str, kind: Kind) -> Result<DataType, BillingError> {
+    Ok(match kind {
+        Kind::Text | Kind::OptText => DataType::STRING,
+        Kind::Int => DataType::LONG,
+        Kind::Dec(s) => DataType::decimal(38, s).map_err(|e| delta_err(table, e))?,
+        Kind::Time => DataType::TIMESTAMP,
+    })
+}
+
+fn unscaled(d: Decimal, scale: u8) -> Option<i128> {
+    let d = d.normalize();
+    let scale = u32::from(scale);
+    if d.scale() > scale {
+        return None;
+    }
+    d.mantissa().checked_mul(10i128.checked_pow(scale - d.scale())?)
+}
+
+fn encode(spec: &Spec, rows: &[Vec<Cell>]) -> Result<RecordBatch, BillingError> {
+    let bad = |msg: String| delta_err(spec.name, msg);
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(spec.columns.len());
+    for (i, (name, kind)) in spec.columns.iter().enumerate() {
+        let cell = |r: &Vec<Cell>| r.get(i).cloned().ok_or_else(|| bad(format!("row without column {name}")));
+        let array: ArrayRef = match kind {
+            Kind::Text | Kind::OptText => {
+                let mut b = StringBuilder::new();
+                for r in rows {
+                    match cell(r)? {
+                        Cell::Text(s) => b.append_value(s),
+                        Cell::OptText(s) => b.append_option(s),
+                        other => return Err(bad(format!("{name}: {other:?} is not text"))),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Kind::Int => {
+                let mut b = Int64Builder::new();
+                for r in rows {
+                    match cell(r)? {
+                        Cell::Int(v) => b.append_value(v),
+                        other => return Err(bad(format!("{name}: {other:?} is not an integer"))),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Kind::Dec(scale) => {
+                let mut b = Decimal128Builder::new();
+                for r in rows {
+                    match cell(r)? {
+                        Cell::Dec(v) => b.append_value(
+                            unscaled(v, *scale)
+                                .ok_or_else(|| bad(format!("{name}: {v} does not fit DECIMAL(38, {scale})")))?,
+                        ),
+                        other => return Err(bad(format!("{name}: {other:?} is not a decimal"))),
+                    }
+                }
+                Arc::new(b.finish().with_precision_and_scale(38, *scale as i8).map_err(|e| bad(e.to_string()))?)
+            }
+            Kind::Time => {
+                let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+                for r in rows {
+                    match cell(r)? {
+                        Cell::Time(t) => b.append_value(t.timestamp_micros()),
+                        other => return Err(bad(format!("{name}: {other:?} is not a time"))),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+        };
+        columns.push(array);
+    }
+    let fields: Vec<Field> = spec
+        .columns
+        .iter()
+        .map(|(name, kind)| Field::new(*name, arrow_type(*kind), matches!(kind, Kind::OptText)))
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| bad(e.to_string()))
+}
+
+/// Appends `rows` to the table (created when absent) in one Delta commit.
+pub(crate) async fn append(data_dir: &Path, spec: &Spec, rows: &[Vec<Cell>]) -> Result<(), BillingError> {
+    let mut fields = Vec::with_capacity(spec.columns.len());
+    for (name, kind) in spec.columns {
+        fields.push(StructField::new(*name, delta_type(spec.name, *kind)?, matches!(kind, Kind::OptText)));
+    }
+    let table = open_or_create_table(data_dir, spec.name, spec.comment, fields, vec![]).await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let batch = encode(spec, rows)?;
+    table.write(vec![batch]).with_save_mode(SaveMode::Append).await.map_err(|e| delta_err(spec.name, e))?;
+    Ok(())
+}
+
+/// True when the table exists under `data_dir`.
+pub(crate) fn exists(data_dir: &Path, name: &str) -> bool {
+    data_dir.join(name).join("_delta_log").is_dir()
+}
+
+/// A SQL session over some of the tables.
+pub(crate) struct Session {
+    pub ctx: SessionContext,
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session { ctx: SessionContext::new() }
+    }
+
+    /// Registers table `name` (latest version) under `alias`; returns false when it does not exist.
+    pub async fn register(&self, data_dir: &Path, name: &str, alias: &str) -> Result<bool, BillingError> {
+        if !exists(data_dir, name) {
+            return Ok(false);
+        }
+        let table = deltalake::open_table(table_url(data_dir, name)?).await.map_err(|e| delta_err(name, e))?;
+        self.add(name, alias, table).await?;
+        Ok(true)
+    }
+
+    /// Registers `usage_summaries` as of `version` under `alias`.
+    pub async fn register_summaries_at(&self, data_dir: &Path, version: u64, alias: &str) -> Result<(), BillingError> {
+        let url = table_url(data_dir, SUMMARIES_TABLE)?;
+        let table = deltalake::open_table_with_version(url, version).await.map_err(|e| {
+            delta_err(
+                SUMMARIES_TABLE,
+                format!("cannot read version {version} (its log may have expired: logs are kept 400 days): {e}"),
+            )
+        })?;
+        self.add(SUMMARIES_TABLE, alias, table).await
+    }
+
+    async fn add(&self, name: &str, alias: &str, table: deltalake::DeltaTable) -> Result<(), BillingError> {
+        let provider = table.table_provider().await.map_err(|e| delta_err(name, e))?;
+        self.ctx.register_table(alias, provider).map_err(|e| BillingError::Sql(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Runs a query; every cell as its display string (decimals exact), `""` for null.
+    pub async fn rows(&self, sql: &str) -> Result<Vec<Vec<String>>, BillingError> {
+        let sql_err = |e: &dyn std::fmt::Display| BillingError::Sql(format!("{e}\n  in: {sql}"));
+        let df = self.ctx.sql(sql).await.map_err(|e| sql_err(&e))?;
+        let batches = df.collect().await.map_err(|e| sql_err(&e))?;
+        let mut out = Vec::new();
+        for b in &batches {
+            for row in meterflow_sink::sql::cells(b)? {
+                out.push(row.into_iter().map(Option::unwrap_or_default).collect());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses a decimal cell.
+pub(crate) fn dec(s: &str) -> Result<Decimal, BillingError> {
+    if s.is_empty() {
+        return Ok(Decimal::ZERO);
+    }
+    s.parse().map_err(|e| BillingError::Sql(format!("not a decimal: {s:?} ({e})")))
+}
+
+/// Parses an integer cell.
+pub(crate) fn int(s: &str) -> Result<u64, BillingError> {
+    if s.is_empty() {
+        return Ok(0);
+    }
+    s.parse().map_err(|e| BillingError::Sql(format!("not an integer: {s:?} ({e})")))
+}
+
+/// A string literal for SQL.
+pub(crate) fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `'a', 'b'` for an `IN (...)` list (`NULL` when empty, which matches nothing).
+pub(crate) fn lit_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let v: Vec<String> = items.into_iter().map(lit).collect();
+    if v.is_empty() {
+        "NULL".into()
+    } else {
+        v.join(", ")
+    }
+}
