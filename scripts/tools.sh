@@ -66,3 +66,13 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   echo "nats-server: $NATS_SERVER_BIN"
   echo "python with deltalake and duckdb: $DELTA_READER_PYTHON"
 fi
+
+# hledger (Debian's package): a real double-entry accounting engine the tests use to check the
+# journal meterflow posts (`meterflow post --target hledger:FILE`).
+if ! command -v hledger >/dev/null 2>&1; then
+  echo "tools: installing hledger (apt)" >&2
+  SUDO=""
+  if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends hledger >&2 \
+    || { $SUDO apt-get update >&2 && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends hledger >&2; }
+fi

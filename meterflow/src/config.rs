@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use meterflow_aggregator::{MeterConfig, Meters};
 use meterflow_ingest::{CustomerConfig, Directory, NatsConfig};
-use meterflow_rater::{check_subscriptions, parse_instant, PlanConfig, PriceBook, Rounding, Subscription};
+use meterflow_rater::{check_subscriptions, parse_instant, PlanConfig, PriceBook, Subscription};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -178,24 +178,8 @@ pub struct ReferenceConfig {
     pub plans: PathBuf,
 }
 
-fn default_rounding() -> Rounding {
-    Rounding::HalfUp
-}
-
-/// `[billing]`: how money is finalised on invoices.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BillingConfig {
-    /// Rounding of each invoice line to the currency's minor unit: `half_up` or `half_even`.
-    #[serde(default = "default_rounding")]
-    pub rounding: Rounding,
-}
-
-impl Default for BillingConfig {
-    fn default() -> Self {
-        BillingConfig { rounding: default_rounding() }
-    }
-}
+/// `[billing]`: invoices and ERP posting (defined by the billing crate).
+pub use meterflow_billing::BillingConfig;
 
 const fn default_memory_limit_mb() -> usize {
     1_024
@@ -466,6 +450,24 @@ impl Reference {
             subscriptions.push(subs);
         }
         Ok(Reference { meters, directory, prices, subscriptions })
+    }
+
+    /// The customers as billing sees them.
+    pub fn accounts(&self) -> Vec<meterflow_billing::Account> {
+        self.directory
+            .customers()
+            .iter()
+            .zip(&self.subscriptions)
+            .map(|(c, subs)| meterflow_billing::Account {
+                id: c.id.clone(),
+                name: c.name.clone().unwrap_or_else(|| c.id.clone()),
+                erp_customer_id: c.erp_customer_id.clone(),
+                legal_entity: c.legal_entity.clone(),
+                currency: c.currency.clone(),
+                anchor_day: c.billing_anchor_day,
+                subscriptions: subs.clone(),
+            })
+            .collect()
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod finance;
 pub mod local_nats;
 pub mod pipeline;
 pub mod rerate;

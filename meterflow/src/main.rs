@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use meterflow::config::{Config, Overrides};
 use meterflow::demo::{self, DemoOptions};
+use meterflow::finance;
 use meterflow::pipeline::{Pipeline, RunOptions};
 use meterflow_sink::sql::{render, Format, ReadOnlySql};
 use std::path::PathBuf;
@@ -52,6 +53,16 @@ enum OutputFormat {
     Json,
 }
 
+impl From<OutputFormat> for Format {
+    fn from(f: OutputFormat) -> Format {
+        match f {
+            OutputFormat::Table => Format::Table,
+            OutputFormat::Csv => Format::Csv,
+            OutputFormat::Json => Format::Json,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the pipeline: consume the USAGE stream, commit rated summaries to the Delta tables,
@@ -98,6 +109,65 @@ enum Command {
         /// periods start on an anchor day.
         #[arg(long, value_name = "PERIOD")]
         period: String,
+    },
+    /// Compute the invoices of a closed billing period with SQL over the tables and finalize
+    /// them: Delta tables invoices and invoice_lines plus one JSON document per invoice. One
+    /// invoice per customer, legal entity and currency; usage lines per meter with tier
+    /// breakdowns, recurring fees, minimum true-ups, and adjustments for late usage of earlier
+    /// closed periods. Running it again changes nothing (same ids, same bytes).
+    Invoice {
+        #[command(flatten)]
+        common: Common,
+        /// The billing period: YYYY-MM, or YYYY-MM-DD for customers billed from an anchor day.
+        #[arg(long, value_name = "PERIOD")]
+        period: String,
+        /// Only this customer id.
+        #[arg(long, value_name = "ID")]
+        customer: Option<String>,
+        /// Compute a draft (also of an open period) and write nothing.
+        #[arg(long)]
+        preview: bool,
+        /// Issue a new revision of finalized invoices whose content changed (for example after
+        /// a reference data fix). Without it, a change is refused and nothing is written.
+        #[arg(long)]
+        revise: bool,
+        /// Folder for the JSON documents (default <data-dir>/documents/invoices).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Print the JSON documents instead of the text form.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Post the finalized invoices of a period to the ERP as AR invoices and balanced journal
+    /// entries, in batches, recording each document in the postings ledger. Documents already
+    /// posted to the target are never sent again. Exits 1 when a document failed or is pending.
+    Post {
+        #[command(flatten)]
+        common: Common,
+        /// The billing period: YYYY-MM or YYYY-MM-DD.
+        #[arg(long, value_name = "PERIOD")]
+        period: String,
+        /// file:DIR (JSON Lines per batch + CSV journal import; default
+        /// file:<data-dir>/documents/erp), http(s)://... (POST per batch with an
+        /// Idempotency-Key header), or hledger:FILE (an hledger journal).
+        #[arg(long, value_name = "TARGET")]
+        target: Option<String>,
+        /// Also resend documents the target refused before.
+        #[arg(long)]
+        retry_failed: bool,
+    },
+    /// Compare, per customer and meter, the summarized usage of a period with the invoice lines
+    /// that bill it, and each invoice with its posted documents. Prints the variances; exits 1
+    /// when any is not zero.
+    Reconcile {
+        #[command(flatten)]
+        common: Common,
+        /// The billing period: YYYY-MM or YYYY-MM-DD.
+        #[arg(long, value_name = "PERIOD")]
+        period: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
     },
     /// Start a local nats-server with JetStream (unless --nats-url is given), publish a
     /// realistic workload with duplicates and bad events, run the pipeline until drained,
@@ -195,11 +265,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             let (batches, cut) = sql.query_limited(&query).await?;
-            let format = match format {
-                OutputFormat::Table => Format::Table,
-                OutputFormat::Csv => Format::Csv,
-                OutputFormat::Json => Format::Json,
-            };
+            let format: Format = format.into();
             let out = render(&batches, format)?;
             print!("{out}");
             if format == Format::Table && !out.ends_with('\n') {
@@ -215,27 +281,31 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Close { common, period } => {
             init_logging("warn");
-            let config = common.load()?;
-            let p = meterflow_rater::Period::parse(&period)
-                .with_context(|| format!("--period {period:?} is not YYYY-MM (for example 2026-11) or YYYY-MM-DD (an anchored period's first day)"))?;
-            let table = meterflow_sink::SummaryTable::open_or_create(&config.storage.data_dir).await?;
-            let mut periods = meterflow_sink::PeriodTable::open_or_create(&config.storage.data_dir).await?;
-            if let Some(c) = periods.closed().await?.get(&p.label()) {
-                println!(
-                    "{} was already closed at {} ({}), sealing usage_summaries version {}; closed periods are never reopened",
-                    c.period,
-                    c.closed_at.to_rfc3339(),
-                    c.closed_by,
-                    c.sealed_version
-                );
-                return Ok(());
+            println!("{}", finance::close(&common.load()?, &period).await?);
+            Ok(())
+        }
+        Command::Invoice { common, period, customer, preview, revise, out, json } => {
+            init_logging("warn");
+            let opts = finance::InvoiceOptions { period, customer, preview, revise, out, json };
+            print!("{}", finance::invoice(&common.load()?, &opts).await?);
+            Ok(())
+        }
+        Command::Post { common, period, target, retry_failed } => {
+            init_logging("warn");
+            let (text, ok) = finance::post(&common.load()?, &period, target.as_deref(), retry_failed).await?;
+            print!("{text}");
+            if !ok {
+                bail!("some documents were not posted (listed above)");
             }
-            let sealed = table.version().unwrap_or_default();
-            periods.close(&p.label(), p.start, p.end, "manual", sealed).await?;
-            println!(
-                "closed {} sealing usage_summaries version {sealed}; later usage for it becomes adjustments",
-                p.label()
-            );
+            Ok(())
+        }
+        Command::Reconcile { common, period, format } => {
+            init_logging("warn");
+            let (text, clean) = finance::reconcile(&common.load()?, &period, format.into()).await?;
+            print!("{text}");
+            if !clean {
+                bail!("{period} does not reconcile: see the non-zero variances above");
+            }
             Ok(())
         }
         Command::Rerate { common, period } => {

@@ -3,27 +3,12 @@
 
 mod common;
 
-use async_nats::HeaderMap;
-use common::{sigterm, wait_until, TestEnv};
+use common::{event, publish, sigterm, wait_until, TestEnv};
 use meterflow::config::{Config, Overrides, Reference};
 use meterflow::workload::{self, WorkloadSpec};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-fn event(id: &str, subject: &str, kind: &str, time: &str, data: &str) -> String {
-    format!(
-        r#"{{"specversion":"1.0","id":"{id}","source":"gw/eu-1","type":"{kind}","subject":"{subject}","time":"{time}","data":{data}}}"#
-    )
-}
-
-async fn publish(js: &async_nats::jetstream::Context, subject: &str, payload: String, msg_id: Option<&str>) -> u64 {
-    let mut headers = HeaderMap::new();
-    if let Some(id) = msg_id {
-        headers.insert("Nats-Msg-Id", id);
-    }
-    js.publish_with_headers(subject.to_string(), headers, payload.into()).await.unwrap().await.unwrap().sequence
-}
 
 /// (customer, meter) -> (quantity, amount, events) from SQL.
 fn totals(env: &TestEnv) -> BTreeMap<(String, String), (Decimal, Decimal, u64)> {

@@ -41,7 +41,9 @@ FROM usage_summaries WHERE row_kind IN ('late', 'adjustment')) \
 GROUP BY 1, 2, 3";
 
 /// The tables meterflow writes, in the order they are registered.
-pub const TABLES: &[&str] = &[SUMMARIES_TABLE, crate::PERIODS_TABLE, crate::REJECTIONS_TABLE];
+/// The billing tables (written by meterflow-billing) are registered too when present.
+pub const TABLES: &[&str] =
+    &[SUMMARIES_TABLE, crate::PERIODS_TABLE, crate::REJECTIONS_TABLE, "invoices", "invoice_lines", "postings"];
 
 /// Resource limits of a SQL session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! store, a temporary data directory, and the real `meterflow` binary.
 #![allow(dead_code)]
 
+use async_nats::HeaderMap;
 use meterflow::local_nats::LocalNats;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -114,4 +115,20 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn sigterm(child: &Child) {
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
     assert!(status.success());
+}
+
+/// A CloudEvents JSON event.
+pub fn event(id: &str, subject: &str, kind: &str, time: &str, data: &str) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"gw/eu-1","type":"{kind}","subject":"{subject}","time":"{time}","data":{data}}}"#
+    )
+}
+
+/// Publishes and waits for the stream's ack; returns the stream sequence.
+pub async fn publish(js: &async_nats::jetstream::Context, subject: &str, payload: String, msg_id: Option<&str>) -> u64 {
+    let mut headers = HeaderMap::new();
+    if let Some(id) = msg_id {
+        headers.insert("Nats-Msg-Id", id);
+    }
+    js.publish_with_headers(subject.to_string(), headers, payload.into()).await.unwrap().await.unwrap().sequence
 }

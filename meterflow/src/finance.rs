@@ -1,0 +1,208 @@
+//! The period-close commands for finance: `close`, `invoice`, `post`, `reconcile`. Each returns
+//! the text it prints, so the CLI and the demo share them.
+
+use anyhow::{Context, Result};
+use meterflow_billing::{
+    post_period, reconcile as reconcile_period, run_invoices, Invoice, InvoiceRequest, Outcome, Target,
+};
+use meterflow_sink::sql::{render, Format};
+use meterflow_sink::{PeriodTable, SummaryTable};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::config::{Config, Reference};
+
+/// Folder of the invoice JSON documents: `<data_dir>/documents/invoices`.
+pub fn invoice_dir(config: &Config) -> PathBuf {
+    config.storage.data_dir.join("documents").join("invoices")
+}
+
+/// The default posting target: `file:<data_dir>/documents/erp`.
+pub fn default_target(config: &Config) -> String {
+    format!("file:{}", config.storage.data_dir.join("documents").join("erp").display())
+}
+
+/// Closes a billing period now, sealing the current summaries version.
+pub async fn close(config: &Config, period: &str) -> Result<String> {
+    let p = meterflow_rater::Period::parse(period).with_context(|| {
+        format!(
+            "--period {period:?} is not YYYY-MM (for example 2026-11) or YYYY-MM-DD (an anchored period's first day)"
+        )
+    })?;
+    let table = SummaryTable::open_or_create(&config.storage.data_dir).await?;
+    let mut periods = PeriodTable::open_or_create(&config.storage.data_dir).await?;
+    if let Some(c) = periods.closed().await?.get(&p.label()) {
+        return Ok(format!(
+            "{} was already closed at {} ({}), sealing usage_summaries version {}; closed periods are never reopened",
+            c.period,
+            c.closed_at.to_rfc3339(),
+            c.closed_by,
+            c.sealed_version
+        ));
+    }
+    let sealed = table.version().unwrap_or_default();
+    periods.close(&p.label(), p.start, p.end, "manual", sealed).await?;
+    Ok(format!("closed {} sealing usage_summaries version {sealed}; later usage for it becomes adjustments", p.label()))
+}
+
+/// An invoice as text, line by line, with tier breakdowns.
+pub fn render_invoice(inv: &Invoice) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} r{} [{}]  {} ({}, ERP {})  {}  {}",
+        inv.invoice_id,
+        inv.revision,
+        inv.status,
+        inv.customer_name,
+        inv.customer_id,
+        inv.erp_customer_id,
+        inv.legal_entity,
+        inv.currency
+    );
+    let _ = writeln!(
+        s,
+        "  period {} ({} to {}), issued {}, due {}, from usage_summaries version {}",
+        inv.period,
+        inv.period_start.format("%Y-%m-%d"),
+        inv.period_end.format("%Y-%m-%d"),
+        inv.issue_date,
+        inv.due_date,
+        inv.summary_version
+    );
+    for l in &inv.lines {
+        let _ = writeln!(
+            s,
+            "  {:>3}  {:<15} {:<70} {:>14} {:>12}",
+            l.line_no,
+            l.kind,
+            l.description,
+            l.quantity.to_string(),
+            l.amount.to_string()
+        );
+        for t in &l.tiers {
+            let _ = writeln!(
+                s,
+                "         tier {}: {} x {}{} = {}",
+                t.tier,
+                t.quantity,
+                t.unit_price,
+                if t.flat_fee.is_zero() { String::new() } else { format!(" + {}", t.flat_fee) },
+                t.amount
+            );
+        }
+    }
+    let _ = writeln!(s, "  total {} {}", inv.currency, inv.total);
+    s
+}
+
+/// Options of `meterflow invoice`.
+#[derive(Debug, Clone)]
+pub struct InvoiceOptions {
+    /// Period label.
+    pub period: String,
+    /// Only this customer.
+    pub customer: Option<String>,
+    /// Draft only.
+    pub preview: bool,
+    /// Issue new revisions of changed invoices.
+    pub revise: bool,
+    /// Folder of the JSON documents (default [`invoice_dir`]).
+    pub out: Option<PathBuf>,
+    /// Print the JSON documents instead of text.
+    pub json: bool,
+}
+
+/// Computes (and finalizes, unless previewing) the invoices of a period.
+pub async fn invoice(config: &Config, opts: &InvoiceOptions) -> Result<String> {
+    let reference = Reference::load(config)?;
+    let request = InvoiceRequest {
+        period: opts.period.clone(),
+        customer: opts.customer.clone(),
+        preview: opts.preview,
+        revise: opts.revise,
+        out_dir: opts.out.clone().unwrap_or_else(|| invoice_dir(config)),
+    };
+    let run =
+        run_invoices(&config.storage.data_dir, &reference.accounts(), &reference.prices, &config.billing, &request)
+            .await?;
+    let mut s = String::new();
+    if run.invoices.is_empty() {
+        let _ = writeln!(s, "{}: no customer has anything to bill", opts.period);
+    }
+    for (inv, outcome) in &run.invoices {
+        if opts.json {
+            s.push_str(&inv.to_json()?);
+        } else {
+            s.push_str(&render_invoice(inv));
+            let _ = writeln!(s, "  -> {}\n", outcome.as_str());
+        }
+    }
+    if !opts.json && !opts.preview {
+        let n = |o: Outcome| run.invoices.iter().filter(|(_, x)| *x == o).count();
+        let _ = writeln!(
+            s,
+            "{}: {} invoices from usage_summaries version {}: {} finalized, {} revised, {} unchanged; documents in {}",
+            opts.period,
+            run.invoices.len(),
+            run.summary_version,
+            n(Outcome::Finalized),
+            n(Outcome::Revised),
+            n(Outcome::Unchanged),
+            request.out_dir.join(&opts.period).display()
+        );
+    }
+    Ok(s)
+}
+
+/// Posts a period's ERP documents; the flag is false when anything failed or is still pending.
+pub async fn post(config: &Config, period: &str, target: Option<&str>, retry_failed: bool) -> Result<(String, bool)> {
+    let spec = target.map_or_else(|| default_target(config), str::to_string);
+    let target = Target::parse(&spec)?;
+    let r = post_period(&config.storage.data_dir, period, &target, &config.billing, retry_failed).await?;
+    let mut s = format!(
+        "{period} -> {}: {} documents, {} posted now in {} batches ({} requests), {} already posted, {} failed, {} failed before (not resent; --retry-failed), {} still pending\n",
+        target.label(),
+        r.documents,
+        r.posted,
+        r.batches,
+        r.requests,
+        r.already_posted,
+        r.failed.len(),
+        r.previously_failed,
+        r.pending.len()
+    );
+    for (key, why) in &r.failed {
+        let _ = writeln!(s, "  failed  {key}: {why}");
+    }
+    for (key, why) in &r.pending {
+        let _ = writeln!(s, "  pending {key}: {why}");
+    }
+    Ok((s, r.failed.is_empty() && r.pending.is_empty()))
+}
+
+/// Reconciles a period; the flag is true when every variance is zero.
+pub async fn reconcile(config: &Config, period: &str, format: Format) -> Result<(String, bool)> {
+    let r = reconcile_period(&config.storage.data_dir, period).await?;
+    let mut s = String::new();
+    if format == Format::Table {
+        let _ = writeln!(s, "usage of {period}: summaries (events, quantity, exact amount) vs invoice lines");
+    }
+    s.push_str(&render(&r.usage, format)?);
+    if format == Format::Table {
+        let _ = writeln!(s, "\ninvoices of {period}: invoice total vs posted documents");
+    }
+    s.push_str(&render(&r.posting, format)?);
+    if format == Format::Table {
+        let _ = writeln!(
+            s,
+            "\n{}",
+            if r.variances == 0 {
+                format!("{period}: reconciled, every variance is zero")
+            } else {
+                format!("{period}: {} rows with a non-zero variance", r.variances)
+            }
+        );
+    }
+    Ok((s, r.variances == 0))
+}

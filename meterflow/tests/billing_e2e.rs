@@ -1,0 +1,402 @@
+//! End-to-end period close: a fixed workload through the real pipeline, then `close`,
+//! `invoice`, `post` (folder, hledger, HTTP) and `reconcile` with the real binary.
+//!
+//! Golden invoices live in `tests/golden/invoices/`. After an intended change, regenerate them
+//! with `UPDATE_GOLDEN=1 bash scripts/test.sh --test billing_e2e` and review the diff.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by design
+
+mod common;
+
+use common::{event, publish, TestEnv};
+use rust_decimal::Decimal;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Periods never close by themselves here (their ends are long past): the test closes them.
+const NO_AUTO_CLOSE: (&str, &str) = ("METERFLOW_LATENESS__PERIOD_GRACE_S", "315360000");
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/invoices")
+}
+
+fn ok(out: Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "command failed: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+fn run(env: &TestEnv, sub: &str, args: &[&str]) -> Output {
+    env.command(sub).args(args).envs([NO_AUTO_CLOSE]).output().expect("meterflow runs")
+}
+
+/// The fixed workload: acme (calendar months, USD) and globex (periods from the 15th, EUR).
+async fn publish_fixed_workload(js: &async_nats::jetstream::Context) {
+    let events = [
+        ("a1", "acme", "api_calls", "2026-09-03T10:15:00Z", r#"{"requests":100000,"region":"us-east-1"}"#),
+        ("a2", "acme", "api_calls", "2026-09-17T08:00:00Z", r#"{"requests":50000,"region":"eu-west-1"}"#),
+        ("a3", "acme", "llm_tokens", "2026-09-05T12:00:00Z", r#"{"tokens":250000,"model":"small"}"#),
+        ("a4", "acme", "user_seen", "2026-09-05T09:00:00Z", r#"{"user_id":"u1"}"#),
+        ("a5", "acme", "user_seen", "2026-09-05T10:00:00Z", r#"{"user_id":"u2"}"#),
+        ("a6", "acme", "user_seen", "2026-09-05T11:00:00Z", r#"{"user_id":"u1"}"#),
+        ("a7", "acme", "user_seen", "2026-09-06T09:00:00Z", r#"{"user_id":"u1"}"#),
+        ("a8", "acme", "storage", "2026-09-05T00:30:00Z", r#"{"gigabytes":12.5}"#),
+        ("a9", "acme", "storage", "2026-09-06T00:30:00Z", r#"{"gigabytes":30}"#),
+        ("a10", "acme", "api_calls", "2026-10-02T10:00:00Z", r#"{"requests":5000,"region":"us-east-1"}"#),
+        ("g1", "globex", "api_calls", "2026-09-20T10:00:00Z", r#"{"requests":10000,"region":"eu-central-1"}"#),
+        ("g2", "globex-eu", "llm_tokens", "2026-10-01T10:00:00Z", r#"{"tokens":2000000,"model":"large"}"#),
+    ];
+    for (id, subject, kind, time, data) in events {
+        publish(js, "usage.fixed", event(id, subject, kind, time, data), None).await;
+    }
+}
+
+/// Replaces the fields that depend on how many commits the pipeline made.
+fn masked(json: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+    for field in ["summary_version", "adjustments_after_version", "content_hash"] {
+        if let Some(x) = v.get_mut(field) {
+            if !x.is_null() {
+                *x = serde_json::Value::String("<masked>".into());
+            }
+        }
+    }
+    serde_json::to_string_pretty(&v).unwrap() + "\n"
+}
+
+fn invoice_files(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for period in std::fs::read_dir(dir).unwrap() {
+        let period = period.unwrap().path();
+        for f in std::fs::read_dir(&period).unwrap() {
+            let f = f.unwrap().path();
+            let name = format!("{}-{}", period.file_name().unwrap().to_string_lossy(), customer_of(&f));
+            out.insert(name, std::fs::read_to_string(&f).unwrap());
+        }
+    }
+    out
+}
+
+fn customer_of(path: &Path) -> String {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["customer_id"].as_str().unwrap().to_string()
+}
+
+/// Runs the fixed workload and closes and invoices its periods; returns the environment.
+async fn billed_environment() -> TestEnv {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    publish_fixed_workload(&js).await;
+    env.run_until_idle(&[NO_AUTO_CLOSE]);
+    for p in ["2026-09", "2026-09-15"] {
+        ok(run(&env, "close", &["--period", p]));
+    }
+    // Late usage for the closed September: an adjustment on October's invoice.
+    let late = r#"{"requests":1000,"region":"us-east-1"}"#;
+    publish(&js, "usage.fixed", event("late1", "acme", "api_calls", "2026-09-29T10:00:00Z", late), None).await;
+    env.run_until_idle(&[NO_AUTO_CLOSE]);
+    for p in ["2026-10", "2026-10-15"] {
+        ok(run(&env, "close", &["--period", p]));
+    }
+    for p in ["2026-09", "2026-09-15", "2026-10", "2026-10-15"] {
+        ok(run(&env, "invoice", &["--period", p]));
+    }
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_workload_gives_the_golden_invoices_and_rerunning_changes_nothing() {
+    let env = billed_environment().await;
+    let docs = env.data_dir().join("documents/invoices");
+    let got = invoice_files(&docs);
+    let golden = golden_dir();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(&golden).unwrap();
+        for (name, json) in &got {
+            std::fs::write(golden.join(format!("{name}.json")), masked(json)).unwrap();
+        }
+    }
+    let mut expected = BTreeMap::new();
+    for f in std::fs::read_dir(&golden).unwrap() {
+        let f = f.unwrap().path();
+        let name = f.file_stem().unwrap().to_string_lossy().to_string();
+        expected.insert(name, std::fs::read_to_string(&f).unwrap());
+    }
+    let got_masked: BTreeMap<String, String> = got.iter().map(|(k, v)| (k.clone(), masked(v))).collect();
+    assert_eq!(got_masked.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+    for (name, json) in &got_masked {
+        assert_eq!(json, &expected[name], "invoice {name} differs from its golden file (UPDATE_GOLDEN=1 to accept)");
+    }
+
+    // Re-running reproduces every document byte for byte and writes nothing new.
+    let before = invoice_files(&docs);
+    for p in ["2026-09", "2026-10"] {
+        let out = ok(run(&env, "invoice", &["--period", p]));
+        assert!(out.contains("0 finalized, 0 revised, 1 unchanged"), "{out}");
+    }
+    assert_eq!(invoice_files(&docs), before);
+    let revisions = env.sql("SELECT COUNT(*) FROM invoices");
+    assert_eq!(revisions[1][0], "4");
+
+    // An open period can only be previewed.
+    let open = run(&env, "invoice", &["--period", "2026-11"]);
+    assert!(!open.status.success());
+    assert!(String::from_utf8_lossy(&open.stderr).contains("still open"));
+    let preview = ok(run(&env, "invoice", &["--period", "2026-11", "--preview"]));
+    assert!(preview.contains("[preview]"), "{preview}");
+}
+
+fn hledger() -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("hledger"))
+        .find(|p| p.is_file());
+    found.expect("hledger is not installed: run scripts/tools.sh (it installs Debian's hledger)")
+}
+
+/// Sum of finalized invoice totals per currency, from SQL.
+fn invoice_totals(env: &TestEnv) -> BTreeMap<String, Decimal> {
+    env.sql("SELECT currency, SUM(total) FROM invoices GROUP BY 1")
+        .into_iter()
+        .skip(1)
+        .map(|r| (r[0].clone(), r[1].parse::<Decimal>().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posting_to_a_folder_and_to_hledger_balances_reconciles_and_never_posts_twice() {
+    let env = billed_environment().await;
+    // Folder target: JSON Lines batches and a CSV journal import.
+    for p in ["2026-09", "2026-09-15", "2026-10", "2026-10-15"] {
+        let out = ok(run(&env, "post", &["--period", p]));
+        assert!(out.contains("0 already posted"), "{out}");
+        let again = ok(run(&env, "post", &["--period", p]));
+        assert!(again.contains("0 posted now in 0 batches") && again.contains("2 already posted"), "{again}");
+    }
+    let outbox = env.data_dir().join("documents/erp");
+    let names: Vec<String> =
+        std::fs::read_dir(&outbox).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert!(names.iter().any(|n| n.starts_with("batch-") && n.ends_with(".jsonl")), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("journal-") && n.ends_with(".csv")), "{names:?}");
+
+    // hledger target: a real accounting engine checks the journal and its balances.
+    let journal = env.dir.path().join("books.journal");
+    let target = format!("hledger:{}", journal.display());
+    for p in ["2026-09", "2026-09-15", "2026-10", "2026-10-15"] {
+        ok(run(&env, "post", &["--period", p, "--target", &target]));
+        ok(run(&env, "post", &["--period", p, "--target", &target]));
+    }
+    let check = std::process::Command::new(hledger())
+        .args(["-f", &journal.display().to_string(), "check", "-s"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "hledger check failed: {}\n{}",
+        String::from_utf8_lossy(&check.stderr),
+        std::fs::read_to_string(&journal).unwrap()
+    );
+    let bal = std::process::Command::new(hledger())
+        .args(["-f", &journal.display().to_string(), "balance", "assets", "-O", "csv", "-N"])
+        .output()
+        .unwrap();
+    let bal = String::from_utf8_lossy(&bal.stdout).to_string();
+    let mut receivable: BTreeMap<String, Decimal> = BTreeMap::new();
+    for line in bal.lines().skip(1) {
+        // "account","balance" where balance is like "171.55 USD" (one commodity per row or
+        // several joined with ", ").
+        let cell = line.rsplit("\",\"").next().unwrap_or_default().trim_matches('"');
+        for amount in cell.split(", ") {
+            if let Some((n, c)) = amount.trim().split_once(' ') {
+                *receivable.entry(c.to_string()).or_default() += n.replace(',', "").parse::<Decimal>().unwrap();
+            }
+        }
+    }
+    assert_eq!(receivable, invoice_totals(&env), "hledger receivables vs invoice totals:\n{bal}");
+
+    // Reconciliation is clean, and names the exact variance once a summary row is gone.
+    for p in ["2026-09", "2026-10"] {
+        let out = ok(run(&env, "reconcile", &["--period", p]));
+        assert!(out.contains("reconciled, every variance is zero"), "{out}");
+    }
+    let copy = env.dir.path().join("copy");
+    copy_dir(&env.data_dir(), &copy);
+    let url = meterflow_sink::table_url(&copy, "usage_summaries").unwrap();
+    let table = meterflow_sink::deltalake::open_table(url).await.unwrap();
+    let (_table, metrics) =
+        table.delete().with_predicate("meter = 'llm_tokens' AND customer_id = 'acme'").await.unwrap();
+    assert_eq!(metrics.num_deleted_rows, Some(1));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterflow"))
+        .args(["reconcile", "--period", "2026-09", "--format", "csv", "--config"])
+        .arg(&env.config)
+        .arg("--data-dir")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a missing summary row must fail the reconciliation");
+    let csv = String::from_utf8_lossy(&out.stdout).to_string();
+    let row = csv
+        .lines()
+        .find(|l| l.starts_with("acme,llm_tokens,"))
+        .unwrap_or_else(|| panic!("no row for the removed usage in:\n{csv}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let cells: Vec<&str> = row.split(',').collect();
+    // summary_events, invoiced_events, events_variance, ..., quantity_variance, ..., amount_variance
+    assert_eq!((cells[2], cells[3], cells[4]), ("0", "1", "-1"), "{row}");
+    assert_eq!(cells[7].parse::<Decimal>().unwrap(), Decimal::from(-250_000), "{row}");
+    assert_eq!(cells[10].parse::<Decimal>().unwrap(), "-0.45".parse::<Decimal>().unwrap(), "{row}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A test ERP: answers 429, then 503, then drops a connection, then accepts; refuses (400) any
+/// batch for ERP customer C-20002; books each document once by its idempotency key.
+#[derive(Default)]
+struct Erp {
+    requests: usize,
+    /// Idempotency-Key headers seen, in order.
+    batch_keys: Vec<String>,
+    /// Document key -> times booked.
+    booked: BTreeMap<String, usize>,
+}
+
+async fn serve_erp(listener: tokio::net::TcpListener, erp: Arc<Mutex<Erp>>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else { return };
+        let erp = erp.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let (head_end, length) = loop {
+                let Ok(n) = sock.read(&mut chunk).await else { return };
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    break (i + 4, len);
+                }
+            };
+            while buf.len() < head_end + length {
+                let Ok(n) = sock.read(&mut chunk).await else { return };
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+            let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).to_string();
+            let key = head
+                .lines()
+                .find_map(|l| l.to_lowercase().starts_with("idempotency-key:").then(|| l[16..].trim().to_string()))
+                .unwrap_or_default();
+            let (status, reply) = {
+                let mut erp = erp.lock().unwrap();
+                erp.requests += 1;
+                erp.batch_keys.push(key);
+                match erp.requests {
+                    1 => (429, r#"{"error":"slow down"}"#.to_string()),
+                    2 => (503, r#"{"error":"maintenance"}"#.to_string()),
+                    3 => (0, String::new()),
+                    _ if body.contains("\"C-20002\"") => (400, r#"{"error":"unknown customer C-20002"}"#.to_string()),
+                    _ => {
+                        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                        for d in v["documents"].as_array().unwrap() {
+                            *erp.booked.entry(d["idempotency_key"].as_str().unwrap().to_string()).or_default() += 1;
+                        }
+                        (200, r#"{"accepted":true}"#.to_string())
+                    }
+                }
+            };
+            if status == 0 {
+                return; // drop the connection without an answer
+            }
+            let resp = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_posting_retries_transient_failures_records_refusals_and_sends_each_document_once() {
+    let env = billed_environment().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/erp/batches", listener.local_addr().unwrap());
+    let erp = Arc::new(Mutex::new(Erp::default()));
+    tokio::spawn(serve_erp(listener, erp.clone()));
+    let post = |period: &'static str| {
+        let mut c = env.command("post");
+        c.args(["--period", period, "--target", &url]).envs([
+            NO_AUTO_CLOSE,
+            ("METERFLOW_BILLING__POST_BATCH_SIZE", "2"),
+            ("METERFLOW_BILLING__HTTP_BACKOFF_INITIAL_MS", "20"),
+        ]);
+        c
+    };
+    let first = tokio::task::spawn_blocking({
+        let mut c = post("2026-10");
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(first.status.success(), "{text}{}", String::from_utf8_lossy(&first.stderr));
+    assert!(text.contains("2 posted now in 1 batches (4 requests)"), "{text}");
+    let globex = tokio::task::spawn_blocking({
+        let mut c = post("2026-10-15");
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&globex.stdout).to_string();
+    assert!(!globex.status.success(), "a refused document fails the command");
+    assert!(text.contains("2 failed") && text.contains("unknown customer C-20002"), "{text}");
+
+    let requests_before = erp.lock().unwrap().requests;
+    for period in ["2026-10", "2026-10-15"] {
+        let again = tokio::task::spawn_blocking({
+            let mut c = post(period);
+            move || c.output().unwrap()
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&again.stdout).to_string();
+        assert!(text.contains("0 posted now in 0 batches"), "{text}");
+    }
+    let erp = erp.lock().unwrap();
+    assert_eq!(erp.requests, requests_before, "a second post sends nothing");
+    assert_eq!(requests_before, 5, "429, 503, dropped, accepted, then one refused batch");
+    let retried: BTreeSet<&String> = erp.batch_keys[..4].iter().collect();
+    assert_eq!(retried.len(), 1, "retries carry the same Idempotency-Key: {:?}", erp.batch_keys);
+    assert_eq!(erp.booked.len(), 2);
+    assert!(erp.booked.values().all(|n| *n == 1), "each document booked once: {:?}", erp.booked);
+
+    let ledger = env.sql(
+        "SELECT status, COUNT(DISTINCT idempotency_key) FROM postings WHERE target LIKE 'http%' AND status <> 'pending' GROUP BY 1 ORDER BY 1",
+    );
+    assert_eq!(ledger[1..], [vec!["failed".to_string(), "2".to_string()], vec!["posted".to_string(), "2".to_string()]]);
+}
