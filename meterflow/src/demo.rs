@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Overrides, Reference};
+use crate::finance;
 use crate::local_nats::LocalNats;
 use crate::pipeline::{Pipeline, RunOptions};
 use crate::workload::{self, WorkloadSpec};
@@ -168,15 +169,58 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         );
     }
 
+    period_close(&config, &sql).await?;
+
     let dir = config.storage.data_dir.display();
     let cfg = options.config.display();
     println!("\nThe tables stay in {dir}. Explore them with SQL, for example:");
     println!("  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} \"SELECT * FROM window_totals ORDER BY window_start LIMIT 10\"");
     println!("  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} --format csv \"SELECT customer_id, date_trunc('day', window_start) AS day, meter, SUM(quantity) AS quantity, SUM(amount) AS amount FROM usage_summaries GROUP BY 1, 2, 3 ORDER BY 1, 2, 3\"");
+    println!("  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} \"SELECT invoice_id, customer_id, period, total, currency FROM invoices\"");
     println!("The same table from Python's deltalake and DuckDB (installed in .tools/venv by scripts/tools.sh):");
     println!(
         "  .tools/venv/bin/python -c \"import deltalake, duckdb; ds = deltalake.DeltaTable('{dir}/usage_summaries').to_pyarrow_dataset(); \
          print(duckdb.sql('SELECT customer_id, meter, SUM(quantity), SUM(amount) FROM ds GROUP BY ALL ORDER BY ALL'))\""
     );
+    Ok(())
+}
+
+/// The month-end close, run now on the demo's periods: close, invoice, post to a folder,
+/// reconcile; prints each step.
+async fn period_close(config: &Config, sql: &ReadOnlySql) -> Result<()> {
+    let periods = render(
+        &sql.query("SELECT DISTINCT billing_period FROM usage_summaries ORDER BY 1").await?,
+        Format::Csv,
+    )?;
+    let periods: Vec<String> = periods.lines().skip(1).map(str::to_string).collect();
+    println!("\nPeriod close (the demo closes its periods now; in production the watermark closes them after the period ends):");
+    for p in &periods {
+        println!("  {}", finance::close(config, p).await?);
+    }
+    for p in &periods {
+        let opts = finance::InvoiceOptions {
+            period: p.clone(),
+            customer: None,
+            preview: false,
+            revise: false,
+            out: None,
+            json: false,
+        };
+        println!("\n{}", finance::invoice(config, &opts).await?);
+    }
+    for p in &periods {
+        let (text, ok) = finance::post(config, p, None, false).await?;
+        print!("{text}");
+        if !ok {
+            bail!("posting {p} failed");
+        }
+    }
+    for p in &periods {
+        let (text, clean) = finance::reconcile(config, p, Format::Table).await?;
+        println!("\n{text}");
+        if !clean {
+            bail!("{p} does not reconcile");
+        }
+    }
     Ok(())
 }
