@@ -14,24 +14,10 @@ pub enum BillingError {
     /// `--customer` names a customer that does not exist or bills on other periods.
     #[error("{0}")]
     Customer(String),
-    /// The summaries were rated under prices that differ from the plans now in force.
-    #[error("customer `{customer}`, meter `{meter}`, {plan_version}: the summaries are rated at {rated} but the plan prices the period's {quantity} units at {expected}; run `meterflow rerate --period {period}` to append the correction first")]
-    RatedAmountMismatch {
-        /// Customer.
-        customer: String,
-        /// Meter.
-        meter: String,
-        /// Plan version.
-        plan_version: String,
-        /// Period.
-        period: String,
-        /// Period quantity.
-        quantity: Decimal,
-        /// Sum of the rated amounts.
-        rated: Decimal,
-        /// Price under the current plan.
-        expected: Decimal,
-    },
+    /// The summaries were rated under prices that differ from the plans now in force (the
+    /// message names customer, meter, plan version and the rerate command to run).
+    #[error("{0}")]
+    RatedAmountMismatch(String),
     /// Reference data and the tables disagree (a plan or customer that no longer exists).
     #[error("reference data: {0}")]
     Reference(String),
@@ -61,7 +47,7 @@ pub enum BillingError {
     Nothing(String),
     /// Table access failed.
     #[error(transparent)]
-    Sink(#[from] meterflow_sink::SinkError),
+    Sink(Box<meterflow_sink::SinkError>),
     /// A Delta operation failed.
     #[error("Delta table {table}: {message}")]
     Delta {
@@ -92,11 +78,23 @@ pub enum BillingError {
     },
     /// Rating arithmetic failed.
     #[error(transparent)]
-    Rater(#[from] meterflow_rater::RaterError),
+    Rater(Box<meterflow_rater::RaterError>),
 }
 
 impl BillingError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         BillingError::Io { path: path.display().to_string(), source }
+    }
+}
+
+impl From<meterflow_sink::SinkError> for BillingError {
+    fn from(e: meterflow_sink::SinkError) -> Self {
+        BillingError::Sink(Box::new(e))
+    }
+}
+
+impl From<meterflow_rater::RaterError> for BillingError {
+    fn from(e: meterflow_rater::RaterError) -> Self {
+        BillingError::Rater(Box::new(e))
     }
 }

@@ -306,15 +306,15 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
         })?;
         let expected = charge.price(u.quantity)?;
         if expected != u.amount {
-            return Err(BillingError::RatedAmountMismatch {
-                customer: u.customer_id.clone(),
-                meter: u.meter.clone(),
-                plan_version: u.plan_version.clone(),
-                period: label.clone(),
-                quantity: u.quantity.normalize(),
-                rated: u.amount.normalize(),
-                expected: expected.normalize(),
-            });
+            return Err(BillingError::RatedAmountMismatch(format!(
+                "customer `{}`, meter `{}`, {}: the summaries are rated at {} but the plan prices the period's {} units at {}; run `meterflow rerate --period {label}` to append the correction first",
+                u.customer_id,
+                u.meter,
+                u.plan_version,
+                u.amount.normalize(),
+                u.quantity.normalize(),
+                expected.normalize()
+            )));
         }
         let tiered = matches!(charge.model, ChargeModel::Graduated { .. } | ChargeModel::Volume { .. });
         let tiers = if tiered {

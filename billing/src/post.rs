@@ -229,7 +229,7 @@ pub async fn post_period(
     let pending: Vec<Vec<Cell>> = batches
         .iter()
         .flat_map(|b| b.documents.iter().map(move |d| (b, d)))
-        .filter(|(_, d)| known.get(d.key()).is_none())
+        .filter(|(_, d)| !known.contains_key(d.key()))
         .map(|(b, d)| ledger_row(d, &label, &b.id, Status::Pending, 0, None))
         .collect();
     tables::append(data_dir, &POSTINGS, &pending).await?;

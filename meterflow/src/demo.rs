@@ -188,10 +188,8 @@ pub async fn run(options: DemoOptions) -> Result<()> {
 /// The month-end close, run now on the demo's periods: close, invoice, post to a folder,
 /// reconcile; prints each step.
 async fn period_close(config: &Config, sql: &ReadOnlySql) -> Result<()> {
-    let periods = render(
-        &sql.query("SELECT DISTINCT billing_period FROM usage_summaries ORDER BY 1").await?,
-        Format::Csv,
-    )?;
+    let periods =
+        render(&sql.query("SELECT DISTINCT billing_period FROM usage_summaries ORDER BY 1").await?, Format::Csv)?;
     let periods: Vec<String> = periods.lines().skip(1).map(str::to_string).collect();
     println!("\nPeriod close (the demo closes its periods now; in production the watermark closes them after the period ends):");
     for p in &periods {

@@ -7,10 +7,15 @@ use meterflow_billing::{
 };
 use meterflow_sink::sql::{render, Format};
 use meterflow_sink::{PeriodTable, SummaryTable};
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::config::{Config, Reference};
+
+/// Appends one line of formatted text.
+fn line(s: &mut String, args: std::fmt::Arguments<'_>) {
+    s.push_str(&args.to_string());
+    s.push('\n');
+}
 
 /// Folder of the invoice JSON documents: `<data_dir>/documents/invoices`.
 pub fn invoice_dir(config: &Config) -> PathBuf {
@@ -48,51 +53,59 @@ pub async fn close(config: &Config, period: &str) -> Result<String> {
 /// An invoice as text, line by line, with tier breakdowns.
 pub fn render_invoice(inv: &Invoice) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{} r{} [{}]  {} ({}, ERP {})  {}  {}",
-        inv.invoice_id,
-        inv.revision,
-        inv.status,
-        inv.customer_name,
-        inv.customer_id,
-        inv.erp_customer_id,
-        inv.legal_entity,
-        inv.currency
+    line(
+        &mut s,
+        format_args!(
+            "{} r{} [{}]  {} ({}, ERP {})  {}  {}",
+            inv.invoice_id,
+            inv.revision,
+            inv.status,
+            inv.customer_name,
+            inv.customer_id,
+            inv.erp_customer_id,
+            inv.legal_entity,
+            inv.currency
+        ),
     );
-    let _ = writeln!(
-        s,
-        "  period {} ({} to {}), issued {}, due {}, from usage_summaries version {}",
-        inv.period,
-        inv.period_start.format("%Y-%m-%d"),
-        inv.period_end.format("%Y-%m-%d"),
-        inv.issue_date,
-        inv.due_date,
-        inv.summary_version
+    line(
+        &mut s,
+        format_args!(
+            "  period {} ({} to {}), issued {}, due {}, from usage_summaries version {}",
+            inv.period,
+            inv.period_start.format("%Y-%m-%d"),
+            inv.period_end.format("%Y-%m-%d"),
+            inv.issue_date,
+            inv.due_date,
+            inv.summary_version
+        ),
     );
     for l in &inv.lines {
-        let _ = writeln!(
-            s,
-            "  {:>3}  {:<15} {:<70} {:>14} {:>12}",
-            l.line_no,
-            l.kind,
-            l.description,
-            l.quantity.to_string(),
-            l.amount.to_string()
+        line(
+            &mut s,
+            format_args!(
+                "  {:>3}  {:<15} {:<70} {:>14} {:>12}",
+                l.line_no,
+                l.kind,
+                l.description,
+                l.quantity.to_string(),
+                l.amount.to_string()
+            ),
         );
         for t in &l.tiers {
-            let _ = writeln!(
-                s,
-                "         tier {}: {} x {}{} = {}",
-                t.tier,
-                t.quantity,
-                t.unit_price,
-                if t.flat_fee.is_zero() { String::new() } else { format!(" + {}", t.flat_fee) },
-                t.amount
+            line(
+                &mut s,
+                format_args!(
+                    "         tier {}: {} x {}{} = {}",
+                    t.tier,
+                    t.quantity,
+                    t.unit_price,
+                    if t.flat_fee.is_zero() { String::new() } else { format!(" + {}", t.flat_fee) },
+                    t.amount
+                ),
             );
         }
     }
-    let _ = writeln!(s, "  total {} {}", inv.currency, inv.total);
+    line(&mut s, format_args!("  total {} {}", inv.currency, inv.total));
     s
 }
 
@@ -128,20 +141,21 @@ pub async fn invoice(config: &Config, opts: &InvoiceOptions) -> Result<String> {
             .await?;
     let mut s = String::new();
     if run.invoices.is_empty() {
-        let _ = writeln!(s, "{}: no customer has anything to bill", opts.period);
+        line(&mut s, format_args!("{}: no customer has anything to bill", opts.period));
     }
     for (inv, outcome) in &run.invoices {
         if opts.json {
             s.push_str(&inv.to_json()?);
         } else {
             s.push_str(&render_invoice(inv));
-            let _ = writeln!(s, "  -> {}\n", outcome.as_str());
+            line(&mut s, format_args!("  -> {}\n", outcome.as_str()));
         }
     }
     if !opts.json && !opts.preview {
         let n = |o: Outcome| run.invoices.iter().filter(|(_, x)| *x == o).count();
-        let _ = writeln!(
-            s,
+        line(
+            &mut s,
+            format_args!(
             "{}: {} invoices from usage_summaries version {}: {} finalized, {} revised, {} unchanged; documents in {}",
             opts.period,
             run.invoices.len(),
@@ -150,6 +164,7 @@ pub async fn invoice(config: &Config, opts: &InvoiceOptions) -> Result<String> {
             n(Outcome::Revised),
             n(Outcome::Unchanged),
             request.out_dir.join(&opts.period).display()
+        ),
         );
     }
     Ok(s)
@@ -173,10 +188,10 @@ pub async fn post(config: &Config, period: &str, target: Option<&str>, retry_fai
         r.pending.len()
     );
     for (key, why) in &r.failed {
-        let _ = writeln!(s, "  failed  {key}: {why}");
+        line(&mut s, format_args!("  failed  {key}: {why}"));
     }
     for (key, why) in &r.pending {
-        let _ = writeln!(s, "  pending {key}: {why}");
+        line(&mut s, format_args!("  pending {key}: {why}"));
     }
     Ok((s, r.failed.is_empty() && r.pending.is_empty()))
 }
@@ -186,22 +201,24 @@ pub async fn reconcile(config: &Config, period: &str, format: Format) -> Result<
     let r = reconcile_period(&config.storage.data_dir, period).await?;
     let mut s = String::new();
     if format == Format::Table {
-        let _ = writeln!(s, "usage of {period}: summaries (events, quantity, exact amount) vs invoice lines");
+        line(&mut s, format_args!("usage of {period}: summaries (events, quantity, exact amount) vs invoice lines"));
     }
     s.push_str(&render(&r.usage, format)?);
     if format == Format::Table {
-        let _ = writeln!(s, "\ninvoices of {period}: invoice total vs posted documents");
+        line(&mut s, format_args!("\ninvoices of {period}: invoice total vs posted documents"));
     }
     s.push_str(&render(&r.posting, format)?);
     if format == Format::Table {
-        let _ = writeln!(
-            s,
-            "\n{}",
-            if r.variances == 0 {
-                format!("{period}: reconciled, every variance is zero")
-            } else {
-                format!("{period}: {} rows with a non-zero variance", r.variances)
-            }
+        line(
+            &mut s,
+            format_args!(
+                "\n{}",
+                if r.variances == 0 {
+                    format!("{period}: reconciled, every variance is zero")
+                } else {
+                    format!("{period}: {} rows with a non-zero variance", r.variances)
+                }
+            ),
         );
     }
     Ok((s, r.variances == 0))

@@ -335,8 +335,8 @@ async fn serve_erp(listener: tokio::net::TcpListener, erp: Arc<Mutex<Erp>>) {
                 "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
                 reply.len()
             );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
+            sock.write_all(resp.as_bytes()).await.ok();
+            sock.shutdown().await.ok();
         });
     }
 }
