@@ -194,7 +194,9 @@ pub async fn run_invoices(
         match accounts.iter().find(|a| &a.id == c) {
             None => return Err(BillingError::Customer(format!("no customer `{c}` in the reference data"))),
             Some(a) if in_scope.is_empty() => {
-                let theirs = Period::containing(period.start, a.anchor_day).map(|p| p.label()).unwrap_or_default();
+                // Their period that starts in the same month.
+                let day = if a.anchor_day <= 1 { String::new() } else { format!("-{:02}", a.anchor_day) };
+                let theirs = format!("{}{day}", period.start.format("%Y-%m"));
                 return Err(BillingError::Customer(format!(
                     "customer `{c}` is billed on periods starting on day {} of the month: use --period {theirs}",
                     a.anchor_day

@@ -266,6 +266,11 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let (batches, cut) = sql.query_limited(&query).await?;
             let format: Format = format.into();
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            if rows == 0 && format == Format::Table {
+                println!("(no rows)");
+                return Ok(());
+            }
             let out = render(&batches, format)?;
             print!("{out}");
             if format == Format::Table && !out.ends_with('\n') {
