@@ -221,6 +221,14 @@ impl Broker {
         Ok(info.state.last_sequence)
     }
 
+    /// Messages currently in the dead-letter stream.
+    pub async fn dlq_depth(&self) -> Result<u64> {
+        let mut s =
+            self.js.get_stream(&self.config.dlq_stream).await.map_err(|e| js_err("get DLQ stream")(e.to_string()))?;
+        let info = s.info().await.map_err(|e| js_err("DLQ stream info")(e.to_string()))?;
+        Ok(info.state.messages)
+    }
+
     /// Flushes pending client writes (acks) to the server.
     pub async fn flush(&self) -> Result<()> {
         self.client.flush().await.map_err(|e| js_err("flush")(e.to_string()))

@@ -15,4 +15,5 @@ pub mod finance;
 pub mod local_nats;
 pub mod pipeline;
 pub mod rerate;
+pub mod status;
 pub mod workload;

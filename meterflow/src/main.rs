@@ -53,6 +53,14 @@ enum OutputFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StatusFormat {
+    /// For people.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
 impl From<OutputFormat> for Format {
     fn from(f: OutputFormat) -> Format {
         match f {
@@ -168,6 +176,16 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
+    },
+    /// Show where things stand: stream position and lag, DLQ depth, accepted, late and rejected
+    /// events, billing periods with their invoices and posting status. Read-only; works while
+    /// `meterflow run` runs.
+    Status {
+        #[command(flatten)]
+        common: Common,
+        /// `text` or `json` (for scripts).
+        #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+        format: StatusFormat,
     },
     /// Start a local nats-server with JetStream (unless --nats-url is given), publish a
     /// realistic workload with duplicates and bad events, run the pipeline until drained,
@@ -331,6 +349,15 @@ async fn run(cli: Cli) -> Result<()> {
                     a.expected,
                     a.expected - a.rated
                 );
+            }
+            Ok(())
+        }
+        Command::Status { common, format } => {
+            init_logging("error");
+            let s = meterflow::status::status(&common.load()?).await?;
+            match format {
+                StatusFormat::Text => print!("{}", meterflow::status::render(&s)),
+                StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
             }
             Ok(())
         }

@@ -218,6 +218,15 @@ async fn posting_to_a_folder_and_to_hledger_balances_reconciles_and_never_posts_
     }
     assert_eq!(receivable, invoice_totals(&env), "hledger receivables vs invoice totals:\n{bal}");
 
+    // `meterflow status` shows the same facts for scripts.
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(run(&env, "status", &["--format", "json"]))).expect("status is JSON");
+    assert_eq!(status["lag"], 0, "{status}");
+    assert_eq!(status["events_accepted"], 13, "{status}");
+    let sept = status["periods"].as_array().unwrap().iter().find(|p| p["period"] == "2026-09").unwrap();
+    assert_eq!((sept["status"].as_str(), sept["invoices"].as_u64()), (Some("closed"), Some(1)), "{sept}");
+    assert_eq!(sept["documents"]["posted"], 3, "AR + journal to the folder and the journal to hledger: {sept}");
+
     // Reconciliation is clean, and names the exact variance once a summary row is gone.
     for p in ["2026-09", "2026-10"] {
         let out = ok(run(&env, "reconcile", &["--period", p]));
