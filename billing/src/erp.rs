@@ -136,11 +136,14 @@ impl ErpDocument {
         }
     }
 
-    /// Amount and currency (invoice total; for an entry, its debits).
+    /// Amount and currency (the invoice total, for both documents).
     pub fn amount(&self) -> (Decimal, &str) {
         match self {
             ErpDocument::ArInvoice(d) => (d.total, &d.currency),
-            ErpDocument::JournalEntry(d) => (d.lines.iter().map(|l| l.debit).sum(), &d.currency),
+            // The receivable line (the first), net: the invoice total, also for credits.
+            ErpDocument::JournalEntry(d) => {
+                (d.lines.first().map_or(Decimal::ZERO, |l| l.debit - l.credit), &d.currency)
+            }
         }
     }
 }

@@ -232,6 +232,9 @@ pub struct InvoiceInput<'a> {
     pub adjustments_after_version: Option<u64>,
     /// `true` for a draft of an open period.
     pub preview: bool,
+    /// Minimum-spend true-ups still standing on earlier invoices, per (source period, plan
+    /// version): late usage of such a period first reduces its true-up.
+    pub minimum_remaining: BTreeMap<(String, String), Decimal>,
 }
 
 /// A plan version in force for part of the period: `[from, to)` within the subscription.
@@ -264,6 +267,18 @@ fn spans(prices: &PriceBook, subs: &[Subscription], period: &Period) -> Result<V
     Ok(out)
 }
 
+/// An exact amount kept to the 18 fractional digits the tables store (a prorated fee such as
+/// 30 x 10 / 31 has 27); the invoice line still rounds once, to the minor unit, from this.
+fn exact18(amount: Decimal) -> Decimal {
+    amount.round_dp_with_strategy(18, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// Appends a line, numbering it.
+fn push_line(lines: &mut Vec<InvoiceLine>, mut line: InvoiceLine) {
+    line.line_no = u32::try_from(lines.len() + 1).unwrap_or(u32::MAX);
+    lines.push(line);
+}
+
 fn money(amount: Decimal, currency: &Currency, config: &BillingConfig) -> Decimal {
     round_money(amount, currency, config.rounding)
 }
@@ -285,10 +300,6 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
         }
     }
     let mut lines: Vec<InvoiceLine> = Vec::new();
-    let mut push = |mut line: InvoiceLine| {
-        line.line_no = u32::try_from(lines.len() + 1).unwrap_or(u32::MAX);
-        lines.push(line);
-    };
 
     // Usage lines, in meter then plan version order; usage spend per plan version for minimums.
     let mut usage = input.usage.to_vec();
@@ -339,23 +350,29 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
         } else {
             format!(", {} included", charge.included.normalize())
         };
-        push(InvoiceLine {
-            line_no: 0,
-            kind: kind::USAGE.into(),
-            description: format!("{} usage {label} ({}{included})", u.meter, u.plan_version),
-            meter: Some(u.meter.clone()),
-            plan_version: Some(u.plan_version.clone()),
-            source_period: label.clone(),
-            quantity: u.quantity.normalize(),
-            tiers,
-            amount_unrounded: u.amount.normalize(),
-            amount,
-            item: charge.item.clone().unwrap_or_else(|| u.meter.clone()),
-            revenue_account: charge.revenue_account.clone().unwrap_or_else(|| config.default_revenue_account.clone()),
-            event_count: u.event_count,
-            first_seq: u.first_seq,
-            last_seq: u.last_seq,
-        });
+        push_line(
+            &mut lines,
+            InvoiceLine {
+                line_no: 0,
+                kind: kind::USAGE.into(),
+                description: format!("{} usage {label} ({}{included})", u.meter, u.plan_version),
+                meter: Some(u.meter.clone()),
+                plan_version: Some(u.plan_version.clone()),
+                source_period: label.clone(),
+                quantity: u.quantity.normalize(),
+                tiers,
+                amount_unrounded: u.amount.normalize(),
+                amount,
+                item: charge.item.clone().unwrap_or_else(|| u.meter.clone()),
+                revenue_account: charge
+                    .revenue_account
+                    .clone()
+                    .unwrap_or_else(|| config.default_revenue_account.clone()),
+                event_count: u.event_count,
+                first_seq: u.first_seq,
+                last_seq: u.last_seq,
+            },
+        );
     }
 
     // Recurring fees and minimum true-ups, per plan version in force during the period.
@@ -378,7 +395,9 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
             first_seq: 0,
             last_seq: 0,
         };
-    let mut minimums = Vec::new();
+    // Minimums add up per plan version over its spans (a re-subscription gives two spans)
+    // before they are compared with that version's usage.
+    let mut minimums: BTreeMap<String, (Decimal, i64)> = BTreeMap::new();
     for s in &spans {
         let Some(plan) = prices.plan(&s.plan) else { continue };
         let v = &plan.versions[s.index];
@@ -386,23 +405,33 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
         let days = active_days(period, s.from, s.to);
         let share = format!("{days}/{} days", period.days());
         if !v.recurring_fee.is_zero() {
-            let exact = prorate(v.recurring_fee, period, s.from, s.to);
+            let exact = exact18(prorate(v.recurring_fee, period, s.from, s.to));
             let description = format!("Recurring fee {} {label} ({version}, {share})", v.recurring_fee.normalize());
-            push(fee_line(kind::RECURRING_FEE, description, version.clone(), days, exact, "recurring_fee"));
+            push_line(
+                &mut lines,
+                fee_line(kind::RECURRING_FEE, description, version.clone(), days, exact, "recurring_fee"),
+            );
         }
         if !v.minimum_spend.is_zero() {
-            let minimum = money(prorate(v.minimum_spend, period, s.from, s.to), &currency, config);
-            let used = spend.get(&version).copied().unwrap_or_default();
-            let short = (minimum - used).max(Decimal::ZERO);
-            if !short.is_zero() {
-                let description =
-                    format!("Minimum spend true-up {label} ({version}, {share}): minimum {minimum}, usage {used}");
-                minimums.push(fee_line(kind::MINIMUM_TRUE_UP, description, version, days, short, "minimum_true_up"));
-            }
+            let m = minimums.entry(version).or_default();
+            m.0 += exact18(prorate(v.minimum_spend, period, s.from, s.to));
+            m.1 += days;
         }
     }
-    for m in minimums {
-        push(m);
+    for (version, (exact_minimum, days)) in minimums {
+        let minimum = money(exact_minimum, &currency, config);
+        let used = spend.get(&version).copied().unwrap_or_default();
+        let short = (minimum - used).max(Decimal::ZERO);
+        if !short.is_zero() {
+            let description = format!(
+                "Minimum spend true-up {label} ({version}, {days}/{} days): minimum {minimum}, usage {used}",
+                period.days()
+            );
+            push_line(
+                &mut lines,
+                fee_line(kind::MINIMUM_TRUE_UP, description, version, days, short, "minimum_true_up"),
+            );
+        }
     }
 
     // Adjustments: late usage and corrections of earlier closed periods.
@@ -415,28 +444,59 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
             .plan(&a.plan_id)
             .and_then(|p| (0..p.versions.len()).find(|i| p.version_label(*i) == a.plan_version).map(|i| (p, i)))
             .and_then(|(p, i)| p.versions[i].charge(&a.meter));
-        push(InvoiceLine {
-            line_no: 0,
-            kind: kind::ADJUSTMENT.into(),
-            description: format!(
-                "Adjustment for {}: {} arrived after the period closed ({})",
-                a.billing_period, a.meter, a.plan_version
-            ),
-            meter: Some(a.meter.clone()),
-            plan_version: Some(a.plan_version.clone()),
-            source_period: a.billing_period.clone(),
-            quantity: a.quantity.normalize(),
-            tiers: Vec::new(),
-            amount_unrounded: a.amount.normalize(),
-            amount: money(a.amount, &currency, config),
-            item: charge.and_then(|c| c.item.clone()).unwrap_or_else(|| a.meter.clone()),
-            revenue_account: charge
-                .and_then(|c| c.revenue_account.clone())
-                .unwrap_or_else(|| config.default_revenue_account.clone()),
-            event_count: a.event_count,
-            first_seq: a.first_seq,
-            last_seq: a.last_seq,
-        });
+        push_line(
+            &mut lines,
+            InvoiceLine {
+                line_no: 0,
+                kind: kind::ADJUSTMENT.into(),
+                description: format!(
+                    "Adjustment for {}: {} arrived after the period closed ({})",
+                    a.billing_period, a.meter, a.plan_version
+                ),
+                meter: Some(a.meter.clone()),
+                plan_version: Some(a.plan_version.clone()),
+                source_period: a.billing_period.clone(),
+                quantity: a.quantity.normalize(),
+                tiers: Vec::new(),
+                amount_unrounded: a.amount.normalize(),
+                amount: money(a.amount, &currency, config),
+                item: charge.and_then(|c| c.item.clone()).unwrap_or_else(|| a.meter.clone()),
+                revenue_account: charge
+                    .and_then(|c| c.revenue_account.clone())
+                    .unwrap_or_else(|| config.default_revenue_account.clone()),
+                event_count: a.event_count,
+                first_seq: a.first_seq,
+                last_seq: a.last_seq,
+            },
+        );
+    }
+
+    // Late usage of a period that was lifted to its minimum replaces part of the true-up
+    // instead of adding to it: the customer pays max(minimum, usage) for that period, once.
+    let mut late_spend: BTreeMap<(String, String), Decimal> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l.kind == kind::ADJUSTMENT) {
+        if let Some(v) = &l.plan_version {
+            *late_spend.entry((l.source_period.clone(), v.clone())).or_default() += l.amount;
+        }
+    }
+    for ((source, version), late) in late_spend {
+        let standing = input.minimum_remaining.get(&(source.clone(), version.clone())).copied().unwrap_or_default();
+        let offset = late.min(standing);
+        if offset > Decimal::ZERO {
+            let mut line = fee_line(
+                kind::MINIMUM_TRUE_UP,
+                format!(
+                    "Minimum spend true-up {source} ({version}) reduced by late usage of {late}: was {}",
+                    money(standing, &currency, config)
+                ),
+                version,
+                0,
+                -offset,
+                "minimum_true_up",
+            );
+            line.source_period = source;
+            push_line(&mut lines, line);
+        }
     }
 
     if lines.is_empty() {
@@ -444,7 +504,9 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
     }
     let total: Decimal = lines.iter().map(|l| l.amount).sum();
     let issue = period.end.date_naive();
-    let due = issue + Duration::days(i64::from(config.payment_terms_days));
+    let due = issue.checked_add_signed(Duration::days(i64::from(config.payment_terms_days))).ok_or_else(|| {
+        BillingError::Reference(format!("[billing] payment_terms_days {} is out of range", config.payment_terms_days))
+    })?;
     let mut invoice = Invoice {
         invoice_id: invoice_id(&account.id, &account.legal_entity, &account.currency, &label),
         revision: 0,
@@ -546,6 +608,7 @@ mod tests {
             summary_version: 7,
             adjustments_after_version: Some(3),
             preview: false,
+            minimum_remaining: BTreeMap::new(),
         };
         build_invoice(&input).unwrap().unwrap()
     }
@@ -571,6 +634,30 @@ mod tests {
     }
 
     #[test]
+    fn a_fee_prorated_to_a_repeating_fraction_keeps_18_digits_and_rounds_once() {
+        // 10 of 31 days of October: 30 x 10 / 31 = 9.677419354838709677...
+        let prices = prices();
+        let config = BillingConfig::default();
+        let account = account(Some("2026-10-22"));
+        let input = InvoiceInput {
+            period: Period::parse("2026-10").unwrap(),
+            account: &account,
+            usage: &[],
+            adjustments: &[],
+            prices: &prices,
+            config: &config,
+            summary_version: 7,
+            adjustments_after_version: None,
+            preview: false,
+            minimum_remaining: BTreeMap::new(),
+        };
+        let inv = build_invoice(&input).unwrap().unwrap();
+        assert_eq!(inv.lines[0].amount_unrounded, d("9.677419354838709677"));
+        assert_eq!(inv.lines[0].amount, d("9.68"));
+        assert!(inv.lines.iter().all(|l| l.amount_unrounded.scale() <= 18));
+    }
+
+    #[test]
     fn amounts_rated_under_other_prices_are_refused_with_a_rerate_hint() {
         let prices = prices();
         let config = BillingConfig::default();
@@ -586,6 +673,7 @@ mod tests {
             summary_version: 7,
             adjustments_after_version: None,
             preview: false,
+            minimum_remaining: BTreeMap::new(),
         };
         let e = build_invoice(&input).unwrap_err().to_string();
         assert!(e.contains("meterflow rerate --period 2026-11"), "{e}");
@@ -596,6 +684,35 @@ mod tests {
         let inv = build(&account(None), &[usage("100", "1", "2026-11")], &[usage("10", "0.1", "2026-10")]);
         let adj = inv.lines.last().unwrap();
         assert_eq!((adj.kind.as_str(), adj.source_period.as_str(), adj.amount), ("adjustment", "2026-10", d("0.10")));
+    }
+
+    #[test]
+    fn late_usage_of_a_period_lifted_to_its_minimum_reduces_the_true_up_instead_of_adding() {
+        // September was billed usage 12.50 + true-up 37.50; 10.00 of late usage arrives.
+        let prices = prices();
+        let config = BillingConfig::default();
+        let account = account(None);
+        let usage = [usage("100", "1", "2026-11")];
+        let late = [usage_late("2026-09", "10")];
+        let input = InvoiceInput {
+            period: Period::parse("2026-11").unwrap(),
+            account: &account,
+            usage: &usage,
+            adjustments: &late,
+            prices: &prices,
+            config: &config,
+            summary_version: 7,
+            adjustments_after_version: Some(3),
+            preview: false,
+            minimum_remaining: [(("2026-09".to_string(), "p@2026-01-01".to_string()), d("37.50"))].into(),
+        };
+        let inv = build_invoice(&input).unwrap().unwrap();
+        let sept: Decimal = inv.lines.iter().filter(|l| l.source_period == "2026-09").map(|l| l.amount).sum();
+        assert_eq!(sept, d("0.00"), "10.00 late usage, 10.00 less true-up: {:#?}", inv.lines);
+    }
+
+    fn usage_late(period: &str, amount: &str) -> UsageTotal {
+        UsageTotal { billing_period: period.into(), ..usage("1000", amount, period) }
     }
 
     #[test]

@@ -242,6 +242,28 @@ pub async fn run_invoices(
         adjustments.extend(difference(upper, lower_totals));
     }
 
+    if !request.preview {
+        // Every earlier period with usage must be closed first: otherwise its late rows could
+        // land on this invoice now and on its own invoice later.
+        let earlier = session
+            .rows(&format!(
+                "SELECT DISTINCT billing_period FROM summaries_now WHERE billing_period < {} AND customer_id IN ({customers})",
+                lit(&label)
+            ))
+            .await?;
+        let open: Vec<String> = earlier
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .filter(|p| Period::parse(p).is_some_and(|q| same_flavour(&q, &period)) && !closed.contains_key(p))
+            .collect();
+        if !open.is_empty() {
+            return Err(BillingError::PeriodOpen(format!(
+                "{} (it holds usage and comes before {label}; periods are invoiced in order)",
+                open.join(", ")
+            )));
+        }
+    }
+    let remaining = minimum_remaining(data_dir, &label, &adjustments).await?;
     let mut invoices = Vec::new();
     for account in &in_scope {
         let mine = |v: &[UsageTotal]| v.iter().filter(|u| u.customer_id == account.id).cloned().collect::<Vec<_>>();
@@ -256,6 +278,11 @@ pub async fn run_invoices(
             summary_version: version,
             adjustments_after_version: base,
             preview: request.preview,
+            minimum_remaining: remaining
+                .iter()
+                .filter(|((c, _, _), _)| *c == account.id)
+                .map(|((_, p, v), t)| ((p.clone(), v.clone()), *t))
+                .collect(),
         };
         if let Some(inv) = build_invoice(&input)? {
             invoices.push(inv);
@@ -269,6 +296,38 @@ pub async fn run_invoices(
         });
     }
     finalize(data_dir, invoices, request, version).await
+}
+
+/// True-ups standing on finalized invoices (latest revisions) of periods before `period` for
+/// the source periods of these adjustments, per (customer, source period, plan version). Only
+/// earlier invoices count, so re-running an invoice always sees the same figure.
+async fn minimum_remaining(
+    data_dir: &Path,
+    period: &str,
+    adjustments: &[UsageTotal],
+) -> Result<BTreeMap<(String, String, String), rust_decimal::Decimal>, BillingError> {
+    let session = Session::new();
+    if adjustments.is_empty() || !session.register(data_dir, INVOICES.name, "invoices").await? {
+        return Ok(BTreeMap::new());
+    }
+    session.register(data_dir, INVOICE_LINES.name, "invoice_lines").await?;
+    let periods = lit_list(adjustments.iter().map(|a| a.billing_period.as_str()));
+    let rows = session
+        .rows(&format!(
+            "SELECT l.customer_id, l.source_period, l.plan_version, SUM(l.amount) FROM invoice_lines l \
+             JOIN (SELECT invoice_id, MAX(revision) AS revision FROM invoices GROUP BY 1) latest \
+             ON l.invoice_id = latest.invoice_id AND l.revision = latest.revision \
+             WHERE l.line_kind = 'minimum_true_up' AND l.source_period IN ({periods}) AND l.period < {} GROUP BY 1, 2, 3",
+            lit(period)
+        ))
+        .await?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        if let [c, p, v, t] = r.as_slice() {
+            out.insert((c.clone(), p.clone(), v.clone()), dec(t)?);
+        }
+    }
+    Ok(out)
 }
 
 /// Latest finalized revision of each invoice id: `(revision, content hash)`.

@@ -200,6 +200,8 @@ pub async fn post_period(
     config: &BillingConfig,
     retry_failed: bool,
 ) -> Result<PostReport, BillingError> {
+    let period = meterflow_rater::Period::parse(period).ok_or_else(|| BillingError::BadPeriod(period.into()))?.label();
+    let period = period.as_str();
     let invoices = finalized_invoices(data_dir, period).await?;
     if invoices.is_empty() {
         return Err(BillingError::Nothing(format!(
@@ -212,6 +214,28 @@ pub async fn post_period(
     }
     let label = target.label();
     let known = ledger(data_dir, &label).await?;
+    // A new revision must not be booked on top of a posted earlier one: that needs a reversal
+    // in the ERP first, which meterflow does not generate.
+    let replaced: Vec<String> = invoices
+        .iter()
+        .filter(|i| i.revision > 1)
+        .filter(|i| {
+            ["ar", "je"].iter().any(|k| {
+                let key = format!("{}.r{}.{k}", i.invoice_id, i.revision - 1);
+                matches!(known.get(&key), Some((Status::Posted, _)))
+            })
+        })
+        .map(|i| format!("{} r{} replaces r{}", i.invoice_id, i.revision, i.revision - 1))
+        .collect();
+    if !replaced.is_empty() {
+        return Err(BillingError::Target {
+            target: label,
+            message: format!(
+                "revised invoices whose earlier revision is already posted here: {}. Reverse the earlier revision in the ERP (credit note and reversing entry) and record it, then post again; nothing was sent",
+                replaced.join("; ")
+            ),
+        });
+    }
     let mut report = PostReport { documents: docs.len(), ..PostReport::default() };
     let mut todo = Vec::new();
     for d in docs {
@@ -290,7 +314,6 @@ fn deliver_file(dir: &Path, batch: &Batch) -> Result<Vec<Delivery>, BillingError
 }
 
 fn deliver_hledger(file: &Path, batch: &Batch, config: &BillingConfig) -> Result<Vec<Delivery>, BillingError> {
-    use std::io::Write;
     // Entries already in the file (a crash after appending, before recording) are not
     // appended again: the file is its own idempotency record.
     let existing = match std::fs::read_to_string(file) {
@@ -312,15 +335,14 @@ fn deliver_hledger(file: &Path, batch: &Batch, config: &BillingConfig) -> Result
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| BillingError::io(dir, e))?;
         }
-        let mut text = String::new();
+        let mut text = existing.clone();
         if existing.is_empty() {
             text.push_str("; meterflow journal entries (one transaction per invoice revision)\n");
         }
         text.push('\n');
         text.push_str(&erp::hledger_journal(&entries, config));
-        let mut f =
-            std::fs::OpenOptions::new().create(true).append(true).open(file).map_err(|e| BillingError::io(file, e))?;
-        f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| BillingError::io(file, e))?;
+        // The whole file is replaced atomically, so an entry is either complete or absent.
+        write_atomically(file, text.as_bytes())?;
     }
     let done = format!("in {}", file.display());
     Ok(batch.documents.iter().map(|_| Delivery::Posted(done.clone())).collect())
@@ -350,6 +372,8 @@ struct HttpPoster {
 impl HttpPoster {
     fn new(url: url::Url, config: &BillingConfig) -> Result<HttpPoster, BillingError> {
         let client = reqwest::Client::builder()
+            // A redirect would turn the POST into a bodiless GET whose 200 proves nothing.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(config.http_timeout_s.max(1)))
             .build()
             .map_err(|e| BillingError::Target { target: url.to_string(), message: e.to_string() })?;
@@ -419,7 +443,12 @@ impl HttpPoster {
                     if status.is_success() {
                         return (per_document(batch, &text, status.as_u16()), requests);
                     }
-                    if status.as_u16() == 429 || status.is_server_error() {
+                    if status.as_u16() == 409 {
+                        // The ERP already holds a document under this idempotency key.
+                        let note = format!("HTTP 409, already booked under this key: {}", excerpt(&text));
+                        return (all(&|| Delivery::Posted(note.clone())), requests);
+                    }
+                    if matches!(status.as_u16(), 408 | 425 | 429) || status.is_server_error() {
                         last_error = format!("HTTP {}: {}", status.as_u16(), excerpt(&text));
                         tracing::warn!(batch = %batch.id, attempt = requests, error = %last_error, "ERP busy; will retry");
                         retry_after
@@ -444,8 +473,9 @@ impl HttpPoster {
 }
 
 /// Reads the per-document results of a 2xx response: `{"results": [{"idempotency_key": ...,
-/// "status": "posted" | "failed", "message": ...}]}`; documents it does not mention (or a
-/// body without results) count as posted.
+/// "status": "posted" | "accepted" | "failed" | "rejected", "message": ...}]}`. A 2xx body
+/// without results confirms the whole batch; with results, a document counts as posted only
+/// when its entry says so (other statuses or a missing entry leave it pending).
 fn per_document(batch: &Batch, body: &str, status: u16) -> Vec<Delivery> {
     let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
     let results: BTreeMap<String, (String, String)> = parsed
@@ -468,8 +498,16 @@ fn per_document(batch: &Batch, body: &str, status: u16) -> Vec<Delivery> {
         .documents
         .iter()
         .map(|d| match results.get(d.key()) {
-            Some((st, msg)) if st == "failed" => Delivery::Failed(format!("refused by the ERP: {msg}")),
-            _ => Delivery::Posted(format!("HTTP {status}: {}", excerpt(body))),
+            Some((st, msg)) if st == "failed" || st == "rejected" => {
+                Delivery::Failed(format!("refused by the ERP: {msg}"))
+            }
+            Some((st, _)) if st == "posted" || st == "accepted" => {
+                Delivery::Posted(format!("HTTP {status}: {}", excerpt(body)))
+            }
+            // Anything else the ERP says about a document is not a confirmation.
+            Some((st, msg)) => Delivery::Pending(format!("ERP status {st:?}: {msg}")),
+            None if results.is_empty() => Delivery::Posted(format!("HTTP {status}: {}", excerpt(body))),
+            None => Delivery::Pending("the ERP's results do not mention this document".into()),
         })
         .collect()
 }

@@ -90,9 +90,8 @@ fn nonzero(batches: &[RecordBatch]) -> Result<usize, BillingError> {
 
 /// Reconciles `period` over the tables in `data_dir`.
 pub async fn reconcile(data_dir: &Path, period: &str) -> Result<Reconciliation, BillingError> {
-    if meterflow_rater::Period::parse(period).is_none() {
-        return Err(BillingError::BadPeriod(period.into()));
-    }
+    let period = meterflow_rater::Period::parse(period).ok_or_else(|| BillingError::BadPeriod(period.into()))?.label();
+    let period = period.as_str();
     if !tables::exists(data_dir, SUMMARIES_TABLE) {
         return Err(BillingError::Nothing(format!(
             "no usage_summaries table in {}: run the pipeline first (or pass the right --data-dir)",
@@ -116,6 +115,12 @@ pub async fn reconcile(data_dir: &Path, period: &str) -> Result<Reconciliation, 
     };
     let usage = run(usage_sql(period)).await?;
     let posting = run(posting_sql(period)).await?;
+    let rows: usize = usage.iter().chain(&posting).map(RecordBatch::num_rows).sum();
+    if rows == 0 {
+        return Err(BillingError::Nothing(format!(
+            "nothing to reconcile for {period}: no usage and no invoices (check the period label)"
+        )));
+    }
     let variances = nonzero(&usage)? + nonzero(&posting)?;
     Ok(Reconciliation { usage, posting, variances })
 }

@@ -193,7 +193,7 @@ pub async fn post(config: &Config, period: &str, target: Option<&str>, retry_fai
     for (key, why) in &r.pending {
         line(&mut s, format_args!("  pending {key}: {why}"));
     }
-    Ok((s, r.failed.is_empty() && r.pending.is_empty()))
+    Ok((s, r.failed.is_empty() && r.pending.is_empty() && r.previously_failed == 0))
 }
 
 /// Reconciles a period; the flag is true when every variance is zero.
