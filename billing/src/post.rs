@@ -511,3 +511,60 @@ fn per_document(batch: &Batch, body: &str, status: u16) -> Vec<Delivery> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::erp::{ArInvoice, ErpDocument};
+    use rust_decimal::Decimal;
+
+    fn doc(key: &str) -> ErpDocument {
+        ErpDocument::ArInvoice(ArInvoice {
+            idempotency_key: key.into(),
+            invoice_id: "INV-1".into(),
+            revision: 1,
+            erp_customer_id: "C-1".into(),
+            customer_id: "acme".into(),
+            legal_entity: "us".into(),
+            currency: "USD".into(),
+            invoice_date: "2026-12-01".into(),
+            due_date: "2026-12-31".into(),
+            terms: "NET30".into(),
+            period: "2026-11".into(),
+            lines: vec![],
+            total: Decimal::ONE,
+        })
+    }
+
+    fn outcome(body: &str) -> Vec<&'static str> {
+        let batch = Batch { id: "B-1".into(), documents: vec![doc("a"), doc("b"), doc("c")] };
+        per_document(&batch, body, 200)
+            .iter()
+            .map(|d| match d {
+                Delivery::Posted(_) => "posted",
+                Delivery::Failed(_) => "failed",
+                Delivery::Pending(_) => "pending",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_an_explicit_confirmation_counts_as_posted_when_the_erp_lists_results() {
+        assert_eq!(outcome(r#"{"ok":true}"#), ["posted", "posted", "posted"], "no results: the batch is confirmed");
+        let body = r#"{"results":[{"idempotency_key":"a","status":"posted"},{"idempotency_key":"b","status":"failed","message":"bad item"}]}"#;
+        assert_eq!(outcome(body), ["posted", "failed", "pending"]);
+        let odd = r#"{"results":[{"idempotency_key":"a","status":"queued"}]}"#;
+        assert_eq!(outcome(odd)[0], "pending");
+    }
+
+    #[test]
+    fn targets_parse_with_a_clear_message_for_unknown_schemes() {
+        assert_eq!(Target::parse("file:out").unwrap(), Target::File("out".into()));
+        assert!(matches!(Target::parse("https://erp.example/api").unwrap(), Target::Http(_)));
+        assert_eq!(Target::parse("hledger:b.journal").unwrap(), Target::Hledger("b.journal".into()));
+        let e = Target::parse("ftp://x").unwrap_err().to_string();
+        assert!(e.contains("file:DIR, http(s)://HOST/PATH or hledger:FILE"), "{e}");
+        let u = Target::parse("https://user:secret@erp.example/api").unwrap().label();
+        assert!(!u.contains("secret"), "credentials never reach the ledger: {u}");
+    }
+}
