@@ -72,6 +72,10 @@ pub struct UsageTotal {
     pub first_seq: u64,
     /// Highest stream sequence among them.
     pub last_seq: u64,
+    /// For an adjustment: the amount of its (customer, meter, plan version, period) already
+    /// billed before it, unrounded. The line then bills round(before + amount) - round(before),
+    /// so a period's billed cents always equal the rounded price of its whole usage.
+    pub amount_before: Option<Decimal>,
 }
 
 /// Kinds of invoice lines.
@@ -459,7 +463,10 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
                 quantity: a.quantity.normalize(),
                 tiers: Vec::new(),
                 amount_unrounded: a.amount.normalize(),
-                amount: money(a.amount, &currency, config),
+                amount: match a.amount_before {
+                    Some(before) => money(before + a.amount, &currency, config) - money(before, &currency, config),
+                    None => money(a.amount, &currency, config),
+                },
                 item: charge.and_then(|c| c.item.clone()).unwrap_or_else(|| a.meter.clone()),
                 revenue_account: charge
                     .and_then(|c| c.revenue_account.clone())
@@ -592,6 +599,7 @@ mod tests {
             event_count: 3,
             first_seq: 1,
             last_seq: 9,
+            amount_before: None,
         }
     }
 
@@ -709,6 +717,16 @@ mod tests {
         let inv = build_invoice(&input).unwrap().unwrap();
         let sept: Decimal = inv.lines.iter().filter(|l| l.source_period == "2026-09").map(|l| l.amount).sum();
         assert_eq!(sept, d("0.00"), "10.00 late usage, 10.00 less true-up: {:#?}", inv.lines);
+    }
+
+    #[test]
+    fn late_cents_are_billed_against_what_the_period_already_billed() {
+        // September billed 12.504 as 12.50; 0.003 arrives late: the period is now worth 12.51.
+        let mut late = usage_late("2026-09", "0.003");
+        late.amount_before = Some(d("12.504"));
+        let inv = build(&account(None), &[usage("100", "1", "2026-11")], &[late]);
+        let adj = inv.lines.iter().find(|l| l.kind == "adjustment").unwrap();
+        assert_eq!(adj.amount, d("0.01"));
     }
 
     fn usage_late(period: &str, amount: &str) -> UsageTotal {

@@ -105,6 +105,7 @@ fn to_totals(rows: Vec<Vec<String>>) -> Result<Vec<UsageTotal>, BillingError> {
                 event_count: int(e)?,
                 first_seq: int(f)?,
                 last_seq: int(l)?,
+                amount_before: None,
             })
         })
         .collect()
@@ -132,11 +133,13 @@ fn difference(upper: Vec<UsageTotal>, lower: Vec<UsageTotal>) -> Vec<UsageTotal>
             if let Some(b) = before.get(&key(&u)) {
                 u.quantity -= b.quantity;
                 u.amount -= b.amount;
+                u.amount_before = Some(b.amount);
                 u.event_count = u.event_count.saturating_sub(b.event_count);
                 if u.event_count > 0 {
                     u.first_seq = u.first_seq.max(b.last_seq + 1);
                 }
             }
+            u.amount_before.get_or_insert(rust_decimal::Decimal::ZERO);
             let changed = !u.quantity.is_zero() || !u.amount.is_zero() || u.event_count > 0;
             changed.then_some(u)
         })
