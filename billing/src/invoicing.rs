@@ -188,6 +188,8 @@ pub async fn run_invoices(
             data_dir.display()
         )));
     }
+    // One writer at a time: everything below reads what earlier runs wrote.
+    let _lock = if request.preview { None } else { Some(tables::lock_billing(data_dir)?) };
     let in_scope: Vec<&Account> = accounts
         .iter()
         .filter(|a| a.bills_on(&period))

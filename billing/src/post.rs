@@ -202,6 +202,7 @@ pub async fn post_period(
 ) -> Result<PostReport, BillingError> {
     let period = meterflow_rater::Period::parse(period).ok_or_else(|| BillingError::BadPeriod(period.into()))?.label();
     let period = period.as_str();
+    let _lock = tables::lock_billing(data_dir)?;
     let invoices = finalized_invoices(data_dir, period).await?;
     if invoices.is_empty() {
         return Err(BillingError::Nothing(format!(

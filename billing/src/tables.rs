@@ -320,3 +320,45 @@ pub(crate) fn lit_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
         v.join(", ")
     }
 }
+
+/// An exclusive lock on the billing tables of a data directory, held while an `invoice` or
+/// `post` run writes them (released when dropped, also when the process dies).
+pub(crate) struct BillingLock {
+    _file: std::fs::File,
+}
+
+/// Takes the billing lock, failing at once with a clear message when another run holds it.
+pub(crate) fn lock_billing(data_dir: &Path) -> Result<BillingLock, BillingError> {
+    let path = data_dir.join(".billing.lock");
+    std::fs::create_dir_all(data_dir).map_err(|e| BillingError::io(data_dir, e))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| BillingError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(BillingLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BillingError::Nothing(format!(
+            "another `meterflow invoice` or `post` is writing the billing tables of {} (lock {}); run again when it is done",
+            data_dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(BillingError::io(&path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_billing_run_on_the_same_data_dir_is_refused_while_the_first_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_billing(dir.path()).unwrap();
+        let e = lock_billing(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("another `meterflow invoice` or `post`"), "{e}");
+        drop(held);
+        assert!(lock_billing(dir.path()).is_ok());
+    }
+}
