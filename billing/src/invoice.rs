@@ -12,7 +12,9 @@
 //! whole document, so the same inputs always give the same id and the same bytes.
 
 use chrono::{DateTime, Duration, Utc};
-use meterflow_rater::{active_days, prorate, round_money, ChargeModel, Currency, Period, PriceBook, Subscription};
+use meterflow_rater::{
+    active_days, minimum_true_up, prorate, round_money, ChargeModel, Currency, Period, PriceBook, Subscription,
+};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -310,14 +312,11 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
     usage.sort_by(|a, b| (&a.meter, &a.plan_version).cmp(&(&b.meter, &b.plan_version)));
     let mut spend: BTreeMap<String, Decimal> = BTreeMap::new();
     for u in &usage {
-        let plan = prices.plan(&u.plan_id).ok_or_else(|| {
-            BillingError::Reference(format!("plan `{}` of the summaries is no longer defined", u.plan_id))
-        })?;
-        let version = (0..plan.versions.len()).find(|i| plan.version_label(*i) == u.plan_version).ok_or_else(|| {
-            BillingError::Reference(format!("plan version `{}` of the summaries is no longer defined", u.plan_version))
-        })?;
-        let charge = plan.versions[version].charge(&u.meter).ok_or_else(|| {
-            BillingError::Reference(format!("plan version `{}` no longer prices `{}`", u.plan_version, u.meter))
+        let charge = prices.charge_of(&u.plan_id, &u.plan_version, &u.meter).ok_or_else(|| {
+            BillingError::Reference(format!(
+                "the summaries price `{}` under {}, which the plans no longer define",
+                u.meter, u.plan_version
+            ))
         })?;
         let expected = charge.price(u.quantity)?;
         if expected != u.amount {
@@ -425,7 +424,7 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
     for (version, (exact_minimum, days)) in minimums {
         let minimum = money(exact_minimum, &currency, config);
         let used = spend.get(&version).copied().unwrap_or_default();
-        let short = (minimum - used).max(Decimal::ZERO);
+        let short = minimum_true_up(used, minimum);
         if !short.is_zero() {
             let description = format!(
                 "Minimum spend true-up {label} ({version}, {days}/{} days): minimum {minimum}, usage {used}",
@@ -444,10 +443,7 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
         (&a.billing_period, &a.meter, &a.plan_version).cmp(&(&b.billing_period, &b.meter, &b.plan_version))
     });
     for a in adjustments.iter().filter(|a| !a.quantity.is_zero() || !a.amount.is_zero() || a.event_count > 0) {
-        let charge = prices
-            .plan(&a.plan_id)
-            .and_then(|p| (0..p.versions.len()).find(|i| p.version_label(*i) == a.plan_version).map(|i| (p, i)))
-            .and_then(|(p, i)| p.versions[i].charge(&a.meter));
+        let charge = prices.charge_of(&a.plan_id, &a.plan_version, &a.meter);
         push_line(
             &mut lines,
             InvoiceLine {

@@ -12,7 +12,7 @@
 //! The summaries table is append-only (compaction rewrites files, never rows), so these
 //! differences of sums are exact.
 
-use chrono::Utc;
+use chrono::{Datelike, Utc};
 use meterflow_rater::{Period, PriceBook};
 use meterflow_sink::{ClosedPeriod, PeriodTable, SummaryTable, SUMMARIES_TABLE};
 use std::collections::{BTreeMap, BTreeSet};
@@ -148,7 +148,7 @@ fn difference(upper: Vec<UsageTotal>, lower: Vec<UsageTotal>) -> Vec<UsageTotal>
 
 /// Same period flavour: both calendar months, or both starting on the same day.
 fn same_flavour(a: &Period, b: &Period) -> bool {
-    a.start.format("%d").to_string() == b.start.format("%d").to_string()
+    a.start.day() == b.start.day()
 }
 
 /// Plans the adjustment windows of invoice period `period`: `(lower version, periods)` groups

@@ -29,6 +29,3 @@ pub use invoice::{Account, Invoice, InvoiceLine};
 pub use invoicing::{document_path, finalized_invoices, run_invoices, InvoiceRequest, InvoiceRun, Outcome};
 pub use post::{post_period, PostReport, Target};
 pub use reconcile::{reconcile, Reconciliation};
-
-/// Names of the billing tables.
-pub const BILLING_TABLES: &[&str] = &["invoices", "invoice_lines", "postings"];

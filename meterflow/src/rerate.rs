@@ -57,16 +57,9 @@ pub async fn rerate(config: &Config, period_label: &str) -> Result<Vec<Adjustmen
         let [customer_id, meter, plan_version, plan_id, currency, quantity, amount] = f.as_slice() else {
             bail!("unexpected summary line {line:?}");
         };
-        let plan = reference
-            .prices
-            .plan(plan_id)
-            .with_context(|| format!("plan `{plan_id}` is no longer in the reference data"))?;
-        let version = (0..plan.versions.len())
-            .find(|i| plan.version_label(*i) == *plan_version)
-            .with_context(|| format!("plan version `{plan_version}` is no longer in the reference data"))?;
-        let charge = plan.versions[version]
-            .charge(meter)
-            .with_context(|| format!("plan version `{plan_version}` no longer prices `{meter}`"))?;
+        let charge = reference.prices.charge_of(plan_id, plan_version, meter).with_context(|| {
+            format!("the summaries price `{meter}` under {plan_version}, which the reference data no longer defines")
+        })?;
         let quantity: Decimal = quantity.parse()?;
         let rated: Decimal = amount.parse()?;
         let expected = charge.price(quantity)?;

@@ -334,11 +334,8 @@ fn compute_totals(events: &[Event], prices: &PriceBook, reference: &Reference, o
         *totals.entry(key).or_default() += peak;
     }
     for ((customer, meter, label, _), q) in totals {
-        let (plan_id, version) = label.split_once('@').context("label")?;
-        let plan = prices.plan(plan_id).context("plan")?;
-        let v = (0..plan.versions.len()).find(|i| plan.version_label(*i) == label);
-        let charge =
-            v.and_then(|v| plan.versions[v].charge(meter)).with_context(|| format!("{plan_id} {version} {meter}"))?;
+        let (plan_id, _) = label.split_once('@').context("label")?;
+        let charge = prices.charge_of(plan_id, &label, meter).with_context(|| format!("{label} {meter}"))?;
         let key = (customer, meter.to_string());
         *oracle.quantity.entry(key.clone()).or_default() += q;
         *oracle.amount.entry(key).or_default() += charge.price(q)?;

@@ -147,6 +147,16 @@ async fn a_fixed_workload_gives_the_golden_invoices_and_rerunning_changes_nothin
     assert!(String::from_utf8_lossy(&open.stderr).contains("still open"));
     let preview = ok(run(&env, "invoice", &["--period", "2026-11", "--preview"]));
     assert!(preview.contains("[preview]"), "{preview}");
+
+    // Periods are finalized in order: December cannot be, while November holds usage and is open.
+    let js = env.jetstream().await;
+    let body = r#"{"requests":10,"region":"us-east-1"}"#;
+    publish(&js, "usage.fixed", event("n1", "acme", "api_calls", "2026-11-02T10:00:00Z", body), None).await;
+    env.run_until_idle(&[NO_AUTO_CLOSE]);
+    ok(run(&env, "close", &["--period", "2026-12"]));
+    let out = run(&env, "invoice", &["--period", "2026-12"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("2026-11") && err.contains("invoiced in order"), "{err}");
 }
 
 fn hledger() -> PathBuf {

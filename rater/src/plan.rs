@@ -188,6 +188,15 @@ impl PriceBook {
     pub fn plan(&self, id: &str) -> Option<&Plan> {
         self.plans.get(id)
     }
+
+    /// The charge of `meter` under the version of plan `plan_id` whose label
+    /// ([`Plan::version_label`], as stored in the tables) is `version`; `None` when the plan,
+    /// the version or the charge no longer exists.
+    pub fn charge_of(&self, plan_id: &str, version: &str, meter: &str) -> Option<&Charge> {
+        let plan = self.plan(plan_id)?;
+        let index = (0..plan.versions.len()).find(|i| plan.version_label(*i) == version)?;
+        plan.versions[index].charge(meter)
+    }
 }
 
 impl Plan {

@@ -1,6 +1,6 @@
 //! Read-only SQL over the committed tables, for billing teams and the CLI.
 //!
-//! Every table folder under the data directory is registered under its name, plus the view
+//! Every Delta table folder under the data directory is registered under its name, plus the view
 //! `window_totals` (one row per window, the deltas summed). Statements are planned with DDL,
 //! DML and statements (`SET`, transactions) disallowed, so `CREATE`, `INSERT`, `COPY`, `SET`
 //! and `CREATE EXTERNAL TABLE` are refused before anything runs; URL tables (`SELECT * FROM
@@ -40,10 +40,23 @@ FROM (SELECT *, (CAST(arrived_at AS BIGINT) - CAST(window_end AS BIGINT)) / 1000
 FROM usage_summaries WHERE row_kind IN ('late', 'adjustment')) \
 GROUP BY 1, 2, 3";
 
-/// The tables meterflow writes, in the order they are registered.
-/// The billing tables (written by meterflow-billing) are registered too when present.
-pub const TABLES: &[&str] =
-    &[SUMMARIES_TABLE, crate::PERIODS_TABLE, crate::REJECTIONS_TABLE, "invoices", "invoice_lines", "postings"];
+/// The Delta tables under `data_dir` (folders with a `_delta_log`, named as plain SQL
+/// identifiers), sorted: the pipeline's tables and the billing tables alike.
+fn table_names(data_dir: &Path) -> Result<Vec<String>> {
+    let err = |e: std::io::Error| SinkError::DataDir { path: data_dir.display().to_string(), message: e.to_string() };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(data_dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let plain = name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if plain && entry.path().join("_delta_log").is_dir() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
 
 /// Resource limits of a SQL session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,16 +114,13 @@ impl ReadOnlySql {
             .map_err(sql_err)?;
         let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
         let mut tables = Vec::new();
-        for name in TABLES {
-            if !data_dir.join(name).join("_delta_log").is_dir() {
-                continue;
-            }
-            let table = deltalake::open_table(table_url(data_dir, name)?)
+        for name in table_names(data_dir)? {
+            let table = deltalake::open_table(table_url(data_dir, &name)?)
                 .await
-                .map_err(|e| SinkError::Delta { table: name.to_string(), source: e })?;
+                .map_err(|e| SinkError::Delta { table: name.clone(), source: e })?;
             let provider = table.table_provider().await.map_err(sql_err)?;
-            ctx.register_table(*name, provider).map_err(sql_err)?;
-            tables.push(name.to_string());
+            ctx.register_table(name.as_str(), provider).map_err(sql_err)?;
+            tables.push(name);
         }
         if tables.iter().any(|t| t == SUMMARIES_TABLE) {
             ctx.sql(WINDOW_TOTALS_VIEW).await.map_err(sql_err)?;
