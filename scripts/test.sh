@@ -6,4 +6,5 @@ set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
 echo "nats-server: $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
-cargo test --workspace "$@"
+# The test build compiles in the named fault points of the commit path (torture tests).
+cargo test --workspace --features meterflow/fault-injection "$@"

@@ -61,7 +61,19 @@ impl Broker {
         let options = async_nats::ConnectOptions::new()
             .name("meterflow")
             .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(10)));
+            .request_timeout(Some(Duration::from_secs(10)))
+            // The client reconnects by itself; say so in the log, so an outage is visible.
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(
+                            "disconnected from the NATS server; reconnecting (nothing is acknowledged meanwhile)"
+                        )
+                    }
+                    async_nats::Event::Connected => tracing::info!("connected to the NATS server"),
+                    other => tracing::warn!(event = %other, "NATS connection event"),
+                }
+            });
         let client = async_nats::connect_with_options(config.url.as_str(), options)
             .await
             .map_err(|e| IngestError::Connect { url: config.url.clone(), message: e.to_string() })?;
@@ -212,6 +224,29 @@ impl Broker {
     /// Acknowledges every message up to and including `message` (ack-all consumer).
     pub async fn ack_through(&self, message: &jetstream::Message) -> Result<()> {
         message.ack().await.map_err(|e| js_err("ack")(e.to_string()))
+    }
+
+    /// Whether the pipeline's durable consumer still exists on the server (`Ok(false)` only when
+    /// the server says it does not; unreachable servers are errors).
+    pub async fn consumer_exists(&self) -> Result<bool> {
+        let stream = self.js.get_stream(&self.config.stream).await.map_err(|e| js_err("get stream")(e.to_string()))?;
+        match stream.consumer_info(&self.config.consumer).await {
+            Ok(_) => Ok(true),
+            Err(e) => match e.kind() {
+                jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(false),
+                jetstream::context::ConsumerInfoErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+                {
+                    Ok(false)
+                }
+                _ => Err(js_err("consumer info")(e.to_string())),
+            },
+        }
+    }
+
+    /// The name of the pipeline's durable consumer and its stream.
+    pub fn consumer_name(&self) -> (&str, &str) {
+        (&self.config.consumer, &self.config.stream)
     }
 
     /// Last sequence currently in the usage stream.

@@ -255,15 +255,21 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { common, exit_when_idle } => {
             init_logging("info");
+            let armed = meterflow_faults::arm()?;
+            if armed > 0 {
+                tracing::warn!(armed, "fault injection armed from METERFLOW_FAULTS (test build)");
+            }
             let config = common.load()?;
             let shutdown = shutdown_on_signals()?;
             let pipeline = Pipeline::start(config).await?;
             let stats = pipeline.run(shutdown, RunOptions { exit_when_idle }).await?;
             tracing::info!(?stats, "stopped");
             println!(
-                "committed through stream sequence {}: {} messages, {} events received, {} accepted, {} duplicates, {} rejected, {} commits",
+                "committed through stream sequence {}: {} messages ({} replayed, {} redeliveries dropped), {} events received, {} accepted, {} duplicates, {} rejected, {} commits",
                 stats.committed_seq,
                 stats.messages,
+                stats.replayed_messages,
+                stats.redeliveries,
                 stats.events_received,
                 stats.events_accepted,
                 stats.duplicates,

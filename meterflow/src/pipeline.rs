@@ -43,6 +43,10 @@ pub struct RunStats {
     pub messages: u64,
     /// Messages replayed to rebuild state after a restart.
     pub replayed_messages: u64,
+    /// Messages delivered again while already in hand or committed, and dropped.
+    pub redeliveries: u64,
+    /// Times the durable consumer had vanished from the server and was re-created.
+    pub consumers_recreated: u64,
     /// Events decoded from live messages.
     pub events_received: u64,
     /// Events accepted (first sightings).
@@ -67,6 +71,9 @@ impl RunStats {
         self.rejected.values().sum()
     }
 }
+
+/// How often an idle pipeline checks that its consumer still exists.
+const CONSUMER_CHECK_EVERY: Duration = Duration::from_secs(3);
 
 /// How a run ends.
 #[derive(Debug, Clone, Copy)]
@@ -263,6 +270,7 @@ impl Pipeline {
         let interval = Duration::from_millis(self.config.pipeline.commit_interval_ms.max(1));
         let mut idle_since: Option<Instant> = None;
         let mut retry_delay = Duration::from_millis(100);
+        let mut consumer_checked = Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -278,12 +286,19 @@ impl Pipeline {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "fetch failed; retrying");
+                    self.recreate_consumer_if_deleted().await;
+                    consumer_checked = Instant::now();
                     tokio::time::sleep(retry_delay).await;
                     retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
             let got_any = !fetched.is_empty();
+            if !got_any && consumer_checked.elapsed() >= CONSUMER_CHECK_EVERY {
+                // A pull from a deleted consumer can simply come back empty: check it exists.
+                self.recreate_consumer_if_deleted().await;
+                consumer_checked = Instant::now();
+            }
             if !got_any && !self.replaying {
                 // Drained: the stream clock catches up with the wall clock, so quiet meters'
                 // watermarks (and billing periods) still advance.
@@ -323,13 +338,37 @@ impl Pipeline {
         Ok(self.stats)
     }
 
+    /// Re-creates the durable consumer when the server says it no longer exists (deleted by an
+    /// operator or lost with the server's state), at the next sequence the pipeline needs, so
+    /// nothing is skipped or counted twice. Errors reaching the server are left to the retries.
+    async fn recreate_consumer_if_deleted(&mut self) {
+        if !matches!(self.broker.consumer_exists().await, Ok(false)) {
+            return;
+        }
+        let (consumer, stream) = self.broker.consumer_name();
+        let (consumer, stream) = (consumer.to_string(), stream.to_string());
+        tracing::error!(
+            consumer,
+            stream,
+            next_seq = self.next_seq,
+            "the pipeline's consumer no longer exists on the server (was it deleted?); re-creating it at the next sequence the pipeline needs"
+        );
+        match self.broker.position_consumer(self.next_seq).await {
+            Ok(()) => self.stats.consumers_recreated += 1,
+            Err(e) => tracing::error!(error = %e, consumer, "cannot re-create the consumer; will retry"),
+        }
+    }
+
     /// Handles one fetched batch: drops redeliveries, replays what is already committed, and
     /// processes the rest live.
     fn process(&mut self, fetched: Vec<Fetched>) -> Result<()> {
         let mut fresh = Vec::with_capacity(fetched.len());
         for msg in fetched {
             if msg.seq < self.next_seq {
-                continue; // redelivery of something already in hand or committed
+                // A redelivery of something already in hand or committed (for example after the
+                // ack wait expired while a commit was slow).
+                self.stats.redeliveries += 1;
+                continue;
             }
             self.next_seq = msg.seq + 1;
             fresh.push(msg);
@@ -418,8 +457,10 @@ impl Pipeline {
                 candidates.push(Candidate { seq: msg.seq, arrival, customer, pricing, event, measurements });
             }
         }
+        meterflow_faults::hit("after_decode");
         if !keys.is_empty() {
             let decisions = self.dedup.check_batch(&keys)?;
+            meterflow_faults::hit("after_dedup");
             for (c, new) in candidates.iter().zip(decisions) {
                 if !new {
                     if live {
@@ -560,8 +601,15 @@ impl Pipeline {
         loop {
             let attempt = async {
                 self.broker.publish_rejects(&rejects).await?;
+                if !rejects.is_empty() {
+                    meterflow_faults::hit("after_dlq_publish");
+                }
                 self.rejections.commit(&rejection_rows, through).await?;
+                if !rejection_rows.is_empty() {
+                    meterflow_faults::hit("after_rejections_commit");
+                }
                 let version = self.table.commit(&rows, through).await?;
+                meterflow_faults::hit("after_delta_commit");
                 anyhow::Ok(version)
             }
             .await;
@@ -596,6 +644,7 @@ impl Pipeline {
             // Harmless: the next start resumes from the committed sequence, not the ack floor.
             tracing::warn!(error = %e, through, "ack failed after a successful commit");
         }
+        meterflow_faults::hit("after_ack");
         // Windows older than anything the backdating limit still admits can go.
         if let Some(clock) = self.agg.progress().stream_clock() {
             let reach = self.bounds.max_backdating + self.bounds.max_future_skew + chrono::Duration::days(1);
@@ -663,7 +712,10 @@ impl Pipeline {
     fn snapshot(&mut self) -> Result<()> {
         let bytes = encode_state(&self.agg, &self.totals, &self.dedup)?;
         match self.store.save(self.committed_seq, &bytes) {
-            Ok(()) => self.commits_since_snapshot = 0,
+            Ok(()) => {
+                self.commits_since_snapshot = 0;
+                meterflow_faults::hit("after_snapshot");
+            }
             // Not fatal: the next start replays a little more.
             Err(e) => tracing::warn!(error = %e, "state snapshot failed; will retry at the next commit"),
         }

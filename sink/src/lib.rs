@@ -18,6 +18,7 @@
 //! ack that outlived a lost commit cannot lose data.
 
 mod error;
+mod fault_store;
 mod periods;
 mod rejections;
 pub mod sql;

@@ -31,6 +31,16 @@ impl StateStore {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // A crash while saving leaves a temporary file that was never renamed: never read, but
+        // it would pile up over many crashes.
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("state-") && name.ends_with(".tmp") {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            }
+        }
         Ok(StateStore { dir })
     }
 
@@ -65,6 +75,7 @@ impl StateStore {
             f.write_all(&xxh3_64(state).to_le_bytes()).map_err(io_err(&tmp))?;
             f.sync_all().map_err(io_err(&tmp))?;
         }
+        meterflow_faults::hit("during_snapshot");
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
         let seqs = self.list()?;
@@ -132,5 +143,16 @@ mod tests {
             store.save(s, b"x").unwrap();
         }
         assert_eq!(store.list().unwrap(), vec![4, 5, 6]);
+    }
+
+    #[test]
+    fn a_temporary_file_left_by_a_crash_is_removed_at_open_and_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        StateStore::open(dir.path()).unwrap().save(10, b"ten").unwrap();
+        let torn = dir.path().join(format!("state-{:020}.tmp", 30));
+        fs::write(&torn, b"half a snap").unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(!torn.exists());
+        assert_eq!(store.latest_at_or_below(40).unwrap(), Some((10, b"ten".to_vec())));
     }
 }

@@ -332,7 +332,11 @@ impl SummaryTable {
             vec![(TableProperty::CheckpointInterval, "50"), (TableProperty::LogRetentionDuration, "interval 400 days")],
         )
         .await?;
-        Ok(SummaryTable { path, table: Some(table), commits_since_open: 0 })
+        let mut t = SummaryTable { path, table: Some(table), commits_since_open: 0 };
+        if meterflow_faults::ENABLED {
+            t.reopen().await?; // on the store with the Parquet fault points
+        }
+        Ok(t)
     }
 
     fn table(&self) -> Result<&DeltaTable> {
@@ -345,7 +349,16 @@ impl SummaryTable {
     /// Reopens the handle from storage (after a failed commit, or periodically).
     pub async fn reopen(&mut self) -> Result<()> {
         let url = table_url(self.path.parent().unwrap_or(Path::new(".")), SUMMARIES_TABLE)?;
-        self.table = Some(deltalake::open_table(url).await.map_err(delta_err)?);
+        let table = if meterflow_faults::ENABLED {
+            deltalake::DeltaTableBuilder::from_url(url.clone())
+                .map_err(delta_err)?
+                .with_storage_backend(std::sync::Arc::new(crate::fault_store::FaultStore::new()), url)
+                .load()
+                .await
+        } else {
+            deltalake::open_table(url).await
+        };
+        self.table = Some(table.map_err(delta_err)?);
         self.commits_since_open = 0;
         Ok(())
     }

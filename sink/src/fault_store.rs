@@ -1,0 +1,146 @@
+//! The object store of the test build: the local file system, with the fault points of the
+//! Parquet write (`during_parquet_write`, `before_delta_commit`) on data-file uploads. Used only
+//! when `meterflow_faults::ENABLED`; normal builds open tables on the plain local store.
+
+use deltalake::logstore::object_store::{
+    self, local::LocalFileSystem, path::Path, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+};
+use futures::stream::BoxStream;
+use std::sync::Arc;
+
+/// Local files with fault points on Parquet uploads.
+#[derive(Debug)]
+pub(crate) struct FaultStore {
+    inner: Arc<LocalFileSystem>,
+}
+
+impl FaultStore {
+    pub(crate) fn new() -> Self {
+        FaultStore { inner: Arc::new(LocalFileSystem::new()) }
+    }
+}
+
+impl std::fmt::Display for FaultStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FaultStore({})", self.inner)
+    }
+}
+
+/// A Parquet upload: the first part reaches the staging file before `during_parquet_write`
+/// fires; `before_delta_commit` fires once the file is complete.
+#[derive(Debug)]
+struct FaultUpload {
+    inner: Box<dyn MultipartUpload>,
+    parts: usize,
+}
+
+#[async_trait::async_trait]
+impl MultipartUpload for FaultUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        self.parts += 1;
+        let first = self.parts == 1;
+        let upload = self.inner.put_part(data);
+        Box::pin(async move {
+            upload.await?;
+            if first {
+                meterflow_faults::hit("during_parquet_write");
+            }
+            Ok(())
+        })
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        let result = self.inner.complete().await?;
+        meterflow_faults::hit("before_delta_commit");
+        Ok(result)
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FaultStore {
+    /// Small Parquet files arrive here in one piece. They are written the way a large one is
+    /// (two parts through a staging file, renamed on completion), so that a kill at
+    /// `during_parquet_write` leaves a real torn staging file behind.
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        if !location.as_ref().ends_with(".parquet") {
+            return self.inner.put_opts(location, payload, opts).await;
+        }
+        let mut bytes = bytes::Bytes::from(payload);
+        let first = bytes.split_to(bytes.len() / 2);
+        let mut upload = self.put_multipart_opts(location, PutMultipartOptions::default()).await?;
+        upload.put_part(first.into()).await?;
+        upload.put_part(bytes.into()).await?;
+        upload.complete().await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        if location.as_ref().ends_with(".parquet") {
+            Ok(Box::new(FaultUpload { inner, parts: 0 }))
+        } else {
+            Ok(inner)
+        }
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
+    }
+}
