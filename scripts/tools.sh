@@ -76,3 +76,13 @@ if ! command -v hledger >/dev/null 2>&1; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends hledger >&2 \
     || { $SUDO apt-get update >&2 && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends hledger >&2; }
 fi
+
+# Chromium (Debian's package), headless: the operations-page test loads the page served by a
+# running pipeline in a real browser and keeps a screenshot.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "tools: installing chromium (apt)" >&2
+  SUDO=""
+  if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >&2 \
+    || { $SUDO apt-get update >&2 && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >&2; }
+fi

@@ -254,6 +254,38 @@ pub struct Config {
     /// `[[meters]]`
     #[serde(default)]
     pub meters: Vec<MeterConfig>,
+    /// `[ops]`: metrics and the operations page of `meterflow run`.
+    #[serde(default)]
+    pub ops: crate::ops::OpsConfig,
+    /// `[log]`: log format and level.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`: how `meterflow` logs. `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` (default) or `json` (one JSON object per line, with span fields).
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,meterflow::pipeline=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// JSON lines.
+    Json,
 }
 
 /// Command-line overrides shared by `run`, `sql` and `demo`.
@@ -505,7 +537,9 @@ mod tests {
 
     #[test]
     fn the_example_config_and_reference_data_load_and_cross_check() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/meterflow.toml");
+        let path =
+            Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()))
+                .join("../examples/meterflow.toml");
         let config = Config::load(&path, &Overrides::default()).unwrap();
         let reference = Reference::load(&config).unwrap();
         assert!(reference.meters.index_of("api_calls").is_some());

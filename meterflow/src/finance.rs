@@ -199,6 +199,18 @@ pub async fn post(config: &Config, period: &str, target: Option<&str>, retry_fai
 /// Reconciles a period; the flag is true when every variance is zero.
 pub async fn reconcile(config: &Config, period: &str, format: Format) -> Result<(String, bool)> {
     let r = reconcile_period(&config.storage.data_dir, period).await?;
+    // The operations page shows the last result of each period.
+    let saved = crate::ops::live::save_reconcile(
+        &config.storage.data_dir,
+        &crate::ops::ReconcileResult {
+            period: period.to_string(),
+            variances: r.variances as u64,
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        },
+    );
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, "could not save the reconciliation result for the operations page");
+    }
     let mut s = String::new();
     if format == Format::Table {
         line(&mut s, format_args!("usage of {period}: summaries (events, quantity, exact amount) vs invoice lines"));

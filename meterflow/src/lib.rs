@@ -7,12 +7,14 @@
 //! * [`workload`]: the synthetic workload (with an exact oracle) used by the demo and the tests;
 //! * [`local_nats`]: starting a local nats-server with JetStream;
 //! * [`rerate`]: `meterflow rerate`, price corrections as adjustment rows;
+//! * [`ops`]: Prometheus metrics and the operations page of `meterflow run`;
 //! * [`demo`]: `meterflow demo`.
 
 pub mod config;
 pub mod demo;
 pub mod finance;
 pub mod local_nats;
+pub mod ops;
 pub mod pipeline;
 pub mod rerate;
 pub mod status;

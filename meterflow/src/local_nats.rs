@@ -43,7 +43,9 @@ pub fn find_binary() -> Result<PathBuf> {
     if let Ok(exe) = std::env::current_exe() {
         starts.push(exe);
     }
-    starts.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    starts.push(PathBuf::from(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    ));
     for start in starts {
         for dir in start.ancestors() {
             let candidate = dir.join(".tools/venv/bin/nats-server");

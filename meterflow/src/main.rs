@@ -2,9 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use meterflow::config::{Config, Overrides};
+use meterflow::config::{Config, LogFormat, Overrides};
 use meterflow::demo::{self, DemoOptions};
 use meterflow::finance;
+use meterflow::ops::Ops;
 use meterflow::pipeline::{Pipeline, RunOptions};
 use meterflow_sink::sql::{render, Format, ReadOnlySql};
 use std::path::PathBuf;
@@ -230,9 +231,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn init_logging(default: &str) {
+    init_logging_as(default, LogFormat::Human);
+}
+
+/// Logs to stderr at `RUST_LOG` if set, else `default`, as readable lines or JSON lines.
+fn init_logging_as(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ignored = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ignored = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+    };
 }
 
 /// Flips the shutdown flag on SIGINT or SIGTERM.
@@ -254,14 +265,16 @@ fn shutdown_on_signals() -> Result<tokio::sync::watch::Receiver<bool>> {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { common, exit_when_idle } => {
-            init_logging("info");
+            let config = common.load()?;
+            init_logging_as(&config.log.level, config.log.format);
             let armed = meterflow_faults::arm()?;
             if armed > 0 {
                 tracing::warn!(armed, "fault injection armed from METERFLOW_FAULTS (test build)");
             }
-            let config = common.load()?;
             let shutdown = shutdown_on_signals()?;
-            let pipeline = Pipeline::start(config).await?;
+            let ops = std::sync::Arc::new(Ops::new(&config));
+            ops.start(&config).await;
+            let pipeline = Pipeline::start_with_ops(config, ops).await?;
             let stats = pipeline.run(shutdown, RunOptions { exit_when_idle }).await?;
             tracing::info!(?stats, "stopped");
             println!(

@@ -33,8 +33,11 @@ use meterflow_sink::{
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::config::{Config, Reference};
+use crate::ops::metrics::label;
+use crate::ops::Ops;
 
 /// Counters of one run, printed at exit.
 #[derive(Debug, Default, Clone)]
@@ -173,11 +176,22 @@ pub struct Pipeline {
     commits_since_snapshot: u64,
     first_live: Option<Instant>,
     stats: RunStats,
+    /// Metrics and the operations page's live state.
+    ops: std::sync::Arc<Ops>,
+    last_commit: Option<Instant>,
+    lag_read_at: Option<Instant>,
 }
 
 impl Pipeline {
-    /// Connects, opens the table, restores state and positions the consumer.
+    /// Connects, opens the table, restores state and positions the consumer (metrics kept
+    /// but not served).
     pub async fn start(config: Config) -> Result<Pipeline> {
+        let ops = std::sync::Arc::new(Ops::new(&config));
+        Pipeline::start_with_ops(config, ops).await
+    }
+
+    /// Like [`Pipeline::start`], recording metrics and live state into `ops`.
+    pub async fn start_with_ops(config: Config, ops: std::sync::Arc<Ops>) -> Result<Pipeline> {
         let reference = Reference::load(&config)?;
         let customer_index =
             reference.directory.customers().iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
@@ -261,6 +275,9 @@ impl Pipeline {
             commits_since_snapshot: 0,
             first_live: None,
             stats,
+            ops,
+            last_commit: None,
+            lag_read_at: None,
         })
     }
 
@@ -294,6 +311,9 @@ impl Pipeline {
                 }
             };
             let got_any = !fetched.is_empty();
+            if !got_any && !self.replaying {
+                self.publish_progress().await;
+            }
             if !got_any && consumer_checked.elapsed() >= CONSUMER_CHECK_EVERY {
                 // A pull from a deleted consumer can simply come back empty: check it exists.
                 self.recreate_consumer_if_deleted().await;
@@ -338,6 +358,37 @@ impl Pipeline {
         Ok(self.stats)
     }
 
+    /// Updates the progress metrics: watermarks, open windows and (at most every second) the
+    /// consumer lag, which needs a request to the broker.
+    async fn publish_progress(&mut self) {
+        let m = &self.ops.metrics;
+        let now = chrono::Utc::now();
+        let policy = *self.agg.policy();
+        let watermarks: Vec<(String, Option<chrono::DateTime<chrono::Utc>>)> = self
+            .reference
+            .meters
+            .configs()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), self.agg.progress().watermark(i, &policy)))
+            .collect();
+        for (meter, w) in &watermarks {
+            if let Some(w) = w {
+                let age = (now - *w).num_milliseconds() as f64 / 1000.0;
+                m.watermark_age.get_or_create(&label("meter", meter.clone())).set(age);
+            }
+        }
+        self.ops.live.set_watermarks(watermarks);
+        m.open_windows.set(i64::try_from(self.agg.window_count()).unwrap_or(i64::MAX));
+        if self.lag_read_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            self.lag_read_at = Some(Instant::now());
+            if let Ok(last) = self.broker.last_sequence().await {
+                m.stream_last_sequence.set(i64::try_from(last).unwrap_or(i64::MAX));
+                m.consumer_lag.set(i64::try_from(last.saturating_sub(self.committed_seq)).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
     /// Re-creates the durable consumer when the server says it no longer exists (deleted by an
     /// operator or lost with the server's state), at the next sequence the pipeline needs, so
     /// nothing is skipped or counted twice. Errors reaching the server are left to the retries.
@@ -354,7 +405,10 @@ impl Pipeline {
             "the pipeline's consumer no longer exists on the server (was it deleted?); re-creating it at the next sequence the pipeline needs"
         );
         match self.broker.position_consumer(self.next_seq).await {
-            Ok(()) => self.stats.consumers_recreated += 1,
+            Ok(()) => {
+                self.stats.consumers_recreated += 1;
+                self.ops.metrics.consumers_recreated.inc();
+            }
             Err(e) => tracing::error!(error = %e, consumer, "cannot re-create the consumer; will retry"),
         }
     }
@@ -368,6 +422,7 @@ impl Pipeline {
                 // A redelivery of something already in hand or committed (for example after the
                 // ack wait expired while a commit was slow).
                 self.stats.redeliveries += 1;
+                self.ops.metrics.redeliveries.inc();
                 continue;
             }
             self.next_seq = msg.seq + 1;
@@ -401,14 +456,17 @@ impl Pipeline {
         let meters = &self.reference.meters;
         let mut candidates: Vec<Candidate> = Vec::new();
         let mut keys: Vec<(u128, u16)> = Vec::new();
+        let metrics = self.ops.metrics.clone();
         for msg in &messages {
             let day = u16::try_from(msg.published_unix.div_euclid(86_400)).unwrap_or(u16::MAX);
             let arrival = chrono::DateTime::from_timestamp(msg.published_unix, 0).unwrap_or_default();
             let decoded = decode_message(&msg.payload);
+            let metrics = &metrics;
             let mut reject =
                 |reason: RejectReason, detail: String, index: Option<usize>, original: Bytes, stats: &mut RunStats| {
                     if live {
                         *stats.rejected.entry(reason.code()).or_default() += 1;
+                        metrics.events_rejected.get_or_create(&label("reason", reason.code())).inc();
                         self.pending_rejects.push(RejectEnvelope {
                             seq: msg.seq,
                             subject: msg.subject.clone(),
@@ -420,7 +478,9 @@ impl Pipeline {
                     }
                 };
             if live {
-                self.stats.events_received += (decoded.events.len() + decoded.rejects.len()) as u64;
+                let n = (decoded.events.len() + decoded.rejects.len()) as u64;
+                self.stats.events_received += n;
+                self.ops.metrics.events_received.inc_by(n);
             }
             for r in decoded.rejects {
                 reject(r.reason, r.detail, r.index, Bytes::from(r.original), &mut self.stats);
@@ -465,11 +525,13 @@ impl Pipeline {
                 if !new {
                     if live {
                         self.stats.duplicates += 1;
+                        self.ops.metrics.events_duplicate.inc();
                     }
                     continue;
                 }
                 if live {
                     self.stats.events_accepted += 1;
+                    self.ops.metrics.events_accepted.inc();
                     self.pending_events += 1;
                 }
                 let customer = &self.reference.directory.customers()[c.customer];
@@ -535,6 +597,10 @@ impl Pipeline {
             } else {
                 RowKind::Usage
             };
+            if row_kind != RowKind::Usage {
+                let meter = &self.reference.meters.configs()[d.key.meter].name;
+                self.ops.metrics.events_late.get_or_create(&label("meter", meter.clone())).inc_by(d.event_count);
+            }
             let customer_idx = self
                 .customer_index
                 .get(&d.key.customer_id)
@@ -598,6 +664,8 @@ impl Pipeline {
             .collect();
         let mut delay = Duration::from_millis(100);
         let mut stop_requested = false;
+        let started = Instant::now();
+        let span = tracing::info_span!("commit", through_seq = through, rows = rows.len(), rejects = rejects.len());
         loop {
             let attempt = async {
                 self.broker.publish_rejects(&rejects).await?;
@@ -612,10 +680,24 @@ impl Pipeline {
                 meterflow_faults::hit("after_delta_commit");
                 anyhow::Ok(version)
             }
+            .instrument(span.clone())
             .await;
             match attempt {
                 Ok(version) => {
                     tracing::debug!(version, through, rows = rows.len(), "committed");
+                    let m = &self.ops.metrics;
+                    m.commit_duration.observe(started.elapsed().as_secs_f64());
+                    if let Some(last) = self.last_commit {
+                        m.commit_interval.observe(last.elapsed().as_secs_f64());
+                    }
+                    self.last_commit = Some(Instant::now());
+                    m.commits.inc();
+                    m.summary_rows.inc_by(rows.len() as u64);
+                    if !rows.is_empty() {
+                        let (files, bytes) = self.table.files_added_in(version);
+                        m.parquet_files.inc_by(files);
+                        m.parquet_bytes.inc_by(bytes);
+                    }
                     break;
                 }
                 Err(e) if stop_requested => {
@@ -634,6 +716,7 @@ impl Pipeline {
             }
         }
         self.committed_seq = through;
+        self.ops.metrics.committed_sequence.set(i64::try_from(through).unwrap_or(i64::MAX));
         self.stats.commits += 1;
         self.stats.rows_written += rows.len() as u64;
         self.stats.committed_seq = through;
@@ -645,6 +728,7 @@ impl Pipeline {
             tracing::warn!(error = %e, through, "ack failed after a successful commit");
         }
         meterflow_faults::hit("after_ack");
+        self.publish_progress().await;
         // Windows older than anything the backdating limit still admits can go.
         if let Some(clock) = self.agg.progress().stream_clock() {
             let reach = self.bounds.max_backdating + self.bounds.max_future_skew + chrono::Duration::days(1);

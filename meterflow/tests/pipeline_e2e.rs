@@ -144,7 +144,10 @@ async fn a_known_workload_is_counted_exactly_once_and_bad_events_land_in_the_dlq
 }
 
 fn reference() -> Reference {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/meterflow.toml");
+    let path = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("../examples/meterflow.toml");
     Reference::load(&Config::load(&path, &Overrides::default()).unwrap()).unwrap()
 }
 
@@ -265,7 +268,10 @@ fn reader_python() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("DELTA_READER_PYTHON") {
         return p.into();
     }
-    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
+    let local = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("../.tools/venv/bin/python");
     assert!(local.is_file(), "no Python with deltalake and duckdb: run `bash scripts/tools.sh` first");
     local
 }
@@ -333,7 +339,10 @@ async fn rerate_after_a_price_correction_appends_the_difference_once() {
     assert_eq!(totals(&env)[&key].1, d("21.50"));
 
     // Finance corrects the first tier's price in place: 0.0002 -> 0.00025.
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let examples = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("../examples");
     let corrected = env.dir.path().join("corrected");
     std::fs::create_dir_all(corrected.join("reference")).unwrap();
     std::fs::copy(examples.join("meterflow.toml"), corrected.join("meterflow.toml")).unwrap();

@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn reference() -> Reference {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/meterflow.toml");
+    let path = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("../examples/meterflow.toml");
     Reference::load(&Config::load(&path, &Overrides::default()).unwrap()).unwrap()
 }
 

@@ -11,7 +11,11 @@ fn load<T: for<'de> Deserialize<'de>>(name: &str) -> Vec<T> {
     struct File<T> {
         case: Vec<T>,
     }
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("tests/golden")
+    .join(name);
     let text = std::fs::read_to_string(&path).unwrap();
     toml::from_str::<File<T>>(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())).case
 }

@@ -72,7 +72,11 @@ pub fn decode_message(bytes: &[u8]) -> Decoded {
         Some(b'{') => match serde_json::from_slice::<&RawValue>(bytes) {
             Ok(item) => match decode_event(item, None, 0..bytes.len()) {
                 Ok(event) => out.events.push(event),
-                Err(reject) => out.rejects.push(reject),
+                // The whole message, exactly as published (with any surrounding whitespace).
+                Err(mut reject) => {
+                    reject.original = bytes.to_vec();
+                    out.rejects.push(reject);
+                }
             },
             Err(e) => out.rejects.push(Reject::new(RejectReason::InvalidJson, e.to_string(), bytes)),
         },
@@ -90,6 +94,48 @@ pub fn decode_message(bytes: &[u8]) -> Decoded {
         }
     }
     out
+}
+
+/// Checks what the decoder promises for any input, however hostile: every message yields at
+/// least one outcome; a batch yields exactly one outcome per array element, in order; a single
+/// event yields exactly one; spans lie inside the message and quote the event's own bytes;
+/// rejected originals are bytes of the message; attributes respect their size limit. Used by
+/// the property tests and by the fuzz target (`fuzz/`); returns what was broken.
+pub fn check_decode_invariants(bytes: &[u8]) -> Result<Decoded, String> {
+    let d = decode_message(bytes);
+    if d.events.is_empty() && d.rejects.is_empty() {
+        return Err("no outcome at all".into());
+    }
+    let mut indexes: Vec<Option<usize>> =
+        d.events.iter().map(|e| e.index).chain(d.rejects.iter().map(|r| r.index)).collect();
+    indexes.sort_unstable();
+    let batch = indexes.iter().any(Option::is_some);
+    if batch {
+        if indexes.iter().enumerate().any(|(i, x)| *x != Some(i)) {
+            return Err(format!("batch outcomes are not one per element: {indexes:?}"));
+        }
+    } else if indexes.len() != 1 {
+        return Err(format!("{} outcomes for a message without a batch", indexes.len()));
+    }
+    for e in &d.events {
+        let quoted = bytes.get(e.span.clone()).ok_or_else(|| format!("span {:?} outside the message", e.span))?;
+        let quoted = quoted.trim_ascii();
+        if quoted.first() != Some(&b'{') || quoted.last() != Some(&b'}') {
+            return Err(format!("span {:?} does not quote an event object", e.span));
+        }
+        for (name, v) in [("id", &e.id), ("source", &e.source), ("type", &e.event_type), ("subject", &e.subject)] {
+            if v.is_empty() || v.len() > MAX_ATTRIBUTE_BYTES {
+                return Err(format!("accepted {name} of {} bytes", v.len()));
+            }
+        }
+    }
+    for r in &d.rejects {
+        let inside = r.original.is_empty() || bytes.windows(r.original.len()).any(|w| w == r.original.as_slice());
+        if !inside || (r.index.is_none() && r.original != bytes) {
+            return Err(format!("reject {} does not carry the original bytes", r.reason.code()));
+        }
+    }
+    Ok(d)
 }
 
 /// Byte range of `inner` (a sub-slice of `outer`) within `outer`.
@@ -333,11 +379,43 @@ mod tests {
         assert_eq!(decode_message(deep_data.as_bytes()).events.len(), 1);
     }
 
+    #[test]
+    fn a_rejected_single_event_carries_the_message_exactly_as_published() {
+        // Found by the fuzz target: surrounding whitespace was dropped from the DLQ copy.
+        let msg = b"\t{\"specversion\":\"1.0\",\"id\":\"b\"}\n";
+        let d = decode_message(msg);
+        assert_eq!(d.rejects.len(), 1);
+        assert_eq!(d.rejects[0].original, msg.to_vec());
+        assert!(check_decode_invariants(msg).is_ok());
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic_and_every_byte_is_accounted_for(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            let d = decode_message(&bytes);
-            proptest::prop_assert!(d.events.len() + d.rejects.len() >= 1);
+            if let Err(broken) = check_decode_invariants(&bytes) {
+                proptest::prop_assert!(false, "{broken} for {:?}", String::from_utf8_lossy(&bytes));
+            }
+        }
+
+        // Random bytes are rarely JSON: mutating valid single and batch messages reaches the
+        // validation paths (the same smoke the fuzz target runs for longer).
+        #[test]
+        fn mutated_valid_messages_keep_the_decoder_promises(
+            batch in proptest::bool::ANY,
+            edits in proptest::collection::vec((0usize..1000, proptest::num::u8::ANY, 0u8..3), 1..6),
+        ) {
+            let mut bytes = if batch { format!("[{GOOD},{GOOD}, {{\"specversion\":\"1.0\"}}]") } else { GOOD.to_string() }.into_bytes();
+            for (at, byte, kind) in edits {
+                let at = at % (bytes.len() + 1);
+                match kind {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ => bytes.truncate(at.max(1)),
+                }
+            }
+            if let Err(broken) = check_decode_invariants(&bytes) {
+                proptest::prop_assert!(false, "{broken} for {:?}", String::from_utf8_lossy(&bytes));
+            }
         }
     }
 }

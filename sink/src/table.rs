@@ -453,6 +453,17 @@ impl SummaryTable {
         }
     }
 
+    /// Data files added by one commit and their total bytes, read from that commit's log entry
+    /// (`(0, 0)` when the entry cannot be read; for metrics only).
+    pub fn files_added_in(&self, version: u64) -> (u64, u64) {
+        let entry = self.path.join("_delta_log").join(format!("{version:020}.json"));
+        let Ok(text) = std::fs::read_to_string(entry) else { return (0, 0) };
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v.get("add").and_then(|a| a.get("size")).and_then(serde_json::Value::as_u64))
+            .fold((0, 0), |(n, bytes), size| (n + 1, bytes + size))
+    }
+
     /// Number of data files in the current table version.
     pub fn file_count(&self) -> usize {
         self.table.as_ref().and_then(|t| t.snapshot().ok()).map_or(0, |s| s.log_data().num_files())

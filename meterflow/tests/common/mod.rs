@@ -29,7 +29,9 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let nats = LocalNats::start(&dir.path().join("nats"))
             .expect("nats-server starts (run scripts/tools.sh to install it)");
-        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/meterflow.toml");
+        let config =
+            Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()))
+                .join("../examples/meterflow.toml");
         TestEnv { nats, dir, config, envs: WIDE_BOUNDS.to_vec() }
     }
 
