@@ -8,6 +8,7 @@
 //! * [`local_nats`]: starting a local nats-server with JetStream;
 //! * [`rerate`]: `meterflow rerate`, price corrections as adjustment rows;
 //! * [`ops`]: Prometheus metrics and the operations page of `meterflow run`;
+//! * [`trace`]: `meterflow trace`, one event's lineage to its invoice lines and ERP postings;
 //! * [`demo`]: `meterflow demo`.
 
 pub mod config;
@@ -18,4 +19,5 @@ pub mod ops;
 pub mod pipeline;
 pub mod rerate;
 pub mod status;
+pub mod trace;
 pub mod workload;

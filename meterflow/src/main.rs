@@ -188,6 +188,27 @@ enum Command {
         #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
         format: StatusFormat,
     },
+    /// Follows one event from its message to the summary rows that count it, the invoice lines
+    /// that bill it and the ERP documents that post them (or says why it was not counted).
+    Trace {
+        #[command(flatten)]
+        common: Common,
+        /// Stream sequence of the message (publishers get it in the publish acknowledgement).
+        #[arg(long)]
+        seq: Option<u64>,
+        /// Position of the event in a batch message (default: every event of the message).
+        #[arg(long)]
+        index: Option<usize>,
+        /// CloudEvents `source` (with `--id`: scans the stream for the event).
+        #[arg(long, requires = "id")]
+        source: Option<String>,
+        /// CloudEvents `id`.
+        #[arg(long, requires = "source")]
+        id: Option<String>,
+        /// `text` or `json`.
+        #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+        format: StatusFormat,
+    },
     /// Start a local nats-server with JetStream (unless --nats-url is given), publish a
     /// realistic workload with duplicates and bad events, run the pipeline until drained,
     /// check the totals against the workload's oracle and print them.
@@ -377,6 +398,16 @@ async fn run(cli: Cli) -> Result<()> {
             match format {
                 StatusFormat::Text => print!("{}", meterflow::status::render(&s)),
                 StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+            }
+            Ok(())
+        }
+        Command::Trace { common, seq, index, source, id, format } => {
+            init_logging("error");
+            let query = meterflow::trace::TraceQuery { seq, index, source, id };
+            let traces = meterflow::trace::trace(&common.load()?, &query).await?;
+            match format {
+                StatusFormat::Text => print!("{}", meterflow::trace::render(&traces)),
+                StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&traces)?),
             }
             Ok(())
         }

@@ -129,6 +129,8 @@ fn decode_state<'a>(
 /// A candidate event that passed decode, enrich and extract, waiting for the dedup decision.
 struct Candidate {
     seq: u64,
+    /// Position of its message in the fetched batch (for the message subject).
+    msg: usize,
     arrival: chrono::DateTime<chrono::Utc>,
     customer: usize,
     pricing: std::sync::Arc<str>,
@@ -170,6 +172,9 @@ pub struct Pipeline {
     replaying: bool,
     // Pending commit.
     pending_rejects: Vec<RejectEnvelope>,
+    pending_duplicates: Vec<RejectionRow>,
+    /// The duplicates table (committed with the rejections).
+    duplicates: RejectionTable,
     pending_last: Option<Fetched>,
     pending_events: usize,
     pending_since: Option<Instant>,
@@ -233,6 +238,7 @@ impl Pipeline {
         let stats = RunStats { committed_seq, ..Default::default() };
         let bounds = config.lateness.bounds();
         let rejections = RejectionTable::open_or_create(&config.storage.data_dir).await?;
+        let duplicates = RejectionTable::open_duplicates(&config.storage.data_dir).await?;
         let mut periods = PeriodTable::open_or_create(&config.storage.data_dir).await?;
         let closed = periods.closed().await?;
         let seen_periods = totals.entries().into_iter().map(|(k, _)| k.period).collect();
@@ -269,6 +275,8 @@ impl Pipeline {
             next_seq: resume_from,
             replaying: resume_from <= committed_seq,
             pending_rejects: Vec::new(),
+            pending_duplicates: Vec::new(),
+            duplicates,
             pending_last: None,
             pending_events: 0,
             pending_since: None,
@@ -457,7 +465,7 @@ impl Pipeline {
         let mut candidates: Vec<Candidate> = Vec::new();
         let mut keys: Vec<(u128, u16)> = Vec::new();
         let metrics = self.ops.metrics.clone();
-        for msg in &messages {
+        for (msg_index, msg) in messages.iter().enumerate() {
             let day = u16::try_from(msg.published_unix.div_euclid(86_400)).unwrap_or(u16::MAX);
             let arrival = chrono::DateTime::from_timestamp(msg.published_unix, 0).unwrap_or_default();
             let decoded = decode_message(&msg.payload);
@@ -514,7 +522,15 @@ impl Pipeline {
                     }
                 };
                 keys.push((fingerprint(&event.source, &event.id), day));
-                candidates.push(Candidate { seq: msg.seq, arrival, customer, pricing, event, measurements });
+                candidates.push(Candidate {
+                    seq: msg.seq,
+                    msg: msg_index,
+                    arrival,
+                    customer,
+                    pricing,
+                    event,
+                    measurements,
+                });
             }
         }
         meterflow_faults::hit("after_decode");
@@ -526,6 +542,15 @@ impl Pipeline {
                     if live {
                         self.stats.duplicates += 1;
                         self.ops.metrics.events_duplicate.inc();
+                        tracing::debug!(seq = c.seq, source = %c.event.source, id = %c.event.id, "duplicate dropped");
+                        self.pending_duplicates.push(RejectionRow {
+                            stream_seq: c.seq,
+                            event_index: c.event.index.map(|i| i as u64),
+                            reason: "duplicate".into(),
+                            detail: format!("source={} id={}", c.event.source, c.event.id),
+                            subject: messages.get(c.msg).map(|m| m.subject.clone()).unwrap_or_default(),
+                            size: c.event.span.len() as u64,
+                        });
                     }
                     continue;
                 }
@@ -662,6 +687,7 @@ impl Pipeline {
                 size: r.original.len() as u64,
             })
             .collect();
+        let duplicate_rows = std::mem::take(&mut self.pending_duplicates);
         let mut delay = Duration::from_millis(100);
         let mut stop_requested = false;
         let started = Instant::now();
@@ -676,6 +702,7 @@ impl Pipeline {
                 if !rejection_rows.is_empty() {
                     meterflow_faults::hit("after_rejections_commit");
                 }
+                self.duplicates.commit(&duplicate_rows, through).await?;
                 let version = self.table.commit(&rows, through).await?;
                 meterflow_faults::hit("after_delta_commit");
                 anyhow::Ok(version)

@@ -127,6 +127,35 @@ async fn the_operations_page_shows_the_running_pipeline_in_a_real_browser() {
             && page.matches("zero variance").count() == periods.len()
     });
     assert!(shown, "the page never showed the closed periods: {}", get(port, "/").unwrap().1);
+    // Lineage: an accepted event leads to its summary row, invoice line and ERP postings; a
+    // duplicate and a reject say why they were not counted.
+    let trace = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = ok(env.command("trace").args(args).args(["--format", "json"]).output().unwrap());
+        serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
+    };
+    let first = env.sql("SELECT MIN(first_seq) FROM usage_summaries")[1][0].clone();
+    let traced = trace(&["--seq", &first]);
+    let counted = traced.iter().find(|t| t["outcome"] == "counted").expect("an accepted event in the message");
+    assert!(!counted["summary_rows"].as_array().unwrap().is_empty());
+    let lines = counted["invoice_lines"].as_array().unwrap();
+    assert!(!lines.is_empty(), "no invoice line for {counted}");
+    assert!(lines[0].to_string().contains("INV-"), "{counted}");
+    let postings = counted["postings"].to_string();
+    assert!(postings.contains("posted") && postings.contains(".ar"), "{counted}");
+    let dup = env.sql("SELECT stream_seq, event_index FROM duplicates ORDER BY stream_seq LIMIT 1");
+    let mut args = vec!["--seq", dup[1][0].as_str()];
+    if !dup[1][1].is_empty() {
+        args.extend(["--index", dup[1][1].as_str()]);
+    }
+    let t = trace(&args);
+    assert_eq!(t[0]["outcome"], "duplicate", "{t:?}");
+    assert!(t[0]["detail"].as_str().unwrap().contains("source="), "{t:?}");
+    let rej =
+        env.sql("SELECT stream_seq, reason FROM rejections WHERE event_index IS NULL ORDER BY stream_seq LIMIT 1");
+    let t = trace(&["--seq", &rej[1][0]]);
+    assert_eq!(t[0]["outcome"], "rejected", "{t:?}");
+    assert!(t[0]["detail"].as_str().unwrap().starts_with(&rej[1][1]), "{t:?}");
+
     tokio::time::sleep(Duration::from_secs(3)).await; // one more history sample
 
     // The page, as a real browser renders it.

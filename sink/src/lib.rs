@@ -29,7 +29,7 @@ mod table;
 pub use deltalake;
 pub use error::SinkError;
 pub use periods::{ClosedPeriod, PeriodTable, PERIODS_TABLE};
-pub use rejections::{RejectionRow, RejectionTable, REJECTIONS_TABLE};
+pub use rejections::{RejectionRow, RejectionTable, DUPLICATES_TABLE, REJECTIONS_TABLE};
 pub use state::StateStore;
 pub use table::{
     open_or_create_table, summaries_schema, table_url, RowKind, SummaryRow, SummaryTable, APP_ID, SUMMARIES_TABLE,

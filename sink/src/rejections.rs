@@ -1,10 +1,13 @@
 //! The `rejections` table: one row per rejected event or message, so SQL can count rejects by
 //! reason (`too_old`, `unknown_subject`, ...). The DLQ stream keeps the original bytes; this
-//! table keeps the facts.
+//! table keeps the facts. The `duplicates` table has the same shape: one row per event dropped
+//! as a duplicate (reason `duplicate`, the `(source, id)` in `detail`), so "why was my event not
+//! counted?" has an answer in SQL and in `meterflow trace`.
 //!
-//! It is committed before `usage_summaries` for the same stream range, with its own
-//! application transaction (`meterflow-rejections`), so after a crash between the two commits
-//! the rows already written are recognised by sequence and not written again.
+//! Both are committed before `usage_summaries` for the same stream range, each with its own
+//! application transaction (`meterflow-rejections`, `meterflow-duplicates`), so after a crash
+//! between the commits the rows already written are recognised by sequence and not written
+//! again. A range without rows writes no commit.
 
 use chrono::Utc;
 use deltalake::arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
@@ -22,7 +25,8 @@ use crate::{Result, SinkError};
 
 /// Name of the table (and its folder).
 pub const REJECTIONS_TABLE: &str = "rejections";
-const APP_ID: &str = "meterflow-rejections";
+/// Name of the duplicates table (and its folder).
+pub const DUPLICATES_TABLE: &str = "duplicates";
 
 /// One rejected event (or whole message).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,14 +45,12 @@ pub struct RejectionRow {
     pub size: u64,
 }
 
-fn err(e: DeltaTableError) -> SinkError {
-    SinkError::Delta { table: REJECTIONS_TABLE.into(), source: e }
-}
-
-/// The `rejections` table.
+/// The `rejections` (or `duplicates`) table.
 pub struct RejectionTable {
     data_dir: PathBuf,
     table: Option<DeltaTable>,
+    name: &'static str,
+    app_id: &'static str,
 }
 
 impl std::fmt::Debug for RejectionTable {
@@ -58,12 +60,37 @@ impl std::fmt::Debug for RejectionTable {
 }
 
 impl RejectionTable {
-    /// Opens the table under `data_dir`, creating it when absent.
+    fn err(&self, e: DeltaTableError) -> SinkError {
+        SinkError::Delta { table: self.name.into(), source: e }
+    }
+
+    /// Opens the `rejections` table under `data_dir`, creating it when absent.
     pub async fn open_or_create(data_dir: &Path) -> Result<Self> {
-        let table = open_or_create_table(
+        Self::open_named(
             data_dir,
             REJECTIONS_TABLE,
+            "meterflow-rejections",
             "meterflow rejected events by reason; original bytes are in the USAGE_DLQ stream",
+        )
+        .await
+    }
+
+    /// Opens the `duplicates` table under `data_dir`, creating it when absent.
+    pub async fn open_duplicates(data_dir: &Path) -> Result<Self> {
+        Self::open_named(
+            data_dir,
+            DUPLICATES_TABLE,
+            "meterflow-duplicates",
+            "meterflow events dropped as duplicates of an earlier (source, id); the first sighting was counted",
+        )
+        .await
+    }
+
+    async fn open_named(data_dir: &Path, name: &'static str, app_id: &'static str, comment: &str) -> Result<Self> {
+        let table = open_or_create_table(
+            data_dir,
+            name,
+            comment,
             vec![
                 StructField::new("stream_seq", DataType::LONG, false),
                 StructField::new("event_index", DataType::LONG, true),
@@ -76,13 +103,13 @@ impl RejectionTable {
             vec![],
         )
         .await?;
-        Ok(RejectionTable { data_dir: data_dir.to_path_buf(), table: Some(table) })
+        Ok(RejectionTable { data_dir: data_dir.to_path_buf(), table: Some(table), name, app_id })
     }
 
     /// The last stream sequence whose rejections are committed (0 when none).
     pub async fn committed_seq(&self) -> Result<u64> {
         let Some(t) = self.table.as_ref() else { return Ok(0) };
-        app_transaction_version(t, APP_ID).await.map_err(err)
+        app_transaction_version(t, self.app_id).await.map_err(|e| self.err(e))
     }
 
     /// Appends the rejections of the range ending at `through_seq` (rows at or below the
@@ -93,6 +120,9 @@ impl RejectionTable {
             return Ok(());
         }
         let rows: Vec<&RejectionRow> = rows.iter().filter(|r| r.stream_seq > done).collect();
+        if rows.is_empty() {
+            return Ok(()); // nothing to record; later rows are told apart by sequence all the same
+        }
         let n = rows.len();
         let mut seq = Int64Builder::with_capacity(n);
         let mut index = Int64Builder::with_capacity(n);
@@ -132,19 +162,21 @@ impl RejectionTable {
             Arc::new(at.finish()),
         ];
         let batch = RecordBatch::try_new(schema, columns)
-            .map_err(|e| SinkError::Encode { table: REJECTIONS_TABLE.into(), message: e.to_string() })?;
-        let props = CommitProperties::default()
-            .with_application_transaction(Transaction::new(APP_ID, i64::try_from(through_seq).unwrap_or(i64::MAX)));
+            .map_err(|e| SinkError::Encode { table: self.name.into(), message: e.to_string() })?;
+        let props = CommitProperties::default().with_application_transaction(Transaction::new(
+            self.app_id,
+            i64::try_from(through_seq).unwrap_or(i64::MAX),
+        ));
         let table = match self.table.take() {
             Some(t) => t,
-            None => deltalake::open_table(table_url(&self.data_dir, REJECTIONS_TABLE)?).await.map_err(err)?,
+            None => deltalake::open_table(table_url(&self.data_dir, self.name)?).await.map_err(|e| self.err(e))?,
         };
         match table.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(props).await {
             Ok(t) => {
                 self.table = Some(t);
                 Ok(())
             }
-            Err(e) => Err(err(e)), // the handle is reopened on the next attempt
+            Err(e) => Err(self.err(e)), // the handle is reopened on the next attempt
         }
     }
 }

@@ -1,0 +1,309 @@
+//! `meterflow trace`: one event's lineage, from the message that carried it to the ERP documents
+//! that bill it. The correlation id is the stream sequence (plus the position in a batch
+//! message), which publishers get back in their publish acknowledgement; `--source`/`--id`
+//! finds it by scanning the stream instead.
+//!
+//! ```text
+//!  USAGE stream seq N ─► rejections (reason)      │ duplicates (first sighting counted)
+//!        │ accepted
+//!        ▼
+//!  usage_summaries rows: customer, meter, window, first_seq <= N <= last_seq, commit covering N
+//!        ▼
+//!  invoice_lines with first_seq <= N <= last_seq ─► invoices ─► postings (ERP documents)
+//! ```
+
+use anyhow::{bail, Context, Result};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use futures::StreamExt;
+use meterflow_ingest::Broker;
+use meterflow_schemas::{decode_message, UsageEvent};
+use meterflow_sink::sql::{cells, ReadOnlySql};
+use serde::Serialize;
+use std::time::Duration;
+
+use crate::config::{Config, Reference};
+
+/// What to trace.
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    /// Stream sequence of the message.
+    pub seq: Option<u64>,
+    /// Position in a batch message.
+    pub index: Option<usize>,
+    /// CloudEvents source (with `id`, found by scanning the stream).
+    pub source: Option<String>,
+    /// CloudEvents id.
+    pub id: Option<String>,
+}
+
+/// One traced event.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventTrace {
+    /// Stream sequence of its message.
+    pub seq: u64,
+    /// Position in a batch message.
+    pub index: Option<usize>,
+    /// CloudEvents source, id, type, subject and time (when the event decoded).
+    pub source: Option<String>,
+    /// CloudEvents id.
+    pub id: Option<String>,
+    /// CloudEvents type.
+    pub event_type: Option<String>,
+    /// CloudEvents subject.
+    pub subject: Option<String>,
+    /// Event time.
+    pub time: Option<String>,
+    /// `counted`, `rejected`, `duplicate` or `not committed yet`.
+    pub outcome: String,
+    /// Reject reason or duplicate detail.
+    pub detail: Option<String>,
+    /// The summary rows that count it (column = value).
+    pub summary_rows: Vec<Vec<(String, String)>>,
+    /// The invoice lines that bill it.
+    pub invoice_lines: Vec<Vec<(String, String)>>,
+    /// The ERP postings of those invoices.
+    pub postings: Vec<Vec<(String, String)>>,
+}
+
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+async fn rows(sql: &ReadOnlySql, query: &str) -> Result<Vec<Vec<(String, String)>>> {
+    let mut out = Vec::new();
+    for b in sql.query(query).await.with_context(|| format!("in: {query}"))? {
+        let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+        for r in cells(&b)? {
+            out.push(names.iter().cloned().zip(r.into_iter().map(Option::unwrap_or_default)).collect());
+        }
+    }
+    Ok(out)
+}
+
+fn has(sql: &ReadOnlySql, table: &str) -> bool {
+    sql.tables.iter().any(|t| t == table)
+}
+
+/// Finds the message of `(source, id)` by scanning the stream from the start.
+async fn find_by_id(broker: &Broker, source: &str, id: &str) -> Result<Option<(u64, usize)>> {
+    let (_, stream_name) = broker.consumer_name();
+    let stream = broker.jetstream().get_stream(stream_name).await.context("cannot read the usage stream")?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            description: Some("meterflow trace: a read-only scan".into()),
+            ..Default::default()
+        })
+        .await
+        .context("cannot create a scanning consumer")?;
+    let last = broker.last_sequence().await?;
+    loop {
+        let mut batch = consumer.fetch().max_messages(1000).expires(Duration::from_secs(2)).messages().await?;
+        let mut seen = 0;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            seen += 1;
+            let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+            let decoded = decode_message(&m.payload);
+            if let Some(e) = decoded.events.iter().find(|e| e.source == source && e.id == id) {
+                return Ok(Some((seq, e.index.unwrap_or(0))));
+            }
+            if seq >= last {
+                return Ok(None);
+            }
+        }
+        if seen == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Traces the event(s) the query names.
+pub async fn trace(config: &Config, q: &TraceQuery) -> Result<Vec<EventTrace>> {
+    let broker = Broker::connect(config.nats.clone()).await?;
+    let (seq, index) = match (q.seq, &q.source, &q.id) {
+        (Some(seq), _, _) => (seq, q.index),
+        (None, Some(source), Some(id)) => match find_by_id(&broker, source, id).await? {
+            Some((seq, i)) => (seq, Some(i)),
+            None => bail!("no event with source {source:?} and id {id:?} in the usage stream"),
+        },
+        _ => bail!("name the event: --seq N [--index I], or --source S --id I"),
+    };
+    let (_, stream_name) = broker.consumer_name();
+    let stream = broker.jetstream().get_stream(stream_name).await.context("cannot read the usage stream")?;
+    let message = stream
+        .get_raw_message(seq)
+        .await
+        .with_context(|| format!("stream sequence {seq} is not in the usage stream (never published, or expired)"))?;
+    let decoded = decode_message(&message.payload);
+    let reference = Reference::load(config)?;
+    let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
+    let committed =
+        meterflow_sink::SummaryTable::open_or_create(&config.storage.data_dir).await?.committed_seq().await?;
+
+    let mut out = Vec::new();
+    let wanted = |i: Option<usize>| index.is_none() || i == index || (i.is_none() && index == Some(0));
+    for r in decoded.rejects.iter().filter(|r| wanted(r.index)) {
+        out.push(EventTrace {
+            seq,
+            index: r.index,
+            source: None,
+            id: None,
+            event_type: None,
+            subject: None,
+            time: None,
+            outcome: "rejected".into(),
+            detail: Some(format!("{}: {}", r.reason.code(), r.detail)),
+            summary_rows: vec![],
+            invoice_lines: vec![],
+            postings: vec![],
+        });
+    }
+    for e in decoded.events.iter().filter(|e| wanted(e.index)) {
+        out.push(trace_event(&sql, &reference, seq, committed, e).await?);
+    }
+    if out.is_empty() {
+        bail!("message {seq} holds no event at index {index:?}");
+    }
+    Ok(out)
+}
+
+async fn trace_event(
+    sql: &ReadOnlySql,
+    reference: &Reference,
+    seq: u64,
+    committed: u64,
+    e: &UsageEvent,
+) -> Result<EventTrace> {
+    let index_cond = match e.index {
+        Some(i) => format!("event_index = {i}"),
+        None => "event_index IS NULL".into(),
+    };
+    let mut t = EventTrace {
+        seq,
+        index: e.index,
+        source: Some(e.source.clone()),
+        id: Some(e.id.clone()),
+        event_type: Some(e.event_type.clone()),
+        subject: Some(e.subject.clone()),
+        time: Some(e.time.to_rfc3339()),
+        outcome: String::new(),
+        detail: None,
+        summary_rows: vec![],
+        invoice_lines: vec![],
+        postings: vec![],
+    };
+    if seq > committed {
+        t.outcome = "not committed yet".into();
+        return Ok(t);
+    }
+    for (table, outcome) in [("rejections", "rejected"), ("duplicates", "duplicate")] {
+        if !has(sql, table) {
+            continue;
+        }
+        let q = format!("SELECT reason, detail FROM {table} WHERE stream_seq = {seq} AND {index_cond}");
+        if let Some(r) = rows(sql, &q).await?.into_iter().next() {
+            t.outcome = outcome.into();
+            t.detail = Some(r.into_iter().map(|(_, v)| v).collect::<Vec<_>>().join(": "));
+            return Ok(t);
+        }
+    }
+    let Some(customer) = reference.directory.lookup(&e.subject) else {
+        t.outcome = "rejected".into();
+        t.detail = Some("unknown_subject (no rejection row found: the reference data may have changed)".into());
+        return Ok(t);
+    };
+    let time = lit(&e.time.format("%Y-%m-%d %H:%M:%S%.6f").to_string());
+    let q = format!(
+        "SELECT customer_id, meter, dimensions, CAST(window_start AS VARCHAR) AS window_start, row_kind, \
+         billing_period, plan_version, CAST(quantity AS VARCHAR) AS quantity, CAST(amount AS VARCHAR) AS amount, \
+         currency, event_count, first_seq, last_seq, revision AS committed_through \
+         FROM usage_summaries WHERE customer_id = {c} AND row_kind IN ('usage', 'late', 'adjustment') \
+         AND first_seq <= {seq} AND last_seq >= {seq} \
+         AND window_start <= TIMESTAMP {time} AND window_end > TIMESTAMP {time} \
+         AND revision = (SELECT MIN(revision) FROM usage_summaries WHERE revision >= {seq} AND row_kind <> 'rerate') \
+         ORDER BY meter",
+        c = lit(&customer.id)
+    );
+    t.summary_rows = rows(sql, &q).await?;
+    t.outcome =
+        if t.summary_rows.is_empty() { "not counted (no summary row covers it)".into() } else { "counted".into() };
+    if !has(sql, "invoice_lines") {
+        return Ok(t);
+    }
+    for row in t.summary_rows.clone() {
+        let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+        let q = format!(
+            "SELECT invoice_id, revision, line_no, line_kind, period, description, CAST(amount AS VARCHAR) AS amount, currency \
+             FROM invoice_lines WHERE customer_id = {c} AND meter = {m} AND plan_version = {p} \
+             AND (source_period = {bp} OR period = {bp}) AND first_seq <= {seq} AND last_seq >= {seq} \
+             ORDER BY invoice_id, revision, line_no",
+            c = lit(&get("customer_id")),
+            m = lit(&get("meter")),
+            p = lit(&get("plan_version")),
+            bp = lit(&get("billing_period")),
+        );
+        t.invoice_lines.extend(rows(sql, &q).await?);
+    }
+    let mut invoices: Vec<(String, String)> = t
+        .invoice_lines
+        .iter()
+        .map(|l| {
+            let get = |k: &str| l.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+            (get("invoice_id"), get("revision"))
+        })
+        .collect();
+    invoices.sort();
+    invoices.dedup();
+    if has(sql, "postings") {
+        for (id, rev) in invoices {
+            let q = format!(
+                "SELECT invoice_id, revision, document_type, idempotency_key, target, status, attempts, \
+                 CAST(recorded_at AS VARCHAR) AS recorded_at FROM postings WHERE invoice_id = {} AND revision = {} \
+                 ORDER BY recorded_at",
+                lit(&id),
+                rev.parse::<i64>().unwrap_or(-1)
+            );
+            t.postings.extend(rows(sql, &q).await?);
+        }
+    }
+    Ok(t)
+}
+
+/// The traces as text.
+pub fn render(traces: &[EventTrace]) -> String {
+    let mut s = String::new();
+    let kv = |r: &Vec<(String, String)>| r.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    for t in traces {
+        s.push_str(&format!(
+            "event at stream sequence {}{}\n",
+            t.seq,
+            t.index.map_or(String::new(), |i| format!(", index {i}"))
+        ));
+        if let (Some(source), Some(id)) = (&t.source, &t.id) {
+            s.push_str(&format!(
+                "  source={source} id={id} type={} subject={} time={}\n",
+                t.event_type.as_deref().unwrap_or(""),
+                t.subject.as_deref().unwrap_or(""),
+                t.time.as_deref().unwrap_or("")
+            ));
+        }
+        s.push_str(&format!(
+            "  outcome: {}{}\n",
+            t.outcome,
+            t.detail.as_ref().map_or(String::new(), |d| format!(" ({d})"))
+        ));
+        for r in &t.summary_rows {
+            s.push_str(&format!("  usage_summaries: {}\n", kv(r)));
+        }
+        for r in &t.invoice_lines {
+            s.push_str(&format!("  invoice line: {}\n", kv(r)));
+        }
+        for r in &t.postings {
+            s.push_str(&format!("  ERP posting: {}\n", kv(r)));
+        }
+    }
+    s
+}
