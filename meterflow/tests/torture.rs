@@ -160,4 +160,7 @@ async fn sigkill_at_every_fault_point_under_load_loses_and_doubles_nothing() {
     let rejected: BTreeMap<String, u64> =
         rejected.into_iter().skip(1).map(|r| (r[0].clone(), r[1].parse().unwrap())).collect();
     assert_eq!(rejected, oracle.rejected);
+    // Every dropped duplicate is recorded once too.
+    let duplicates = env.sql("SELECT COUNT(*) FROM duplicates");
+    assert_eq!(duplicates[1][0].parse::<u64>().unwrap(), oracle.duplicates, "duplicates recorded");
 }
