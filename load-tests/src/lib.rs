@@ -1,0 +1,388 @@
+//! # meterflow-load-tests: one load run, measured against the broker's own ceiling
+//!
+//! ```text
+//!  workload (meterflow::workload: skewed customers, duplicates incl. late retries, malformed,
+//!            1 or N events per message) + exact oracle
+//!    1. ceiling: publish the same payloads to a scratch stream (raw publish rate), then pull
+//!       them with ack-all and parse only (raw consume rate)            ─┐ same server,
+//!    2. throughput: publish to USAGE, run the real pipeline in process  ─┤ same payloads,
+//!       until drained; events/s over the busy time, and its ratio       ─┘ same run
+//!       to the raw consume rate
+//!    3. freshness: keep the pipeline running, publish at a fraction of the measured rate, and
+//!       time publish → committed (visible in SQL) per message into an HDR histogram
+//!    4. exactness: every total in usage_summaries equals the oracle (else the run fails)
+//! ```
+//!
+//! [`run_once`] does one run; the binary repeats it and reports medians (see `report`).
+
+pub mod report;
+
+use anyhow::{bail, Context, Result};
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, stream};
+use futures::StreamExt;
+use meterflow::config::{Config, Overrides, Reference};
+use meterflow::local_nats::LocalNats;
+use meterflow::ops::Ops;
+use meterflow::pipeline::{Pipeline, RunOptions};
+use meterflow::workload::{self, OutMessage, WorkloadSpec};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Config file (reference data, meters, plans).
+    pub config: PathBuf,
+    /// Distinct valid events of the throughput phase.
+    pub events: usize,
+    /// Events per message (1 = one event per message; more = CloudEvents batch mode).
+    pub batch_size: usize,
+    /// Every n-th event is re-published later as a duplicate (0 = none).
+    pub duplicate_every: usize,
+    /// Every n-th message is followed by a malformed one (0 = none).
+    pub bad_every: usize,
+    /// Seconds of the freshness phase (0 = skip it).
+    pub freshness_secs: u64,
+    /// Publish rate of the freshness phase, as a fraction of the measured pipeline rate.
+    pub freshness_fraction: f64,
+    /// Commit interval of the pipeline, in milliseconds.
+    pub commit_interval_ms: u64,
+    /// Seed of the workload.
+    pub seed: u64,
+}
+
+/// Figures of one phase that moves messages.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rate {
+    /// Messages moved.
+    pub messages: u64,
+    /// Events in them.
+    pub events: u64,
+    /// Seconds.
+    pub secs: f64,
+    /// Events per second.
+    pub events_per_s: f64,
+    /// Messages per second.
+    pub messages_per_s: f64,
+}
+
+impl Rate {
+    fn new(messages: u64, events: u64, secs: f64) -> Rate {
+        let s = secs.max(1e-9);
+        Rate { messages, events, secs, events_per_s: events as f64 / s, messages_per_s: messages as f64 / s }
+    }
+}
+
+/// End-to-end freshness: publish to committed, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Freshness {
+    /// Target publish rate (events/s).
+    pub target_events_per_s: f64,
+    /// Achieved publish rate (events/s).
+    pub achieved_events_per_s: f64,
+    /// Messages measured.
+    pub samples: u64,
+    /// Percentiles (ms).
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+    /// (latency ms, cumulative fraction) points of the distribution, for the chart.
+    pub distribution: Vec<(f64, f64)>,
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunReport {
+    /// Events per message.
+    pub batch_size: usize,
+    /// Raw JetStream publish rate of the workload's payloads.
+    pub raw_publish: Rate,
+    /// Raw pull + ack-all + parse rate of the same payloads.
+    pub raw_consume: Rate,
+    /// The pipeline over the same payloads (busy time: first message to last commit).
+    pub pipeline: Rate,
+    /// pipeline events/s ÷ raw consume events/s.
+    pub ratio_to_consume_ceiling: f64,
+    /// Events/s over time during the throughput phase: (seconds since start, events/s).
+    pub throughput_series: Vec<(f64, f64)>,
+    /// Freshness phase.
+    pub freshness: Option<Freshness>,
+    /// Accepted events (oracle).
+    pub accepted: u64,
+    /// Duplicates dropped (oracle).
+    pub duplicates: u64,
+    /// Rejected (oracle).
+    pub rejected: u64,
+    /// True when every total equalled the oracle.
+    pub exact: bool,
+}
+
+fn events_in(messages: &[OutMessage]) -> u64 {
+    messages
+        .iter()
+        .map(|m| meterflow_schemas::decode_message(&m.payload))
+        .map(|d| (d.events.len() + d.rejects.len()) as u64)
+        .sum()
+}
+
+/// Publishes `messages` to the subjects under `prefix` (replacing `usage.`), returns the time.
+async fn publish_as(js: &jetstream::Context, messages: &[OutMessage], prefix: Option<&str>) -> Result<f64> {
+    let renamed: Vec<OutMessage>;
+    let messages = match prefix {
+        Some(p) => {
+            renamed = messages
+                .iter()
+                .map(|m| OutMessage {
+                    subject: format!("{p}.{}", m.subject.strip_prefix("usage.").unwrap_or(&m.subject)),
+                    payload: m.payload.clone(),
+                    msg_id: None,
+                })
+                .collect();
+            &renamed
+        }
+        None => messages,
+    };
+    let started = Instant::now();
+    workload::publish_all(js, messages, 1024).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The raw ceiling: publish to a scratch stream, then pull with ack-all and parse only.
+/// The consumer mirrors the pipeline's: ack policy all, no ack-pending limit, the same pull size
+/// and wait.
+async fn ceiling(
+    js: &jetstream::Context,
+    messages: &[OutMessage],
+    events: u64,
+    nats: &meterflow_ingest::NatsConfig,
+) -> Result<(Rate, Rate)> {
+    js.create_stream(stream::Config {
+        name: "CEILING".into(),
+        subjects: vec!["ceiling.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .context("cannot create the ceiling stream")?;
+    let secs = publish_as(js, messages, Some("ceiling")).await?;
+    let publish = Rate::new(messages.len() as u64, events, secs);
+    let stream = js.get_stream("CEILING").await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("ceiling".into()),
+            ack_policy: AckPolicy::All,
+            max_ack_pending: -1,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let (mut got, mut parsed) = (0usize, 0u64);
+    while got < messages.len() {
+        let mut batch =
+            consumer.fetch().max_messages(nats.fetch_batch.max(1)).expires(nats.fetch_wait()).messages().await?;
+        let mut last = None;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let d = meterflow_schemas::decode_message(&m.payload);
+            parsed += (d.events.len() + d.rejects.len()) as u64;
+            got += 1;
+            last = Some(m);
+        }
+        if let Some(m) = last {
+            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        } else if started.elapsed() > Duration::from_secs(120) {
+            bail!("the ceiling consumer stalled at {got} of {} messages", messages.len());
+        }
+    }
+    let consume = Rate::new(got as u64, parsed, started.elapsed().as_secs_f64());
+    js.delete_stream("CEILING").await.ok();
+    Ok((publish, consume))
+}
+
+fn config_for(options: &LoadOptions, url: &str, data_dir: &std::path::Path) -> Result<Config> {
+    let overrides = Overrides { nats_url: Some(url.to_string()), data_dir: Some(data_dir.to_path_buf()) };
+    let mut config = Config::load(&options.config, &overrides)?;
+    config.pipeline.commit_interval_ms = options.commit_interval_ms;
+    config.ops.listen = String::new();
+    Ok(config)
+}
+
+/// One full run on a fresh local nats-server and data directory.
+pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
+    let dir = tempfile::tempdir()?;
+    let nats = LocalNats::start(&dir.path().join("nats"))?;
+    let config = config_for(options, &nats.url(), &dir.path().join("data"))?;
+    let reference = Reference::load(&config)?;
+    let main = WorkloadSpec {
+        events: options.events,
+        batch_size: options.batch_size.max(1),
+        duplicate_every: options.duplicate_every,
+        bad_every: options.bad_every,
+        seed: options.seed,
+        ..Default::default()
+    };
+    // The freshness phase publishes more of the same mix on the next day.
+    let fresh_events = if options.freshness_secs > 0 { options.events } else { 0 };
+    let fresh = WorkloadSpec {
+        events: fresh_events,
+        seed: options.seed + 1,
+        base_time: main.base_time + chrono::Duration::days(1),
+        ..main.clone()
+    };
+    let (first, _) = workload::generate(&main, &reference)?;
+    let (messages, oracle) = workload::generate_all(&[main, fresh], &reference)?;
+    let (throughput_msgs, fresh_msgs) = messages.split_at(first.len());
+    let events = events_in(throughput_msgs);
+
+    let client = async_nats::connect(nats.url()).await?;
+    let js = jetstream::new(client);
+    meterflow_ingest::Broker::connect(config.nats.clone()).await?.ensure_streams().await?;
+    let (raw_publish, raw_consume) = ceiling(&js, throughput_msgs, events, &config.nats).await?;
+
+    // Throughput: the pipeline drains the pre-filled stream.
+    publish_as(&js, throughput_msgs, None).await?;
+    let ops = Arc::new(Ops::new(&config));
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let pipeline = Pipeline::start_with_ops(config.clone(), ops.clone()).await?;
+    let sampler = {
+        let ops = ops.clone();
+        tokio::spawn(async move {
+            let (mut series, mut last, started) = (Vec::new(), 0u64, Instant::now());
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let now = ops.metrics.events_received.get();
+                if now > 0 || !series.is_empty() {
+                    series.push((started.elapsed().as_secs_f64(), (now - last) as f64 * 4.0));
+                }
+                last = now;
+                if now >= events {
+                    return series;
+                }
+            }
+        })
+    };
+    let stats = pipeline.run(rx, RunOptions { exit_when_idle: Some(Duration::from_millis(1000)) }).await?;
+    let throughput_series =
+        tokio::time::timeout(Duration::from_secs(5), sampler).await.ok().and_then(|r| r.ok()).unwrap_or_default();
+    let pipeline_rate = Rate::new(stats.messages, stats.events_received, stats.busy_secs);
+
+    let freshness = if fresh_msgs.is_empty() {
+        None
+    } else {
+        Some(
+            freshness(&config, &js, fresh_msgs, pipeline_rate.events_per_s * options.freshness_fraction, options)
+                .await?,
+        )
+    };
+
+    let differences = workload::differences(&config.storage.data_dir, &oracle).await?;
+    for d in &differences {
+        eprintln!("MISMATCH {d}");
+    }
+    Ok(RunReport {
+        batch_size: options.batch_size.max(1),
+        ratio_to_consume_ceiling: pipeline_rate.events_per_s / raw_consume.events_per_s.max(1e-9),
+        raw_publish,
+        raw_consume,
+        pipeline: pipeline_rate,
+        throughput_series,
+        freshness,
+        accepted: oracle.accepted,
+        duplicates: oracle.duplicates,
+        rejected: oracle.rejected.values().sum(),
+        exact: differences.is_empty(),
+    })
+}
+
+/// Publishes `messages` at `target` events/s to a running pipeline and records, per message, the
+/// time from just before its publish to the commit that covers its stream sequence.
+async fn freshness(
+    config: &Config,
+    js: &jetstream::Context,
+    messages: &[OutMessage],
+    target: f64,
+    options: &LoadOptions,
+) -> Result<Freshness> {
+    let ops = Arc::new(Ops::new(config));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let pipeline = Pipeline::start_with_ops(config.clone(), ops.clone()).await?;
+    let running = tokio::spawn(pipeline.run(rx, RunOptions { exit_when_idle: None }));
+    // Publish times by stream sequence, resolved as acks come back.
+    let (ack_tx, mut ack_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(Instant, jetstream::context::PublishAckFuture)>();
+    let collector = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        while let Some((at, ack)) = ack_rx.recv().await {
+            if let Ok(a) = ack.await {
+                sent.push((a.sequence, at));
+            }
+        }
+        sent
+    });
+    let per_message = (events_in(&messages[..1.min(messages.len())]).max(1)) as f64;
+    let messages_per_tick = (target / per_message / 100.0).max(1.0); // 10 ms ticks
+    let deadline = Instant::now() + Duration::from_secs(options.freshness_secs);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let (mut i, mut owed) = (0usize, 0.0f64);
+    while i < messages.len() && Instant::now() < deadline {
+        tick.tick().await;
+        owed += messages_per_tick;
+        while owed >= 1.0 && i < messages.len() {
+            let m = &messages[i];
+            let at = Instant::now();
+            let ack = js.publish(m.subject.clone(), m.payload.clone().into()).await?;
+            ack_tx.send((at, ack)).ok();
+            owed -= 1.0;
+            i += 1;
+        }
+    }
+    let published_secs = started.elapsed().as_secs_f64();
+    let published_events = events_in(&messages[..i]);
+    // The rest goes out at once (it is not measured) so the totals can be checked.
+    for m in &messages[i..] {
+        let ack = js.publish(m.subject.clone(), m.payload.clone().into()).await?;
+        ack_tx.send((Instant::now(), ack)).ok();
+    }
+    drop(ack_tx);
+    let mut sent = collector.await?;
+    sent.sort_unstable_by_key(|(seq, _)| *seq);
+    let measured: Vec<(u64, Instant)> = sent.iter().take(i).copied().collect();
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
+    let mut next = 0usize;
+    let last_seq = sent.last().map_or(0, |(s, _)| *s);
+    let wait_until = Instant::now() + Duration::from_secs(120);
+    while next < measured.len() || (ops.metrics.committed_sequence.get() as u64) < last_seq {
+        let committed = ops.metrics.committed_sequence.get().max(0) as u64;
+        let now = Instant::now();
+        while next < measured.len() && measured[next].0 <= committed {
+            hist.saturating_record((now - measured[next].1).as_millis().max(1) as u64);
+            next += 1;
+        }
+        if now > wait_until {
+            bail!("the pipeline did not commit sequence {last_seq} within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tx.send(true).ok();
+    running.await??;
+    let q = |p: f64| hist.value_at_quantile(p) as f64;
+    let distribution = (1..=100).map(|i| i as f64 / 100.0).map(|p| (q(p), p)).collect();
+    Ok(Freshness {
+        target_events_per_s: target,
+        achieved_events_per_s: published_events as f64 / published_secs.max(1e-9),
+        samples: hist.len(),
+        p50_ms: q(0.5),
+        p90_ms: q(0.9),
+        p99_ms: q(0.99),
+        max_ms: hist.max() as f64,
+        distribution,
+    })
+}

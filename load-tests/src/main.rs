@@ -1,0 +1,99 @@
+//! `meterflow-loadgen`: one or more load runs with the raw JetStream ceiling measured in the same
+//! run, end-to-end freshness, exact totals; writes JSON, Markdown and HTML reports.
+//!
+//! ```sh
+//! cargo run --release -p meterflow-load-tests -- --events 500000 --batch-size 1 --runs 3
+//! cargo run --release -p meterflow-load-tests -- --events 2000000 --batch-size 100 --runs 3
+//! ```
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use meterflow_load_tests::{report::Summary, run_once, LoadOptions};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meterflow-loadgen",
+    about = "Load-test meterflow against the broker's own ceiling, with exact totals"
+)]
+struct Cli {
+    /// Config file (reference data, meters, plans).
+    #[arg(long, default_value = "examples/meterflow.toml")]
+    config: PathBuf,
+    /// Distinct valid events per run (duplicates and malformed messages come on top).
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Events per message: 1, or N for CloudEvents batch mode.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Every n-th event is published again later (0 = no duplicates).
+    #[arg(long, default_value_t = 10)]
+    duplicate_every: usize,
+    /// Every n-th message is followed by a malformed one (0 = none).
+    #[arg(long, default_value_t = 100)]
+    bad_every: usize,
+    /// Seconds of the freshness phase (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    freshness_secs: u64,
+    /// Freshness publish rate as a fraction of the measured pipeline rate.
+    #[arg(long, default_value_t = 0.5)]
+    freshness_fraction: f64,
+    /// Commit interval of the pipeline (ms).
+    #[arg(long, default_value_t = 1000)]
+    commit_interval_ms: u64,
+    /// Runs (the report gives medians).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Seed of the workload.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Folder for loadgen-<batch>.json / .md / .html.
+    #[arg(long, default_value = "target/loadgen")]
+    out: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    let options = LoadOptions {
+        config: cli.config.clone(),
+        events: cli.events,
+        batch_size: cli.batch_size,
+        duplicate_every: cli.duplicate_every,
+        bad_every: cli.bad_every,
+        freshness_secs: cli.freshness_secs,
+        freshness_fraction: cli.freshness_fraction,
+        commit_interval_ms: cli.commit_interval_ms,
+        seed: cli.seed,
+    };
+    let mut runs = Vec::new();
+    for i in 0..cli.runs.max(1) {
+        eprintln!("run {} of {}: {} events, {} per message ...", i + 1, cli.runs.max(1), cli.events, cli.batch_size);
+        let r = run_once(&LoadOptions { seed: options.seed + 10 * i as u64, ..options.clone() }).await?;
+        eprintln!(
+            "  raw publish {:.0} ev/s, raw consume {:.0} ev/s, pipeline {:.0} ev/s (ratio {:.2}), exact: {}",
+            r.raw_publish.events_per_s,
+            r.raw_consume.events_per_s,
+            r.pipeline.events_per_s,
+            r.ratio_to_consume_ceiling,
+            r.exact
+        );
+        runs.push(r);
+    }
+    let command = format!("meterflow-loadgen {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
+    let summary = Summary::new(command, runs);
+    std::fs::create_dir_all(&cli.out)?;
+    let base = cli.out.join(format!("loadgen-{}", cli.batch_size));
+    std::fs::write(base.with_extension("json"), serde_json::to_vec_pretty(&summary)?)?;
+    std::fs::write(base.with_extension("md"), summary.markdown())?;
+    std::fs::write(base.with_extension("html"), summary.html())?;
+    print!("{}", summary.markdown());
+    println!("\nreports: {}.json / .md / .html", base.display());
+    if !summary.exact {
+        bail!("totals differ from the oracle: see the MISMATCH lines above");
+    }
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! The CI smoke version of the load test: a few seconds, correctness only. The figures it
+//! prints are not benchmarks (debug build, tiny workload); BENCHMARKS.md has the real ones.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use meterflow_load_tests::{report::Summary, run_once, LoadOptions};
+use std::path::PathBuf;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_load_run_measures_every_phase_and_its_totals_are_exact() {
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()));
+    for batch_size in [1, 20] {
+        let options = LoadOptions {
+            config: root.join("../examples/meterflow.toml"),
+            events: 3_000,
+            batch_size,
+            duplicate_every: 10,
+            bad_every: 50,
+            freshness_secs: 2,
+            freshness_fraction: 0.5,
+            commit_interval_ms: 200,
+            seed: 3,
+        };
+        let run = run_once(&options).await.unwrap();
+        assert!(run.exact, "totals differ from the oracle");
+        assert!(
+            run.raw_publish.events_per_s > 0.0 && run.raw_consume.events_per_s > 0.0 && run.pipeline.events_per_s > 0.0
+        );
+        assert_eq!(run.raw_consume.messages, run.raw_publish.messages, "the ceiling consumer read every message");
+        let f = run.freshness.clone().expect("freshness measured");
+        assert!(f.samples > 0 && f.p50_ms <= f.p99_ms && f.p99_ms <= f.max_ms);
+        let summary = Summary::new("smoke".into(), vec![run]);
+        assert!(summary.markdown().contains("| **median** |"));
+        let html = summary.html();
+        assert!(html.contains("<svg") && !html.contains("http://") && !html.contains("https://"));
+    }
+}
