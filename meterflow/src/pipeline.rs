@@ -388,7 +388,10 @@ impl Pipeline {
         }
         self.ops.live.set_watermarks(watermarks);
         m.open_windows.set(i64::try_from(self.agg.window_count()).unwrap_or(i64::MAX));
-        if self.lag_read_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        // At most one broker request a second, unless the commit went past the last sequence
+        // known (the stream grew since: a lag of 0 would be stale).
+        let known_last = u64::try_from(m.stream_last_sequence.get()).unwrap_or(0);
+        if self.committed_seq > known_last || self.lag_read_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             self.lag_read_at = Some(Instant::now());
             if let Ok(last) = self.broker.last_sequence().await {
                 m.stream_last_sequence.set(i64::try_from(last).unwrap_or(i64::MAX));

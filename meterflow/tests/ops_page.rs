@@ -89,6 +89,11 @@ async fn the_operations_page_shows_the_running_pipeline_in_a_real_browser() {
             && metric(&text, "meterflow_consumer_lag_messages") == Some(0.0)
     });
     assert!(caught_up, "metrics never showed the workload: {text}");
+    // Counted in memory is not committed: wait until the tables hold every event before closing.
+    let committed = wait_until(Duration::from_secs(60), || {
+        env.sql("SELECT SUM(event_count) FROM usage_summaries")[1][0] == oracle.accepted.to_string()
+    });
+    assert!(committed, "the workload was never fully committed");
     assert_eq!(metric(&text, "meterflow_events_duplicate_total"), Some(oracle.duplicates as f64), "{text}");
     for (reason, n) in &oracle.rejected {
         assert_eq!(metric(&text, &format!("meterflow_events_rejected_total{{reason=\"{reason}\"}}")), Some(*n as f64));
