@@ -9,6 +9,8 @@
 //! METERFLOW_FAULTS=<point>:<action>[,<point>:<action>...]
 //!   action  kill@N       SIGKILL the process at the N-th hit of the point (N >= 1)
 //!           sleep=MS     sleep MS milliseconds at every hit (a slow step)
+//!           skip@N       make the N-th hit of the point report `true` from [`fires`]
+//!                        (`drop_delivery`: a pulled message lost on the way)
 //! ```
 //!
 //! A kill prints `meterflow fault point <point>: hit <N>, killing the process` on stderr first,
@@ -30,6 +32,7 @@ pub const POINTS: &[(&str, &str)] = &[
     ("after_ack", "the broker is acknowledged; no state snapshot is taken"),
     ("during_snapshot", "the state snapshot is in its temporary file (fsynced), not renamed"),
     ("after_snapshot", "the state snapshot is saved"),
+    ("drop_delivery", "a pulled message is lost between the server and the pipeline (skip@N only)"),
 ];
 
 /// Errors in `METERFLOW_FAULTS`.
@@ -51,6 +54,8 @@ pub enum Action {
     KillAt(u64),
     /// Sleep this many milliseconds at every hit.
     Sleep(u64),
+    /// [`fires`] is true at the n-th hit.
+    SkipAt(u64),
 }
 
 /// Parses a `METERFLOW_FAULTS` value into (point index, action) pairs.
@@ -72,10 +77,15 @@ pub fn parse(spec: &str) -> Result<Vec<(usize, Action)>, SpecError> {
             }
         } else if action == "kill" {
             Action::KillAt(1)
+        } else if let Some(n) = action.strip_prefix("skip@") {
+            match number(n)? {
+                0 => return Err(SpecError(format!("{part:?}: hits count from 1"))),
+                n => Action::SkipAt(n),
+            }
         } else if let Some(ms) = action.strip_prefix("sleep=") {
             Action::Sleep(number(ms)?)
         } else {
-            return Err(SpecError(format!("{part:?}: unknown action {action:?} (use kill@N or sleep=MS)")));
+            return Err(SpecError(format!("{part:?}: unknown action {action:?} (use kill@N, skip@N or sleep=MS)")));
         };
         out.push((point, action));
     }
@@ -102,7 +112,12 @@ mod armed {
     }
 
     pub fn hit(point: &'static str) {
-        let Some(index) = POINTS.iter().position(|(p, _)| *p == point) else { return };
+        fires(point);
+    }
+
+    pub fn fires(point: &'static str) -> bool {
+        let mut fired = false;
+        let Some(index) = POINTS.iter().position(|(p, _)| *p == point) else { return false };
         let hits = HITS[index].fetch_add(1, Ordering::SeqCst) + 1;
         let spec = SPEC
             .get_or_init(|| std::env::var("METERFLOW_FAULTS").ok().and_then(|s| parse(&s).ok()).unwrap_or_default());
@@ -113,9 +128,14 @@ mod armed {
             match *action {
                 Action::Sleep(ms) => std::thread::sleep(std::time::Duration::from_millis(ms)),
                 Action::KillAt(n) if n == hits => kill(point, hits),
-                Action::KillAt(_) => {}
+                Action::SkipAt(n) if n == hits => {
+                    eprintln!("meterflow fault point {point}: hit {hits}, firing");
+                    fired = true;
+                }
+                Action::KillAt(_) | Action::SkipAt(_) => {}
             }
         }
+        fired
     }
 
     fn kill(point: &str, hits: u64) -> ! {
@@ -147,6 +167,21 @@ pub fn arm() -> Result<usize, SpecError> {
     }
 }
 
+/// Passes the named fault point and reports whether a `skip@N` action fires at this hit
+/// (always `false` when fault points are compiled out).
+#[inline(always)]
+pub fn fires(point: &'static str) -> bool {
+    #[cfg(feature = "enabled")]
+    {
+        armed::fires(point)
+    }
+    #[cfg(not(feature = "enabled"))]
+    {
+        let _ = point;
+        false
+    }
+}
+
 /// Passes the named fault point (one of [`POINTS`]).
 #[inline(always)]
 pub fn hit(point: &'static str) {
@@ -173,6 +208,11 @@ mod tests {
             assert!(e.starts_with("METERFLOW_FAULTS: "), "{e}");
         }
         assert!(parse("nowhere:kill").unwrap_err().0.contains("known points: after_decode"));
+    }
+
+    #[test]
+    fn skip_actions_parse() {
+        assert_eq!(parse("drop_delivery:skip@7").unwrap(), vec![(10, Action::SkipAt(7))]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use meterflow_schemas::RejectReason;
 use std::time::Duration;
 
-use crate::config::NatsConfig;
+use crate::config::{NatsAuth, NatsConfig};
 use crate::{IngestError, Result};
 
 /// One message pulled from the usage stream.
@@ -56,9 +56,16 @@ fn js_err(operation: &'static str) -> impl Fn(String) -> IngestError {
 }
 
 impl Broker {
-    /// Connects to the server named in the config.
+    /// Connects to the server named in the config, with its authentication and TLS settings.
+    /// Errors say which `[nats]` keys to check and never contain a secret.
     pub async fn connect(config: NatsConfig) -> Result<Self> {
-        let options = async_nats::ConnectOptions::new()
+        let auth = config.auth()?;
+        for (key, path) in config.tls_files() {
+            if !path.is_file() {
+                return Err(IngestError::NatsConfig(format!("{key} {}: no such file", path.display())));
+            }
+        }
+        let mut options = async_nats::ConnectOptions::new()
             .name("meterflow")
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(10)))
@@ -74,9 +81,37 @@ impl Broker {
                     other => tracing::warn!(event = %other, "NATS connection event"),
                 }
             });
+        options = match &auth {
+            NatsAuth::None => options,
+            NatsAuth::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.expose().to_string())
+            }
+            NatsAuth::Token(token) => options.token(token.expose().to_string()),
+            NatsAuth::NKey(seed) => options.nkey(seed.expose().to_string()),
+            NatsAuth::CredsFile(path) => options.credentials_file(path).await.map_err(|e| {
+                // The messages of the creds parser name the part that is wrong, not its content.
+                IngestError::NatsConfig(format!("creds_file {}: {e}", path.display()))
+            })?,
+        };
+        if let Some(ca) = config.ca_file() {
+            options = options.add_root_certificates(ca.to_path_buf());
+        }
+        if let Some((cert, key)) = config.client_certificate() {
+            options = options.add_client_certificate(cert.to_path_buf(), key.to_path_buf());
+        }
+        if config.tls_enabled() {
+            options = options.require_tls(true);
+        }
+        // rustls is built with both the ring and the aws-lc-rs providers in this workspace (the
+        // HTTP client brings the second), so it cannot pick a process default by itself and
+        // would panic on the first TLS connection. Choose ring, as async-nats is configured to
+        // use, unless the process already chose one.
+        if async_nats::rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _already_installed = async_nats::rustls::crypto::ring::default_provider().install_default();
+        }
         let client = async_nats::connect_with_options(config.url.as_str(), options)
             .await
-            .map_err(|e| IngestError::Connect { url: config.url.clone(), message: e.to_string() })?;
+            .map_err(|e| connect_error(&config, &auth, &e))?;
         let js = jetstream::new(client.clone());
         Ok(Broker { client, js, config, consumer: None })
     }
@@ -169,6 +204,7 @@ impl Broker {
         let mut batch = consumer
             .fetch()
             .max_messages(max.max(1))
+            .max_bytes(self.config.fetch_max_bytes.max(64 * 1024))
             .expires(self.config.fetch_wait())
             .messages()
             .await
@@ -176,6 +212,9 @@ impl Broker {
         let mut out = Vec::new();
         while let Some(m) = batch.next().await {
             let message = m.map_err(|e| js_err("fetch")(e.to_string()))?;
+            if meterflow_faults::fires("drop_delivery") {
+                continue; // the test build loses this message on the way, as a slow consumer would
+            }
             let (seq, published_unix) = match message.info() {
                 Ok(info) => (info.stream_sequence, info.published.unix_timestamp()),
                 Err(e) => return Err(js_err("message info")(e.to_string())),
@@ -268,6 +307,78 @@ impl Broker {
     pub async fn flush(&self) -> Result<()> {
         self.client.flush().await.map_err(|e| js_err("flush")(e.to_string()))
     }
+}
+
+/// A connection error with a hint at the `[nats]` keys to check. The client's own message holds
+/// no secret (it names the failing step); the URL is shown without credentials.
+fn connect_error(config: &NatsConfig, auth: &NatsAuth, e: &async_nats::ConnectError) -> IngestError {
+    use async_nats::ConnectErrorKind as K;
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    let hint = match e.kind() {
+        K::AuthorizationViolation => match auth {
+            NatsAuth::None => "the server requires authentication: set [nats] user and password (or password_file), \
+                               token (or token_file), nkey_seed (or nkey_seed_file) or creds_file"
+                .to_string(),
+            NatsAuth::UserPassword { user, .. } => format!(
+                "the server refused user {user:?}: check [nats] user and password / password_file \
+                 (METERFLOW_NATS__USER, METERFLOW_NATS__PASSWORD or METERFLOW_NATS__PASSWORD_FILE)"
+            ),
+            NatsAuth::Token(_) => "the server refused the token: check [nats] token / token_file \
+                                   (METERFLOW_NATS__TOKEN or METERFLOW_NATS__TOKEN_FILE)"
+                .to_string(),
+            NatsAuth::NKey(_) => "the server refused the NKey: check [nats] nkey_seed / nkey_seed_file is the seed \
+                                  of a user public key listed on the server"
+                .to_string(),
+            NatsAuth::CredsFile(_) => "the server refused the credentials: check [nats] creds_file (user JWT issued \
+                                       by an account the server trusts, not expired or revoked)"
+                .to_string(),
+        },
+        K::Authentication => format!(
+            "cannot sign the server's nonce: check [nats] {} holds a valid NKey user seed (starting with SU)",
+            auth.keys()
+        ),
+        _ if lower.contains("certificaterequired")
+            || lower.contains("certificate required")
+            || lower.contains("bad certificate")
+            || lower.contains("badcertificate") =>
+        {
+            if config.client_certificate().is_none() {
+                "the server requires a client certificate (mTLS): set [nats] tls_cert_file and tls_key_file".to_string()
+            } else {
+                "the server rejected the client certificate: check [nats] tls_cert_file is signed by a CA the \
+                 server trusts and is valid for client authentication"
+                    .to_string()
+            }
+        }
+        _ if lower.contains("unknownissuer") || lower.contains("invalid peer certificate") => {
+            if lower.contains("notvalidforname") {
+                "the server certificate does not name the host of [nats] url: connect by a name or IP address \
+                 the certificate lists"
+                    .to_string()
+            } else {
+                "the server certificate is not trusted: set [nats] tls_ca_file to the CA that signed it".to_string()
+            }
+        }
+        K::Tls => "TLS set-up failed: check [nats] tls_ca_file (PEM of the CA that signed the server certificate), \
+                   tls_cert_file and tls_key_file (PEM client certificate and its private key)"
+            .to_string(),
+        _ if lower.contains("tls") || lower.contains("handshake") => {
+            "TLS handshake failed: check [nats] tls_ca_file, tls_cert_file and tls_key_file, and whether the server \
+             expects TLS (use a tls:// url or tls_required = true)"
+                .to_string()
+        }
+        K::TimedOut if config.tls_enabled() => {
+            "no answer in time: is the server up, and does it speak TLS on this port?".to_string()
+        }
+        _ if config.tls_enabled() && config.client_certificate().is_none() => {
+            "is a nats-server listening there? If it verifies client certificates (mTLS), set [nats] tls_cert_file \
+             and tls_key_file"
+                .to_string()
+        }
+        _ => "is a nats-server listening there? check [nats] url (METERFLOW_NATS__URL or --nats-url)".to_string(),
+    };
+    IngestError::Connect { url: config.redacted_url(), message: format!("{text}; {hint}") }
 }
 
 /// Header values must be one line of printable text.

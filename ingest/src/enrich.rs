@@ -33,6 +33,33 @@ pub struct CustomerConfig {
     /// Day of the month billing periods start on (1 to 28; default 1, calendar months).
     #[serde(default = "default_anchor_day")]
     pub billing_anchor_day: u32,
+    /// NATS subjects (patterns with `*` and `>`) this customer's usage may arrive on, for
+    /// example `["usage.tenant-a.>"]`. Empty: any usage subject. With NATS permissions that let
+    /// each tenant publish only to its own subjects, this stops one tenant from publishing
+    /// events that name another tenant's customer.
+    #[serde(default)]
+    pub publish_subjects: Vec<String>,
+}
+
+/// Whether the NATS `subject` matches `pattern` (`*` one token, `>` one or more trailing tokens).
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut s = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, s.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
+        }
+    }
+    s.next().is_none()
+}
+
+impl CustomerConfig {
+    /// Whether usage for this customer may arrive on the NATS `subject`.
+    pub fn may_publish_on(&self, subject: &str) -> bool {
+        self.publish_subjects.is_empty() || self.publish_subjects.iter().any(|p| subject_matches(p, subject))
+    }
 }
 
 const fn default_anchor_day() -> u32 {
@@ -128,7 +155,23 @@ mod tests {
             plan: Some("p".into()),
             subscriptions: vec![],
             billing_anchor_day: 1,
+            publish_subjects: vec![],
         }
+    }
+
+    #[test]
+    fn nats_subject_patterns_match_like_the_server() {
+        assert!(subject_matches("usage.tenant-a.>", "usage.tenant-a.x"));
+        assert!(subject_matches("usage.tenant-a.>", "usage.tenant-a.x.y"));
+        assert!(!subject_matches("usage.tenant-a.>", "usage.tenant-a"));
+        assert!(!subject_matches("usage.tenant-a.>", "usage.tenant-b.x"));
+        assert!(subject_matches("usage.*.api", "usage.t.api"));
+        assert!(!subject_matches("usage.*.api", "usage.t.api.x"));
+        assert!(subject_matches("usage.a", "usage.a") && !subject_matches("usage.a", "usage.ab"));
+        let mut c = customer("a", &["a"]);
+        assert!(c.may_publish_on("usage.anything"));
+        c.publish_subjects = vec!["usage.tenant-a.>".into()];
+        assert!(c.may_publish_on("usage.tenant-a.1") && !c.may_publish_on("usage.tenant-b.1"));
     }
 
     #[test]

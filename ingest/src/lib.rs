@@ -26,9 +26,9 @@ mod dedup;
 mod enrich;
 
 pub use broker::{Broker, Fetched, RejectEnvelope};
-pub use config::{NatsConfig, DEFAULT_DLQ_STREAM, DEFAULT_STREAM};
+pub use config::{NatsAuth, NatsConfig, Secret, DEFAULT_DLQ_STREAM, DEFAULT_STREAM};
 pub use dedup::{fingerprint, DedupIndex, ShardedDedup, BYTES_PER_SLOT};
-pub use enrich::{Customer, CustomerConfig, Directory, SubscriptionConfig};
+pub use enrich::{subject_matches, Customer, CustomerConfig, Directory, SubscriptionConfig};
 
 /// Errors of the ingest stage.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,11 @@ pub enum IngestError {
     /// server is up; check `nats.url` and credentials otherwise.
     #[error("cannot connect to NATS at {url}: {message}")]
     Connect { url: String, message: String },
+    /// The `[nats]` authentication or TLS settings do not fit together, or a secret or
+    /// certificate file cannot be read. Fix the config; retrying cannot help. Never holds a
+    /// secret value.
+    #[error("invalid [nats] settings: {0}")]
+    NatsConfig(String),
     /// A JetStream request (stream or consumer management, fetch, publish) failed. Usually
     /// transient (server restart, timeout); retried by the caller.
     #[error("JetStream {operation} failed: {message}")]

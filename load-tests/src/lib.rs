@@ -184,8 +184,13 @@ async fn ceiling(
     let started = Instant::now();
     let (mut got, mut parsed) = (0usize, 0u64);
     while got < messages.len() {
-        let mut batch =
-            consumer.fetch().max_messages(nats.fetch_batch.max(1)).expires(nats.fetch_wait()).messages().await?;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(nats.fetch_batch.max(1))
+            .max_bytes(nats.fetch_max_bytes.max(64 * 1024))
+            .expires(nats.fetch_wait())
+            .messages()
+            .await?;
         let mut last = None;
         while let Some(m) = batch.next().await {
             let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -286,6 +291,11 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
     for d in &differences {
         eprintln!("MISMATCH {d}");
     }
+    if !differences.is_empty() {
+        drop(nats);
+        let kept = dir.keep();
+        eprintln!("kept the run's data directory and broker store for inspection: {}", kept.display());
+    }
     Ok(RunReport {
         batch_size: options.batch_size.max(1),
         ratio_to_consume_ceiling: pipeline_rate.events_per_s / raw_consume.events_per_s.max(1e-9),
@@ -316,15 +326,16 @@ async fn freshness(
     let running = tokio::spawn(pipeline.run(rx, RunOptions { exit_when_idle: None }));
     // Publish times by stream sequence, resolved as acks come back.
     let (ack_tx, mut ack_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(Instant, jetstream::context::PublishAckFuture)>();
+        tokio::sync::mpsc::unbounded_channel::<(usize, Instant, jetstream::context::PublishAckFuture)>();
     let collector = tokio::spawn(async move {
-        let mut sent = Vec::new();
-        while let Some((at, ack)) = ack_rx.recv().await {
-            if let Ok(a) = ack.await {
-                sent.push((a.sequence, at));
+        let (mut sent, mut failed) = (Vec::new(), Vec::new());
+        while let Some((index, at, ack)) = ack_rx.recv().await {
+            match ack.await {
+                Ok(a) => sent.push((a.sequence, at)),
+                Err(_) => failed.push(index),
             }
         }
-        sent
+        (sent, failed)
     });
     let per_message = (events_in(&messages[..1.min(messages.len())]).max(1)) as f64;
     let messages_per_tick = (target / per_message / 100.0).max(1.0); // 10 ms ticks
@@ -339,7 +350,7 @@ async fn freshness(
             let m = &messages[i];
             let at = Instant::now();
             let ack = js.publish(m.subject.clone(), m.payload.clone().into()).await?;
-            ack_tx.send((at, ack)).ok();
+            ack_tx.send((i, at, ack)).ok();
             owed -= 1.0;
             i += 1;
         }
@@ -347,12 +358,36 @@ async fn freshness(
     let published_secs = started.elapsed().as_secs_f64();
     let published_events = events_in(&messages[..i]);
     // The rest goes out at once (it is not measured) so the totals can be checked.
-    for m in &messages[i..] {
+    for (j, m) in messages.iter().enumerate().skip(i) {
         let ack = js.publish(m.subject.clone(), m.payload.clone().into()).await?;
-        ack_tx.send((Instant::now(), ack)).ok();
+        ack_tx.send((j, Instant::now(), ack)).ok();
     }
     drop(ack_tx);
-    let mut sent = collector.await?;
+    let (mut sent, failed) = collector.await?;
+    // A publish whose acknowledgement failed may or may not be stored: publish it again (the
+    // pipeline's dedup absorbs a second copy), so the stream holds the whole workload.
+    for &j in &failed {
+        let m = &messages[j];
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let acked = match js.publish(m.subject.clone(), m.payload.clone().into()).await {
+                Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match acked {
+                Ok(a) => {
+                    sent.push((a.sequence, Instant::now()));
+                    break;
+                }
+                Err(e) if attempts >= 10 => bail!("publish of message {j} failed 10 times: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!("  {} publishes of the freshness phase were not acknowledged and were sent again", failed.len());
+    }
     sent.sort_unstable_by_key(|(seq, _)| *seq);
     let measured: Vec<(u64, Instant)> = sent.iter().take(i).copied().collect();
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;

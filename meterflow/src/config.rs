@@ -366,6 +366,7 @@ impl Config {
         config.storage.data_dir = resolve(&base, &config.storage.data_dir);
         config.reference.customers = resolve(&base, &config.reference.customers);
         config.reference.plans = resolve(&base, &config.reference.plans);
+        config.nats.resolve_paths(&base);
         if let Some(url) = &overrides.nats_url {
             config.nats.url = url.clone();
         }

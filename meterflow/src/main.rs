@@ -299,11 +299,12 @@ async fn run(cli: Cli) -> Result<()> {
             let stats = pipeline.run(shutdown, RunOptions { exit_when_idle }).await?;
             tracing::info!(?stats, "stopped");
             println!(
-                "committed through stream sequence {}: {} messages ({} replayed, {} redeliveries dropped), {} events received, {} accepted, {} duplicates, {} rejected, {} commits",
+                "committed through stream sequence {}: {} messages ({} replayed, {} redeliveries dropped, {} gaps re-fetched), {} events received, {} accepted, {} duplicates, {} rejected, {} commits",
                 stats.committed_seq,
                 stats.messages,
                 stats.replayed_messages,
                 stats.redeliveries,
+                stats.gaps_refetched,
                 stats.events_received,
                 stats.events_accepted,
                 stats.duplicates,

@@ -50,6 +50,8 @@ pub struct RunStats {
     pub redeliveries: u64,
     /// Times the durable consumer had vanished from the server and was re-created.
     pub consumers_recreated: u64,
+    /// Times a pull skipped sequences and they were asked for again.
+    pub gaps_refetched: u64,
     /// Events decoded from live messages.
     pub events_received: u64,
     /// Events accepted (first sightings).
@@ -185,6 +187,8 @@ pub struct Pipeline {
     ops: std::sync::Arc<Ops>,
     last_commit: Option<Instant>,
     lag_read_at: Option<Instant>,
+    /// The sequence a gap was last re-fetched from (a second gap there is a real hole).
+    gap_refetched_at: Option<u64>,
 }
 
 impl Pipeline {
@@ -286,6 +290,7 @@ impl Pipeline {
             ops,
             last_commit: None,
             lag_read_at: None,
+            gap_refetched_at: None,
         })
     }
 
@@ -335,7 +340,9 @@ impl Pipeline {
                     self.close_due_periods().await?;
                 }
             }
-            self.process(fetched)?;
+            if let Some(gap) = self.process(fetched)? {
+                self.refetch_from_gap(gap).await;
+            }
             let due = self.pending_since.is_some_and(|t| t.elapsed() >= interval);
             if self.pending_events >= self.config.pipeline.max_batch_events || due {
                 self.commit_with_retry(&mut shutdown).await?;
@@ -424,11 +431,39 @@ impl Pipeline {
         }
     }
 
+    /// A pull skipped sequences from `gap` on: the messages were dropped on the way (for
+    /// example by a server that found the client too slow) or do not exist (deleted, expired).
+    /// The first time, the consumer is re-positioned at `gap` and the messages are asked for
+    /// again; if the server again starts after `gap`, they do not exist and are passed over.
+    async fn refetch_from_gap(&mut self, gap: u64) {
+        self.stats.gaps_refetched += 1;
+        tracing::warn!(from_seq = gap, "a pull skipped stream sequences; asking for them again");
+        self.gap_refetched_at = Some(gap);
+        if let Err(e) = self.broker.position_consumer(gap).await {
+            tracing::error!(error = %e, "cannot re-position the consumer; the fetch retries will");
+        }
+    }
+
     /// Handles one fetched batch: drops redeliveries, replays what is already committed, and
-    /// processes the rest live.
-    fn process(&mut self, fetched: Vec<Fetched>) -> Result<()> {
+    /// processes the rest live. Returns the first skipped sequence when the batch has a gap
+    /// (the messages from the gap on are left for a re-fetch).
+    fn process(&mut self, fetched: Vec<Fetched>) -> Result<Option<u64>> {
         let mut fresh = Vec::with_capacity(fetched.len());
+        let mut gap = None;
         for msg in fetched {
+            if msg.seq > self.next_seq {
+                if self.gap_refetched_at == Some(self.next_seq) {
+                    // Asked again and the server still starts later: nothing exists in between.
+                    tracing::warn!(
+                        from_seq = self.next_seq,
+                        to_seq = msg.seq - 1,
+                        "stream sequences not in the stream (deleted or expired); continuing after them"
+                    );
+                } else {
+                    gap = Some(self.next_seq);
+                    break;
+                }
+            }
             if msg.seq < self.next_seq {
                 // A redelivery of something already in hand or committed (for example after the
                 // ack wait expired while a commit was slow).
@@ -437,6 +472,7 @@ impl Pipeline {
                 continue;
             }
             self.next_seq = msg.seq + 1;
+            self.gap_refetched_at = None;
             fresh.push(msg);
         }
         let split = fresh.partition_point(|m| m.seq <= self.committed_seq);
@@ -458,7 +494,7 @@ impl Pipeline {
             self.first_live.get_or_insert_with(Instant::now);
             self.process_part(live, true)?;
         }
-        Ok(())
+        Ok(gap)
     }
 
     /// Decode, enrich, extract, dedup and aggregate messages that are all live or all replayed.
@@ -507,6 +543,16 @@ impl Pipeline {
                     reject(RejectReason::UnknownSubject, detail, event.index, original(), &mut self.stats);
                     continue;
                 };
+                if !customer.may_publish_on(&msg.subject) {
+                    let detail = format!(
+                        "usage of customer {} may only arrive on {}; this message came on {}",
+                        customer.id,
+                        customer.publish_subjects.join(", "),
+                        msg.subject
+                    );
+                    reject(RejectReason::SubjectNotAllowed, detail, event.index, original(), &mut self.stats);
+                    continue;
+                }
                 let customer = self.customer_index.get(&customer.id).copied().unwrap_or_default();
                 let subs = &self.reference.subscriptions[customer];
                 let Some((plan, version)) = pricing_at(&self.reference.prices, subs, event.time) else {

@@ -349,3 +349,41 @@ async fn a_full_disk_stops_pulling_and_acking_keeps_memory_bounded_and_recovers_
     assert_matches_oracle(&env, &oracle);
     drop(disk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_lost_between_the_server_and_the_pipeline_is_fetched_again_and_counted_once() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let (messages, oracle) = generate(2_000, 53);
+    workload::publish_all(&env.jetstream().await, &messages, 256).await.unwrap();
+    // The test build loses the 120th pulled message on the way, as a server does when it finds
+    // a client too slow: an ack-all consumer would acknowledge it unseen.
+    let mut c = env.command("run");
+    c.args(["--exit-when-idle", "1s"])
+        .envs([("METERFLOW_NATS__FETCH_BATCH", "50"), ("METERFLOW_FAULTS", "drop_delivery:skip@120")]);
+    let out = c.output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fault point drop_delivery: hit 120, firing"), "{stderr}");
+    assert!(stderr.contains("a pull skipped stream sequences; asking for them again"), "{stderr}");
+    assert!(stdout.contains(" 1 gaps re-fetched"), "{stdout}");
+    assert_matches_oracle(&env, &oracle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_deleted_from_the_stream_is_passed_over_after_one_check() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    for id in ["d1", "d2", "d3"] {
+        let e =
+            common::event(id, "acme", "api_calls", "2026-11-20T05:00:00Z", r#"{"requests":2,"region":"eu-west-1"}"#);
+        common::publish(&js, "usage.acme", e, None).await;
+    }
+    let stream = js.get_stream("USAGE").await.unwrap();
+    assert!(stream.delete_message(2).await.unwrap());
+    let out = env.run_until_idle(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not in the stream (deleted or expired)"), "{stderr}");
+    assert_eq!(accepted(&env), 2);
+}

@@ -42,6 +42,9 @@ pub enum RejectReason {
     ValueTooPrecise,
     /// The event's `subject` maps to no customer in the reference data.
     UnknownSubject,
+    /// The customer's usage may only arrive on its own NATS subjects (`publish_subjects` in the
+    /// reference data) and this message came on another: one tenant cannot bill another.
+    SubjectNotAllowed,
     /// The customer has no subscription (or no plan version) in force at the event's time.
     NoSubscription,
     /// The event time is older than the maximum backdating allowed (relative to its arrival).
@@ -52,7 +55,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, in code order (for metrics and documentation).
-    pub const ALL: [RejectReason; 21] = [
+    pub const ALL: [RejectReason; 22] = [
         RejectReason::InvalidJson,
         RejectReason::NotAnEvent,
         RejectReason::EmptyBatch,
@@ -71,6 +74,7 @@ impl RejectReason {
         RejectReason::NegativeValue,
         RejectReason::ValueTooPrecise,
         RejectReason::UnknownSubject,
+        RejectReason::SubjectNotAllowed,
         RejectReason::NoSubscription,
         RejectReason::TooOld,
         RejectReason::FutureTime,
@@ -97,6 +101,7 @@ impl RejectReason {
             RejectReason::NegativeValue => "negative_value",
             RejectReason::ValueTooPrecise => "value_too_precise",
             RejectReason::UnknownSubject => "unknown_subject",
+            RejectReason::SubjectNotAllowed => "subject_not_allowed",
             RejectReason::NoSubscription => "no_subscription",
             RejectReason::TooOld => "too_old",
             RejectReason::FutureTime => "future_time",
