@@ -211,7 +211,12 @@ impl Broker {
             .map_err(|e| js_err("fetch")(e.to_string()))?;
         let mut out = Vec::new();
         while let Some(m) = batch.next().await {
-            let message = m.map_err(|e| js_err("fetch")(e.to_string()))?;
+            let message = match m {
+                Ok(message) => message,
+                // The pull is full in bytes (the next message would not fit): a normal end.
+                Err(e) if e.to_string().contains("Exceeds MaxBytes") => break,
+                Err(e) => return Err(js_err("fetch")(e.to_string())),
+            };
             if meterflow_faults::fires("drop_delivery") {
                 continue; // the test build loses this message on the way, as a slow consumer would
             }

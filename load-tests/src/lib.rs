@@ -193,7 +193,11 @@ async fn ceiling(
             .await?;
         let mut last = None;
         while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let m = match m {
+                Ok(m) => m,
+                Err(e) if e.to_string().contains("Exceeds MaxBytes") => break, // the pull is full
+                Err(e) => bail!("{e}"),
+            };
             let d = meterflow_schemas::decode_message(&m.payload);
             parsed += (d.events.len() + d.rejects.len()) as u64;
             got += 1;
