@@ -67,22 +67,18 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   echo "python with deltalake and duckdb: $DELTA_READER_PYTHON"
 fi
 
-# hledger (Debian's package): a real double-entry accounting engine the tests use to check the
-# journal meterflow posts (`meterflow post --target hledger:FILE`).
-if ! command -v hledger >/dev/null 2>&1; then
-  echo "tools: installing hledger (apt)" >&2
-  SUDO=""
-  if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends hledger >&2 \
-    || { $SUDO apt-get update >&2 && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends hledger >&2; }
-fi
-
-# Chromium (Debian's package), headless: the operations-page test loads the page served by a
-# running pipeline in a real browser and keeps a screenshot.
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "tools: installing chromium (apt)" >&2
-  SUDO=""
-  if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >&2 \
-    || { $SUDO apt-get update >&2 && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >&2; }
-fi
+# Debian packages the tests use, installed when missing:
+# * hledger, a real double-entry accounting engine that checks the journal meterflow posts
+#   (`meterflow post --target hledger:FILE`);
+# * chromium, headless: the operations-page test loads the page of a running pipeline and keeps
+#   a screenshot.
+apt_install_missing() { # apt_install_missing COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "tools: installing $2 (apt)" >&2
+  local sudo=""
+  if [ "$(id -u)" != "0" ]; then sudo="sudo"; fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" >&2 \
+    || { $sudo apt-get update >&2 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" >&2; }
+}
+apt_install_missing hledger hledger
+apt_install_missing chromium chromium

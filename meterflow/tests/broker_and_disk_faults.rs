@@ -6,50 +6,17 @@
 
 mod common;
 
-use common::{sigterm, wait_until, TestEnv};
-use meterflow::config::{Config, Overrides, Reference};
+use common::{reference, sigterm, totals, wait_until, TestEnv};
 use meterflow::workload::{self, Oracle, OutMessage, WorkloadSpec};
-use rust_decimal::Decimal;
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn reference() -> Reference {
-    let path =
-        Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()))
-            .join("../examples/meterflow.toml");
-    Reference::load(&Config::load(&path, &Overrides::default()).unwrap()).unwrap()
-}
-
 fn generate(events: usize, seed: u64) -> (Vec<OutMessage>, Oracle) {
     let spec = WorkloadSpec { events, batch_size: 1, duplicate_every: 7, bad_every: 30, seed, ..Default::default() };
     workload::generate(&spec, &reference()).unwrap()
-}
-
-/// (customer, meter) → (quantity, amount, events); empty while no table exists yet.
-fn totals(env: &TestEnv) -> BTreeMap<(String, String), (Decimal, Decimal, u64)> {
-    let out = env
-        .command("sql")
-        .args([
-            "--format",
-            "csv",
-            "SELECT customer_id, meter, CAST(SUM(quantity) AS VARCHAR), CAST(SUM(amount) AS VARCHAR), \
-             SUM(event_count) FROM usage_summaries GROUP BY customer_id, meter",
-        ])
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return BTreeMap::new();
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
-        .map(|r| ((r[0].clone(), r[1].clone()), (r[2].parse().unwrap(), r[3].parse().unwrap(), r[4].parse().unwrap())))
-        .collect()
 }
 
 fn accepted(env: &TestEnv) -> u64 {

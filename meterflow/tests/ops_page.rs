@@ -5,21 +5,13 @@
 
 mod common;
 
-use common::{sigterm, wait_until, TestEnv};
-use meterflow::config::{Config, Overrides, Reference};
+use common::{reference, sigterm, wait_until, TestEnv};
 use meterflow::local_nats::free_port;
 use meterflow::workload::{self, WorkloadSpec};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-
-fn reference() -> Reference {
-    let path =
-        Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()))
-            .join("../examples/meterflow.toml");
-    Reference::load(&Config::load(&path, &Overrides::default()).unwrap()).unwrap()
-}
 
 /// A plain HTTP GET: (status line, body).
 fn get(port: u16, path: &str) -> Option<(String, String)> {

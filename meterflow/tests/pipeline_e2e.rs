@@ -3,23 +3,11 @@
 
 mod common;
 
-use common::{event, publish, sigterm, wait_until, TestEnv};
-use meterflow::config::{Config, Overrides, Reference};
+use common::{event, publish, reference, sigterm, totals, wait_until, TestEnv};
 use meterflow::workload::{self, WorkloadSpec};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// (customer, meter) -> (quantity, amount, events) from SQL.
-fn totals(env: &TestEnv) -> BTreeMap<(String, String), (Decimal, Decimal, u64)> {
-    env.sql(
-        "SELECT customer_id, meter, SUM(quantity), SUM(amount), SUM(event_count) FROM usage_summaries GROUP BY 1, 2",
-    )
-    .into_iter()
-    .skip(1)
-    .map(|r| ((r[0].clone(), r[1].clone()), (r[2].parse().unwrap(), r[3].parse().unwrap(), r[4].parse().unwrap())))
-    .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_workload_is_counted_exactly_once_and_bad_events_land_in_the_dlq_with_reasons() {
@@ -141,14 +129,6 @@ async fn a_known_workload_is_counted_exactly_once_and_bad_events_land_in_the_dlq
     // Running again over the same stream changes nothing.
     env.run_until_idle(&[]);
     assert_eq!(totals(&env), got);
-}
-
-fn reference() -> Reference {
-    let path = std::path::Path::new(
-        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
-    )
-    .join("../examples/meterflow.toml");
-    Reference::load(&Config::load(&path, &Overrides::default()).unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

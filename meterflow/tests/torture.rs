@@ -9,35 +9,13 @@
 
 mod common;
 
-use common::{wait_until, TestEnv};
-use meterflow::config::{Config, Overrides, Reference};
+use common::{reference, totals, wait_until, TestEnv};
 use meterflow::workload::{self, WorkloadSpec};
-use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn reference() -> Reference {
-    let path = std::path::Path::new(
-        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
-    )
-    .join("../examples/meterflow.toml");
-    Reference::load(&Config::load(&path, &Overrides::default()).unwrap()).unwrap()
-}
-
-/// (customer, meter) → (quantity, amount, events).
-fn totals(env: &TestEnv) -> BTreeMap<(String, String), (Decimal, Decimal, u64)> {
-    env.sql(
-        "SELECT customer_id, meter, CAST(SUM(quantity) AS VARCHAR), CAST(SUM(amount) AS VARCHAR), SUM(event_count) \
-         FROM usage_summaries GROUP BY customer_id, meter ORDER BY customer_id, meter",
-    )
-    .into_iter()
-    .skip(1)
-    .map(|r| ((r[0].clone(), r[1].clone()), (r[2].parse().unwrap(), r[3].parse().unwrap(), r[4].parse().unwrap())))
-    .collect()
-}
 
 /// The committed sequence recorded in the table and the last sequence the broker delivered to
 /// the pipeline's consumer: the difference was in flight when the process died.

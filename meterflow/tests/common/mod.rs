@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 use async_nats::HeaderMap;
+use meterflow::config::{Config, Overrides, Reference};
 use meterflow::local_nats::LocalNats;
+use rust_decimal::Decimal;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -29,9 +32,7 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let nats = LocalNats::start(&dir.path().join("nats"))
             .expect("nats-server starts (run scripts/tools.sh to install it)");
-        let config =
-            Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()))
-                .join("../examples/meterflow.toml");
+        let config = examples_dir().join("meterflow.toml");
         TestEnv { nats, dir, config, envs: WIDE_BOUNDS.to_vec() }
     }
 
@@ -133,4 +134,46 @@ pub async fn publish(js: &async_nats::jetstream::Context, subject: &str, payload
         headers.insert("Nats-Msg-Id", id);
     }
     js.publish_with_headers(subject.to_string(), headers, payload.into()).await.unwrap().await.unwrap().sequence
+}
+
+/// The repository's `examples/` folder, found at run time (a test binary built from another
+/// checkout must not read the old one).
+pub fn examples_dir() -> PathBuf {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    Path::new(&manifest).join("../examples")
+}
+
+/// The reference data of the example config (for workload oracles).
+pub fn reference() -> Reference {
+    let path = examples_dir().join("meterflow.toml");
+    Reference::load(&Config::load(&path, &Overrides::default()).expect("example config")).expect("reference data")
+}
+
+/// (customer, meter) -> (quantity, amount, events) from SQL; empty while no table exists.
+pub fn totals(env: &TestEnv) -> BTreeMap<(String, String), (Decimal, Decimal, u64)> {
+    let out = env
+        .command("sql")
+        .args([
+            "--format",
+            "csv",
+            "SELECT customer_id, meter, CAST(SUM(quantity) AS VARCHAR), CAST(SUM(amount) AS VARCHAR), \
+             SUM(event_count) FROM usage_summaries GROUP BY customer_id, meter",
+        ])
+        .output()
+        .expect("meterflow sql runs");
+    if !out.status.success() {
+        return BTreeMap::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+        .map(|r| {
+            let n = |i: usize| r.get(i).cloned().unwrap_or_default();
+            (
+                (n(0), n(1)),
+                (n(2).parse().unwrap_or_default(), n(3).parse().unwrap_or_default(), n(4).parse().unwrap_or(0)),
+            )
+        })
+        .collect()
 }
