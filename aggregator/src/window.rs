@@ -1,9 +1,10 @@
 //! Window state and the deltas flushed at each commit.
 
 use chrono::{DateTime, Utc};
+use hashbrown::{Equivalent, HashMap};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
 use crate::meter::{to_utc, Aggregation, MeasureValue, Measurement, Meters};
 use crate::progress::{LatenessPolicy, Progress};
@@ -24,6 +25,42 @@ pub struct WindowKey {
     /// Which price applies (the plan version in force at the event times; opaque here). A
     /// window that straddles a plan change is split into one key per version.
     pub pricing: String,
+}
+
+/// A borrowed [`WindowKey`], to find a window without allocating its key. Its fields and
+/// their order match `WindowKey`'s, so both hash alike (derived `Hash`, `String` hashes as `str`).
+#[derive(Clone, Copy, Hash)]
+struct KeyRef<'a> {
+    customer_id: &'a str,
+    subject: &'a str,
+    meter: usize,
+    dimensions: &'a str,
+    window_start: i64,
+    pricing: &'a str,
+}
+
+impl KeyRef<'_> {
+    fn to_owned(&self) -> WindowKey {
+        WindowKey {
+            customer_id: self.customer_id.to_string(),
+            subject: self.subject.to_string(),
+            meter: self.meter,
+            dimensions: self.dimensions.to_string(),
+            window_start: self.window_start,
+            pricing: self.pricing.to_string(),
+        }
+    }
+}
+
+impl Equivalent<WindowKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &WindowKey) -> bool {
+        self.meter == key.meter
+            && self.window_start == key.window_start
+            && self.customer_id == key.customer_id
+            && self.subject == key.subject
+            && self.dimensions == key.dimensions
+            && self.pricing == key.pricing
+    }
 }
 
 /// The facts about an event the aggregator needs besides its measurement.
@@ -114,7 +151,7 @@ pub struct AggregatorSnapshot {
 pub struct Aggregator {
     meters: Meters,
     windows: HashMap<WindowKey, WindowState>,
-    dirty: HashSet<WindowKey>,
+    dirty: hashbrown::HashSet<WindowKey>,
     progress: Progress,
     policy: LatenessPolicy,
 }
@@ -132,7 +169,7 @@ impl Aggregator {
     /// An empty aggregator with an explicit lateness policy.
     pub fn with_policy(meters: Meters, policy: LatenessPolicy) -> Self {
         let progress = Progress::new(meters.configs().len());
-        Aggregator { meters, windows: HashMap::new(), dirty: HashSet::new(), progress, policy }
+        Aggregator { meters, windows: HashMap::new(), dirty: hashbrown::HashSet::new(), progress, policy }
     }
 
     /// Watermarks and the stream clock.
@@ -182,18 +219,24 @@ impl Aggregator {
 
     /// Adds one measurement of an accepted (deduplicated) event.
     pub fn add(&mut self, customer_id: &str, subject: &str, pricing: &str, m: &Measurement, event: EventRef<'_>) {
-        let key = WindowKey {
-            customer_id: customer_id.to_string(),
-            subject: subject.to_string(),
+        let probe = KeyRef {
+            customer_id,
+            subject,
             meter: m.meter,
-            dimensions: m.dimensions.clone(),
+            dimensions: &m.dimensions,
             window_start: m.window_start,
-            pricing: pricing.to_string(),
+            pricing,
         };
-        let aggregation = self.meters.configs()[m.meter].aggregation;
-        let late = self.is_closed(&key);
+        let config = &self.meters.configs()[m.meter];
+        let aggregation = config.aggregation;
+        let end = to_utc(m.window_start + config.window.seconds()).unwrap_or_default();
+        let late = self.progress.is_closed(m.meter, end, config.allowed_lateness(), &self.policy);
         self.progress.observe(m.meter, event.time, event.arrival);
-        let state = self.windows.entry(key.clone()).or_default();
+        // The key is only built (allocated) for a window seen for the first time.
+        if !self.windows.contains_key(&probe) {
+            self.windows.insert(probe.to_owned(), WindowState::default());
+        }
+        let Some(state) = self.windows.get_mut(&probe) else { return };
         fold(state, aggregation, &m.value, event);
         let p = &mut state.pending;
         p.late |= late;
@@ -201,12 +244,13 @@ impl Aggregator {
         if p.events == 0 {
             p.first_seq = event.seq;
             p.last_seq = event.seq;
+            // First touch since the last flush.
+            self.dirty.insert(probe.to_owned());
         } else {
             p.first_seq = p.first_seq.min(event.seq);
             p.last_seq = p.last_seq.max(event.seq);
         }
         p.events += 1;
-        self.dirty.insert(key);
     }
 
     /// Emits one delta per window touched since the previous flush, in key order, and marks
@@ -264,7 +308,13 @@ impl Aggregator {
         if progress.stream_clock().is_none() {
             progress = Progress::new(meters.configs().len());
         }
-        Aggregator { meters, windows: snapshot.windows.into_iter().collect(), dirty: HashSet::new(), progress, policy }
+        Aggregator {
+            meters,
+            windows: snapshot.windows.into_iter().collect(),
+            dirty: hashbrown::HashSet::new(),
+            progress,
+            policy,
+        }
     }
 
     /// Current value of every window, for tests and inspection.
@@ -392,6 +442,34 @@ mod tests {
                 prop_assert_eq!(sums.get(&k).copied().unwrap_or_default(), v);
             }
         }
+    }
+
+    #[test]
+    fn a_window_is_found_by_its_borrowed_key_and_only_by_it() {
+        let owned = KeyRef {
+            customer_id: "acme",
+            subject: "acme-eu",
+            meter: 2,
+            dimensions: r#"{"region":"eu"}"#,
+            window_start: 7_200,
+            pricing: "p@1",
+        }
+        .to_owned();
+        let mut map: HashMap<WindowKey, u8> = HashMap::new();
+        map.insert(owned.clone(), 1);
+        let same = KeyRef {
+            customer_id: &owned.customer_id,
+            subject: &owned.subject,
+            meter: owned.meter,
+            dimensions: &owned.dimensions,
+            window_start: owned.window_start,
+            pricing: &owned.pricing,
+        };
+        assert_eq!(map.get(&same), Some(&1));
+        // Moving text between fields must not find it (the fields are hashed with separators).
+        let shifted = KeyRef { customer_id: "acmeacme-eu", subject: "", ..same };
+        assert_eq!(map.get(&shifted), None);
+        assert_eq!(map.get(&KeyRef { window_start: 3_600, ..same }), None);
     }
 
     #[test]

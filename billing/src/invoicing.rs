@@ -86,6 +86,38 @@ fn totals_sql(table: &str, filter: &str) -> String {
     format!("SELECT {TOTALS_COLUMNS} FROM {table} WHERE {filter} GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 4, 6")
 }
 
+/// Alias under which an invoice run registers `usage_summaries` as of the invoiced version.
+pub const SUMMARIES_NOW: &str = "summaries_now";
+
+/// The SQL text of an invoice's usage lines: the totals per (customer, meter, plan, plan
+/// version, currency, billing period) of the rows of `period` for `customers`, read from the
+/// table registered as `table`. This is the period's main (monthly) query; public so that
+/// benchmarks (`meterflow-querybench`) run exactly this text, also on other engines.
+pub fn usage_totals_sql(table: &str, period: &str, customers: &[&str]) -> String {
+    let filter =
+        format!("billing_period = {} AND customer_id IN ({})", lit(period), lit_list(customers.iter().copied()));
+    totals_sql(table, &filter)
+}
+
+/// The usage totals of `period` for `customers` in `usage_summaries` as of `version`, read the
+/// way `meterflow invoice` reads them: a fresh billing session, the table registered at that
+/// version (Delta time travel), [`usage_totals_sql`], the rows parsed into exact totals.
+pub async fn period_usage_totals(
+    data_dir: &Path,
+    version: u64,
+    period: &str,
+    customers: &[&str],
+) -> Result<Vec<UsageTotal>, BillingError> {
+    let session = Session::new();
+    session.register_summaries_at(data_dir, version, SUMMARIES_NOW).await?;
+    usage_totals(&session, period, customers).await
+}
+
+/// Runs [`usage_totals_sql`] over [`SUMMARIES_NOW`] in `session`.
+async fn usage_totals(session: &Session, period: &str, customers: &[&str]) -> Result<Vec<UsageTotal>, BillingError> {
+    to_totals(session.rows(&usage_totals_sql(SUMMARIES_NOW, period, customers)).await?)
+}
+
 fn to_totals(rows: Vec<Vec<String>>) -> Result<Vec<UsageTotal>, BillingError> {
     rows.into_iter()
         .map(|r| {
@@ -220,16 +252,10 @@ pub async fn run_invoices(
     };
 
     let session = Session::new();
-    session.register_summaries_at(data_dir, version, "summaries_now").await?;
-    let customers = lit_list(in_scope.iter().map(|a| a.id.as_str()));
-    let usage = to_totals(
-        session
-            .rows(&totals_sql(
-                "summaries_now",
-                &format!("billing_period = {} AND customer_id IN ({customers})", lit(&label)),
-            ))
-            .await?,
-    )?;
+    session.register_summaries_at(data_dir, version, SUMMARIES_NOW).await?;
+    let ids: Vec<&str> = in_scope.iter().map(|a| a.id.as_str()).collect();
+    let customers = lit_list(ids.iter().copied());
+    let usage = usage_totals(&session, &label, &ids).await?;
     let (base, windows) = adjustment_windows(&period, &closed);
     let mut adjustments = Vec::new();
     for (i, (lower, periods)) in windows.iter().enumerate() {
@@ -242,7 +268,7 @@ pub async fn run_invoices(
             "billing_period IN ({}) AND customer_id IN ({customers})",
             lit_list(periods.iter().map(String::as_str))
         );
-        let upper = to_totals(session.rows(&totals_sql("summaries_now", &filter)).await?)?;
+        let upper = to_totals(session.rows(&totals_sql(SUMMARIES_NOW, &filter)).await?)?;
         let lower_totals = to_totals(session.rows(&totals_sql(&alias, &filter)).await?)?;
         adjustments.extend(difference(upper, lower_totals));
     }
@@ -252,7 +278,7 @@ pub async fn run_invoices(
         // land on this invoice now and on its own invoice later.
         let earlier = session
             .rows(&format!(
-                "SELECT DISTINCT billing_period FROM summaries_now WHERE billing_period < {} AND customer_id IN ({customers})",
+                "SELECT DISTINCT billing_period FROM {SUMMARIES_NOW} WHERE billing_period < {} AND customer_id IN ({customers})",
                 lit(&label)
             ))
             .await?;

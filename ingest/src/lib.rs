@@ -14,7 +14,8 @@
 //!   pipeline can re-read from its own committed sequence), the `USAGE_DLQ` stream, and a
 //!   durable pull consumer that is re-positioned at start-up to the sequence the pipeline's own
 //!   state says comes next, never the broker's ack floor.
-//! * [`DedupIndex`] is the pure dedup decision over 128-bit fingerprints of `(source, id)`,
+//! * [`DedupIndex`] is the pure dedup decision over fingerprints of `(source, id)` (100 bits
+//!   kept, 12-byte slots, at most 16 bytes per remembered id),
 //!   remembered for a horizon measured in stream-publish days so that a replay decides exactly
 //!   as the first pass did. [`ShardedDedup`] spreads it over worker threads by key, talking over
 //!   crossbeam channels, without locks.
@@ -27,7 +28,7 @@ mod enrich;
 
 pub use broker::{Broker, Fetched, RejectEnvelope};
 pub use config::{NatsAuth, NatsConfig, Secret, DEFAULT_DLQ_STREAM, DEFAULT_STREAM};
-pub use dedup::{fingerprint, DedupIndex, ShardedDedup, BYTES_PER_SLOT};
+pub use dedup::{fingerprint, table, DedupIndex, ShardedDedup, BYTES_PER_SLOT};
 pub use enrich::{subject_matches, Customer, CustomerConfig, Directory, SubscriptionConfig};
 
 /// Errors of the ingest stage.

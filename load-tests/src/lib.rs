@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  workload (meterflow::workload: skewed customers, duplicates incl. late retries, malformed,
-//!            1 or N events per message) + exact oracle
+//!            1 or N events per message; optionally N synthetic customers with Zipf-skewed
+//!            activity, and event times in stream order with a fraction of late events) + exact oracle
 //!    1. ceiling: publish the same payloads to a scratch stream (raw publish rate), then pull
 //!       them with ack-all and parse only (raw consume rate)            ─┐ same server,
 //!    2. throughput: publish to USAGE, run the real pipeline in process  ─┤ same payloads,
@@ -14,7 +15,11 @@
 //! ```
 //!
 //! [`run_once`] does one run; the binary repeats it and reports medians (see `report`).
+//!
+//! [`query`] is the query benchmark (binary `meterflow-querybench`): the monthly invoice query on a
+//! month of hourly summaries, meterflow's DataFusion path against DuckDB on the same Parquet files.
 
+pub mod query;
 pub mod report;
 
 use anyhow::{bail, Context, Result};
@@ -24,7 +29,7 @@ use meterflow::config::{Config, Overrides, Reference};
 use meterflow::local_nats::LocalNats;
 use meterflow::ops::Ops;
 use meterflow::pipeline::{Pipeline, RunOptions};
-use meterflow::workload::{self, OutMessage, WorkloadSpec};
+use meterflow::workload::{self, EventTimes, Lateness, OutMessage, Population, Traffic, WorkloadSpec};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,6 +56,52 @@ pub struct LoadOptions {
     pub commit_interval_ms: u64,
     /// Seed of the workload.
     pub seed: u64,
+    /// Synthetic customers `cust-00000`, ... billed like the config's customers in turn, in a
+    /// reference folder written into the run's temporary directory (None: the config's own
+    /// reference data, the example's two customers in a fixed mix).
+    pub customers: Option<usize>,
+    /// With `customers`: the Zipf exponent of customer activity (rank k sends in proportion to
+    /// `1 / k^skew`; 0 = uniform).
+    pub skew: f64,
+    /// Fraction of events (0 to 1) whose time lies behind the stream's event time; turns on
+    /// event times in publish order (None: event times spread over 48 hours four days back, in
+    /// an order unrelated to the publish order).
+    pub late_fraction: Option<f64>,
+    /// With `late_fraction`: mean lateness of the late events, in seconds (exponential, capped
+    /// one day inside the config's backdating limit).
+    pub lateness_mean_s: f64,
+}
+
+/// Seconds of event time each part of the workload (throughput, freshness) covers when event
+/// times follow the publish order: the two parts together end at the moment of generation. Short,
+/// so that the stream time stays close to the broker's clock, which also drives the watermark
+/// (the stream clock minus idle timeout and out-of-orderness): events are late by their own
+/// lateness, not by the age of the run.
+pub const STREAM_SPAN_S: u64 = 300;
+
+/// The workload's shape, as reported.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkloadShape {
+    /// Customers in the reference data of the run.
+    pub customers: usize,
+    /// Subjects in the reference data of the run.
+    pub subjects: usize,
+    /// True when the customers were generated (`--customers`).
+    pub synthetic_customers: bool,
+    /// Zipf exponent of customer activity (None: the example's fixed mix, one customer sending
+    /// half of the events).
+    pub skew: Option<f64>,
+    /// Every n-th event is published again later (0 = none).
+    pub duplicate_every: usize,
+    /// Every n-th message is followed by a malformed one (0 = none).
+    pub bad_every: usize,
+    /// Fraction of late events (None: event times spread over 48 hours, unrelated to the
+    /// publish order).
+    pub late_fraction: Option<f64>,
+    /// Mean lateness of the late events, seconds.
+    pub lateness_mean_s: Option<f64>,
+    /// Cap of the lateness, seconds.
+    pub lateness_cap_s: Option<u64>,
 }
 
 /// Figures of one phase that moves messages.
@@ -101,6 +152,8 @@ pub struct Freshness {
 pub struct RunReport {
     /// Events per message.
     pub batch_size: usize,
+    /// Customers, skew, duplicates, malformed messages and lateness of the workload.
+    pub workload: WorkloadShape,
     /// Raw JetStream publish rate of the workload's payloads.
     pub raw_publish: Rate,
     /// Raw pull + ack-all + parse rate of the same payloads.
@@ -119,6 +172,11 @@ pub struct RunReport {
     pub duplicates: u64,
     /// Rejected (oracle).
     pub rejected: u64,
+    /// Accepted events generated behind the stream's event time (oracle; all billed).
+    pub late_generated: u64,
+    /// Events the pipeline wrote in rows flagged `late` or `adjustment` (its closed-window
+    /// count, both phases; an event arriving in a window's late flush counts too).
+    pub late_flagged: u64,
     /// True when every total equalled the oracle.
     pub exact: bool,
 }
@@ -214,39 +272,100 @@ async fn ceiling(
     Ok((publish, consume))
 }
 
-fn config_for(options: &LoadOptions, url: &str, data_dir: &std::path::Path) -> Result<Config> {
-    let overrides = Overrides { nats_url: Some(url.to_string()), data_dir: Some(data_dir.to_path_buf()) };
+/// The run's config (data in `run_dir/data`) and reference data: the config's own, or
+/// `options.customers` synthetic customers written to `run_dir/reference` and pointed at.
+fn config_for(options: &LoadOptions, url: &str, run_dir: &std::path::Path) -> Result<(Config, Reference)> {
+    let overrides = Overrides { nats_url: Some(url.to_string()), data_dir: Some(run_dir.join("data")) };
     let mut config = Config::load(&options.config, &overrides)?;
     config.pipeline.commit_interval_ms = options.commit_interval_ms;
     config.ops.listen = String::new();
-    Ok(config)
+    let reference = match options.customers {
+        Some(0) => bail!("--customers must be at least 1"),
+        Some(n) => workload::use_synthetic_reference(&mut config, &run_dir.join("reference"), n)?,
+        None => Reference::load(&config)?,
+    };
+    Ok((config, reference))
+}
+
+/// The traffic of the run and the base times of its throughput and freshness parts.
+fn traffic_for(
+    options: &LoadOptions,
+    config: &Config,
+) -> (Traffic, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+    let population = match options.customers {
+        Some(_) => Population::Skewed { skew: options.skew },
+        None => Population::Example,
+    };
+    match options.late_fraction {
+        // Spread over 48 hours four days back; the freshness part on the next day.
+        None => {
+            let base = WorkloadSpec::default().base_time;
+            (Traffic { population, times: EventTimes::Shuffled }, base, base + chrono::Duration::days(1))
+        }
+        // Stream time in publish order over the last ten minutes: the throughput part the first half,
+        // the freshness part the second, ending now (never ahead of the broker's clock). Late
+        // events stay a day inside the backdating limit, so none is rejected as too_old.
+        Some(late_fraction) => {
+            let span = chrono::Duration::seconds(STREAM_SPAN_S as i64);
+            let now = chrono::Utc::now();
+            let max_lateness_s =
+                (u64::from(config.lateness.max_backdating_days) * 86_400).saturating_sub(86_400 + 2 * STREAM_SPAN_S);
+            let lateness = Lateness {
+                span_s: STREAM_SPAN_S,
+                late_fraction,
+                mean_lateness_s: options.lateness_mean_s,
+                max_lateness_s,
+            };
+            (Traffic { population, times: EventTimes::InOrder(lateness) }, now - span * 2, now - span)
+        }
+    }
+}
+
+/// Events the pipeline put in rows flagged late or adjustment, over all meters.
+fn late_flagged(ops: &Ops, reference: &Reference) -> u64 {
+    reference
+        .meters
+        .configs()
+        .iter()
+        .map(|m| ops.metrics.events_late.get_or_create(&meterflow::ops::metrics::label("meter", m.name.clone())).get())
+        .sum()
 }
 
 /// One full run on a fresh local nats-server and data directory.
 pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
     let dir = tempfile::tempdir()?;
     let nats = LocalNats::start(&dir.path().join("nats"))?;
-    let config = config_for(options, &nats.url(), &dir.path().join("data"))?;
-    let reference = Reference::load(&config)?;
+    let (config, reference) = config_for(options, &nats.url(), dir.path())?;
+    let (traffic, main_base, fresh_base) = traffic_for(options, &config);
     let main = WorkloadSpec {
         events: options.events,
         batch_size: options.batch_size.max(1),
         duplicate_every: options.duplicate_every,
         bad_every: options.bad_every,
         seed: options.seed,
-        ..Default::default()
+        base_time: main_base,
     };
-    // The freshness phase publishes more of the same mix on the next day.
+    // The freshness phase publishes more of the same mix: on the next day, or (events in stream
+    // order) continuing the stream time.
     let fresh_events = if options.freshness_secs > 0 { options.events } else { 0 };
-    let fresh = WorkloadSpec {
-        events: fresh_events,
-        seed: options.seed + 1,
-        base_time: main.base_time + chrono::Duration::days(1),
-        ..main.clone()
-    };
-    let (first, _) = workload::generate(&main, &reference)?;
-    let (messages, oracle) = workload::generate_all(&[main, fresh], &reference)?;
+    let fresh = WorkloadSpec { events: fresh_events, seed: options.seed + 1, base_time: fresh_base, ..main.clone() };
+    let (first, _) = workload::generate_with(std::slice::from_ref(&main), &traffic, &reference)?;
+    let (messages, oracle) = workload::generate_with(&[main, fresh], &traffic, &reference)?;
     let (throughput_msgs, fresh_msgs) = messages.split_at(first.len());
+    let shape = WorkloadShape {
+        customers: reference.directory.customers().len(),
+        subjects: reference.directory.customers().iter().map(|c| c.subjects.len()).sum(),
+        synthetic_customers: options.customers.is_some(),
+        skew: options.customers.map(|_| options.skew),
+        duplicate_every: options.duplicate_every,
+        bad_every: options.bad_every,
+        late_fraction: options.late_fraction,
+        lateness_mean_s: options.late_fraction.map(|_| options.lateness_mean_s),
+        lateness_cap_s: match &traffic.times {
+            EventTimes::InOrder(l) => Some(l.max_lateness_s),
+            EventTimes::Shuffled => None,
+        },
+    };
     let events = events_in(throughput_msgs);
 
     let client = async_nats::connect(nats.url()).await?;
@@ -281,14 +400,15 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
     let throughput_series =
         tokio::time::timeout(Duration::from_secs(5), sampler).await.ok().and_then(|r| r.ok()).unwrap_or_default();
     let pipeline_rate = Rate::new(stats.messages, stats.events_received, stats.busy_secs);
+    let mut late = late_flagged(&ops, &reference);
 
     let freshness = if fresh_msgs.is_empty() {
         None
     } else {
-        Some(
-            freshness(&config, &js, fresh_msgs, pipeline_rate.events_per_s * options.freshness_fraction, options)
-                .await?,
-        )
+        let target = pipeline_rate.events_per_s * options.freshness_fraction;
+        let (f, fresh_late) = freshness(&config, &reference, &js, fresh_msgs, target, options).await?;
+        late += fresh_late;
+        Some(f)
     };
 
     let differences = workload::differences(&config.storage.data_dir, &oracle).await?;
@@ -302,6 +422,7 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
     }
     Ok(RunReport {
         batch_size: options.batch_size.max(1),
+        workload: shape,
         ratio_to_consume_ceiling: pipeline_rate.events_per_s / raw_consume.events_per_s.max(1e-9),
         raw_publish,
         raw_consume,
@@ -311,19 +432,23 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
         accepted: oracle.accepted,
         duplicates: oracle.duplicates,
         rejected: oracle.rejected.values().sum(),
+        late_generated: oracle.late,
+        late_flagged: late,
         exact: differences.is_empty(),
     })
 }
 
 /// Publishes `messages` at `target` events/s to a running pipeline and records, per message, the
-/// time from just before its publish to the commit that covers its stream sequence.
+/// time from just before its publish to the commit that covers its stream sequence. Also returns
+/// the events this phase's pipeline put in rows flagged late.
 async fn freshness(
     config: &Config,
+    reference: &Reference,
     js: &jetstream::Context,
     messages: &[OutMessage],
     target: f64,
     options: &LoadOptions,
-) -> Result<Freshness> {
+) -> Result<(Freshness, u64)> {
     let ops = Arc::new(Ops::new(config));
     let (tx, rx) = tokio::sync::watch::channel(false);
     let pipeline = Pipeline::start_with_ops(config.clone(), ops.clone()).await?;
@@ -414,7 +539,7 @@ async fn freshness(
     running.await??;
     let q = |p: f64| hist.value_at_quantile(p) as f64;
     let distribution = (1..=100).map(|i| i as f64 / 100.0).map(|p| (q(p), p)).collect();
-    Ok(Freshness {
+    let fresh = Freshness {
         target_events_per_s: target,
         achieved_events_per_s: published_events as f64 / published_secs.max(1e-9),
         samples: hist.len(),
@@ -423,5 +548,6 @@ async fn freshness(
         p99_ms: q(0.99),
         max_ms: hist.max() as f64,
         distribution,
-    })
+    };
+    Ok((fresh, late_flagged(&ops, reference)))
 }

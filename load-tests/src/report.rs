@@ -5,7 +5,7 @@
 use serde::Serialize;
 use std::fmt::Write;
 
-use crate::RunReport;
+use crate::{RunReport, WorkloadShape};
 
 /// All runs of one configuration and their medians.
 #[derive(Debug, Clone, Serialize)]
@@ -14,6 +14,8 @@ pub struct Summary {
     pub command: String,
     /// Events per message.
     pub batch_size: usize,
+    /// The workload's shape (of the first run; every run of a configuration has the same).
+    pub workload: WorkloadShape,
     /// Runs.
     pub runs: Vec<RunReport>,
     /// Median raw publish events/s.
@@ -55,6 +57,7 @@ impl Summary {
         Summary {
             command,
             batch_size: runs.first().map_or(1, |r| r.batch_size),
+            workload: runs.first().map(|r| r.workload.clone()).unwrap_or_default(),
             median_raw_publish_eps: m(&|r| r.raw_publish.events_per_s),
             median_raw_consume_eps: m(&|r| r.raw_consume.events_per_s),
             median_pipeline_eps: m(&|r| r.pipeline.events_per_s),
@@ -70,6 +73,7 @@ impl Summary {
         let mut s = String::new();
         let _w = writeln!(s, "## meterflow load run: {} event(s) per message\n", self.batch_size);
         let _w = writeln!(s, "Command: `{}`\n", self.command);
+        let _w = writeln!(s, "Workload: {}\n", self.workload.describe());
         let _w = writeln!(s, "| run | raw publish ev/s | raw consume ev/s | pipeline ev/s | pipeline / consume | freshness p50 / p90 / p99 / max ms | exact |");
         let _w = writeln!(s, "| --- | ---: | ---: | ---: | ---: | --- | --- |");
         for (i, r) in self.runs.iter().enumerate() {
@@ -109,6 +113,18 @@ impl Summary {
                 r.accepted, r.duplicates, r.rejected
             );
         }
+        if self.workload.late_fraction.is_some() {
+            let per_run: Vec<String> = self
+                .runs
+                .iter()
+                .map(|r| format!("{} generated / {} flagged", r.late_generated, r.late_flagged))
+                .collect();
+            let _w = writeln!(
+                s,
+                "\nLate events per run (generated behind the stream time / in rows the pipeline flagged late): {}.",
+                per_run.join(", ")
+            );
+        }
         s
     }
 
@@ -121,9 +137,10 @@ impl Summary {
         );
         let _w = write!(
             s,
-            "<h1>meterflow load run ({} event(s) per message)</h1><p><code>{}</code></p>",
+            "<h1>meterflow load run ({} event(s) per message)</h1><p><code>{}</code></p><p>Workload: {}</p>",
             self.batch_size,
-            escape(&self.command)
+            escape(&self.command),
+            escape(&self.workload.describe())
         );
         // Ratio to the ceiling: three bars.
         let bars = [
@@ -163,6 +180,39 @@ impl Summary {
         s.push_str(&escape(&self.markdown()));
         s.push_str("</pre></body></html>\n");
         s
+    }
+}
+
+impl WorkloadShape {
+    /// One line: customers and their skew, duplicates, malformed messages, event times and
+    /// lateness.
+    pub fn describe(&self) -> String {
+        let who = match self.skew {
+            Some(skew) if self.synthetic_customers => {
+                format!("{} synthetic customers, activity Zipf-skewed (exponent {skew})", self.customers)
+            }
+            _ => format!(
+                "{} customers ({} subjects) of the config's reference data in a fixed mix (one sends half the events)",
+                self.customers, self.subjects
+            ),
+        };
+        let dups = match self.duplicate_every {
+            0 => "no duplicates".to_string(),
+            n => format!("a duplicate every {n} events"),
+        };
+        let bad = match self.bad_every {
+            0 => "no malformed messages".to_string(),
+            n => format!("a malformed message every {n} messages"),
+        };
+        let times = match (self.late_fraction, self.lateness_mean_s) {
+            (Some(f), Some(mean)) => format!(
+                "event times in stream order, {:.1} % late (exponential lateness, mean {mean} s, cap {} s)",
+                f * 100.0,
+                self.lateness_cap_s.unwrap_or_default()
+            ),
+            _ => "event times spread over 48 h four days back, unrelated to the publish order".to_string(),
+        };
+        format!("{who}; {dups}; {bad}; {times}")
     }
 }
 

@@ -20,9 +20,15 @@ async fn a_short_load_run_measures_every_phase_and_its_totals_are_exact() {
             freshness_fraction: 0.5,
             commit_interval_ms: 200,
             seed: 3,
+            customers: None,
+            skew: 1.0,
+            late_fraction: None,
+            lateness_mean_s: 3_600.0,
         };
         let run = run_once(&options).await.unwrap();
         assert!(run.exact, "totals differ from the oracle");
+        assert_eq!((run.workload.customers, run.workload.subjects, run.late_generated), (2, 3, 0));
+        eprintln!("batch {batch_size}: {} accepted, {} in rows flagged late", run.accepted, run.late_flagged);
         assert!(
             run.raw_publish.events_per_s > 0.0 && run.raw_consume.events_per_s > 0.0 && run.pipeline.events_per_s > 0.0
         );
@@ -34,4 +40,45 @@ async fn a_short_load_run_measures_every_phase_and_its_totals_are_exact() {
         let html = summary.html();
         assert!(html.contains("<svg") && !html.contains("http://") && !html.contains("https://"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_skewed_customers_with_ten_percent_late_events_are_still_billed_exactly() {
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()));
+    let options = LoadOptions {
+        config: root.join("../examples/meterflow.toml"),
+        events: 3_000,
+        batch_size: 10,
+        duplicate_every: 10,
+        bad_every: 50,
+        freshness_secs: 1,
+        freshness_fraction: 0.5,
+        commit_interval_ms: 200,
+        seed: 4,
+        customers: Some(50),
+        skew: 1.1,
+        late_fraction: Some(0.1),
+        lateness_mean_s: 3_600.0,
+    };
+    let run = run_once(&options).await.unwrap();
+    // Late usage is never lost: late events land in open windows or in rows flagged late, and
+    // every total still equals the oracle.
+    assert!(run.exact, "totals differ from the oracle");
+    assert_eq!((run.workload.customers, run.workload.synthetic_customers), (50, true));
+    assert!(run.late_generated > 300, "about a tenth of ~6,000 events is late: {}", run.late_generated);
+    assert!(
+        run.late_flagged > 0 && run.late_flagged < run.accepted / 2,
+        "some rows are flagged late, most usage is on time: {} of {}",
+        run.late_flagged,
+        run.accepted
+    );
+    eprintln!(
+        "{} accepted, {} generated late, {} in rows flagged late",
+        run.accepted, run.late_generated, run.late_flagged
+    );
+    let summary = Summary::new("smoke".into(), vec![run]);
+    let md = summary.markdown();
+    assert!(md.contains("50 synthetic customers") && md.contains("10.0 % late"), "{md}");
+    assert!(summary.html().contains("Zipf"));
 }

@@ -11,6 +11,10 @@ use meterflow_sink::sql::{render, Format, ReadOnlySql};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// mimalloc: the pipeline allocates per event; glibc malloc's free-list work cost ~20% of a profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// meterflow: streaming usage metering from NATS JetStream to Delta Lake tables.
 ///
 /// Every config key can also be set with an environment variable METERFLOW_<SECTION>__<KEY>

@@ -31,6 +31,9 @@ pub use error::SinkError;
 pub use periods::{ClosedPeriod, PeriodTable, PERIODS_TABLE};
 pub use rejections::{RejectionRow, RejectionTable, DUPLICATES_TABLE, REJECTIONS_TABLE};
 pub use state::StateStore;
+// The SummaryRow → Arrow step of every commit, public so `benches/benches/parquet_encode.rs`
+// can measure it on its own.
+pub use table::encode_rows;
 pub use table::{
     open_or_create_table, summaries_schema, table_url, RowKind, SummaryRow, SummaryTable, APP_ID, SUMMARIES_TABLE,
 };

@@ -1,28 +1,28 @@
 //! Dedup on `(source, id)` over a long horizon.
 //!
 //! Each event identity is reduced to a 128-bit xxh3 fingerprint of `source ‖ 0xFF ‖ id` (0xFF
-//! never occurs in UTF-8, so the split is unambiguous). One slot of the index is a single `u128`:
-//! the top 112 bits of the fingerprint and, in the low 16 bits, the day (since the epoch, from
-//! the JetStream publish time of the message) the identity was first accepted. Two different
-//! identities collide only if their 112-bit prefixes match: with n ids remembered, the chance of
-//! any false duplicate is about n² / 2¹¹³ (1e-14 for ten billion ids).
+//! never occurs in UTF-8, so the split is unambiguous). The index keeps 100 bits of it with the
+//! day (since the epoch, from the JetStream publish time of the message) the identity was first
+//! accepted, in 12-byte slots of a quotiented Robin Hood table ([`table`]): at most 16 bytes per
+//! remembered identity. Two different identities are taken for each other only if those 100 bits
+//! match: with n identities remembered over a horizon, the chance of any false duplicate is about
+//! n² / 2¹⁰¹, below one in a trillion up to 1.5 billion identities (24 GB of slots).
 //!
 //! Days come from the stream, not the wall clock, so replaying the same messages after a crash
 //! makes exactly the same decisions.
 
+pub mod table;
+
 use crossbeam_channel::{bounded, Receiver, Sender};
-use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::thread::JoinHandle;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::{IngestError, Result};
+use table::{Key, Table};
 
-/// Bytes one hash-table slot takes: a 16-byte entry plus one control byte. Memory per
-/// remembered id is this divided by the table's load factor (see [`DedupIndex::memory_bytes`]).
-pub const BYTES_PER_SLOT: usize = 17;
-
-const DAY_MASK: u128 = 0xFFFF;
+/// Bytes one slot of the index takes. Memory per remembered id is this divided by the table's
+/// load factor, 0.77 to 0.92 (see [`DedupIndex::memory_bytes`]).
+pub const BYTES_PER_SLOT: usize = table::SLOT_BYTES;
 
 /// The fingerprint of an event identity.
 pub fn fingerprint(source: &str, id: &str) -> u128 {
@@ -33,116 +33,110 @@ pub fn fingerprint(source: &str, id: &str) -> u128 {
     h.digest128()
 }
 
-/// A slot: fingerprint prefix plus first-seen day. Equality and hashing look at the prefix only.
-#[derive(Clone, Copy, Debug)]
-struct Entry(u128);
-
-impl Entry {
-    fn new(fp: u128, day: u16) -> Self {
-        Entry((fp & !DAY_MASK) | u128::from(day))
-    }
-    fn day(self) -> u16 {
-        (self.0 & DAY_MASK) as u16
-    }
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 >> 16 == other.0 >> 16
-    }
-}
-impl Eq for Entry {}
-impl Hash for Entry {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // The fingerprint is already uniformly distributed: hand its top 64 bits over as is.
-        state.write_u64((self.0 >> 64) as u64);
-    }
-}
-
-/// A hasher that passes a `u64` through (the keys are hashes already).
-#[derive(Default)]
-struct PassThrough(u64);
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// The pure dedup decision for one shard.
-#[derive(Debug, Default)]
+///
+/// Slots keep the first-seen day modulo 256 in *units* of days: one day for horizons up to 255
+/// days (exact), `⌈horizon / 254⌉` days for longer ones, where an identity is then remembered for
+/// at least the horizon and at most two units longer (never shorter).
+#[derive(Debug)]
 pub struct DedupIndex {
-    horizon_days: u16,
-    newest_day: u16,
-    swept_day: u16,
-    set: HashSet<Entry, BuildHasherDefault<PassThrough>>,
+    /// Days per unit.
+    unit: u16,
+    /// Horizon in units (at most 255).
+    horizon: u16,
+    /// Newest unit seen.
+    newest: u16,
+    table: Table,
 }
 
 impl DedupIndex {
-    /// An empty index remembering ids for `horizon_days` days after their first acceptance.
+    /// An empty index remembering ids for `horizon_days` days (at least 1) after their first
+    /// acceptance.
     pub fn new(horizon_days: u16) -> Self {
-        DedupIndex { horizon_days: horizon_days.max(1), ..Default::default() }
+        let days = horizon_days.max(1);
+        let (unit, horizon) = if days <= 255 { (1, days) } else { (days.div_ceil(254), 0) };
+        let horizon = if unit == 1 { horizon } else { days.div_ceil(unit) + 1 };
+        DedupIndex { unit, horizon, newest: 0, table: Table::default() }
     }
 
     /// Returns `true` when the identity is seen for the first time within the horizon (and
     /// remembers it from `day`), `false` for a duplicate.
     pub fn check_and_insert(&mut self, fp: u128, day: u16) -> bool {
-        if day > self.newest_day {
-            self.newest_day = day;
-            if self.newest_day > self.swept_day {
-                self.sweep();
+        let unit = day / self.unit;
+        if unit > self.newest {
+            self.advance_to(unit);
+        }
+        let key = Key::of(fp);
+        if let Some(seen) = self.table.get(key) {
+            if self.age(seen) < self.horizon {
+                return false;
             }
         }
-        let probe = Entry::new(fp, day);
-        match self.set.get(&probe) {
-            Some(seen) if self.alive(seen.day()) => false,
-            Some(_) => {
-                self.set.replace(probe);
-                true
-            }
-            None => {
-                self.set.insert(probe);
-                true
-            }
+        if self.newest - unit < self.horizon {
+            self.table.put(key, unit as u8);
         }
+        true
     }
 
-    fn alive(&self, day: u16) -> bool {
-        self.newest_day.saturating_sub(day) < self.horizon_days
+    /// Units since `stored` (a unit modulo 256) as of the newest. Exact because every stored
+    /// unit is within the horizon (at most 255 units) of the newest.
+    fn age(&self, stored: u8) -> u16 {
+        u16::from((self.newest as u8).wrapping_sub(stored))
     }
 
-    /// Forgets identities older than the horizon.
-    fn sweep(&mut self) {
-        let (newest, horizon) = (self.newest_day, self.horizon_days);
-        self.set.retain(|e| newest.saturating_sub(e.day()) < horizon);
-        self.swept_day = newest;
+    /// Moves the newest unit forward, forgetting identities older than the horizon.
+    fn advance_to(&mut self, unit: u16) {
+        let step = unit - self.newest;
+        if self.newest == 0 || step >= self.horizon {
+            self.table.clear();
+        } else {
+            let (newest, horizon) = (self.newest as u8, self.horizon);
+            self.table.retain(|d| u16::from(newest.wrapping_sub(d)) + step < horizon);
+        }
+        self.newest = unit;
     }
 
     /// Number of remembered identities.
     pub fn len(&self) -> usize {
-        self.set.len()
+        self.table.len()
     }
 
     /// True when nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
+        self.table.len() == 0
     }
 
     /// Heap bytes held by the table (slots times [`BYTES_PER_SLOT`]).
     pub fn memory_bytes(&self) -> usize {
-        self.set.capacity() * BYTES_PER_SLOT
+        self.table.memory_bytes()
     }
 
+    /// The newest day seen (the first day of the newest unit).
+    fn newest_day(&self) -> u16 {
+        self.newest.saturating_mul(self.unit)
+    }
+
+    /// Entries as `fingerprint bits kept | first day of the first-seen unit` (the snapshot
+    /// format).
     fn write_to(&self, out: &mut Vec<u8>) {
-        for e in &self.set {
-            out.extend_from_slice(&e.0.to_le_bytes());
+        for (key, d) in self.table.entries() {
+            let day = (self.newest - self.age(d)).saturating_mul(self.unit);
+            out.extend_from_slice(&(key.to_fingerprint() | u128::from(day)).to_le_bytes());
+        }
+    }
+
+    /// Loads snapshot entries, skipping those the horizon has passed.
+    fn restore(&mut self, entries: Vec<u128>, newest_day: u16) {
+        let newest = newest_day / self.unit;
+        if newest > self.newest {
+            self.advance_to(newest);
+        }
+        self.table.reserve(entries.len());
+        for e in entries {
+            let unit = (e & 0xFFFF) as u16 / self.unit;
+            if unit <= self.newest && self.newest - unit < self.horizon {
+                self.table.put(Key::of(e), unit as u8);
+            }
         }
     }
 }
@@ -186,8 +180,10 @@ impl ShardedDedup {
         Ok(ShardedDedup { shards: senders, handles })
     }
 
+    /// The shard of a fingerprint: from bits the index keeps, so restored entries land where
+    /// new sightings of them are checked.
     fn shard_of(&self, fp: u128) -> usize {
-        ((fp >> 16) as u64 % self.shards.len() as u64) as usize
+        (Key::of(fp).k % self.shards.len() as u64) as usize
     }
 
     /// Decides a batch of `(fingerprint, day)` in order: `true` for first sightings. Repeats
@@ -297,18 +293,11 @@ fn shard_loop(rx: Receiver<Command>, mut index: DedupIndex) {
                     return;
                 }
             }
-            Command::Insert { entries, newest_day } => {
-                index.newest_day = index.newest_day.max(newest_day);
-                index.swept_day = index.newest_day;
-                index.set.reserve(entries.len());
-                for e in entries {
-                    index.set.insert(Entry(e));
-                }
-            }
+            Command::Insert { entries, newest_day } => index.restore(entries, newest_day),
             Command::Dump { reply } => {
                 let mut bytes = Vec::new();
                 index.write_to(&mut bytes);
-                if reply.send((index.newest_day, bytes, index.len(), index.memory_bytes())).is_err() {
+                if reply.send((index.newest_day(), bytes, index.len(), index.memory_bytes())).is_err() {
                     return;
                 }
             }
@@ -370,14 +359,51 @@ mod tests {
     }
 
     #[test]
-    fn memory_per_remembered_id_stays_within_one_table_growth_step() {
+    fn memory_per_remembered_id_is_at_most_16_bytes_at_a_million_ids() {
         let mut d = DedupIndex::new(35);
         for i in 0..1_000_000u32 {
             d.check_and_insert(fingerprint("s", &i.to_string()), 1);
         }
         let per_id = d.memory_bytes() as f64 / d.len() as f64;
         println!("dedup bytes per id at 1M ids: {per_id:.1}");
-        // 17 bytes per slot at a load factor between 7/16 (just grown) and 7/8 (about to grow).
-        assert!((17.0 * 8.0 / 7.0..=17.0 * 16.0 / 7.0).contains(&per_id), "{per_id:.1} bytes per id");
+        assert!(per_id <= 16.0, "{per_id:.1} bytes per id");
+    }
+
+    #[test]
+    fn the_longest_horizon_counts_days_across_the_modulo_256_wrap() {
+        let mut d = DedupIndex::new(255);
+        let (a, b) = (fingerprint("s", "a"), fingerprint("s", "b"));
+        assert!(d.check_and_insert(a, 1_000));
+        assert!(d.check_and_insert(b, 1_100));
+        for day in [1_050, 1_200, 1_254] {
+            assert!(!d.check_and_insert(a, day), "day {day}");
+        }
+        assert!(d.check_and_insert(a, 1_255), "255 days later the horizon has passed");
+        assert!(!d.check_and_insert(b, 1_300));
+        assert!(d.check_and_insert(b, 1_300 + 255), "a jump past the horizon forgets everything");
+        assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn a_horizon_longer_than_255_days_remembers_at_least_that_long() {
+        let mut d = DedupIndex::new(30_400);
+        let fp = fingerprint("s", "a");
+        assert!(d.check_and_insert(fp, 1_000));
+        assert!(!d.check_and_insert(fp, 1_000 + 30_399), "still within the horizon");
+        // At most two units (of 120 days) longer.
+        assert!(d.check_and_insert(fp, 1_000 + 30_400 + 240), "forgotten after the horizon plus two units");
+    }
+
+    #[test]
+    fn a_snapshot_keeps_full_days_and_drops_what_the_horizon_passed() {
+        let sharded = ShardedDedup::new(2, 10).unwrap();
+        let keys = [(fingerprint("s", "old"), 600), (fingerprint("s", "new"), 605)];
+        assert_eq!(sharded.check_batch(&keys).unwrap(), vec![true, true]);
+        let snap = sharded.snapshot().unwrap();
+        let restored = ShardedDedup::new(1, 10).unwrap();
+        restored.restore(&snap).unwrap();
+        // Day 610: "old" (600) has passed the 10-day horizon, "new" (605) has not.
+        let later = [(fingerprint("s", "old"), 610), (fingerprint("s", "new"), 610)];
+        assert_eq!(restored.check_batch(&later).unwrap(), vec![true, false]);
     }
 }

@@ -22,15 +22,11 @@
 //! neither loses nor doubles an event.
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
-use meterflow_aggregator::{Aggregator, AggregatorSnapshot, EventRef, WindowDelta};
-use meterflow_ingest::{fingerprint, Broker, Fetched, RejectEnvelope, ShardedDedup};
-use meterflow_rater::{pricing_at, Period, PeriodTotals, TotalKey};
-use meterflow_schemas::{decode_message, RejectReason};
-use meterflow_sink::{
-    ClosedPeriod, PeriodTable, RejectionRow, RejectionTable, RowKind, StateStore, SummaryRow, SummaryTable,
-};
-use std::collections::{BTreeMap, HashMap};
+use meterflow_aggregator::{Aggregator, AggregatorSnapshot};
+use meterflow_ingest::{Broker, Fetched, ShardedDedup};
+use meterflow_rater::{Period, PeriodTotals};
+use meterflow_sink::{ClosedPeriod, PeriodTable, RejectionRow, RejectionTable, StateStore, SummaryTable};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -38,6 +34,9 @@ use tracing::Instrument;
 use crate::config::{Config, Reference};
 use crate::ops::metrics::label;
 use crate::ops::Ops;
+
+mod stages;
+pub use stages::{Input, Stages};
 
 /// Counters of one run, printed at exit.
 #[derive(Debug, Default, Clone)]
@@ -128,44 +127,20 @@ fn decode_state<'a>(
     Ok((serde_json::from_slice(windows)?, PeriodTotals::from_entries(serde_json::from_slice(totals)?), dedup))
 }
 
-/// A candidate event that passed decode, enrich and extract, waiting for the dedup decision.
-struct Candidate {
-    seq: u64,
-    /// Position of its message in the fetched batch (for the message subject).
-    msg: usize,
-    arrival: chrono::DateTime<chrono::Utc>,
-    customer: usize,
-    pricing: std::sync::Arc<str>,
-    event: meterflow_schemas::UsageEvent,
-    measurements: Vec<meterflow_aggregator::Measurement>,
-}
-
 /// The running pipeline.
 pub struct Pipeline {
     config: Config,
-    reference: Reference,
-    customer_index: HashMap<String, usize>,
+    /// The core stages and their state.
+    core: Stages,
     broker: Broker,
     table: SummaryTable,
     store: StateStore,
-    dedup: ShardedDedup,
-    agg: Aggregator,
-    /// Billing-period totals per customer, meter and plan version (for tiered rating).
-    totals: PeriodTotals,
-    /// Plan version label → (plan id, version index).
-    pricing_index: HashMap<String, (String, usize)>,
-    /// Plan id → the label of each version, built once so events share them.
-    pricing_labels: HashMap<String, Vec<std::sync::Arc<str>>>,
-    /// Event-time limits (too old, too far in the future).
-    bounds: meterflow_aggregator::TimeBounds,
     /// The rejections table (committed before the summaries of the same range).
     rejections: RejectionTable,
     /// The billing_periods table and the closed periods as last read from it.
     periods: PeriodTable,
     closed: BTreeMap<String, ClosedPeriod>,
     closed_read_at: Instant,
-    /// Billing periods that hold usage (candidates for closing).
-    seen_periods: std::collections::BTreeSet<String>,
     /// Highest sequence the table says is committed.
     committed_seq: u64,
     /// Next sequence expected from the consumer (lower ones are redeliveries).
@@ -173,12 +148,9 @@ pub struct Pipeline {
     /// True while replaying messages up to `committed_seq`.
     replaying: bool,
     // Pending commit.
-    pending_rejects: Vec<RejectEnvelope>,
-    pending_duplicates: Vec<RejectionRow>,
     /// The duplicates table (committed with the rejections).
     duplicates: RejectionTable,
     pending_last: Option<Fetched>,
-    pending_events: usize,
     pending_since: Option<Instant>,
     commits_since_snapshot: u64,
     first_live: Option<Instant>,
@@ -202,8 +174,6 @@ impl Pipeline {
     /// Like [`Pipeline::start`], recording metrics and live state into `ops`.
     pub async fn start_with_ops(config: Config, ops: std::sync::Arc<Ops>) -> Result<Pipeline> {
         let reference = Reference::load(&config)?;
-        let customer_index =
-            reference.directory.customers().iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
         std::fs::create_dir_all(&config.storage.data_dir)
             .with_context(|| format!("cannot create data directory {}", config.storage.data_dir.display()))?;
         let mut broker = Broker::connect(config.nats.clone()).await?;
@@ -240,49 +210,26 @@ impl Pipeline {
         broker.position_consumer(resume_from).await?;
         tracing::info!(committed_seq, resume_from, "pipeline started; replaying committed messages to rebuild state");
         let stats = RunStats { committed_seq, ..Default::default() };
-        let bounds = config.lateness.bounds();
         let rejections = RejectionTable::open_or_create(&config.storage.data_dir).await?;
         let duplicates = RejectionTable::open_duplicates(&config.storage.data_dir).await?;
         let mut periods = PeriodTable::open_or_create(&config.storage.data_dir).await?;
         let closed = periods.closed().await?;
-        let seen_periods = totals.entries().into_iter().map(|(k, _)| k.period).collect();
-        let mut pricing_index = HashMap::new();
-        let mut pricing_labels: HashMap<String, Vec<std::sync::Arc<str>>> = HashMap::new();
-        for s in reference.subscriptions.iter().flatten() {
-            if let Some(plan) = reference.prices.plan(&s.plan) {
-                let labels = (0..plan.versions.len()).map(|v| std::sync::Arc::from(plan.version_label(v))).collect();
-                for v in 0..plan.versions.len() {
-                    pricing_index.insert(plan.version_label(v), (plan.id.clone(), v));
-                }
-                pricing_labels.insert(plan.id.clone(), labels);
-            }
-        }
+        let core = Stages::new(&config, reference, dedup, agg, totals, ops.clone());
         Ok(Pipeline {
             config,
-            reference,
-            customer_index,
+            core,
             broker,
             table,
             store,
-            dedup,
-            agg,
-            totals,
-            pricing_index,
-            pricing_labels,
-            bounds,
             rejections,
             periods,
             closed,
             closed_read_at: Instant::now(),
-            seen_periods,
             committed_seq,
             next_seq: resume_from,
             replaying: resume_from <= committed_seq,
-            pending_rejects: Vec::new(),
-            pending_duplicates: Vec::new(),
             duplicates,
             pending_last: None,
-            pending_events: 0,
             pending_since: None,
             commits_since_snapshot: 0,
             first_live: None,
@@ -335,7 +282,7 @@ impl Pipeline {
             if !got_any && !self.replaying {
                 // Drained: the stream clock catches up with the wall clock, so quiet meters'
                 // watermarks (and billing periods) still advance.
-                self.agg.advance_clock(chrono::Utc::now());
+                self.core.agg.advance_clock(chrono::Utc::now());
                 if self.pending_last.is_none() {
                     self.close_due_periods().await?;
                 }
@@ -344,7 +291,7 @@ impl Pipeline {
                 self.refetch_from_gap(gap).await;
             }
             let due = self.pending_since.is_some_and(|t| t.elapsed() >= interval);
-            if self.pending_events >= self.config.pipeline.max_batch_events || due {
+            if self.core.pending_events >= self.config.pipeline.max_batch_events || due {
                 self.commit_with_retry(&mut shutdown).await?;
             }
             if let Some(limit) = options.exit_when_idle {
@@ -378,14 +325,15 @@ impl Pipeline {
     async fn publish_progress(&mut self) {
         let m = &self.ops.metrics;
         let now = chrono::Utc::now();
-        let policy = *self.agg.policy();
+        let policy = *self.core.agg.policy();
         let watermarks: Vec<(String, Option<chrono::DateTime<chrono::Utc>>)> = self
+            .core
             .reference
             .meters
             .configs()
             .iter()
             .enumerate()
-            .map(|(i, c)| (c.name.clone(), self.agg.progress().watermark(i, &policy)))
+            .map(|(i, c)| (c.name.clone(), self.core.agg.progress().watermark(i, &policy)))
             .collect();
         for (meter, w) in &watermarks {
             if let Some(w) = w {
@@ -394,7 +342,7 @@ impl Pipeline {
             }
         }
         self.ops.live.set_watermarks(watermarks);
-        m.open_windows.set(i64::try_from(self.agg.window_count()).unwrap_or(i64::MAX));
+        m.open_windows.set(i64::try_from(self.core.agg.window_count()).unwrap_or(i64::MAX));
         // At most one broker request a second, unless the commit went past the last sequence
         // known (the stream grew since: a lag of 0 would be stale).
         let known_last = u64::try_from(m.stream_last_sequence.get()).unwrap_or(0);
@@ -484,8 +432,8 @@ impl Pipeline {
         if self.replaying && self.next_seq > self.committed_seq {
             // The replay has rebuilt the state as of the committed sequence: the rows it would
             // flush are already in the table, so only the period totals take them in.
-            let deltas = self.agg.flush();
-            self.advance_totals(&deltas)?;
+            let deltas = self.core.agg.flush();
+            self.core.advance_totals(&deltas)?;
             self.replaying = false;
         }
         if !live.is_empty() {
@@ -497,223 +445,14 @@ impl Pipeline {
         Ok(gap)
     }
 
-    /// Decode, enrich, extract, dedup and aggregate messages that are all live or all replayed.
-    /// Replayed messages only rebuild state: no rejects, no counters.
+    /// Runs the core stages over messages that are all live or all replayed.
     fn process_part(&mut self, messages: Vec<Fetched>, live: bool) -> Result<()> {
-        let meters = &self.reference.meters;
-        let mut candidates: Vec<Candidate> = Vec::new();
-        let mut keys: Vec<(u128, u16)> = Vec::new();
-        let metrics = self.ops.metrics.clone();
-        for (msg_index, msg) in messages.iter().enumerate() {
-            let day = u16::try_from(msg.published_unix.div_euclid(86_400)).unwrap_or(u16::MAX);
-            let arrival = chrono::DateTime::from_timestamp(msg.published_unix, 0).unwrap_or_default();
-            let decoded = decode_message(&msg.payload);
-            let metrics = &metrics;
-            let mut reject =
-                |reason: RejectReason, detail: String, index: Option<usize>, original: Bytes, stats: &mut RunStats| {
-                    if live {
-                        *stats.rejected.entry(reason.code()).or_default() += 1;
-                        metrics.events_rejected.get_or_create(&label("reason", reason.code())).inc();
-                        self.pending_rejects.push(RejectEnvelope {
-                            seq: msg.seq,
-                            subject: msg.subject.clone(),
-                            index,
-                            reason,
-                            detail,
-                            original,
-                        });
-                    }
-                };
-            if live {
-                let n = (decoded.events.len() + decoded.rejects.len()) as u64;
-                self.stats.events_received += n;
-                self.ops.metrics.events_received.inc_by(n);
-            }
-            for r in decoded.rejects {
-                reject(r.reason, r.detail, r.index, Bytes::from(r.original), &mut self.stats);
-            }
-            for event in decoded.events {
-                let original = || msg.payload.slice(event.span.clone());
-                if let Err((reason, detail)) = self.bounds.check(event.time, arrival) {
-                    reject(reason, detail, event.index, original(), &mut self.stats);
-                    continue;
-                }
-                let Some(customer) = self.reference.directory.lookup(&event.subject) else {
-                    let detail = format!("subject {:?} maps to no customer", event.subject);
-                    reject(RejectReason::UnknownSubject, detail, event.index, original(), &mut self.stats);
-                    continue;
-                };
-                if !customer.may_publish_on(&msg.subject) {
-                    let detail = format!(
-                        "usage of customer {} may only arrive on {}; this message came on {}",
-                        customer.id,
-                        customer.publish_subjects.join(", "),
-                        msg.subject
-                    );
-                    reject(RejectReason::SubjectNotAllowed, detail, event.index, original(), &mut self.stats);
-                    continue;
-                }
-                let customer = self.customer_index.get(&customer.id).copied().unwrap_or_default();
-                let subs = &self.reference.subscriptions[customer];
-                let Some((plan, version)) = pricing_at(&self.reference.prices, subs, event.time) else {
-                    let detail = format!("no subscription or plan version in force at {}", event.time.to_rfc3339());
-                    reject(RejectReason::NoSubscription, detail, event.index, original(), &mut self.stats);
-                    continue;
-                };
-                // Every subscribed plan's labels were built at start; no allocation per event.
-                let pricing = self.pricing_labels.get(&plan.id).and_then(|l| l.get(version)).cloned();
-                let pricing = pricing.unwrap_or_else(|| plan.version_label(version).into());
-                let measurements = match meters.extract(&event) {
-                    Ok(m) => m,
-                    Err((reason, detail)) => {
-                        reject(reason, detail, event.index, original(), &mut self.stats);
-                        continue;
-                    }
-                };
-                keys.push((fingerprint(&event.source, &event.id), day));
-                candidates.push(Candidate {
-                    seq: msg.seq,
-                    msg: msg_index,
-                    arrival,
-                    customer,
-                    pricing,
-                    event,
-                    measurements,
-                });
-            }
-        }
-        meterflow_faults::hit("after_decode");
-        if !keys.is_empty() {
-            let decisions = self.dedup.check_batch(&keys)?;
-            meterflow_faults::hit("after_dedup");
-            for (c, new) in candidates.iter().zip(decisions) {
-                if !new {
-                    if live {
-                        self.stats.duplicates += 1;
-                        self.ops.metrics.events_duplicate.inc();
-                        tracing::debug!(seq = c.seq, source = %c.event.source, id = %c.event.id, "duplicate dropped");
-                        self.pending_duplicates.push(RejectionRow {
-                            stream_seq: c.seq,
-                            event_index: c.event.index.map(|i| i as u64),
-                            reason: "duplicate".into(),
-                            detail: format!("source={} id={}", c.event.source, c.event.id),
-                            subject: messages.get(c.msg).map(|m| m.subject.clone()).unwrap_or_default(),
-                            size: c.event.span.len() as u64,
-                        });
-                    }
-                    continue;
-                }
-                if live {
-                    self.stats.events_accepted += 1;
-                    self.ops.metrics.events_accepted.inc();
-                    self.pending_events += 1;
-                }
-                let customer = &self.reference.directory.customers()[c.customer];
-                let event = EventRef {
-                    time: c.event.time,
-                    source: &c.event.source,
-                    id: &c.event.id,
-                    seq: c.seq,
-                    arrival: c.arrival,
-                };
-                for m in &c.measurements {
-                    self.agg.add(&customer.id, &c.event.subject, &c.pricing, m, event);
-                }
-            }
-        }
+        let inputs: Vec<Input<'_>> = messages.iter().map(Input::from).collect();
+        self.core.process(&inputs, live, &mut self.stats)?;
         if live {
             self.pending_last = messages.into_iter().last();
         }
         Ok(())
-    }
-
-    /// The billing period of a window for its customer.
-    fn period_of(&self, d: &WindowDelta) -> Result<Period> {
-        let anchor = self
-            .customer_index
-            .get(&d.key.customer_id)
-            .and_then(|i| self.reference.directory.customers().get(*i))
-            .map_or(1, |c| c.billing_anchor_day);
-        Period::containing(d.window_start, anchor).context("window outside the calendar")
-    }
-
-    /// Moves the billing-period totals by each delta; returns (before, after, period) per delta.
-    fn advance_totals(
-        &mut self,
-        deltas: &[WindowDelta],
-    ) -> Result<Vec<(rust_decimal::Decimal, rust_decimal::Decimal, String)>> {
-        let mut out = Vec::with_capacity(deltas.len());
-        for d in deltas {
-            let period = self.period_of(d)?.label();
-            let key = TotalKey {
-                customer_id: d.key.customer_id.clone(),
-                meter: self.reference.meters.configs()[d.key.meter].name.clone(),
-                pricing: d.key.pricing.clone(),
-                period: period.clone(),
-            };
-            let (before, after) = self.totals.advance(key, d.quantity());
-            self.seen_periods.insert(period.clone());
-            out.push((before, after, period));
-        }
-        Ok(out)
-    }
-
-    /// Rates window deltas into summary rows: each row is worth the change it makes to the
-    /// price of its billing-period total under the plan version in force.
-    fn rate(&mut self, deltas: Vec<WindowDelta>, revision: u64) -> Result<Vec<SummaryRow>> {
-        let moves = self.advance_totals(&deltas)?;
-        let mut rows = Vec::with_capacity(deltas.len());
-        for (d, (before, after, period)) in deltas.into_iter().zip(moves) {
-            let row_kind = if self.closed.contains_key(&period) {
-                RowKind::Adjustment
-            } else if d.late {
-                RowKind::Late
-            } else {
-                RowKind::Usage
-            };
-            if row_kind != RowKind::Usage {
-                let meter = &self.reference.meters.configs()[d.key.meter].name;
-                self.ops.metrics.events_late.get_or_create(&label("meter", meter.clone())).inc_by(d.event_count);
-            }
-            let customer_idx = self
-                .customer_index
-                .get(&d.key.customer_id)
-                .copied()
-                .context("customer vanished from reference data")?;
-            let customer = &self.reference.directory.customers()[customer_idx];
-            let (plan_id, version) =
-                self.pricing_index.get(&d.key.pricing).context("plan version vanished from reference data")?;
-            let plan = self.reference.prices.plan(plan_id).context("plan vanished from reference data")?;
-            let meter = &self.reference.meters.configs()[d.key.meter].name;
-            let charge = plan
-                .versions
-                .get(*version)
-                .and_then(|v| v.charge(meter))
-                .with_context(|| format!("plan version {} does not price {meter}", d.key.pricing))?;
-            let amount = charge.rate_delta(before, after)?;
-            rows.push(SummaryRow {
-                customer_id: customer.id.clone(),
-                subject: d.key.subject.clone(),
-                meter: meter.clone(),
-                dimensions: d.key.dimensions.clone(),
-                window_start: d.window_start,
-                window_end: d.window_end,
-                revision,
-                quantity: d.quantity(),
-                amount,
-                currency: plan.currency.code.clone(),
-                plan_id: plan.id.clone(),
-                plan_version: d.key.pricing.clone(),
-                billing_period: period,
-                event_count: d.event_count,
-                first_seq: d.first_seq,
-                last_seq: d.last_seq,
-                row_kind,
-                reason: None,
-                arrived_at: Some(d.arrived_at),
-            });
-        }
-        Ok(rows)
     }
 
     /// Runs the commit protocol for everything pending, retrying transient failures until it
@@ -722,9 +461,8 @@ impl Pipeline {
     async fn commit_with_retry(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
         let Some(last) = self.pending_last.take() else { return Ok(()) };
         let through = last.seq;
-        let deltas = self.agg.flush();
-        let rows = self.rate(deltas, through)?;
-        let rejects = std::mem::take(&mut self.pending_rejects);
+        let rows = self.core.flush_and_rate(through, &self.closed)?;
+        let (rejects, duplicate_rows) = self.core.take_pending();
         let rejection_rows: Vec<RejectionRow> = rejects
             .iter()
             .map(|r| RejectionRow {
@@ -736,7 +474,6 @@ impl Pipeline {
                 size: r.original.len() as u64,
             })
             .collect();
-        let duplicate_rows = std::mem::take(&mut self.pending_duplicates);
         let mut delay = Duration::from_millis(100);
         let mut stop_requested = false;
         let started = Instant::now();
@@ -797,7 +534,7 @@ impl Pipeline {
         self.stats.rows_written += rows.len() as u64;
         self.stats.committed_seq = through;
         self.stats.busy_secs = self.first_live.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        self.pending_events = 0;
+        self.core.pending_events = 0;
         self.pending_since = None;
         if let Err(e) = self.broker.ack_through(&last.message).await {
             // Harmless: the next start resumes from the committed sequence, not the ack floor.
@@ -806,9 +543,9 @@ impl Pipeline {
         meterflow_faults::hit("after_ack");
         self.publish_progress().await;
         // Windows older than anything the backdating limit still admits can go.
-        if let Some(clock) = self.agg.progress().stream_clock() {
-            let reach = self.bounds.max_backdating + self.bounds.max_future_skew + chrono::Duration::days(1);
-            let evicted = self.agg.evict_before(clock - reach);
+        if let Some(clock) = self.core.agg.progress().stream_clock() {
+            let reach = self.core.bounds.max_backdating + self.core.bounds.max_future_skew + chrono::Duration::days(1);
+            let evicted = self.core.agg.evict_before(clock - reach);
             if evicted > 0 {
                 tracing::debug!(evicted, "dropped windows beyond the backdating limit");
             }
@@ -840,12 +577,14 @@ impl Pipeline {
             }
             self.closed_read_at = Instant::now();
         }
-        let policy = *self.agg.policy();
-        let watermark =
-            (0..self.reference.meters.configs().len()).filter_map(|m| self.agg.progress().watermark(m, &policy)).min();
+        let policy = *self.core.agg.policy();
+        let watermark = (0..self.core.reference.meters.configs().len())
+            .filter_map(|m| self.core.agg.progress().watermark(m, &policy))
+            .min();
         let Some(watermark) = watermark else { return Ok(()) };
         let grace = self.config.lateness.period_grace();
         let due: Vec<Period> = self
+            .core
             .seen_periods
             .iter()
             .filter(|p| !self.closed.contains_key(*p))
@@ -870,7 +609,7 @@ impl Pipeline {
     }
 
     fn snapshot(&mut self) -> Result<()> {
-        let bytes = encode_state(&self.agg, &self.totals, &self.dedup)?;
+        let bytes = encode_state(&self.core.agg, &self.core.totals, &self.core.dedup)?;
         match self.store.save(self.committed_seq, &bytes) {
             Ok(()) => {
                 self.commits_since_snapshot = 0;

@@ -1,0 +1,214 @@
+//! # meterflow-benches: the inputs of the criterion micro-benchmarks
+//!
+//! Every benchmark in `benches/` measures one stage of the pipeline on the same inputs the demo
+//! and the load tests use: the example config (`examples/meterflow.toml`: four meters, two
+//! customers, two plans covering all four charge models) and the synthetic workload of
+//! [`meterflow::workload`] (decimal values as JSON numbers and as strings, group-by dimensions,
+//! event times spread over 48 hours), with a fixed seed and base time so runs are comparable.
+//!
+//! ```text
+//!   messages ─► decode ─► enrich (lookup, pricing_at, extract) ─► dedup ─► window ─► rating ─► parquet_encode
+//!   (bytes)     benches/decode.rs  benches/enrich.rs           dedup.rs  window.rs rating.rs parquet_encode.rs
+//! ```
+//!
+//! A benchmark file is `benches/<stage>.rs` plus a `[[bench]]` entry (`harness = false`) in
+//! `Cargo.toml`; the helpers here build its inputs.
+
+// Fixtures, not product code: a broken example config or workload should stop the benchmark at
+// once with a message, never be worked around.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use chrono::{DateTime, Duration, Utc};
+use meterflow::config::{Config, Overrides, Reference};
+use meterflow::workload::{generate, WorkloadSpec};
+use meterflow_aggregator::{Aggregator, EventRef, Measurement};
+use meterflow_rater::{pricing_at, Period, PeriodTotals, TotalKey};
+use meterflow_schemas::{decode_message, UsageEvent};
+use meterflow_sink::{RowKind, SummaryRow};
+use std::path::{Path, PathBuf};
+
+/// Seed of the workload generator (the demo's default).
+pub const SEED: u64 = 42;
+
+/// Start of the 48 hours the workload's event times fall in: 2026-11-23T00:00:00Z. Fixed (the
+/// demo uses "four days ago") so every run rates the same events; the span crosses the
+/// `growth-eur` plan change of 2026-11-24, so windows are split by plan version as in production.
+pub fn base_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_795_392_000, 0).expect("a valid instant")
+}
+
+/// The JetStream publish day of the workload (days since the epoch), as dedup keys carry it.
+pub fn publish_day() -> u16 {
+    u16::try_from(base_time().timestamp().div_euclid(86_400)).expect("day fits u16")
+}
+
+/// The repository's `examples/` folder, found at run time like the integration tests do.
+pub fn examples_dir() -> PathBuf {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    Path::new(&manifest).join("../examples")
+}
+
+/// The example config's meters, customers, plans and subscriptions, validated as `meterflow
+/// run` validates them.
+pub fn reference() -> Reference {
+    let path = examples_dir().join("meterflow.toml");
+    let config = Config::load(&path, &Overrides::default()).expect("examples/meterflow.toml loads");
+    Reference::load(&config).expect("the example reference data is valid")
+}
+
+/// `events` valid workload events in messages of `batch_size` events each (1 = one CloudEvent
+/// per message, more = a CloudEvents batch array): no duplicates, no malformed messages.
+pub fn messages(reference: &Reference, events: usize, batch_size: usize) -> Vec<Vec<u8>> {
+    let spec =
+        WorkloadSpec { events, batch_size, duplicate_every: 0, bad_every: 0, seed: SEED, base_time: base_time() };
+    let (messages, _oracle) = generate(&spec, reference).expect("the workload generates");
+    messages.into_iter().map(|m| m.payload).collect()
+}
+
+/// `n` decoded workload events, in publish order.
+pub fn events(reference: &Reference, n: usize) -> Vec<UsageEvent> {
+    let out: Vec<UsageEvent> =
+        messages(reference, n, 100).iter().flat_map(|m| decode_message(m).events.into_iter()).collect();
+    assert_eq!(out.len(), n, "every generated event decodes");
+    out
+}
+
+/// What the enrich stage produces for one event, ready for dedup and the aggregator.
+#[derive(Debug, Clone)]
+pub struct Enriched {
+    /// The decoded event.
+    pub event: UsageEvent,
+    /// Stream sequence of its message.
+    pub seq: u64,
+    /// Broker publish time of its message.
+    pub arrival: DateTime<Utc>,
+    /// Owning customer's id.
+    pub customer_id: String,
+    /// Position of the customer in `reference.directory.customers()`.
+    pub customer: usize,
+    /// Label of the plan version in force at the event time (`plan@effective_from`).
+    pub pricing: String,
+    /// What the event contributes to each meter consuming its type.
+    pub measurements: Vec<Measurement>,
+}
+
+impl Enriched {
+    /// The facts the aggregator needs besides the measurement.
+    pub fn event_ref(&self) -> EventRef<'_> {
+        EventRef {
+            time: self.event.time,
+            source: &self.event.source,
+            id: &self.event.id,
+            seq: self.seq,
+            arrival: self.arrival,
+        }
+    }
+}
+
+/// `n` workload events through decode and enrich, in event-time order (as a live stream
+/// delivers them: each published half a second after its event time, one message each).
+///
+/// With `tenants` > 1 the events are dealt round-robin over that many copies of each example
+/// customer and subject (`acme-t07`, `globex-eu-t07`, ...), to spread them over more windows
+/// as a multi-tenant deployment would; meters, dimensions, hours and plans stay the workload's.
+pub fn enriched(reference: &Reference, n: usize, tenants: usize) -> Vec<Enriched> {
+    let mut events = events(reference, n);
+    events.sort_by_key(|e| e.time);
+    let customers = reference.directory.customers();
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| {
+            let owner = reference.directory.lookup(&event.subject).expect("workload subjects are known");
+            let customer = customers.iter().position(|c| c.id == owner.id).expect("customer listed");
+            let (plan, version) = pricing_at(&reference.prices, &reference.subscriptions[customer], event.time)
+                .expect("a plan is in force for every workload event");
+            let measurements = reference.meters.extract(&event).expect("workload events carry their values");
+            let mut event = event;
+            let mut customer_id = owner.id.clone();
+            if tenants > 1 {
+                let tenant = i % tenants;
+                customer_id = format!("{customer_id}-t{tenant:02}");
+                event.subject = format!("{}-t{tenant:02}", event.subject);
+            }
+            let arrival = event.time + Duration::milliseconds(500);
+            Enriched {
+                event,
+                seq: i as u64 + 1,
+                arrival,
+                customer_id,
+                customer,
+                pricing: plan.version_label(version),
+                measurements,
+            }
+        })
+        .collect()
+}
+
+/// Adds every measurement of `inputs` to `agg`; returns how many were added.
+pub fn add_all(agg: &mut Aggregator, inputs: &[Enriched]) -> u64 {
+    let mut added = 0;
+    for e in inputs {
+        let event = e.event_ref();
+        for m in &e.measurements {
+            agg.add(&e.customer_id, &e.event.subject, &e.pricing, m, event);
+            added += 1;
+        }
+    }
+    added
+}
+
+/// About `n` rated `usage_summaries` rows as one commit writes them: the window deltas of a
+/// multi-tenant workload, flushed by the aggregator and rated incrementally against the billing
+/// period totals under the example plans (as `meterflow run` does before `SummaryTable::commit`).
+pub fn summary_rows(reference: &Reference, n: usize) -> Vec<SummaryRow> {
+    // About seven events per window (as in `benches/window.rs`), and enough windows for `n` rows.
+    let tenants = (n / 700).max(1);
+    let inputs = enriched(reference, n * 8, tenants);
+    let mut agg = Aggregator::new(reference.meters.clone());
+    add_all(&mut agg, &inputs);
+    let deltas = agg.flush();
+    let customers = reference.directory.customers();
+    let mut totals = PeriodTotals::default();
+    let mut rows = Vec::with_capacity(deltas.len().min(n));
+    for d in deltas.into_iter().take(n) {
+        // Tenant copies bill like the example customer they were copied from.
+        let base_id = d.key.customer_id.split("-t").next().unwrap_or_default();
+        let customer = customers.iter().find(|c| c.id == base_id).expect("tenant of an example customer");
+        let meter = reference.meters.configs()[d.key.meter].name.clone();
+        let (plan_id, _) = d.key.pricing.split_once('@').expect("version labels are plan@from");
+        let plan = reference.prices.plan(plan_id).expect("plan of a label");
+        let charge = reference.prices.charge_of(plan_id, &d.key.pricing, &meter).expect("every meter is priced");
+        let period = Period::containing(d.window_start, customer.billing_anchor_day).expect("period").label();
+        let key = TotalKey {
+            customer_id: d.key.customer_id.clone(),
+            meter: meter.clone(),
+            pricing: d.key.pricing.clone(),
+            period: period.clone(),
+        };
+        let (before, after) = totals.advance(key, d.quantity());
+        let amount = charge.rate_delta(before, after).expect("exact amounts");
+        rows.push(SummaryRow {
+            customer_id: d.key.customer_id.clone(),
+            subject: d.key.subject.clone(),
+            meter,
+            dimensions: d.key.dimensions.clone(),
+            window_start: d.window_start,
+            window_end: d.window_end,
+            revision: d.last_seq,
+            quantity: d.quantity(),
+            amount,
+            currency: plan.currency.code.clone(),
+            plan_id: plan.id.clone(),
+            plan_version: d.key.pricing.clone(),
+            billing_period: period,
+            event_count: d.event_count,
+            first_seq: d.first_seq,
+            last_seq: d.last_seq,
+            row_kind: if d.late { RowKind::Late } else { RowKind::Usage },
+            reason: None,
+            arrived_at: Some(d.arrived_at),
+        });
+    }
+    rows
+}
