@@ -40,7 +40,7 @@ struct KeyRef<'a> {
 }
 
 impl KeyRef<'_> {
-    fn to_owned(&self) -> WindowKey {
+    fn owned(self) -> WindowKey {
         WindowKey {
             customer_id: self.customer_id.to_string(),
             subject: self.subject.to_string(),
@@ -234,7 +234,7 @@ impl Aggregator {
         self.progress.observe(m.meter, event.time, event.arrival);
         // The key is only built (allocated) for a window seen for the first time.
         if !self.windows.contains_key(&probe) {
-            self.windows.insert(probe.to_owned(), WindowState::default());
+            self.windows.insert(probe.owned(), WindowState::default());
         }
         let Some(state) = self.windows.get_mut(&probe) else { return };
         fold(state, aggregation, &m.value, event);
@@ -245,7 +245,7 @@ impl Aggregator {
             p.first_seq = event.seq;
             p.last_seq = event.seq;
             // First touch since the last flush.
-            self.dirty.insert(probe.to_owned());
+            self.dirty.insert(probe.owned());
         } else {
             p.first_seq = p.first_seq.min(event.seq);
             p.last_seq = p.last_seq.max(event.seq);
@@ -454,7 +454,7 @@ mod tests {
             window_start: 7_200,
             pricing: "p@1",
         }
-        .to_owned();
+        .owned();
         let mut map: HashMap<WindowKey, u8> = HashMap::new();
         map.insert(owned.clone(), 1);
         let same = KeyRef {

@@ -152,7 +152,7 @@ impl Stages {
         for (msg_index, msg) in messages.iter().enumerate() {
             let day = u16::try_from(msg.published_unix.div_euclid(86_400)).unwrap_or(u16::MAX);
             let arrival = chrono::DateTime::from_timestamp(msg.published_unix, 0).unwrap_or_default();
-            let decoded = decode_message(&msg.payload);
+            let decoded = decode_message(msg.payload);
             let metrics = &metrics;
             let mut reject =
                 |reason: RejectReason, detail: String, index: Option<usize>, original: Bytes, stats: &mut RunStats| {
@@ -188,7 +188,7 @@ impl Stages {
                     reject(RejectReason::UnknownSubject, detail, event.index, original(), stats);
                     continue;
                 };
-                if !customer.may_publish_on(&msg.subject) {
+                if !customer.may_publish_on(msg.subject) {
                     let detail = format!(
                         "usage of customer {} may only arrive on {}; this message came on {}",
                         customer.id,
