@@ -1,7 +1,7 @@
 //! Meter definitions and the extraction of measurements from events.
 
 use chrono::{DateTime, TimeZone, Utc};
-use meterflow_schemas::{lookup_property, parse_decimal, property_as_text, RejectReason, UsageEvent};
+use meterflow_schemas::{parse_decimal, property_as_text, Properties, RejectReason, UsageEvent};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -133,6 +133,9 @@ pub struct Measurement {
 pub struct Meters {
     configs: Vec<MeterConfig>,
     by_type: HashMap<String, Vec<usize>>,
+    /// Per meter, its distinct group-by paths in the order the canonical dimensions object
+    /// lists them (the order of a `serde_json` object), each with its JSON-quoted name.
+    dimension_keys: Vec<Vec<(String, String)>>,
 }
 
 impl Meters {
@@ -158,7 +161,8 @@ impl Meters {
             }
             by_type.entry(m.event_type.clone()).or_default().push(i);
         }
-        Ok(Meters { configs, by_type })
+        let dimension_keys = configs.iter().map(dimension_keys).collect();
+        Ok(Meters { configs, by_type, dimension_keys })
     }
 
     /// The meter definitions, in config order.
@@ -180,14 +184,14 @@ impl Meters {
                 format!("no meter consumes events of type {:?}", event.event_type),
             ));
         };
-        let data = event.data.as_deref();
+        let data = Properties::of(event.data.as_deref());
         let mut out = Vec::with_capacity(indices.len());
         for &i in indices {
             let m = &self.configs[i];
             let value = match (m.aggregation, &m.value_property) {
                 (Aggregation::Count, _) | (_, None) => MeasureValue::Event,
                 (agg, Some(path)) => {
-                    let raw = lookup_property(data, path).ok_or_else(|| {
+                    let raw = data.get(path).ok_or_else(|| {
                         (RejectReason::MissingValue, format!("meter `{}` needs data.{path}, which is missing", m.name))
                     })?;
                     if agg == Aggregation::UniqueCount {
@@ -207,16 +211,43 @@ impl Meters {
                     }
                 }
             };
-            let mut dims = serde_json::Map::new();
-            for g in &m.group_by {
-                let v = lookup_property(data, g).and_then(property_as_text);
-                dims.insert(g.clone(), v.map_or(serde_json::Value::Null, serde_json::Value::String));
-            }
-            let dimensions = serde_json::Value::Object(dims).to_string();
+            let dimensions = self.dimensions(i, &data);
             out.push(Measurement { meter: i, dimensions, window_start: m.window.start_of(event.time), value });
         }
         Ok(out)
     }
+}
+
+impl Meters {
+    /// The canonical JSON object of meter `i`'s group-by values in `data`: the text
+    /// `serde_json` writes for an object of path → value text (or null when missing).
+    fn dimensions(&self, i: usize, data: &Properties<'_>) -> String {
+        let Some(keys) = self.dimension_keys.get(i).filter(|k| !k.is_empty()) else {
+            return "{}".to_string();
+        };
+        let mut out = String::with_capacity(32);
+        out.push('{');
+        for (n, (path, quoted)) in keys.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(quoted);
+            out.push(':');
+            match data.get(path).and_then(property_as_text) {
+                Some(text) => out.push_str(&serde_json::Value::String(text).to_string()),
+                None => out.push_str("null"),
+            }
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// A meter's distinct group-by paths in `serde_json` object order, with their quoted names.
+fn dimension_keys(m: &MeterConfig) -> Vec<(String, String)> {
+    let object: serde_json::Map<String, serde_json::Value> =
+        m.group_by.iter().map(|g| (g.clone(), serde_json::Value::Null)).collect();
+    object.keys().map(|k| (k.clone(), serde_json::Value::String(k.clone()).to_string())).collect()
 }
 
 /// Converts a window start in seconds to a UTC time (None only for absurd values).
@@ -228,6 +259,7 @@ pub(crate) fn to_utc(seconds: i64) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
     use meterflow_schemas::decode_message;
+    use serde_json::value::RawValue;
 
     fn meters() -> Meters {
         Meters::new(vec![
@@ -269,6 +301,23 @@ mod tests {
         assert_eq!(to_utc(ms[0].window_start).unwrap().to_rfc3339(), "2026-11-23T05:00:00+00:00");
         assert_eq!(to_utc(ms[1].window_start).unwrap().to_rfc3339(), "2026-11-23T00:00:00+00:00");
         assert_eq!(ms[1].value, MeasureValue::Event);
+    }
+
+    #[test]
+    fn dimensions_are_the_json_object_serde_json_writes_for_the_group_by_values() {
+        let mut configs = meters().configs().to_vec();
+        configs[0].group_by = vec!["zone".into(), "region".into(), "a\"b".into(), "region".into(), "n".into()];
+        let meters = Meters::new(configs.clone()).unwrap();
+        let data = r#"{"requests":1,"zone":"z\u00e9\"q","region":"eu","a\"b":true,"n":null}"#;
+        let ms = meters.extract(&event(data)).unwrap();
+        let raw = RawValue::from_string(data.to_string()).unwrap();
+        let mut expected = serde_json::Map::new();
+        for g in &configs[0].group_by {
+            let v = meterflow_schemas::lookup_property(Some(&raw), g).and_then(property_as_text);
+            expected.insert(g.clone(), v.map_or(serde_json::Value::Null, serde_json::Value::String));
+        }
+        assert_eq!(ms[0].dimensions, serde_json::Value::Object(expected).to_string());
+        assert_eq!(ms[1].dimensions, "{}");
     }
 
     #[test]

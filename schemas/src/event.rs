@@ -186,12 +186,12 @@ fn reject(reason: RejectReason, detail: impl Into<String>, item: &RawValue) -> R
 }
 
 /// Reads a required string attribute, enforcing presence, type, non-emptiness and size.
-fn required_string(
-    members: &Members<'_>,
+fn required_string<'a>(
+    members: &Members<'a>,
     name: &str,
     max_len: Option<usize>,
     item: &RawValue,
-) -> Result<String, Reject> {
+) -> Result<Cow<'a, str>, Reject> {
     let raw = members.get(name).ok_or_else(|| {
         reject(RejectReason::MissingAttribute, format!("required attribute `{name}` is missing"), item)
     })?;
@@ -203,7 +203,7 @@ fn required_string(
             item,
         ));
     }
-    let value: String = serde_json::from_str(text)
+    let value = string_content(raw)
         .map_err(|e| reject(RejectReason::InvalidAttributeType, format!("attribute `{name}`: {e}"), item))?;
     if value.trim().is_empty() {
         return Err(reject(RejectReason::EmptyAttribute, format!("required attribute `{name}` is empty"), item));
@@ -225,6 +225,17 @@ fn required_string(
         }
     }
     Ok(value)
+}
+
+/// The content of a JSON string value. Without escapes it is the text between the quotes (the
+/// parser that produced `raw` has already refused control characters and unterminated strings);
+/// with escapes it is unescaped by serde_json.
+fn string_content(raw: &RawValue) -> Result<Cow<'_, str>, serde_json::Error> {
+    let text = raw.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if !inner.contains(['\\', '"']) => Ok(Cow::Borrowed(inner)),
+        _ => serde_json::from_str::<String>(text).map(Cow::Owned),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -256,10 +267,10 @@ fn decode_event(item: &RawValue, index: Option<usize>, span: Range<usize>) -> Re
             item,
         ));
     }
-    let id = required_string(&members, "id", Some(MAX_ATTRIBUTE_BYTES), item)?;
-    let source = required_string(&members, "source", Some(MAX_ATTRIBUTE_BYTES), item)?;
-    let event_type = required_string(&members, "type", Some(MAX_ATTRIBUTE_BYTES), item)?;
-    let subject = required_string(&members, "subject", Some(MAX_ATTRIBUTE_BYTES), item)?;
+    let id = required_string(&members, "id", Some(MAX_ATTRIBUTE_BYTES), item)?.into_owned();
+    let source = required_string(&members, "source", Some(MAX_ATTRIBUTE_BYTES), item)?.into_owned();
+    let event_type = required_string(&members, "type", Some(MAX_ATTRIBUTE_BYTES), item)?.into_owned();
+    let subject = required_string(&members, "subject", Some(MAX_ATTRIBUTE_BYTES), item)?.into_owned();
     let time_text = required_string(&members, "time", Some(64), item)?;
     let time = DateTime::parse_from_rfc3339(&time_text)
         .map_err(|e| reject(RejectReason::InvalidTime, format!("time {time_text:?} is not RFC 3339: {e}"), item))?

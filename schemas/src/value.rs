@@ -3,7 +3,6 @@
 use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use crate::reject::RejectReason;
 
@@ -53,15 +52,73 @@ pub fn parse_decimal(raw: &RawValue) -> Result<Decimal, (RejectReason, String)> 
 
 /// Finds a property in an event's raw `data` object by a dotted path (`requests`,
 /// `usage.tokens`; a leading `$.` is accepted as in OpenMeter's JSONPath). Returns `None` when
-/// `data` is absent, not an object, or the path does not exist.
+/// `data` is absent, not an object, or the path does not exist. When a name appears more than
+/// once in an object, the last one counts. To read several properties of one event, parse its
+/// `data` once with [`Properties::of`].
 pub fn lookup_property<'a>(data: Option<&'a RawValue>, path: &str) -> Option<&'a RawValue> {
-    let mut current = data?;
-    let path = path.strip_prefix("$.").unwrap_or(path);
-    for part in path.split('.') {
-        let object: BTreeMap<Cow<'a, str>, &'a RawValue> = serde_json::from_str(current.get()).ok()?;
-        current = *object.get(part)?;
+    Properties::of(data).get(path)
+}
+
+/// The top-level members of an event's `data` object, parsed once so that each meter value and
+/// group-by dimension is a scan of a few members instead of a parse of the whole object.
+#[derive(Debug, Default)]
+pub struct Properties<'a> {
+    members: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> Properties<'a> {
+    /// The members of `data`; none when it is absent or not a JSON object.
+    pub fn of(data: Option<&'a RawValue>) -> Properties<'a> {
+        Properties { members: data.and_then(members).unwrap_or_default() }
     }
-    Some(current)
+
+    /// The value at a dotted path (see [`lookup_property`]); nested objects are parsed on demand.
+    pub fn get(&self, path: &str) -> Option<&'a RawValue> {
+        let path = path.strip_prefix("$.").unwrap_or(path);
+        let mut parts = path.split('.');
+        let first = parts.next()?;
+        let mut current = last_named(&self.members, first)?;
+        for part in parts {
+            current = last_named(&members(current)?, part)?;
+        }
+        Some(current)
+    }
+}
+
+/// The members of a JSON object in order, or `None` when `raw` is not an object.
+fn members(raw: &RawValue) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
+    if !raw.get().trim_start().starts_with('{') {
+        return None;
+    }
+    let object: ObjectMembers<'_> = serde_json::from_str(raw.get()).ok()?;
+    Some(object.0)
+}
+
+fn last_named<'a>(members: &[(Cow<'a, str>, &'a RawValue)], name: &str) -> Option<&'a RawValue> {
+    members.iter().rev().find(|(k, _)| k == name).map(|(_, v)| *v)
+}
+
+/// A JSON object's members, borrowed from its text, duplicates kept.
+struct ObjectMembers<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for ObjectMembers<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> serde::de::Visitor<'de> for MembersVisitor {
+            type Value = ObjectMembers<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    out.push(entry);
+                }
+                Ok(ObjectMembers(out))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
 }
 
 /// The text of a scalar property, for group-by dimensions and unique counting: strings as their
@@ -128,5 +185,16 @@ mod tests {
         assert_eq!(lookup_property(Some(&data), "$.region").unwrap().get(), "\"eu\"");
         assert!(lookup_property(Some(&data), "usage.missing").is_none());
         assert!(lookup_property(None, "region").is_none());
+    }
+
+    #[test]
+    fn the_last_of_repeated_names_counts_as_in_a_json_map() {
+        let data = raw(r#"{"region":"us","usage":{"tokens":1,"tokens":2},"region":"eu"}"#);
+        let props = Properties::of(Some(&data));
+        assert_eq!(props.get("region").unwrap().get(), "\"eu\"");
+        assert_eq!(props.get("usage.tokens").unwrap().get(), "2");
+        assert!(props.get("region.inner").is_none());
+        assert!(Properties::of(Some(&raw("[1,2]"))).get("0").is_none());
+        assert!(Properties::of(Some(&raw("\"text\""))).get("text").is_none());
     }
 }

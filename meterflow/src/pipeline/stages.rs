@@ -72,6 +72,8 @@ pub struct Stages {
     pub(crate) pending_duplicates: Vec<RejectionRow>,
     /// Events accepted since the last commit.
     pub(crate) pending_events: usize,
+    /// Buffers of [`Stages::process`], kept between calls so that a pull reuses their memory.
+    scratch: (Vec<Candidate>, Vec<(u128, u16)>),
     ops: Arc<Ops>,
 }
 
@@ -112,6 +114,7 @@ impl Stages {
             pending_rejects: Vec::new(),
             pending_duplicates: Vec::new(),
             pending_events: 0,
+            scratch: (Vec::new(), Vec::new()),
             ops,
         }
     }
@@ -146,8 +149,9 @@ impl Stages {
     /// Replayed messages only rebuild state: no rejects, no counters.
     pub fn process(&mut self, messages: &[Input<'_>], live: bool, stats: &mut RunStats) -> Result<()> {
         let meters = &self.reference.meters;
-        let mut candidates: Vec<Candidate> = Vec::new();
-        let mut keys: Vec<(u128, u16)> = Vec::new();
+        let (mut candidates, mut keys) = std::mem::take(&mut self.scratch);
+        candidates.clear();
+        keys.clear();
         let metrics = self.ops.metrics.clone();
         for (msg_index, msg) in messages.iter().enumerate() {
             let day = u16::try_from(msg.published_unix.div_euclid(86_400)).unwrap_or(u16::MAX);
@@ -266,6 +270,9 @@ impl Stages {
                 }
             }
         }
+        candidates.clear();
+        keys.clear();
+        self.scratch = (candidates, keys);
         Ok(())
     }
 
