@@ -25,6 +25,48 @@ pub struct Fetched {
     pub message: jetstream::Message,
 }
 
+/// A pull request sent to the server whose messages have not been collected yet.
+pub struct PendingPull {
+    batch: pull::Batch,
+}
+
+impl std::fmt::Debug for PendingPull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingPull")
+    }
+}
+
+impl PendingPull {
+    /// The pull's messages, in stream order, once the pull is complete (full in messages or
+    /// bytes, or expired).
+    pub async fn collect(mut self) -> Result<Vec<Fetched>> {
+        let mut out = Vec::new();
+        while let Some(m) = self.batch.next().await {
+            let message = match m {
+                Ok(message) => message,
+                // The pull is full in bytes (the next message would not fit): a normal end.
+                Err(e) if e.to_string().contains("Exceeds MaxBytes") => break,
+                Err(e) => return Err(js_err("fetch")(e.to_string())),
+            };
+            if meterflow_faults::fires("drop_delivery") {
+                continue; // the test build loses this message on the way, as a slow consumer would
+            }
+            let (seq, published_unix) = match message.info() {
+                Ok(info) => (info.stream_sequence, info.published.unix_timestamp()),
+                Err(e) => return Err(js_err("message info")(e.to_string())),
+            };
+            out.push(Fetched {
+                seq,
+                published_unix,
+                subject: message.subject.to_string(),
+                payload: message.payload.clone(),
+                message,
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// A reject on its way to the DLQ.
 #[derive(Debug, Clone)]
 pub struct RejectEnvelope {
@@ -200,8 +242,18 @@ impl Broker {
 
     /// Pulls up to `max` messages, waiting at most the configured fetch wait.
     pub async fn fetch(&self, max: usize) -> Result<Vec<Fetched>> {
+        self.request(max).await?.collect().await
+    }
+
+    /// Sends a pull request for up to `max` messages (and at most the configured bytes) and
+    /// returns at once: the server delivers into the client's buffer while the caller works on
+    /// the previous pull. Requests are served in order, so collecting them in the order they
+    /// were sent yields the stream in order. A pull dropped uncollected loses nothing: its
+    /// messages stay unacknowledged, and the next collected pull starts after them, which the
+    /// pipeline detects as a gap and re-fetches.
+    pub async fn request(&self, max: usize) -> Result<PendingPull> {
         let consumer = self.consumer.as_ref().ok_or_else(|| js_err("fetch")("consumer not positioned".into()))?;
-        let mut batch = consumer
+        let batch = consumer
             .fetch()
             .max_messages(max.max(1))
             .max_bytes(self.config.fetch_max_bytes.max(64 * 1024))
@@ -209,30 +261,7 @@ impl Broker {
             .messages()
             .await
             .map_err(|e| js_err("fetch")(e.to_string()))?;
-        let mut out = Vec::new();
-        while let Some(m) = batch.next().await {
-            let message = match m {
-                Ok(message) => message,
-                // The pull is full in bytes (the next message would not fit): a normal end.
-                Err(e) if e.to_string().contains("Exceeds MaxBytes") => break,
-                Err(e) => return Err(js_err("fetch")(e.to_string())),
-            };
-            if meterflow_faults::fires("drop_delivery") {
-                continue; // the test build loses this message on the way, as a slow consumer would
-            }
-            let (seq, published_unix) = match message.info() {
-                Ok(info) => (info.stream_sequence, info.published.unix_timestamp()),
-                Err(e) => return Err(js_err("message info")(e.to_string())),
-            };
-            out.push(Fetched {
-                seq,
-                published_unix,
-                subject: message.subject.to_string(),
-                payload: message.payload.clone(),
-                message,
-            });
-        }
-        Ok(out)
+        Ok(PendingPull { batch })
     }
 
     /// Publishes rejects to the DLQ and waits until the broker has stored every one. Each

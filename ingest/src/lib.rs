@@ -26,7 +26,7 @@ mod config;
 mod dedup;
 mod enrich;
 
-pub use broker::{Broker, Fetched, RejectEnvelope};
+pub use broker::{Broker, Fetched, PendingPull, RejectEnvelope};
 pub use config::{NatsAuth, NatsConfig, Secret, DEFAULT_DLQ_STREAM, DEFAULT_STREAM};
 pub use dedup::{fingerprint, table, DedupIndex, ShardedDedup, BYTES_PER_SLOT};
 pub use enrich::{subject_matches, Customer, CustomerConfig, Directory, SubscriptionConfig};

@@ -162,6 +162,8 @@ pub struct RunReport {
     pub pipeline: Rate,
     /// pipeline events/s ÷ raw consume events/s.
     pub ratio_to_consume_ceiling: f64,
+    /// Where the pipeline's busy time went.
+    pub time_split: TimeSplit,
     /// Events/s over time during the throughput phase: (seconds since start, events/s).
     pub throughput_series: Vec<(f64, f64)>,
     /// Freshness phase.
@@ -179,6 +181,21 @@ pub struct RunReport {
     pub late_flagged: u64,
     /// True when every total equalled the oracle.
     pub exact: bool,
+}
+
+/// The pipeline's busy time in the throughput phase and its parts, in seconds (the rest is the
+/// run loop itself: progress metrics, period checks).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TimeSplit {
+    /// First live message to last commit.
+    pub busy_secs: f64,
+    /// Waiting for pulls that brought messages (the next pull is requested before the current
+    /// one is processed, so this is what the broker could not deliver in the meantime).
+    pub pull_wait_secs: f64,
+    /// In the core stages: decode, validate, enrich, extract, dedup, aggregate.
+    pub process_secs: f64,
+    /// In commits: rating, DLQ publish, the three Delta commits, ack, snapshots.
+    pub commit_secs: f64,
 }
 
 fn events_in(messages: &[OutMessage]) -> u64 {
@@ -213,7 +230,7 @@ async fn publish_as(js: &jetstream::Context, messages: &[OutMessage], prefix: Op
 
 /// The raw ceiling: publish to a scratch stream, then pull with ack-all and parse only.
 /// The consumer mirrors the pipeline's: ack policy all, no ack-pending limit, the same pull size
-/// and wait.
+/// and wait, and the next pull requested before the current one is parsed.
 async fn ceiling(
     js: &jetstream::Context,
     messages: &[OutMessage],
@@ -241,32 +258,45 @@ async fn ceiling(
         .await?;
     let started = Instant::now();
     let (mut got, mut parsed) = (0usize, 0u64);
-    while got < messages.len() {
-        let mut batch = consumer
+    let request = || async {
+        consumer
             .fetch()
             .max_messages(nats.fetch_batch.max(1))
             .max_bytes(nats.fetch_max_bytes.max(64 * 1024))
             .expires(nats.fetch_wait())
             .messages()
-            .await?;
-        let mut last = None;
+            .await
+    };
+    // As the pipeline does: the next pull is requested before the current one is parsed.
+    let mut next = None;
+    while got < messages.len() {
+        let mut batch = match next.take() {
+            Some(batch) => batch,
+            None => request().await?,
+        };
+        let mut pulled = Vec::new();
         while let Some(m) = batch.next().await {
-            let m = match m {
-                Ok(m) => m,
+            match m {
+                Ok(m) => pulled.push(m),
                 Err(e) if e.to_string().contains("Exceeds MaxBytes") => break, // the pull is full
                 Err(e) => bail!("{e}"),
-            };
+            }
+        }
+        if !pulled.is_empty() {
+            next = Some(request().await?);
+        }
+        for m in &pulled {
             let d = meterflow_schemas::decode_message(&m.payload);
             parsed += (d.events.len() + d.rejects.len()) as u64;
-            got += 1;
-            last = Some(m);
         }
-        if let Some(m) = last {
+        got += pulled.len();
+        if let Some(m) = pulled.last() {
             m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         } else if started.elapsed() > Duration::from_secs(120) {
             bail!("the ceiling consumer stalled at {got} of {} messages", messages.len());
         }
     }
+    drop(next);
     let consume = Rate::new(got as u64, parsed, started.elapsed().as_secs_f64());
     js.delete_stream("CEILING").await.ok();
     Ok((publish, consume))
@@ -427,6 +457,12 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
         raw_publish,
         raw_consume,
         pipeline: pipeline_rate,
+        time_split: TimeSplit {
+            busy_secs: stats.busy_secs,
+            pull_wait_secs: stats.pull_wait_secs,
+            process_secs: stats.process_secs,
+            commit_secs: stats.commit_secs,
+        },
         throughput_series,
         freshness,
         accepted: oracle.accepted,

@@ -136,6 +136,11 @@ async fn main() -> Result<()> {
             r.ratio_to_consume_ceiling,
             r.exact
         );
+        let t = &r.time_split;
+        eprintln!(
+            "  pipeline busy {:.2} s: waiting for pulls {:.2} s, core stages {:.2} s, commits {:.2} s",
+            t.busy_secs, t.pull_wait_secs, t.process_secs, t.commit_secs
+        );
         if r.workload.late_fraction.is_some() {
             eprintln!(
                 "  late: {} events generated behind the stream time, {} in rows the pipeline flagged late",

@@ -23,7 +23,7 @@
 
 use anyhow::{Context, Result};
 use meterflow_aggregator::{Aggregator, AggregatorSnapshot};
-use meterflow_ingest::{Broker, Fetched, ShardedDedup};
+use meterflow_ingest::{Broker, Fetched, PendingPull, ShardedDedup};
 use meterflow_rater::{Period, PeriodTotals};
 use meterflow_sink::{ClosedPeriod, PeriodTable, RejectionRow, RejectionTable, StateStore, SummaryTable};
 use std::collections::BTreeMap;
@@ -67,6 +67,12 @@ pub struct RunStats {
     pub committed_seq: u64,
     /// Seconds from the first live message to the last commit (the busy time, without idling).
     pub busy_secs: f64,
+    /// Where the busy time went: seconds waiting for pulls that brought messages...
+    pub pull_wait_secs: f64,
+    /// ...in the core stages (decode to aggregate)...
+    pub process_secs: f64,
+    /// ...and in commits (rating, DLQ publish, Delta commits, ack).
+    pub commit_secs: f64,
 }
 
 impl RunStats {
@@ -248,17 +254,37 @@ impl Pipeline {
         let mut idle_since: Option<Instant> = None;
         let mut retry_delay = Duration::from_millis(100);
         let mut consumer_checked = Instant::now();
+        // The next pull, requested before the current one is processed so that the broker
+        // delivers it while this task decodes, aggregates and commits (dropped, uncollected,
+        // whenever the consumer is re-positioned).
+        let mut next_pull: Option<PendingPull> = None;
+        let batch = self.config.nats.fetch_batch;
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            let pull = async {
+                match next_pull.take() {
+                    Some(pull) => pull.collect().await,
+                    None => self.broker.request(batch).await?.collect().await,
+                }
+            };
+            let pull_started = Instant::now();
             let fetched = tokio::select! {
-                r = self.broker.fetch(self.config.nats.fetch_batch) => r,
+                r = pull => r,
                 _ = shutdown.changed() => break,
             };
+            if fetched.as_ref().is_ok_and(|f| !f.is_empty()) {
+                self.stats.pull_wait_secs += pull_started.elapsed().as_secs_f64();
+            }
             let fetched = match fetched {
                 Ok(f) => {
                     retry_delay = Duration::from_millis(100);
+                    if !f.is_empty() {
+                        // More is likely waiting: ask for it now (a failed request is retried
+                        // as a plain fetch on the next turn).
+                        next_pull = self.broker.request(batch).await.ok();
+                    }
                     f
                 }
                 Err(e) => {
@@ -276,6 +302,7 @@ impl Pipeline {
             }
             if !got_any && consumer_checked.elapsed() >= CONSUMER_CHECK_EVERY {
                 // A pull from a deleted consumer can simply come back empty: check it exists.
+                next_pull = None;
                 self.recreate_consumer_if_deleted().await;
                 consumer_checked = Instant::now();
             }
@@ -287,7 +314,11 @@ impl Pipeline {
                     self.close_due_periods().await?;
                 }
             }
-            if let Some(gap) = self.process(fetched)? {
+            let process_started = Instant::now();
+            let gap = self.process(fetched)?;
+            self.stats.process_secs += process_started.elapsed().as_secs_f64();
+            if let Some(gap) = gap {
+                next_pull = None;
                 self.refetch_from_gap(gap).await;
             }
             let due = self.pending_since.is_some_and(|t| t.elapsed() >= interval);
@@ -460,6 +491,7 @@ impl Pipeline {
     /// messages are redelivered from the committed sequence on the next start).
     async fn commit_with_retry(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
         let Some(last) = self.pending_last.take() else { return Ok(()) };
+        let commit_started = Instant::now();
         let through = last.seq;
         let rows = self.core.flush_and_rate(through, &self.closed)?;
         let (rejects, duplicate_rows) = self.core.take_pending();
@@ -497,7 +529,8 @@ impl Pipeline {
             .await;
             match attempt {
                 Ok(version) => {
-                    tracing::debug!(version, through, rows = rows.len(), "committed");
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::debug!(version, through, rows = rows.len(), rejects = rejects.len(), ms, "committed");
                     let m = &self.ops.metrics;
                     m.commit_duration.observe(started.elapsed().as_secs_f64());
                     if let Some(last) = self.last_commit {
@@ -563,6 +596,7 @@ impl Pipeline {
                 Err(e) => tracing::warn!(error = %e, "compaction failed; will retry later"),
             }
         }
+        self.stats.commit_secs += commit_started.elapsed().as_secs_f64();
         Ok(())
     }
 
