@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{ArrayRef, Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
-use deltalake::datafusion::execution::context::SessionContext;
+use deltalake::datafusion::execution::context::{SessionConfig, SessionContext};
 use deltalake::kernel::{DataType, StructField};
 use deltalake::protocol::SaveMode;
 use meterflow_sink::deltalake;
@@ -243,8 +243,15 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// A session with DataFusion's defaults, adjusted by any `DATAFUSION_*` environment
+    /// variables (for example `DATAFUSION_EXECUTION_TARGET_PARTITIONS=4`); an unreadable
+    /// setting is ignored with a warning.
     pub fn new() -> Session {
-        Session { ctx: SessionContext::new() }
+        let config = SessionConfig::from_env().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring DATAFUSION_* settings");
+            SessionConfig::new()
+        });
+        Session { ctx: SessionContext::new_with_config(config) }
     }
 
     /// Registers table `name` (latest version) under `alias`; returns false when it does not exist.

@@ -69,17 +69,25 @@ pub fn decode_message(bytes: &[u8]) -> Decoded {
             }
             Err(e) => out.rejects.push(Reject::new(RejectReason::InvalidJson, e.to_string(), bytes)),
         },
-        Some(b'{') => match serde_json::from_slice::<&RawValue>(bytes) {
-            Ok(item) => match decode_event(item, None, 0..bytes.len()) {
+        // One pass for the common case: the object's members straight from the message (whose
+        // bytes are the event's own); anything unreadable goes the general way for its exact reject.
+        Some(b'{') => {
+            let decoded = match serde_json::from_slice::<Members<'_>>(bytes) {
+                Ok(members) => decode_members(&members, bytes, None, 0..bytes.len()),
+                Err(_) => match serde_json::from_slice::<&RawValue>(bytes) {
+                    Ok(item) => decode_event(item, None, 0..bytes.len()),
+                    Err(e) => Err(Reject::new(RejectReason::InvalidJson, e.to_string(), bytes)),
+                },
+            };
+            match decoded {
                 Ok(event) => out.events.push(event),
                 // The whole message, exactly as published (with any surrounding whitespace).
                 Err(mut reject) => {
                     reject.original = bytes.to_vec();
                     out.rejects.push(reject);
                 }
-            },
-            Err(e) => out.rejects.push(Reject::new(RejectReason::InvalidJson, e.to_string(), bytes)),
-        },
+            }
+        }
         _ => {
             // Distinguish "valid JSON of the wrong shape" from "not JSON".
             let reject = match serde_json::from_slice::<&RawValue>(bytes) {
@@ -181,8 +189,8 @@ impl<'a> Members<'a> {
     }
 }
 
-fn reject(reason: RejectReason, detail: impl Into<String>, item: &RawValue) -> Reject {
-    Reject::new(reason, detail, item.get().as_bytes())
+fn reject(reason: RejectReason, detail: impl Into<String>, item: &[u8]) -> Reject {
+    Reject::new(reason, detail, item)
 }
 
 /// Reads a required string attribute, enforcing presence, type, non-emptiness and size.
@@ -190,7 +198,7 @@ fn required_string<'a>(
     members: &Members<'a>,
     name: &str,
     max_len: Option<usize>,
-    item: &RawValue,
+    item: &[u8],
 ) -> Result<Cow<'a, str>, Reject> {
     let raw = members.get(name).ok_or_else(|| {
         reject(RejectReason::MissingAttribute, format!("required attribute `{name}` is missing"), item)
@@ -245,13 +253,24 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-fn decode_event(item: &RawValue, index: Option<usize>, span: Range<usize>) -> Result<UsageEvent, Reject> {
-    let text = item.get();
+fn decode_event(raw: &RawValue, index: Option<usize>, span: Range<usize>) -> Result<UsageEvent, Reject> {
+    let text = raw.get();
+    let item = text.as_bytes();
     if !text.starts_with('{') {
         return Err(reject(RejectReason::NotAnEvent, "batch element is not a JSON object", item));
     }
     let members: Members<'_> =
         serde_json::from_str(text).map_err(|e| reject(RejectReason::InvalidJson, e.to_string(), item))?;
+    decode_members(&members, item, index, span)
+}
+
+/// Validates the members of one event object (`item`: the object's bytes, quoted in rejects).
+fn decode_members(
+    members: &Members<'_>,
+    item: &[u8],
+    index: Option<usize>,
+    span: Range<usize>,
+) -> Result<UsageEvent, Reject> {
     if let Some(name) = &members.duplicate {
         return Err(reject(
             RejectReason::DuplicateAttribute,
@@ -259,7 +278,7 @@ fn decode_event(item: &RawValue, index: Option<usize>, span: Range<usize>) -> Re
             item,
         ));
     }
-    let specversion = required_string(&members, "specversion", Some(16), item)?;
+    let specversion = required_string(members, "specversion", Some(16), item)?;
     if specversion != "1.0" {
         return Err(reject(
             RejectReason::UnsupportedSpecVersion,
@@ -267,11 +286,11 @@ fn decode_event(item: &RawValue, index: Option<usize>, span: Range<usize>) -> Re
             item,
         ));
     }
-    let id = required_string(&members, "id", Some(MAX_ATTRIBUTE_BYTES), item)?.into_owned();
-    let source = required_string(&members, "source", Some(MAX_ATTRIBUTE_BYTES), item)?.into_owned();
-    let event_type = required_string(&members, "type", Some(MAX_ATTRIBUTE_BYTES), item)?.into_owned();
-    let subject = required_string(&members, "subject", Some(MAX_ATTRIBUTE_BYTES), item)?.into_owned();
-    let time_text = required_string(&members, "time", Some(64), item)?;
+    let id = required_string(members, "id", Some(MAX_ATTRIBUTE_BYTES), item)?.into_owned();
+    let source = required_string(members, "source", Some(MAX_ATTRIBUTE_BYTES), item)?.into_owned();
+    let event_type = required_string(members, "type", Some(MAX_ATTRIBUTE_BYTES), item)?.into_owned();
+    let subject = required_string(members, "subject", Some(MAX_ATTRIBUTE_BYTES), item)?.into_owned();
+    let time_text = required_string(members, "time", Some(64), item)?;
     let time = DateTime::parse_from_rfc3339(&time_text)
         .map_err(|e| reject(RejectReason::InvalidTime, format!("time {time_text:?} is not RFC 3339: {e}"), item))?
         .with_timezone(&Utc);
