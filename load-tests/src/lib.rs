@@ -477,6 +477,22 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
 /// Publishes `messages` at `target` events/s to a running pipeline and records, per message, the
 /// time from just before its publish to the commit that covers its stream sequence. Also returns
 /// the events this phase's pipeline put in rows flagged late.
+/// Per published message (stream sequence, publish time), sorted by sequence: the milliseconds
+/// until the first observed commit covering it (`commits`: committed sequence and when it was
+/// first seen, in time order), with the sequence. Messages no commit covers are left out.
+fn commit_latencies_ms(published: &[(u64, Instant)], commits: &[(u64, Instant)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(published.len());
+    let mut c = 0usize;
+    for &(seq, at) in published {
+        while c < commits.len() && commits[c].0 < seq {
+            c += 1;
+        }
+        let Some(&(_, committed_at)) = commits.get(c) else { break };
+        out.push((committed_at.saturating_duration_since(at).as_millis() as u64, seq));
+    }
+    out
+}
+
 async fn freshness(
     config: &Config,
     reference: &Reference,
@@ -502,12 +518,42 @@ async fn freshness(
         }
         (sent, failed)
     });
+    // The new pipeline first replays what the throughput phase committed: one unmeasured
+    // message, published and waited for until committed, keeps that start-up out of the figures.
+    let warm_up_deadline = Instant::now() + Duration::from_secs(120);
+    if let Some(m) = messages.first() {
+        let ack = js.publish(m.subject.clone(), m.payload.clone().into()).await?.await?;
+        while (ops.metrics.committed_sequence.get().max(0) as u64) < ack.sequence {
+            if Instant::now() > warm_up_deadline {
+                bail!("the freshness pipeline did not commit its first message within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Commit times, observed while publishing: (committed sequence, first seen at).
+    let (stop_watch, watch_stop) = tokio::sync::watch::channel(false);
+    let watcher = {
+        let ops = ops.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<(u64, Instant)> = Vec::new();
+            loop {
+                let committed = ops.metrics.committed_sequence.get().max(0) as u64;
+                if seen.last().is_none_or(|(s, _)| committed > *s) {
+                    seen.push((committed, Instant::now()));
+                }
+                if *watch_stop.borrow() {
+                    return seen;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
     let per_message = (events_in(&messages[..1.min(messages.len())]).max(1)) as f64;
     let messages_per_tick = (target / per_message / 100.0).max(1.0); // 10 ms ticks
     let deadline = Instant::now() + Duration::from_secs(options.freshness_secs);
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let (mut i, mut owed) = (0usize, 0.0f64);
+    let (mut i, mut owed) = (1.min(messages.len()), 0.0f64);
     while i < messages.len() && Instant::now() < deadline {
         tick.tick().await;
         owed += messages_per_tick;
@@ -521,7 +567,7 @@ async fn freshness(
         }
     }
     let published_secs = started.elapsed().as_secs_f64();
-    let published_events = events_in(&messages[..i]);
+    let published_events = events_in(&messages[1.min(messages.len())..i]);
     // The rest goes out at once (it is not measured) so the totals can be checked.
     for (j, m) in messages.iter().enumerate().skip(i) {
         let ack = js.publish(m.subject.clone(), m.payload.clone().into()).await?;
@@ -554,22 +600,22 @@ async fn freshness(
         eprintln!("  {} publishes of the freshness phase were not acknowledged and were sent again", failed.len());
     }
     sent.sort_unstable_by_key(|(seq, _)| *seq);
-    let measured: Vec<(u64, Instant)> = sent.iter().take(i).copied().collect();
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
-    let mut next = 0usize;
+    // The measured messages are the paced ones: acks are collected in publish order, and a
+    // re-sent message (failed ack) counts from its re-send.
+    let measured: Vec<(u64, Instant)> = sent.iter().take(i.saturating_sub(1)).copied().collect();
     let last_seq = sent.last().map_or(0, |(s, _)| *s);
     let wait_until = Instant::now() + Duration::from_secs(120);
-    while next < measured.len() || (ops.metrics.committed_sequence.get() as u64) < last_seq {
-        let committed = ops.metrics.committed_sequence.get().max(0) as u64;
-        let now = Instant::now();
-        while next < measured.len() && measured[next].0 <= committed {
-            hist.saturating_record((now - measured[next].1).as_millis().max(1) as u64);
-            next += 1;
-        }
-        if now > wait_until {
+    while (ops.metrics.committed_sequence.get().max(0) as u64) < last_seq {
+        if Instant::now() > wait_until {
             bail!("the pipeline did not commit sequence {last_seq} within 120 s");
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop_watch.send(true).ok();
+    let commits = watcher.await?;
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
+    for (ms, _) in commit_latencies_ms(&measured, &commits) {
+        hist.saturating_record(ms.max(1));
     }
     tx.send(true).ok();
     running.await??;
@@ -586,4 +632,18 @@ async fn freshness(
         distribution,
     };
     Ok((fresh, late_flagged(&ops, reference)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_counts_until_the_first_commit_that_covers_its_sequence() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let published = [(1, at(0)), (2, at(10)), (3, at(20)), (4, at(30))];
+        let commits = [(0, at(0)), (2, at(500)), (3, at(900)), (3, at(950))];
+        assert_eq!(commit_latencies_ms(&published, &commits), vec![(500, 1), (490, 2), (880, 3)]);
+    }
 }
