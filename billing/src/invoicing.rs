@@ -119,28 +119,29 @@ async fn usage_totals(session: &Session, period: &str, customers: &[&str]) -> Re
 }
 
 fn to_totals(rows: Vec<Vec<String>>) -> Result<Vec<UsageTotal>, BillingError> {
-    rows.into_iter()
-        .map(|r| {
-            let [customer_id, meter, plan_id, plan_version, currency, billing_period, q, a, e, f, l] = r.as_slice()
-            else {
-                return Err(BillingError::Sql(format!("unexpected totals row {r:?}")));
-            };
-            Ok(UsageTotal {
-                customer_id: customer_id.clone(),
-                meter: meter.clone(),
-                plan_id: plan_id.clone(),
-                plan_version: plan_version.clone(),
-                currency: currency.clone(),
-                billing_period: billing_period.clone(),
-                quantity: dec(q)?,
-                amount: dec(a)?,
-                event_count: int(e)?,
-                first_seq: int(f)?,
-                last_seq: int(l)?,
-                amount_before: None,
-            })
-        })
-        .collect()
+    rows.iter().map(|r| usage_total_of_row(r)).collect()
+}
+
+/// One row of [`usage_totals_sql`] (every cell as its display string, null as `""`) as an exact
+/// total; public so that other engines' results of the same SQL read the same way.
+pub fn usage_total_of_row(cells: &[String]) -> Result<UsageTotal, BillingError> {
+    let [customer_id, meter, plan_id, plan_version, currency, billing_period, q, a, e, f, l] = cells else {
+        return Err(BillingError::Sql(format!("unexpected totals row {cells:?}")));
+    };
+    Ok(UsageTotal {
+        customer_id: customer_id.clone(),
+        meter: meter.clone(),
+        plan_id: plan_id.clone(),
+        plan_version: plan_version.clone(),
+        currency: currency.clone(),
+        billing_period: billing_period.clone(),
+        quantity: dec(q)?,
+        amount: dec(a)?,
+        event_count: int(e)?,
+        first_seq: int(f)?,
+        last_seq: int(l)?,
+        amount_before: None,
+    })
 }
 
 type Key = (String, String, String, String, String, String);

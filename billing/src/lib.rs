@@ -27,8 +27,8 @@ pub use config::{BillingConfig, Secret};
 pub use error::BillingError;
 pub use invoice::{Account, Invoice, InvoiceLine};
 pub use invoicing::{
-    document_path, finalized_invoices, period_usage_totals, run_invoices, usage_totals_sql, InvoiceRequest, InvoiceRun,
-    Outcome, SUMMARIES_NOW,
+    document_path, finalized_invoices, period_usage_totals, run_invoices, usage_total_of_row, usage_totals_sql,
+    InvoiceRequest, InvoiceRun, Outcome, SUMMARIES_NOW,
 };
 pub use post::{post_period, PostReport, Target};
 pub use reconcile::{reconcile, Reconciliation};

@@ -579,7 +579,7 @@ impl DuckDb {
             .map(|line| {
                 let cells: Vec<String> =
                     serde_json::from_str(line).with_context(|| format!("DuckDB result row {line:?}"))?;
-                to_total(&cells)
+                Ok(meterflow_billing::usage_total_of_row(&cells)?)
             })
             .collect()
     }
@@ -598,34 +598,6 @@ fn dec(s: &str) -> Result<Decimal> {
         return Ok(Decimal::ZERO);
     }
     s.parse().with_context(|| format!("not a decimal: {s:?}"))
-}
-
-fn int(s: &str) -> Result<u64> {
-    if s.is_empty() {
-        return Ok(0);
-    }
-    s.parse().with_context(|| format!("not an integer: {s:?}"))
-}
-
-/// A DuckDB row as a total (same columns as `usage_totals_sql`; null as "").
-fn to_total(cells: &[String]) -> Result<UsageTotal> {
-    let [customer_id, meter, plan_id, plan_version, currency, billing_period, q, a, e, f, l] = cells else {
-        bail!("unexpected DuckDB row {cells:?}");
-    };
-    Ok(UsageTotal {
-        customer_id: customer_id.clone(),
-        meter: meter.clone(),
-        plan_id: plan_id.clone(),
-        plan_version: plan_version.clone(),
-        currency: currency.clone(),
-        billing_period: billing_period.clone(),
-        quantity: dec(q)?,
-        amount: dec(a)?,
-        event_count: int(e)?,
-        first_seq: int(f)?,
-        last_seq: int(l)?,
-        amount_before: None,
-    })
 }
 
 fn sums(totals: &[UsageTotal]) -> Result<ResultSums> {
