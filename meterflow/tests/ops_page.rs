@@ -73,11 +73,16 @@ async fn the_operations_page_shows_the_running_pipeline_in_a_real_browser() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     workload::publish_all(&js, b, 256).await.unwrap();
 
-    // Metrics: the counters equal the workload's oracle once the pipeline has caught up.
+    // Metrics: the counters equal the workload's oracle once the pipeline has caught up. Caught
+    // up means committed through the stream's real last sequence, read here from the broker: the
+    // lag gauge is refreshed at most once a second, and the accepted count is reached before the
+    // late duplicates at the end of the workload are read.
+    let last = js.get_stream("USAGE").await.unwrap().info().await.unwrap().state.last_sequence;
     let mut text = String::new();
     let caught_up = wait_until(Duration::from_secs(60), || {
         text = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
         metric(&text, "meterflow_events_accepted_total") == Some(oracle.accepted as f64)
+            && metric(&text, "meterflow_committed_sequence") == Some(last as f64)
             && metric(&text, "meterflow_consumer_lag_messages") == Some(0.0)
     });
     assert!(caught_up, "metrics never showed the workload: {text}");
