@@ -548,21 +548,23 @@ async fn freshness(
             }
         })
     };
-    let per_message = (events_in(&messages[..1.min(messages.len())]).max(1)) as f64;
-    let messages_per_tick = (target / per_message / 100.0).max(1.0); // 10 ms ticks
+    // Paced by events, not messages: a workload mixes batches with single-event messages
+    // (duplicates, malformed ones), so a message count would miss the target rate.
+    let sizes: Vec<f64> = messages.iter().map(|m| events_in(std::slice::from_ref(m)).max(1) as f64).collect();
+    let events_per_tick = target / 100.0; // 10 ms ticks
     let deadline = Instant::now() + Duration::from_secs(options.freshness_secs);
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let (mut i, mut owed) = (1.min(messages.len()), 0.0f64);
     while i < messages.len() && Instant::now() < deadline {
         tick.tick().await;
-        owed += messages_per_tick;
-        while owed >= 1.0 && i < messages.len() {
+        owed += events_per_tick;
+        while owed > 0.0 && i < messages.len() {
             let m = &messages[i];
             let at = Instant::now();
             let ack = js.publish(m.subject.clone(), m.payload.clone().into()).await?;
             ack_tx.send((i, at, ack)).ok();
-            owed -= 1.0;
+            owed -= sizes[i];
             i += 1;
         }
     }
