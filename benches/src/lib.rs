@@ -20,12 +20,17 @@
 
 use chrono::{DateTime, Duration, Utc};
 use meterflow::config::{Config, Overrides, Reference};
+use meterflow::ops::Ops;
+use meterflow::pipeline::Stages;
 use meterflow::workload::{generate, WorkloadSpec};
 use meterflow_aggregator::{Aggregator, EventRef, Measurement};
-use meterflow_rater::{pricing_at, Period, PeriodTotals, TotalKey};
+use meterflow_ingest::{CustomerConfig, Directory, ShardedDedup};
+use meterflow_rater::{pricing_at, PeriodTotals};
 use meterflow_schemas::{decode_message, UsageEvent};
-use meterflow_sink::{RowKind, SummaryRow};
+use meterflow_sink::SummaryRow;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Seed of the workload generator (the demo's default).
 pub const SEED: u64 = 42;
@@ -51,9 +56,13 @@ pub fn examples_dir() -> PathBuf {
 /// The example config's meters, customers, plans and subscriptions, validated as `meterflow
 /// run` validates them.
 pub fn reference() -> Reference {
+    Reference::load(&example_config()).expect("the example reference data is valid")
+}
+
+/// The example config, `examples/meterflow.toml`.
+pub fn example_config() -> Config {
     let path = examples_dir().join("meterflow.toml");
-    let config = Config::load(&path, &Overrides::default()).expect("examples/meterflow.toml loads");
-    Reference::load(&config).expect("the example reference data is valid")
+    Config::load(&path, &Overrides::default()).expect("examples/meterflow.toml loads")
 }
 
 /// `events` valid workload events in messages of `batch_size` events each (1 = one CloudEvent
@@ -159,56 +168,45 @@ pub fn add_all(agg: &mut Aggregator, inputs: &[Enriched]) -> u64 {
 }
 
 /// About `n` rated `usage_summaries` rows as one commit writes them: the window deltas of a
-/// multi-tenant workload, flushed by the aggregator and rated incrementally against the billing
-/// period totals under the example plans (as `meterflow run` does before `SummaryTable::commit`).
+/// multi-tenant workload, flushed by the aggregator and rated by the pipeline's own
+/// [`Stages::rate`] (incrementally against the billing-period totals under the example plans,
+/// as `meterflow run` does before `SummaryTable::commit`).
 pub fn summary_rows(reference: &Reference, n: usize) -> Vec<SummaryRow> {
     // About seven events per window (as in `benches/window.rs`), and enough windows for `n` rows.
     let tenants = (n / 700).max(1);
     let inputs = enriched(reference, n * 8, tenants);
     let mut agg = Aggregator::new(reference.meters.clone());
     add_all(&mut agg, &inputs);
-    let deltas = agg.flush();
-    let customers = reference.directory.customers();
-    let mut totals = PeriodTotals::default();
-    let mut rows = Vec::with_capacity(deltas.len().min(n));
-    for d in deltas.into_iter().take(n) {
-        // Tenant copies bill like the example customer they were copied from.
-        let base_id = d.key.customer_id.split("-t").next().unwrap_or_default();
-        let customer = customers.iter().find(|c| c.id == base_id).expect("tenant of an example customer");
-        let meter = reference.meters.configs()[d.key.meter].name.clone();
-        let (plan_id, _) = d.key.pricing.split_once('@').expect("version labels are plan@from");
-        let plan = reference.prices.plan(plan_id).expect("plan of a label");
-        let charge = reference.prices.charge_of(plan_id, &d.key.pricing, &meter).expect("every meter is priced");
-        let period = Period::containing(d.window_start, customer.billing_anchor_day).expect("period").label();
-        let key = TotalKey {
-            customer_id: d.key.customer_id.clone(),
-            meter: meter.clone(),
-            pricing: d.key.pricing.clone(),
-            period: period.clone(),
-        };
-        let (before, after) = totals.advance(key, d.quantity());
-        let amount = charge.rate_delta(before, after).expect("exact amounts");
-        rows.push(SummaryRow {
-            customer_id: d.key.customer_id.clone(),
-            subject: d.key.subject.clone(),
-            meter,
-            dimensions: d.key.dimensions.clone(),
-            window_start: d.window_start,
-            window_end: d.window_end,
-            revision: d.last_seq,
-            quantity: d.quantity(),
-            amount,
-            currency: plan.currency.code.clone(),
-            plan_id: plan.id.clone(),
-            plan_version: d.key.pricing.clone(),
-            billing_period: period,
-            event_count: d.event_count,
-            first_seq: d.first_seq,
-            last_seq: d.last_seq,
-            row_kind: if d.late { RowKind::Late } else { RowKind::Usage },
-            reason: None,
-            arrived_at: Some(d.arrived_at),
-        });
+    let mut deltas = agg.flush();
+    deltas.truncate(n);
+    let revision = deltas.iter().map(|d| d.last_seq).max().unwrap_or_default();
+    let config = example_config();
+    let reference = with_tenants(reference, tenants);
+    let dedup = ShardedDedup::new(1, config.pipeline.dedup_horizon_days).expect("dedup");
+    let agg = Aggregator::new(reference.meters.clone());
+    let ops = Arc::new(Ops::new(&config));
+    let mut stages = Stages::new(&config, reference, dedup, agg, PeriodTotals::default(), ops);
+    stages.rate(deltas, revision, &BTreeMap::new()).expect("every window delta rates")
+}
+
+/// `reference` with its customers replaced by `tenants` copies of each, named as [`enriched`]
+/// names them (`<id>-tNN`, subjects `<subject>-tNN`) and subscribed like the original; with one
+/// tenant, `reference` itself.
+pub fn with_tenants(reference: &Reference, tenants: usize) -> Reference {
+    if tenants <= 1 {
+        return reference.clone();
     }
-    rows
+    let mut customers = Vec::new();
+    let mut subscriptions = Vec::new();
+    for tenant in 0..tenants {
+        for (c, subs) in reference.directory.customers().iter().zip(&reference.subscriptions) {
+            let mut copy = CustomerConfig::clone(c);
+            copy.id = format!("{}-t{tenant:02}", c.id);
+            copy.subjects = c.subjects.iter().map(|s| format!("{s}-t{tenant:02}")).collect();
+            customers.push(copy);
+            subscriptions.push(subs.clone());
+        }
+    }
+    let directory = Directory::new(customers, "tenant copies of the example customers").expect("valid copies");
+    Reference { directory, subscriptions, ..reference.clone() }
 }
