@@ -101,3 +101,79 @@ pub async fn serve(listener: TcpListener, ops: Arc<Ops>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::live::Live;
+    use crate::ops::metrics::Metrics;
+
+    /// Starts the endpoint on a free local port; returns its address.
+    async fn endpoint() -> std::net::SocketAddr {
+        let ops = Arc::new(Ops {
+            metrics: Arc::new(Metrics::new()),
+            live: Arc::new(Live::new(10)),
+            reasons: vec!["invalid_json".into()],
+            meters: vec!["api_calls".into()],
+            refresh_s: 1,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, ops));
+        addr
+    }
+
+    /// Sends `request` as is and returns everything the endpoint answers before it closes.
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8(answer).unwrap()
+    }
+
+    #[tokio::test]
+    async fn anything_but_get_or_head_is_refused_with_405() {
+        let addr = endpoint().await;
+        let answer = exchange(addr, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{answer}");
+        assert!(answer.ends_with("read-only endpoint: use GET\n"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_head_request_gets_the_headers_and_no_body() {
+        let addr = endpoint().await;
+        let answer = exchange(addr, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        let length: usize = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap();
+        assert!(length > 0, "the length of the body a GET would get");
+        assert!(answer.ends_with("\r\n\r\n"), "no body after the head: {answer}");
+    }
+
+    #[tokio::test]
+    async fn a_request_head_over_8_kib_is_refused_with_431() {
+        let addr = endpoint().await;
+        let mut request = b"GET / HTTP/1.1\r\nX-Padding: ".to_vec();
+        // Exactly the limit and no end of head: nothing is left unread when the endpoint
+        // closes (unread bytes would turn its close into a reset).
+        request.resize(MAX_HEAD, b'a');
+        let answer = exchange(addr, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_request_head_not_finished_within_5_s_gets_408() {
+        let addr = endpoint().await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the endpoint kept the unfinished request open");
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{answer}");
+    }
+}
