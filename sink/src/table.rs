@@ -281,22 +281,55 @@ pub async fn open_or_create_table(
 ) -> Result<DeltaTable> {
     let err = |e| SinkError::Delta { table: name.to_string(), source: e };
     let url = table_url(data_dir, name)?;
-    // Check for the log first: opening a missing table makes the kernel log an error.
-    if data_dir.join(name).join("_delta_log").is_dir() {
-        return deltalake::open_table(url).await.map_err(err);
+    let log = data_dir.join(name).join("_delta_log");
+    // Another task or process may be creating the same table at this moment (the pipeline's
+    // first start and its operations page's first refresh, or `meterflow status` beside a first
+    // `meterflow run`): its log folder can exist before its first commit, and of two creators
+    // one loses the race to write version 0. Open once a commit exists; create while none does;
+    // a create that lost to another creator opens the winner's table on the next turn.
+    // Within this process creators take turns, so a table is created once; across processes
+    // the loser of the race to version 0 either fails (and opens on the next turn) or commits
+    // the same schema as version 1 (harmless: no rows exist yet).
+    static CREATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        // Check for a commit first: opening a missing table makes the kernel log an error.
+        if has_commit(&log) {
+            return deltalake::open_table(url).await.map_err(err);
+        }
+        let _turn = CREATING.lock().await;
+        if has_commit(&log) {
+            continue;
+        }
+        let create = deltalake::DeltaTableBuilder::from_url(url.clone())
+            .and_then(|b| b.build())
+            .map_err(err)?
+            .create()
+            .with_table_name(name)
+            .with_comment(comment)
+            .with_columns(columns.clone())
+            .with_save_mode(SaveMode::Ignore)
+            .with_configuration(properties.iter().map(|(key, value)| (key.as_ref(), Some(*value))));
+        match create.await {
+            Ok(table) => return Ok(table),
+            Err(_) if has_commit(&log) => continue,
+            Err(_) if attempts < 20 => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            Err(e) => return Err(err(e)),
+        }
     }
-    let mut create = deltalake::DeltaTableBuilder::from_url(url)
-        .and_then(|b| b.build())
-        .map_err(err)?
-        .create()
-        .with_table_name(name)
-        .with_comment(comment)
-        .with_columns(columns)
-        .with_save_mode(SaveMode::Ignore);
-    for (key, value) in properties {
-        create = create.with_configuration_property(key, Some(value));
-    }
-    create.await.map_err(err)
+}
+
+/// True when the log folder `log` holds a commit or checkpoint (`<20-digit version>.…`), not
+/// only the temporary files of a commit being written.
+fn has_commit(log: &Path) -> bool {
+    std::fs::read_dir(log).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.len() > 20 && name.as_bytes()[..20].iter().all(u8::is_ascii_digit) && name.as_bytes()[20] == b'.'
+        })
+    })
 }
 
 /// The version a table's application transaction `app_id` records (0 when none).
@@ -536,6 +569,26 @@ pub(crate) mod tests {
         let reopened = SummaryTable::open_or_create(dir.path()).await.unwrap();
         assert_eq!(reopened.committed_seq().await.unwrap(), 9);
         assert_eq!(reopened.version(), Some(2));
+    }
+
+    // Found in CI: `meterflow run`'s first start and its operations page's first refresh both
+    // opened the tables of a fresh data directory at once, and one saw a log folder without a
+    // commit yet ("Not a Delta table") and stopped the pipeline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tables_opened_by_several_tasks_at_once_on_a_fresh_directory_all_open() {
+        for _round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let openers: Vec<_> = (0..6)
+                .map(|_| {
+                    let path = dir.path().to_path_buf();
+                    tokio::spawn(async move { SummaryTable::open_or_create(&path).await.map(|t| t.version()) })
+                })
+                .collect();
+            for opener in openers {
+                let version = opener.await.unwrap().unwrap_or_else(|e| panic!("a concurrent open failed: {e}"));
+                assert_eq!(version, Some(0), "every opener sees the one created version");
+            }
+        }
     }
 
     #[tokio::test]
