@@ -37,17 +37,45 @@ impl std::fmt::Debug for PendingPull {
 }
 
 impl PendingPull {
-    /// The pull's messages, in stream order, once the pull is complete (full in messages or
-    /// bytes, or expired).
-    pub async fn collect(mut self) -> Result<Vec<Fetched>> {
+    /// Sends a pull request on `consumer` for up to `max` messages, at most the configured
+    /// bytes, waiting at most the configured fetch wait, and returns at once. The pipeline's
+    /// pulls and the load generator's ceiling consumer both pull this way.
+    pub async fn request(
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+        config: &NatsConfig,
+        max: usize,
+    ) -> Result<PendingPull> {
+        let batch = consumer
+            .fetch()
+            .max_messages(max.max(1))
+            .max_bytes(config.fetch_max_bytes.max(64 * 1024))
+            .expires(config.fetch_wait())
+            .messages()
+            .await
+            .map_err(|e| js_err("fetch")(e.to_string()))?;
+        Ok(PendingPull { batch })
+    }
+
+    /// The pull's messages as delivered, in stream order, once the pull is complete (full in
+    /// messages or bytes, or expired).
+    pub async fn messages(mut self) -> Result<Vec<jetstream::Message>> {
         let mut out = Vec::new();
         while let Some(m) = self.batch.next().await {
-            let message = match m {
-                Ok(message) => message,
+            match m {
+                Ok(message) => out.push(message),
                 // The pull is full in bytes (the next message would not fit): a normal end.
                 Err(e) if e.to_string().contains("Exceeds MaxBytes") => break,
                 Err(e) => return Err(js_err("fetch")(e.to_string())),
-            };
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pull's messages with their stream sequences and publish times.
+    pub async fn collect(self) -> Result<Vec<Fetched>> {
+        let messages = self.messages().await?;
+        let mut out = Vec::with_capacity(messages.len());
+        for message in messages {
             if meterflow_faults::fires("drop_delivery") {
                 continue; // the test build loses this message on the way, as a slow consumer would
             }
@@ -240,11 +268,6 @@ impl Broker {
         Ok(())
     }
 
-    /// Pulls up to `max` messages, waiting at most the configured fetch wait.
-    pub async fn fetch(&self, max: usize) -> Result<Vec<Fetched>> {
-        self.request(max).await?.collect().await
-    }
-
     /// Sends a pull request for up to `max` messages (and at most the configured bytes) and
     /// returns at once: the server delivers into the client's buffer while the caller works on
     /// the previous pull. Requests are served in order, so collecting them in the order they
@@ -253,15 +276,7 @@ impl Broker {
     /// pipeline detects as a gap and re-fetches.
     pub async fn request(&self, max: usize) -> Result<PendingPull> {
         let consumer = self.consumer.as_ref().ok_or_else(|| js_err("fetch")("consumer not positioned".into()))?;
-        let batch = consumer
-            .fetch()
-            .max_messages(max.max(1))
-            .max_bytes(self.config.fetch_max_bytes.max(64 * 1024))
-            .expires(self.config.fetch_wait())
-            .messages()
-            .await
-            .map_err(|e| js_err("fetch")(e.to_string()))?;
-        Ok(PendingPull { batch })
+        PendingPull::request(consumer, &self.config, max).await
     }
 
     /// Publishes rejects to the DLQ and waits until the broker has stored every one. Each

@@ -24,12 +24,12 @@ pub mod report;
 
 use anyhow::{bail, Context, Result};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, stream};
-use futures::StreamExt;
 use meterflow::config::{Config, Overrides, Reference};
 use meterflow::local_nats::LocalNats;
 use meterflow::ops::Ops;
 use meterflow::pipeline::{Pipeline, RunOptions};
 use meterflow::workload::{self, EventTimes, Lateness, OutMessage, Population, Traffic, WorkloadSpec};
+use meterflow_ingest::PendingPull;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -258,32 +258,17 @@ async fn ceiling(
         .await?;
     let started = Instant::now();
     let (mut got, mut parsed) = (0usize, 0u64);
-    let request = || async {
-        consumer
-            .fetch()
-            .max_messages(nats.fetch_batch.max(1))
-            .max_bytes(nats.fetch_max_bytes.max(64 * 1024))
-            .expires(nats.fetch_wait())
-            .messages()
-            .await
-    };
+    let batch = nats.fetch_batch;
     // As the pipeline does: the next pull is requested before the current one is parsed.
     let mut next = None;
     while got < messages.len() {
-        let mut batch = match next.take() {
-            Some(batch) => batch,
-            None => request().await?,
+        let pull = match next.take() {
+            Some(pull) => pull,
+            None => PendingPull::request(&consumer, nats, batch).await?,
         };
-        let mut pulled = Vec::new();
-        while let Some(m) = batch.next().await {
-            match m {
-                Ok(m) => pulled.push(m),
-                Err(e) if e.to_string().contains("Exceeds MaxBytes") => break, // the pull is full
-                Err(e) => bail!("{e}"),
-            }
-        }
+        let pulled = pull.messages().await?;
         if !pulled.is_empty() {
-            next = Some(request().await?);
+            next = Some(PendingPull::request(&consumer, nats, batch).await?);
         }
         for m in &pulled {
             let d = meterflow_schemas::decode_message(&m.payload);
@@ -474,9 +459,6 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
     })
 }
 
-/// Publishes `messages` at `target` events/s to a running pipeline and records, per message, the
-/// time from just before its publish to the commit that covers its stream sequence. Also returns
-/// the events this phase's pipeline put in rows flagged late.
 /// Per published message (stream sequence, publish time), sorted by sequence: the milliseconds
 /// until the first observed commit covering it (`commits`: committed sequence and when it was
 /// first seen, in time order), with the sequence. Messages no commit covers are left out.
@@ -493,6 +475,9 @@ fn commit_latencies_ms(published: &[(u64, Instant)], commits: &[(u64, Instant)])
     out
 }
 
+/// Publishes `messages` at `target` events/s to a running pipeline and records, per message, the
+/// time from just before its publish to the commit that covers its stream sequence. Also returns
+/// the events this phase's pipeline put in rows flagged late.
 async fn freshness(
     config: &Config,
     reference: &Reference,

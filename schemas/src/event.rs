@@ -97,13 +97,7 @@ fn decode_batch(bytes: &[u8], out: &mut Decoded) {
         Ok(items) => {
             for (index, item) in items.into_iter().enumerate() {
                 let span = span_of(bytes, item.get().as_bytes());
-                match decode_event(item, Some(index), span) {
-                    Ok(event) => out.events.push(event),
-                    Err(mut reject) => {
-                        reject.index = Some(index);
-                        out.rejects.push(reject);
-                    }
-                }
+                out.push_element(index, decode_event(item, Some(index), span));
             }
         }
         Err(e) => out.rejects.push(Reject::new(RejectReason::InvalidJson, e.to_string(), bytes)),
@@ -126,15 +120,22 @@ fn decode_batch_in_one_pass(bytes: &[u8], out: &mut Decoded) -> bool {
     }
     for (index, (members, span)) in objects.iter().zip(spans).enumerate() {
         let item = bytes.get(span.clone()).unwrap_or(bytes);
-        match decode_members(members, item, Some(index), span) {
-            Ok(event) => out.events.push(event),
+        out.push_element(index, decode_members(members, item, Some(index), span));
+    }
+    true
+}
+
+impl Decoded {
+    /// Records the outcome of batch element `index`.
+    fn push_element(&mut self, index: usize, outcome: Result<UsageEvent, Reject>) {
+        match outcome {
+            Ok(event) => self.events.push(event),
             Err(mut reject) => {
                 reject.index = Some(index);
-                out.rejects.push(reject);
+                self.rejects.push(reject);
             }
         }
     }
-    true
 }
 
 /// Checks what the decoder promises for any input, however hostile: every message yields at

@@ -298,7 +298,7 @@ pub async fn open_or_create_table(
         if has_commit(&log) {
             return deltalake::open_table(url).await.map_err(err);
         }
-        let _turn = CREATING.lock().await;
+        let turn = CREATING.lock().await;
         if has_commit(&log) {
             continue;
         }
@@ -311,7 +311,9 @@ pub async fn open_or_create_table(
             .with_columns(columns.clone())
             .with_save_mode(SaveMode::Ignore)
             .with_configuration(properties.iter().map(|(key, value)| (key.as_ref(), Some(*value))));
-        match create.await {
+        let created = create.await;
+        drop(turn);
+        match created {
             Ok(table) => return Ok(table),
             Err(_) if has_commit(&log) => continue,
             Err(_) if attempts < 20 => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
