@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Finds or installs the external tools meterflow's demo and tests need, into the project-local,
-# git-ignored folder .tools/. Source it (`. scripts/tools.sh`) or run it; it exports
-# NATS_SERVER_BIN with the path of a nats-server binary that supports JetStream, and
-# DELTA_READER_PYTHON, a Python with deltalake, duckdb and pyarrow to cross-read the tables.
+# git-ignored folder .tools/. Sourced (`. scripts/tools.sh`, as scripts/env.sh does), it
+# installs only what the demo needs and exports NATS_SERVER_BIN, the path of a nats-server
+# binary that supports JetStream; `need_test_tools` (called by scripts/test.sh) adds what only
+# the tests and benchmarks use and exports DELTA_READER_PYTHON, a Python with deltalake,
+# duckdb and pyarrow to cross-read the tables. Run as a command, it installs both.
 #
+# nats-server, in order of preference:
 # Order of preference:
 #   1. $NATS_SERVER_BIN if it is already set and executable;
 #   2. a nats-server on PATH whose version is at least $NATS_MIN_VERSION;
@@ -48,24 +51,6 @@ find_nats() {
 NATS_SERVER_BIN="$(find_nats)"
 export NATS_SERVER_BIN
 
-# Independent readers of the Delta tables, used by the tests to prove the files are standard:
-# the Python `deltalake` package (delta-rs's Python binding, a different code path from ours)
-# and DuckDB. Pinned, installed into the same project-local venv.
-PY_READERS=("deltalake==1.6.6" "duckdb==2.0.0" "pyarrow==26.0.1")
-if [ ! -x "$TOOLS/venv/bin/python" ]; then
-  python3 -m venv "$TOOLS/venv" >&2
-fi
-if ! "$TOOLS/venv/bin/python" -c "import deltalake, duckdb, pyarrow" >/dev/null 2>&1; then
-  echo "tools: installing ${PY_READERS[*]} into $TOOLS/venv" >&2
-  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${PY_READERS[@]}" >&2
-fi
-DELTA_READER_PYTHON="$TOOLS/venv/bin/python"
-export DELTA_READER_PYTHON
-
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-  echo "nats-server: $NATS_SERVER_BIN"
-  echo "python with deltalake and duckdb: $DELTA_READER_PYTHON"
-fi
 
 # Debian packages the tests use, installed when missing:
 # * hledger, a real double-entry accounting engine that checks the journal meterflow posts
@@ -80,5 +65,28 @@ apt_install_missing() { # apt_install_missing COMMAND PACKAGE
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" >&2 \
     || { $sudo apt-get update >&2 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" >&2; }
 }
-apt_install_missing hledger hledger
-apt_install_missing chromium chromium
+
+# What only the tests and benchmarks use (the demo needs none of it).
+need_test_tools() {
+  # Independent readers of the Delta tables, used by the tests to prove the files are standard:
+  # the Python `deltalake` package (delta-rs's Python binding, a different code path from ours)
+  # and DuckDB. Pinned, installed into the same project-local venv.
+  local readers=("deltalake==1.6.6" "duckdb==2.0.0" "pyarrow==26.0.1")
+  if [ ! -x "$TOOLS/venv/bin/python" ]; then
+    python3 -m venv "$TOOLS/venv" >&2
+  fi
+  if ! "$TOOLS/venv/bin/python" -c "import deltalake, duckdb, pyarrow" >/dev/null 2>&1; then
+    echo "tools: installing ${readers[*]} into $TOOLS/venv" >&2
+    "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${readers[@]}" >&2
+  fi
+  DELTA_READER_PYTHON="$TOOLS/venv/bin/python"
+  export DELTA_READER_PYTHON
+  apt_install_missing hledger hledger
+  apt_install_missing chromium chromium
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  need_test_tools
+  echo "nats-server: $NATS_SERVER_BIN"
+  echo "python with deltalake and duckdb: $DELTA_READER_PYTHON"
+fi

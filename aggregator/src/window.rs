@@ -217,6 +217,34 @@ impl Aggregator {
         self.windows.len()
     }
 
+    /// How much the window's value would change if this measurement were added (zero for a
+    /// value that changes nothing, for example a MAX below the current one). Pure: the state is
+    /// not touched. The pipeline adds these changes up per billing period to keep period totals
+    /// within what the tables hold.
+    pub fn change_if_added(
+        &self,
+        customer_id: &str,
+        subject: &str,
+        pricing: &str,
+        m: &Measurement,
+        event: EventRef<'_>,
+    ) -> Decimal {
+        let probe = KeyRef {
+            customer_id,
+            subject,
+            meter: m.meter,
+            dimensions: &m.dimensions,
+            window_start: m.window_start,
+            pricing,
+        };
+        let aggregation = self.meters.configs()[m.meter].aggregation;
+        let empty = WindowState::default();
+        let state = self.windows.get(&probe).unwrap_or(&empty);
+        let before = state.value.unwrap_or(Decimal::ZERO);
+        let after = folded_value(state, aggregation, &m.value, event).unwrap_or(Decimal::ZERO);
+        after.checked_sub(before).unwrap_or(Decimal::ZERO)
+    }
+
     /// Adds one measurement of an accepted (deduplicated) event.
     pub fn add(&mut self, customer_id: &str, subject: &str, pricing: &str, m: &Measurement, event: EventRef<'_>) {
         let probe = KeyRef {
@@ -323,33 +351,59 @@ impl Aggregator {
     }
 }
 
-/// The pure fold of one value into a window's state.
-fn fold(state: &mut WindowState, aggregation: Aggregation, value: &MeasureValue, event: EventRef<'_>) {
+/// The window value `value` would give, without changing the state: the pure core of [`fold`].
+/// Sums use checked arithmetic; a sum that cannot be represented keeps the current value (the
+/// pipeline's capacity check rejects such an event before it is folded).
+fn folded_value(
+    state: &WindowState,
+    aggregation: Aggregation,
+    value: &MeasureValue,
+    event: EventRef<'_>,
+) -> Option<Decimal> {
     let current = state.value;
-    state.value = match (aggregation, value) {
-        (Aggregation::Count, _) => Some(current.unwrap_or(Decimal::ZERO) + Decimal::ONE),
-        (Aggregation::Sum, MeasureValue::Number(v)) => Some(current.unwrap_or(Decimal::ZERO) + v),
+    let plus = |d: Decimal| current.unwrap_or(Decimal::ZERO).checked_add(d).or(current);
+    match (aggregation, value) {
+        (Aggregation::Count, _) => plus(Decimal::ONE),
+        (Aggregation::Sum, MeasureValue::Number(v)) => plus(*v),
         (Aggregation::Min, MeasureValue::Number(v)) => Some(current.map_or(*v, |c| c.min(*v))),
         (Aggregation::Max, MeasureValue::Number(v)) => Some(current.map_or(*v, |c| c.max(*v))),
         (Aggregation::Latest, MeasureValue::Number(v)) => {
-            let candidate =
-                (event.time.timestamp_nanos_opt().unwrap_or(i64::MAX), event.source.to_string(), event.id.to_string());
-            if state.latest.as_ref().is_none_or(|l| candidate > *l) {
-                state.latest = Some(candidate);
+            if is_newer(state, event) {
                 Some(*v)
             } else {
                 current
             }
         }
         (Aggregation::UniqueCount, MeasureValue::Text(t)) => {
-            if !state.uniques.contains(t) {
-                state.uniques.insert(t.clone());
-            }
-            Some(Decimal::from(state.uniques.len()))
+            let n = state.uniques.len() + usize::from(!state.uniques.contains(t));
+            Some(Decimal::from(n))
         }
         // A measurement that does not fit its meter cannot be produced by `Meters::extract`.
         _ => current,
-    };
+    }
+}
+
+/// LATEST: whether `event` is newer than the one that set the window's value (event time, then
+/// source and id as tie-breaks, so the outcome does not depend on arrival order).
+fn is_newer(state: &WindowState, event: EventRef<'_>) -> bool {
+    let time = event.time.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    state.latest.as_ref().is_none_or(|(t, s, i)| (time, event.source, event.id) > (*t, s.as_str(), i.as_str()))
+}
+
+/// The pure fold of one value into a window's state.
+fn fold(state: &mut WindowState, aggregation: Aggregation, value: &MeasureValue, event: EventRef<'_>) {
+    let next = folded_value(state, aggregation, value, event);
+    match (aggregation, value) {
+        (Aggregation::Latest, MeasureValue::Number(_)) if is_newer(state, event) => {
+            let time = event.time.timestamp_nanos_opt().unwrap_or(i64::MAX);
+            state.latest = Some((time, event.source.to_string(), event.id.to_string()));
+        }
+        (Aggregation::UniqueCount, MeasureValue::Text(t)) if !state.uniques.contains(t) => {
+            state.uniques.insert(t.clone());
+        }
+        _ => {}
+    }
+    state.value = next;
 }
 
 #[cfg(test)]

@@ -180,7 +180,7 @@ fn difference(upper: Vec<UsageTotal>, lower: Vec<UsageTotal>) -> Vec<UsageTotal>
 }
 
 /// Same period flavour: both calendar months, or both starting on the same day.
-fn same_flavour(a: &Period, b: &Period) -> bool {
+pub(crate) fn same_flavour(a: &Period, b: &Period) -> bool {
     a.start.day() == b.start.day()
 }
 

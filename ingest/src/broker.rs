@@ -45,10 +45,19 @@ impl PendingPull {
         config: &NatsConfig,
         max: usize,
     ) -> Result<PendingPull> {
+        PendingPull::request_bytes(consumer, config, max, config.fetch_max_bytes.max(64 * 1024)).await
+    }
+
+    async fn request_bytes(
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+        config: &NatsConfig,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<PendingPull> {
         let batch = consumer
             .fetch()
             .max_messages(max.max(1))
-            .max_bytes(config.fetch_max_bytes.max(64 * 1024))
+            .max_bytes(max_bytes)
             .expires(config.fetch_wait())
             .messages()
             .await
@@ -63,8 +72,14 @@ impl PendingPull {
         while let Some(m) = self.batch.next().await {
             match m {
                 Ok(message) => out.push(message),
-                // The pull is full in bytes (the next message would not fit): a normal end.
-                Err(e) if e.to_string().contains("Exceeds MaxBytes") => break,
+                // The pull is full in bytes (the next message would not fit): a normal end,
+                // unless not even the first message fits (it is larger than fetch_max_bytes).
+                Err(e) if e.to_string().contains("Exceeds MaxBytes") => {
+                    if out.is_empty() {
+                        return Err(IngestError::Oversized);
+                    }
+                    break;
+                }
                 Err(e) => return Err(js_err("fetch")(e.to_string())),
             }
         }
@@ -76,7 +91,7 @@ impl PendingPull {
         let messages = self.messages().await?;
         let mut out = Vec::with_capacity(messages.len());
         for message in messages {
-            if meterflow_faults::fires("drop_delivery") {
+            if meterflow_faults::fires(meterflow_faults::Point::DropDelivery) {
                 continue; // the test build loses this message on the way, as a slow consumer would
             }
             let (seq, published_unix) = match message.info() {
@@ -93,6 +108,22 @@ impl PendingPull {
         }
         Ok(out)
     }
+}
+
+/// Facts about the usage stream, read from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamFacts {
+    /// When the stream was created, Unix microseconds: its identity (a deleted and re-created
+    /// stream has another).
+    pub created_unix_micros: i64,
+    /// The same, readable.
+    pub created: String,
+    /// First sequence still in the stream.
+    pub first_seq: u64,
+    /// Last sequence in the stream.
+    pub last_seq: u64,
+    /// How long the stream keeps messages (zero: no limit).
+    pub max_age: Duration,
 }
 
 /// A reject on its way to the DLQ.
@@ -206,7 +237,7 @@ impl Broker {
             subjects: c.subjects.clone(),
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            max_age: Duration::from_secs(c.max_age_days.max(1) * 86_400),
+            max_age: c.max_age(),
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
@@ -230,7 +261,7 @@ impl Broker {
             subjects: vec![format!("{}.>", c.dlq_subject_prefix)],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            max_age: Duration::from_secs(c.max_age_days.max(1) * 86_400),
+            max_age: c.max_age(),
             // Re-publishing after a crash uses the same Nats-Msg-Id: a long window absorbs it.
             duplicate_window: Duration::from_secs(3_600),
             ..Default::default()
@@ -277,6 +308,39 @@ impl Broker {
     pub async fn request(&self, max: usize) -> Result<PendingPull> {
         let consumer = self.consumer.as_ref().ok_or_else(|| js_err("fetch")("consumer not positioned".into()))?;
         PendingPull::request(consumer, &self.config, max).await
+    }
+
+    /// Sends a pull request for the one next message, however large (up to what the server
+    /// accepts from publishers): the way past a message larger than `fetch_max_bytes`.
+    pub async fn request_large(&self) -> Result<PendingPull> {
+        let consumer = self.consumer.as_ref().ok_or_else(|| js_err("fetch")("consumer not positioned".into()))?;
+        let max_payload = self.client.server_info().max_payload.max(self.config.fetch_max_bytes);
+        PendingPull::request_bytes(consumer, &self.config, 1, max_payload.saturating_add(1 << 20)).await
+    }
+
+    /// Facts about the usage stream now: its identity (creation time), sequences and limits.
+    pub async fn stream_facts(&self) -> Result<StreamFacts> {
+        let mut s = self.js.get_stream(&self.config.stream).await.map_err(|e| js_err("get stream")(e.to_string()))?;
+        let info = s.info().await.map_err(|e| js_err("stream info")(e.to_string()))?;
+        let created = info.created.unix_timestamp_nanos() / 1_000;
+        Ok(StreamFacts {
+            created_unix_micros: i64::try_from(created).unwrap_or(i64::MAX),
+            created: info.created.to_string(),
+            first_seq: info.state.first_sequence,
+            last_seq: info.state.last_sequence,
+            max_age: info.config.max_age,
+        })
+    }
+
+    /// Whether the usage stream holds a message at `seq`, asked of the stream itself (a direct
+    /// read of that sequence): `Ok(false)` only when the server says there is none.
+    pub async fn sequence_exists(&self, seq: u64) -> Result<bool> {
+        let stream = self.js.get_stream(&self.config.stream).await.map_err(|e| js_err("get stream")(e.to_string()))?;
+        match stream.get_raw_message(seq).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(js_err("get message")(e.to_string())),
+        }
     }
 
     /// Publishes rejects to the DLQ and waits until the broker has stored every one. Each

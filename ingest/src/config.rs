@@ -52,6 +52,12 @@ fn default_dlq_subject_prefix() -> String {
 fn default_consumer() -> String {
     "meterflow".into()
 }
+fn default_lease_bucket() -> String {
+    "meterflow_leases".into()
+}
+const fn default_lease_ttl_s() -> u64 {
+    10
+}
 
 /// How meterflow reaches JetStream and which streams it uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -66,8 +72,9 @@ pub struct NatsConfig {
     /// Subjects of the usage stream when meterflow creates it.
     #[serde(default = "default_subjects")]
     pub subjects: Vec<String>,
-    /// Retention of the usage stream when meterflow creates it, in days. It must cover the time
-    /// between two state snapshots; the default leaves ample room for replays and audits.
+    /// Retention of the usage and DLQ streams when meterflow creates them, in days; 0 keeps
+    /// messages without an age limit. It must cover the dedup horizon and the time between two
+    /// state snapshots (checked at start); the default leaves ample room for replays and audits.
     #[serde(default = "default_max_age_days")]
     pub max_age_days: u64,
     /// Dead-letter stream name; created if absent.
@@ -82,6 +89,14 @@ pub struct NatsConfig {
     /// Most messages asked for in one pull.
     #[serde(default = "default_fetch_batch")]
     pub fetch_batch: usize,
+    /// JetStream key-value bucket holding the writer lease of each (stream, consumer): one
+    /// `meterflow run` writes a stream's progress at a time; others wait as standbys.
+    #[serde(default = "default_lease_bucket")]
+    pub lease_bucket: String,
+    /// Seconds a writer lease lives without renewal (renewed every third of it). A writer that
+    /// cannot renew in time stops committing; a standby takes over after at most this long.
+    #[serde(default = "default_lease_ttl_s")]
+    pub lease_ttl_s: u64,
     /// How long one pull waits for messages, in milliseconds.
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_ms: u64,
@@ -250,6 +265,8 @@ impl Default for NatsConfig {
             dlq_subject_prefix: default_dlq_subject_prefix(),
             consumer: default_consumer(),
             fetch_batch: default_fetch_batch(),
+            lease_bucket: default_lease_bucket(),
+            lease_ttl_s: default_lease_ttl_s(),
             fetch_wait_ms: default_fetch_wait_ms(),
             fetch_max_bytes: default_fetch_max_bytes(),
             ack_wait_s: default_ack_wait_s(),
@@ -296,6 +313,11 @@ fn read_secret(key: &str, path: &Path) -> Result<Secret> {
 }
 
 impl NatsConfig {
+    /// Stream retention as a duration (zero: no age limit).
+    pub fn max_age(&self) -> Duration {
+        Duration::from_secs(self.max_age_days.saturating_mul(86_400))
+    }
+
     /// Pull wait as a duration.
     pub fn fetch_wait(&self) -> Duration {
         Duration::from_millis(self.fetch_wait_ms.max(1))

@@ -25,11 +25,14 @@ mod broker;
 mod config;
 mod dedup;
 mod enrich;
+mod lease;
 
+pub use broker::StreamFacts;
 pub use broker::{Broker, Fetched, PendingPull, RejectEnvelope};
 pub use config::{NatsAuth, NatsConfig, Secret, DEFAULT_DLQ_STREAM, DEFAULT_STREAM};
 pub use dedup::{fingerprint, table, DedupIndex, ShardedDedup, BYTES_PER_SLOT};
 pub use enrich::{subject_matches, Customer, CustomerConfig, Directory, SubscriptionConfig};
+pub use lease::{lease_key, Lease};
 
 /// Errors of the ingest stage.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,19 @@ pub enum IngestError {
     /// A dedup worker thread stopped (it panicked or was shut down). Not retryable in-process.
     #[error("dedup shard {0} stopped")]
     ShardStopped(usize),
+    /// This process no longer holds the writer lease of its stream (another process took it
+    /// over, or it could not be renewed in time). Not retryable in-process: stop without
+    /// acknowledging; a restart waits as a standby.
+    #[error("writer lease lost: {0}")]
+    LeaseLost(String),
+    /// The writer lease was not renewed for most of its time to live (a slow or restarting
+    /// broker): no commit until it is. Retryable.
+    #[error("writer lease not renewed in time: {0}")]
+    LeaseStale(String),
+    /// The next message is larger than `[nats] fetch_max_bytes`: no pull of that size can
+    /// deliver it. The caller reads it with [`Broker::request_large`].
+    #[error("the next message is larger than [nats] fetch_max_bytes")]
+    Oversized,
     /// A dedup snapshot could not be decoded. The snapshot is ignored and the state rebuilt.
     #[error("dedup snapshot is corrupt: {0}")]
     CorruptSnapshot(String),

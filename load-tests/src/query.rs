@@ -457,7 +457,9 @@ async fn commit_chunk(table: &mut SummaryTable, rows: &mut Vec<SummaryRow>, thro
     for r in rows.iter_mut() {
         r.revision = through_seq;
     }
-    table.commit(rows, through_seq).await.context("committing generated rows")?;
+    let after = table.committed_seq().await.context("reading the generated table's progress")?;
+    let range = meterflow_sink::CommitRange { after, through: through_seq, stream: None };
+    table.commit(rows, range).await.context("committing generated rows")?;
     rows.clear();
     Ok(())
 }

@@ -34,7 +34,7 @@ pub async fn close(config: &Config, period: &str) -> Result<String> {
             "--period {period:?} is not YYYY-MM (for example 2026-11) or YYYY-MM-DD (an anchored period's first day)"
         )
     })?;
-    let table = SummaryTable::open_or_create(&config.storage.data_dir).await?;
+    let mut table = SummaryTable::open_or_create(&config.storage.data_dir).await?;
     let mut periods = PeriodTable::open_or_create(&config.storage.data_dir).await?;
     if let Some(c) = periods.closed().await?.get(&p.label()) {
         return Ok(format!(
@@ -45,8 +45,17 @@ pub async fn close(config: &Config, period: &str) -> Result<String> {
             c.sealed_version
         ));
     }
-    let sealed = table.version().unwrap_or_default();
-    periods.close(&p.label(), p.start, p.end, "manual", sealed).await?;
+    let sealed = table.current_version().await?;
+    let recorded = periods.close(&p.label(), p.start, p.end, "manual", sealed).await?;
+    if recorded.closed_by != "manual" || recorded.sealed_version != i64::try_from(sealed).unwrap_or(i64::MAX) {
+        return Ok(format!(
+            "{} was closed at the same moment by {} at {}, sealing usage_summaries version {}; that close stands",
+            recorded.period,
+            recorded.closed_by,
+            recorded.closed_at.to_rfc3339(),
+            recorded.sealed_version
+        ));
+    }
     Ok(format!("closed {} sealing usage_summaries version {sealed}; later usage for it becomes adjustments", p.label()))
 }
 
@@ -213,7 +222,12 @@ pub async fn reconcile(config: &Config, period: &str, format: Format) -> Result<
     }
     let mut s = String::new();
     if format == Format::Table {
-        line(&mut s, format_args!("usage of {period}: summaries (events, quantity, exact amount) vs invoice lines"));
+        line(
+            &mut s,
+            format_args!(
+                "usage of {period}: summaries (events, quantity, exact amount) = invoice lines (billed_on) + pending + variance"
+            ),
+        );
     }
     s.push_str(&render(&r.usage, format)?);
     if format == Format::Table {
@@ -232,6 +246,15 @@ pub async fn reconcile(config: &Config, period: &str, format: Format) -> Result<
                 }
             ),
         );
+        if r.pending > 0 {
+            line(
+                &mut s,
+                format_args!(
+                    "{period}: {} rows hold usage committed after the latest invoice's seal (pending_*): the next invoice bills it",
+                    r.pending
+                ),
+            );
+        }
     }
     Ok((s, r.variances == 0))
 }

@@ -6,7 +6,7 @@ use meterflow::config::{Config, LogFormat, Overrides};
 use meterflow::demo::{self, DemoOptions};
 use meterflow::finance;
 use meterflow::ops::Ops;
-use meterflow::pipeline::{Pipeline, RunOptions};
+use meterflow::pipeline::{Pipeline, RunOptions, StartOptions};
 use meterflow_sink::sql::{render, Format, ReadOnlySql};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -88,6 +88,12 @@ enum Command {
         /// (for example 5s, 500ms, 2m).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         exit_when_idle: Option<Duration>,
+        /// Start over on a usage stream that is not the one the tables' progress came from (it
+        /// was deleted and re-created, or lost its tail): count it from its first message. The
+        /// old state snapshots are set aside; rows already in the tables stay. Without this flag
+        /// such a stream is refused at start.
+        #[arg(long)]
+        adopt_stream: bool,
     },
     /// Run a read-only SQL query over the committed tables (usage_summaries, window_totals).
     /// Statements that write, create, set options or read other files are refused.
@@ -213,6 +219,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
         format: StatusFormat,
     },
+    /// Delete the data files no retained table version needs (Delta VACUUM) in every table of
+    /// the data directory. Each table keeps removed files for the longer of its
+    /// delta.deletedFileRetentionDuration and delta.logRetentionDuration (400 days for
+    /// usage_summaries), so every sealed version stays readable and finalized invoices stay
+    /// reproducible. Prints the files deleted (or, with --dry-run, that would be). Safe while
+    /// `meterflow run` runs.
+    Vacuum {
+        #[command(flatten)]
+        common: Common,
+        /// List what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Start a local nats-server with JetStream (unless --nats-url is given), publish a
     /// realistic workload with duplicates and bad events, run the pipeline until drained,
     /// check the totals against the workload's oracle and print them.
@@ -289,7 +308,7 @@ fn shutdown_on_signals() -> Result<tokio::sync::watch::Receiver<bool>> {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { common, exit_when_idle } => {
+        Command::Run { common, exit_when_idle, adopt_stream } => {
             let config = common.load()?;
             init_logging_as(&config.log.level, config.log.format);
             let armed = meterflow_faults::arm()?;
@@ -299,7 +318,11 @@ async fn run(cli: Cli) -> Result<()> {
             let shutdown = shutdown_on_signals()?;
             let ops = std::sync::Arc::new(Ops::new(&config));
             ops.start(&config).await;
-            let pipeline = Pipeline::start_with_ops(config, ops).await?;
+            let options = StartOptions { adopt_stream, shutdown: Some(shutdown.clone()) };
+            let Some(pipeline) = Pipeline::start_with(config, ops, options).await? else {
+                println!("stopped while waiting as a standby for the writer lease; nothing was committed");
+                return Ok(());
+            };
             let stats = pipeline.run(shutdown, RunOptions { exit_when_idle }).await?;
             tracing::info!(?stats, "stopped");
             println!(
@@ -413,6 +436,21 @@ async fn run(cli: Cli) -> Result<()> {
             match format {
                 StatusFormat::Text => print!("{}", meterflow::trace::render(&traces)),
                 StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&traces)?),
+            }
+            Ok(())
+        }
+        Command::Vacuum { common, dry_run } => {
+            init_logging("warn");
+            let config = common.load()?;
+            let done = meterflow_sink::vacuum_tables(&config.storage.data_dir, dry_run).await?;
+            for table in &done {
+                let verb = if table.dry_run { "would delete" } else { "deleted" };
+                let secs = table.retention.as_secs();
+                let age = if secs % 86_400 == 0 { format!("{} days", secs / 86_400) } else { format!("{secs} s") };
+                println!("{}: {verb} {} files (removed more than {age} ago)", table.table, table.files.len());
+                for file in &table.files {
+                    println!("  {file}");
+                }
             }
             Ok(())
         }

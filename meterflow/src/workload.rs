@@ -146,6 +146,8 @@ pub struct Oracle {
     pub quantity: BTreeMap<(String, String), Decimal>,
     /// (customer, meter) → total amount (unrounded).
     pub amount: BTreeMap<(String, String), Decimal>,
+    /// (customer, meter, billing period) → (quantity, amount): the same totals per period.
+    pub by_period: BTreeMap<(String, String, String), (Decimal, Decimal)>,
     /// Distinct accepted events.
     pub accepted: u64,
     /// Duplicates the pipeline must drop.
@@ -559,12 +561,16 @@ fn compute_totals(events: &[Event], subjects: &Subjects, reference: &Reference, 
         *totals.entry(key).or_default() += peak;
     }
     let prices = &reference.prices;
-    for ((customer, meter, label, _), q) in totals {
+    for ((customer, meter, label, period), q) in totals {
         let (plan_id, _) = label.split_once('@').context("label")?;
         let charge = prices.charge_of(plan_id, &label, meter).with_context(|| format!("{label} {meter}"))?;
+        let amount = charge.price(q)?;
         let key = (customer.to_string(), meter.to_string());
         *oracle.quantity.entry(key.clone()).or_default() += q;
-        *oracle.amount.entry(key).or_default() += charge.price(q)?;
+        *oracle.amount.entry(key).or_default() += amount;
+        let p = oracle.by_period.entry((customer.to_string(), meter.to_string(), period)).or_default();
+        p.0 += q;
+        p.1 += amount;
     }
     Ok(())
 }

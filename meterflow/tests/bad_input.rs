@@ -174,3 +174,126 @@ async fn every_class_of_bad_input_lands_in_the_dlq_with_its_reason_and_nothing_e
     }
     assert_eq!(got.len(), by_seq.len(), "only the bad messages produced DLQ entries");
 }
+
+/// A copy of the example config whose EUR plan prices api_calls at 1000 per request: its
+/// period totals can hold 10^15 requests before their price passes the amount bound (10^18).
+fn dear_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let examples = common::examples_dir();
+    std::fs::create_dir_all(dir.join("reference")).unwrap();
+    let customers = "reference/customers.toml";
+    std::fs::copy(examples.join(customers), dir.join(customers)).unwrap();
+    let plans = std::fs::read_to_string(examples.join("reference/plans.toml")).unwrap();
+    assert!(plans.contains(r#"unit_price = "0.00018""#));
+    std::fs::write(
+        dir.join("reference/plans.toml"),
+        plans.replace(r#"unit_price = "0.00018""#, r#"unit_price = "1000""#),
+    )
+    .unwrap();
+    let config = dir.join("meterflow.toml");
+    std::fs::copy(examples.join("meterflow.toml"), &config).unwrap();
+    config
+}
+
+// Found in review: values up to ~7.9e28 were accepted, and the unchecked sums of a window or a
+// period total panicked (or an amount beyond DECIMAL(38, 18) failed inside the commit, retried
+// forever): one oversized value stopped metering for every tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_too_large_to_rate_exactly_are_rejected_with_a_reason_and_everything_else_flows() {
+    let mut env = TestEnv::start();
+    env.config = dear_config(&env.dir.path().join("config"));
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let ev = |id: &str, subject: &str, kind: &str, time: &str, data: &str| common::event(id, subject, kind, time, data);
+    let sent = [
+        // globex's period total of api_calls can hold 10^15 requests at 1000 EUR each.
+        ev("g-full", "globex", "api_calls", "2026-09-20T10:00:00Z", r#"{"requests":"1000000000000000","region":"eu"}"#),
+        ev("g-over", "globex", "api_calls", "2026-09-21T10:00:00Z", r#"{"requests":1,"region":"eu"}"#),
+        ev("g-next", "globex", "api_calls", "2026-10-20T10:00:00Z", r#"{"requests":5,"region":"eu"}"#),
+        // Per event: 10^15 at most.
+        ev("a-1e26", "acme", "llm_tokens", "2026-09-20T10:00:00Z", r#"{"tokens":"1e26","model":"large"}"#),
+        ev(
+            "a-5e28-1",
+            "acme",
+            "llm_tokens",
+            "2026-09-20T11:00:00Z",
+            r#"{"tokens":50000000000000000000000000000,"model":"large"}"#,
+        ),
+        ev("a-5e28-2", "acme", "llm_tokens", "2026-09-20T11:00:00Z", r#"{"tokens":"5e28","model":"large"}"#),
+        ev("a-at-bound", "acme", "api_calls", "2026-09-20T10:00:00Z", r#"{"requests":1000000000000000,"region":"us"}"#),
+        ev(
+            "a-above",
+            "acme",
+            "api_calls",
+            "2026-09-20T10:00:00Z",
+            r#"{"requests":"1000000000000000.000000001","region":"us"}"#,
+        ),
+        ev("a-small", "acme", "api_calls", "2026-09-20T10:00:00Z", r#"{"requests":7,"region":"us"}"#),
+    ];
+    for body in &sent {
+        common::publish(&js, "usage.big", body.clone(), None).await;
+    }
+    let no_close = [("METERFLOW_LATENESS__PERIOD_GRACE_S", "315360000")];
+    env.run_until_idle(&no_close);
+    let totals = env.sql(
+        "SELECT customer_id, meter, billing_period, CAST(SUM(quantity) AS VARCHAR), SUM(event_count) FROM usage_summaries \
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    );
+    let expect = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        totals[1..],
+        [
+            expect(&["acme", "api_calls", "2026-09", "1000000000000007.000000000", "2"]),
+            expect(&["globex", "api_calls", "2026-09-15", "1000000000000000.000000000", "1"]),
+            expect(&["globex", "api_calls", "2026-10-15", "5.000000000", "1"]),
+        ],
+        "{totals:?}"
+    );
+    let reasons = env.sql("SELECT reason, COUNT(*) FROM rejections GROUP BY 1 ORDER BY 1");
+    assert_eq!(reasons[1..], [expect(&["value_out_of_range", "5"])], "{reasons:?}");
+    let detail = env.sql("SELECT detail FROM rejections WHERE stream_seq = 2");
+    assert!(detail[1][0].contains("past 1000000000000000"), "{detail:?}");
+
+    // The same decisions on a replay from the start of the stream (state set aside).
+    std::fs::remove_dir_all(env.data_dir().join("_state")).unwrap();
+    env.run_until_idle(&no_close);
+    assert_eq!(env.sql("SELECT reason, COUNT(*) FROM rejections GROUP BY 1 ORDER BY 1"), reasons);
+    // The full period rates and invoices exactly: 10^15 requests at 1000 EUR.
+    let amount = env.sql(
+        "SELECT CAST(SUM(amount) AS VARCHAR) FROM usage_summaries WHERE customer_id = 'globex' AND billing_period = '2026-09-15'",
+    );
+    assert_eq!(amount[1][0], "1000000000000000000.000000000000000000", "{amount:?}");
+}
+
+// Found in review: a message larger than `fetch_max_bytes` stalled the pipeline in endless empty
+// pulls (the server answers such a pull with "Exceeds MaxBytes" and no message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_a_pull_may_bring_is_read_on_its_own_and_the_stream_flows_on() {
+    let env = TestEnv::start_with_default_bounds();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let padding = "x".repeat(200_000);
+    let big = event_with(&[("data", &format!(r#"{{"requests":"3","region":"eu-west-1","note":"{padding}"}}"#))]);
+    for body in [good(), big, good()] {
+        js.publish("usage.good", body.into()).await.unwrap().await.unwrap();
+    }
+    let mut child = env
+        .command("run")
+        .args(["--exit-when-idle", "1s"])
+        .env("METERFLOW_NATS__FETCH_MAX_BYTES", "65536")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    let done = common::wait_until(std::time::Duration::from_secs(60), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !done {
+        child.kill().unwrap();
+    }
+    assert!(done, "the pipeline stalled on a message larger than fetch_max_bytes");
+    assert!(status.unwrap().success());
+    let counted: u64 = env.sql("SELECT SUM(event_count) FROM usage_summaries")[1][0].parse().unwrap();
+    assert_eq!(counted, 3, "the large message was read and counted with the others");
+}

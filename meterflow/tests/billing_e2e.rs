@@ -251,23 +251,180 @@ async fn posting_to_a_folder_and_to_hledger_balances_reconciles_and_never_posts_
         table.delete().with_predicate("meter = 'llm_tokens' AND customer_id = 'acme'").await.unwrap();
     assert_eq!(metrics.num_deleted_rows, Some(1));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterflow"))
-        .args(["reconcile", "--period", "2026-09", "--format", "csv", "--config"])
+        .args(["reconcile", "--period", "2026-09", "--format", "json", "--config"])
         .arg(&env.config)
         .arg("--data-dir")
         .arg(&copy)
         .output()
         .unwrap();
     assert!(!out.status.success(), "a missing summary row must fail the reconciliation");
-    let csv = String::from_utf8_lossy(&out.stdout).to_string();
-    let row = csv
+    let usage = usage_rows(&String::from_utf8_lossy(&out.stdout));
+    let row = usage.get(&("acme".to_string(), "llm_tokens".to_string())).unwrap_or_else(|| {
+        panic!("no row for the removed usage in:\n{usage:?}\n{}", String::from_utf8_lossy(&out.stderr))
+    });
+    let n = |c: &str| number(&row[c]);
+    assert_eq!(
+        (n("summary_events"), n("invoiced_events"), n("events_variance")),
+        (0.into(), 1.into(), (-1).into()),
+        "{row}"
+    );
+    assert_eq!(n("pending_events"), Decimal::ZERO, "a row that went missing is no pending usage: {row}");
+    assert_eq!(n("quantity_variance"), Decimal::from(-250_000), "{row}");
+    assert_eq!(n("amount_variance"), "-0.45".parse::<Decimal>().unwrap(), "{row}");
+}
+
+/// A number of `reconcile --format json` (integers are JSON numbers, decimals strings).
+fn number(v: &serde_json::Value) -> Decimal {
+    match v {
+        serde_json::Value::Number(n) => n.to_string().parse().unwrap(),
+        serde_json::Value::String(s) => s.parse().unwrap(),
+        other => panic!("not a number: {other}"),
+    }
+}
+
+/// The usage table of `reconcile --format json` output, by (customer, meter).
+fn usage_rows(json_lines: &str) -> BTreeMap<(String, String), serde_json::Value> {
+    json_lines
         .lines()
-        .find(|l| l.starts_with("acme,llm_tokens,"))
-        .unwrap_or_else(|| panic!("no row for the removed usage in:\n{csv}\n{}", String::from_utf8_lossy(&out.stderr)));
-    let cells: Vec<&str> = row.split(',').collect();
-    // summary_events, invoiced_events, events_variance, ..., quantity_variance, ..., amount_variance
-    assert_eq!((cells[2], cells[3], cells[4]), ("0", "1", "-1"), "{row}");
-    assert_eq!(cells[7].parse::<Decimal>().unwrap(), Decimal::from(-250_000), "{row}");
-    assert_eq!(cells[10].parse::<Decimal>().unwrap(), "-0.45".parse::<Decimal>().unwrap(), "{row}");
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("meter").is_some())
+        .map(|v| ((v["customer_id"].as_str().unwrap().to_string(), v["meter"].as_str().unwrap().to_string()), v))
+        .collect()
+}
+
+/// `reconcile --format json` of `period`: whether it exited 0, and its usage rows.
+fn reconciled(env: &TestEnv, period: &str) -> (bool, BTreeMap<(String, String), serde_json::Value>) {
+    let out = run(env, "reconcile", &["--period", period, "--format", "json"]);
+    let usage = usage_rows(&String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        eprintln!(
+            "reconcile {period}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (out.status.success(), usage)
+}
+
+/// (events, quantity, amount) per (customer, meter) from a query returning those five columns.
+fn sums(env: &TestEnv, query: &str) -> BTreeMap<(String, String), (Decimal, Decimal, Decimal)> {
+    env.sql(query)
+        .into_iter()
+        .skip(1)
+        .map(|r| {
+            let d = |i: usize| r[i].parse::<Decimal>().unwrap();
+            ((r[0].clone(), r[1].clone()), (d(2), d(3), d(4)))
+        })
+        .collect()
+}
+
+/// Finalizes and posts `period` after closing it.
+fn close_invoice_post(env: &TestEnv, period: &str) {
+    for step in ["close", "invoice", "post"] {
+        ok(run(env, step, &["--period", period]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_usage_is_pending_until_a_later_invoice_bills_it_and_every_usage_row_of_a_period_is_billed_exactly_once() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let api = |n: u32| format!(r#"{{"requests":{n},"region":"us-east-1"}}"#);
+    let send = |id: &'static str, kind: &'static str, time: &'static str, data: String| {
+        let js = js.clone();
+        async move { publish(&js, "usage.fixed", event(id, "acme", kind, time, &data), None).await }
+    };
+    send("s1", "api_calls", "2026-09-10T10:00:00Z", api(80_000)).await;
+    send("s2", "llm_tokens", "2026-09-12T10:00:00Z", r#"{"tokens":250000,"model":"small"}"#.into()).await;
+    send("s3", "storage", "2026-09-05T00:30:00Z", r#"{"gigabytes":12.5}"#.into()).await;
+    env.run_until_idle(&[NO_AUTO_CLOSE]);
+    close_invoice_post(&env, "2026-09");
+
+    // September's usage straddles its close: more arrives after it (crossing the first api_calls
+    // tier and raising a daily storage peak), and October's usage begins.
+    send("l1", "api_calls", "2026-09-28T10:00:00Z", api(40_000)).await;
+    send("l2", "storage", "2026-09-05T12:00:00Z", r#"{"gigabytes":30}"#.into()).await;
+    send("o1", "api_calls", "2026-10-02T10:00:00Z", api(5_000)).await;
+    env.run_until_idle(&[NO_AUTO_CLOSE]);
+    let adjustments = "SELECT customer_id, meter, SUM(event_count), SUM(quantity), SUM(amount) FROM usage_summaries \
+                       WHERE billing_period = '2026-09' AND row_kind = 'adjustment' GROUP BY 1, 2 ORDER BY 1, 2";
+    let late = sums(&env, adjustments);
+    let key = |m: &str| ("acme".to_string(), m.to_string());
+    assert_eq!(late.keys().collect::<Vec<_>>(), [&key("api_calls"), &key("storage_peak")], "{late:?}");
+    assert_eq!(late[&key("api_calls")].1, Decimal::from(40_000));
+
+    // Before October is invoiced: September reconciles, and the late part is pending, not a variance.
+    let (clean, usage) = reconciled(&env, "2026-09");
+    assert!(clean, "{usage:?}");
+    let september_invoice = env.sql("SELECT invoice_id FROM invoices WHERE period = '2026-09'")[1][0].clone();
+    for (k, row) in &usage {
+        let n = |c: &str| number(&row[c]);
+        let (events, quantity, amount) = late.get(k).copied().unwrap_or_default();
+        assert_eq!(
+            (n("pending_events"), n("pending_quantity"), n("pending_amount")),
+            (events, quantity, amount),
+            "{row}"
+        );
+        assert_eq!(n("invoiced_events") + n("pending_events"), n("summary_events"), "{row}");
+        for c in ["events_variance", "quantity_variance", "amount_variance"] {
+            assert_eq!(n(c), Decimal::ZERO, "{c}: {row}");
+        }
+        assert_eq!(row["billed_on"], format!("2026-09: {september_invoice}"), "{row}");
+    }
+
+    // October's invoice carries September's late usage as adjustments: nothing pending any more.
+    close_invoice_post(&env, "2026-10");
+    let (clean, usage) = reconciled(&env, "2026-09");
+    assert!(clean, "{usage:?}");
+    let october_invoice = env.sql("SELECT invoice_id FROM invoices WHERE period = '2026-10'")[1][0].clone();
+    let both = format!("2026-09: {september_invoice}, 2026-10: {october_invoice}");
+    for (k, row) in &usage {
+        assert_eq!(number(&row["pending_events"]), Decimal::ZERO, "{row}");
+        assert_eq!(number(&row["pending_amount"]), Decimal::ZERO, "{row}");
+        assert_eq!(
+            row["billed_on"],
+            if late.contains_key(k) { both.clone() } else { format!("2026-09: {september_invoice}") }
+        );
+    }
+
+    // Usage still arriving after October's seal waits for November's invoice.
+    send("l3", "api_calls", "2026-09-29T10:00:00Z", api(1_000)).await;
+    env.run_until_idle(&[NO_AUTO_CLOSE]);
+    let (clean, usage) = reconciled(&env, "2026-09");
+    assert!(clean, "{usage:?}");
+    let row = &usage[&key("api_calls")];
+    let n = |c: &str| number(&row[c]);
+    // Past the first tier: 1,000 x 0.00015.
+    let pending = (n("pending_events"), n("pending_quantity"), n("pending_amount"));
+    assert_eq!(pending, (1.into(), 1_000.into(), "0.15".parse().unwrap()), "{row}");
+    close_invoice_post(&env, "2026-11");
+    let (clean, usage) = reconciled(&env, "2026-09");
+    assert!(clean, "{usage:?}");
+    assert!(usage.values().all(|r| number(&r["pending_events"]).is_zero()), "{usage:?}");
+
+    // Every usage row of September is billed exactly once: the lines for it on its own invoice
+    // and the adjustment lines of October's and November's add up to its summaries exactly.
+    let summaries = sums(
+        &env,
+        "SELECT customer_id, meter, SUM(event_count), SUM(quantity), SUM(amount) FROM usage_summaries \
+         WHERE billing_period = '2026-09' GROUP BY 1, 2 ORDER BY 1, 2",
+    );
+    let lines = "SELECT l.customer_id, l.meter, SUM(l.event_count), SUM(l.quantity), SUM(l.amount_unrounded) \
+                 FROM invoice_lines l JOIN (SELECT invoice_id, MAX(revision) AS revision FROM invoices GROUP BY 1) i \
+                 ON l.invoice_id = i.invoice_id AND l.revision = i.revision \
+                 WHERE l.source_period = '2026-09' AND l.line_kind IN ('usage', 'adjustment') GROUP BY 1, 2 ORDER BY 1, 2";
+    assert_eq!(sums(&env, lines), summaries);
+    let invoices = env.sql(
+        "SELECT period, COUNT(*) FROM invoice_lines WHERE source_period = '2026-09' AND line_kind IN ('usage', 'adjustment') \
+         GROUP BY 1 ORDER BY 1",
+    );
+    let periods: Vec<&str> = invoices[1..].iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(periods, ["2026-09", "2026-10", "2026-11"]);
+    for p in ["2026-10", "2026-11"] {
+        let (clean, _) = reconciled(&env, p);
+        assert!(clean, "{p} does not reconcile");
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -419,4 +576,98 @@ async fn http_posting_retries_transient_failures_records_refusals_and_sends_each
         "SELECT status, COUNT(DISTINCT idempotency_key) FROM postings WHERE target LIKE 'http%' AND status <> 'pending' GROUP BY 1 ORDER BY 1",
     );
     assert_eq!(ledger[1..], [vec!["failed".to_string(), "2".to_string()], vec!["posted".to_string(), "2".to_string()]]);
+}
+
+/// The Python used to cross-read tables: `$DELTA_READER_PYTHON` (set by scripts/tools.sh) or
+/// the project's `.tools/venv`.
+fn delta_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("DELTA_READER_PYTHON") {
+        return p.into();
+    }
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let local = Path::new(&manifest).join("../.tools/venv/bin/python");
+    assert!(local.is_file(), "no Python with deltalake: run `bash scripts/tools.sh` first");
+    local
+}
+
+/// The files the log of `table` marks as removed (replaced by a compaction).
+fn removed_files(table: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for entry in std::fs::read_dir(table.join("_delta_log")).unwrap() {
+        let path = entry.unwrap().path();
+        assert!(!path.to_string_lossy().contains(".checkpoint."), "a checkpoint holds removals the test cannot age");
+        if path.extension().is_some_and(|e| e == "json") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                if let Some(p) = v.pointer("/remove/path").and_then(|p| p.as_str()) {
+                    out.insert(p.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Moves the removal time of every removed file in the log of `table` `days` back: the only
+/// clock a vacuum reads for them. This is how the test compacts "a month ago".
+fn age_removals(table: &Path, days: i64) {
+    for entry in std::fs::read_dir(table.join("_delta_log")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let mut lines = Vec::new();
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(t) = v.pointer_mut("/remove/deletionTimestamp") {
+                *t = (t.as_i64().unwrap() - days * 86_400_000).into();
+            }
+            lines.push(serde_json::to_string(&v).unwrap());
+        }
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+}
+
+// Found in review: usage_summaries kept its log 400 days but the files a compaction replaced only
+// Delta's default 7 days, so any VACUUM a week after a compaction deleted files that the sealed
+// versions of closed periods read, and finalized invoices could no longer be reproduced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoices_reproduce_byte_for_byte_after_a_compaction_a_month_ago_and_vacuums_by_meterflow_and_python() {
+    let env = billed_environment().await;
+    let periods = ["2026-09", "2026-09-15", "2026-10", "2026-10-15"];
+    let first = invoice_files(&env.data_dir().join("documents/invoices"));
+    assert_eq!(first.len(), 4, "{:?}", first.keys());
+
+    // More usage, and a compaction after every commit: the files of the sealed versions are
+    // replaced. Then the compaction is made a month old.
+    let js = env.jetstream().await;
+    let body = r#"{"requests":10,"region":"us-east-1"}"#;
+    publish(&js, "usage.fixed", event("n1", "acme", "api_calls", "2026-11-02T10:00:00Z", body), None).await;
+    env.run_until_idle(&[NO_AUTO_CLOSE, ("METERFLOW_STORAGE__COMPACT_EVERY_COMMITS", "1")]);
+    let table = env.data_dir().join("usage_summaries");
+    let replaced = removed_files(&table);
+    assert!(replaced.len() >= 2, "the compaction replaced the sealed versions' files: {replaced:?}");
+    age_removals(&table, 30);
+
+    // meterflow's vacuum keeps them (dry run first: it lists, deletes nothing).
+    let out = ok(run(&env, "vacuum", &["--dry-run"]));
+    assert!(out.contains("usage_summaries: would delete 0 files (removed more than 400 days ago)"), "{out}");
+    let out = ok(run(&env, "vacuum", &[]));
+    assert!(out.contains("usage_summaries: deleted 0 files"), "{out}");
+    // So does another engine's vacuum that honours the table's deletedFileRetentionDuration.
+    let script = "import sys, deltalake\nprint(len(deltalake.DeltaTable(sys.argv[1]).vacuum(dry_run=False)))";
+    let py = std::process::Command::new(delta_python()).arg("-c").arg(script).arg(&table).output().unwrap();
+    assert!(py.status.success(), "python vacuum failed: {}", String::from_utf8_lossy(&py.stderr));
+    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), "0", "files deleted by the Python vacuum");
+    for file in &replaced {
+        assert!(table.join(file).is_file(), "{file} was deleted");
+    }
+
+    // Every finalized invoice is computed again from its sealed versions, and comes out the same.
+    let again = env.dir.path().join("reinvoiced");
+    for p in periods {
+        let out = ok(run(&env, "invoice", &["--period", p, "--out", again.to_str().unwrap()]));
+        assert!(out.contains("0 finalized, 0 revised, 1 unchanged"), "{p}: {out}");
+    }
+    assert_eq!(invoice_files(&again), first, "the invoice documents, byte for byte");
 }

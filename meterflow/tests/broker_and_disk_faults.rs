@@ -63,9 +63,11 @@ fn stop_cleanly(child: &mut Child) {
 
 /// Publishes each message until the broker acknowledges it, retrying through outages with the
 /// message's own `Nats-Msg-Id` (or none, when the publisher sets none). Returns the retries.
-async fn publish_with_retries(js: &async_nats::jetstream::Context, messages: &[OutMessage]) -> u64 {
+/// Publishes each message until the broker acknowledges it, `pace` apart; the number of retries.
+async fn publish_with_retries(js: &async_nats::jetstream::Context, messages: &[OutMessage], pace: Duration) -> u64 {
     let mut retries = 0;
     for m in messages {
+        tokio::time::sleep(pace).await;
         loop {
             let mut headers = async_nats::HeaderMap::new();
             if let Some(id) = &m.msg_id {
@@ -105,13 +107,14 @@ async fn the_pipeline_rides_out_a_broker_restart_and_publisher_retries_through_i
     let log = capture_stderr(&mut child);
     let js = env.jetstream().await;
     let (first, second) = messages.split_at(messages.len() / 2);
-    publish_with_retries(&js, first).await;
+    publish_with_retries(&js, first, Duration::ZERO).await;
     assert!(wait_until(Duration::from_secs(60), || accepted(&env) > 0), "nothing committed before the outage");
 
-    // Publishers keep going through the outage; the broker is down for three seconds.
+    // Publishers keep going through the outage; the broker is down for three seconds. Paced, so
+    // publishing takes longer than the outage however fast the machine is (at least 3 s).
     let publisher = {
         let (js, second) = (js.clone(), second.to_vec());
-        tokio::spawn(async move { publish_with_retries(&js, &second).await })
+        tokio::spawn(async move { publish_with_retries(&js, &second, Duration::from_millis(2)).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     env.nats.stop();
@@ -353,4 +356,187 @@ async fn a_message_deleted_from_the_stream_is_passed_over_after_one_check() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not in the stream (deleted or expired)"), "{stderr}");
     assert_eq!(accepted(&env), 2);
+}
+
+// Found in review: deltalake returns an error for failures after a commit's log entry is written
+// (the checkpoint every 50 versions, expired-log clean-up), and the retry committed the same
+// range a second time. Here the 5th commit call fails with its entry on disk, and so does the
+// first checkpoint write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_call_fails_after_its_log_entry_is_written_is_not_written_again() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let (messages, oracle) = generate(3_000, 59);
+    workload::publish_all(&env.jetstream().await, &messages, 256).await.unwrap();
+    let mut c = env.command("run");
+    c.args(["--exit-when-idle", "1s"]).envs([
+        ("METERFLOW_NATS__FETCH_BATCH", "20"),
+        ("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "1"),
+        ("METERFLOW_FAULTS", "after_log_entry:fail@5,checkpoint_write:fail@1"),
+    ]);
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fault point after_log_entry: hit 5, firing"), "{stderr}");
+    assert!(stderr.contains("fault point checkpoint_write: hit 1, firing"), "no checkpoint was attempted: {stderr}");
+    assert_eq!(
+        stderr.matches("already committed by an earlier attempt").count(),
+        2,
+        "each failed call found its range committed: {stderr}"
+    );
+    assert_matches_oracle(&env, &oracle);
+    let rejected: u64 = env.sql("SELECT COUNT(*) FROM rejections")[1][0].parse().unwrap();
+    assert_eq!(rejected, oracle.rejected.values().sum::<u64>(), "rejections recorded once");
+    let duplicates: u64 = env.sql("SELECT COUNT(*) FROM duplicates")[1][0].parse().unwrap();
+    assert_eq!(duplicates, oracle.duplicates, "duplicates recorded once");
+}
+
+/// Waits until `log` contains `text`.
+fn log_shows(log: &Arc<Mutex<String>>, text: &str) -> bool {
+    wait_until(Duration::from_secs(60), || log.lock().unwrap().contains(text))
+}
+
+// Found in review: a rolling deploy's overlap (or a restart racing an instance still shutting
+// down) ran two pipelines on one data directory; delta-rs saw the second writer, but the retry
+// reopened the table and committed the same range again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pipelines_on_one_data_directory_and_stream_count_every_event_once() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let (messages, oracle) = generate(4_000, 61);
+    let js = env.jetstream().await;
+    let fast = [("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "50"), ("METERFLOW_NATS__FETCH_BATCH", "100")];
+    let mut a = env.spawn_run(&fast);
+    let log_a = capture_stderr(&mut a);
+    let mut b = env.spawn_run(&fast);
+    let log_b = capture_stderr(&mut b);
+    let (first, second) = messages.split_at(messages.len() / 2);
+    workload::publish_all(&js, first, 256).await.unwrap();
+    let standby = wait_until(Duration::from_secs(60), || {
+        log_a.lock().unwrap().contains("waiting as a standby") || log_b.lock().unwrap().contains("waiting as a standby")
+    });
+    assert!(standby, "neither run waited: {}\n---\n{}", log_a.lock().unwrap(), log_b.lock().unwrap());
+    let a_is_standby = log_a.lock().unwrap().contains("waiting as a standby");
+    let (mut writer, mut standby, standby_log) = if a_is_standby { (b, a, log_a) } else { (a, b, log_b) };
+    assert!(wait_until(Duration::from_secs(60), || accepted(&env) > 0), "the writer committed nothing");
+    // The writer stops under load; the standby takes over.
+    let publisher = {
+        let (js, second) = (js.clone(), second.to_vec());
+        tokio::spawn(async move {
+            for burst in second.chunks(100) {
+                workload::publish_all(&js, burst, 100).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    stop_cleanly(&mut writer);
+    assert!(
+        log_shows(&standby_log, "writer lease acquired; the standby takes over"),
+        "{}",
+        standby_log.lock().unwrap()
+    );
+    publisher.await.unwrap();
+    let caught_up = wait_until(Duration::from_secs(90), || accepted(&env) == oracle.accepted);
+    assert!(caught_up, "the standby never caught up: {}", standby_log.lock().unwrap());
+    stop_cleanly(&mut standby);
+    assert_matches_oracle(&env, &oracle);
+}
+
+// The lease alone is not the fence: a writer paused (SIGSTOP) past its lease, while a standby
+// takes over and commits, must never commit when it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_paused_past_its_lease_never_commits_after_a_standby_took_over() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let (messages, oracle) = generate(3_000, 67);
+    let js = env.jetstream().await;
+    let envs = [("METERFLOW_NATS__LEASE_TTL_S", "2"), ("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "50")];
+    let mut a = env.spawn_run(&envs);
+    let log_a = capture_stderr(&mut a);
+    let (first, second) = messages.split_at(messages.len() / 3);
+    workload::publish_all(&js, first, 256).await.unwrap();
+    assert!(wait_until(Duration::from_secs(60), || accepted(&env) > 0), "nothing committed");
+    let mut b = env.spawn_run(&envs);
+    let log_b = capture_stderr(&mut b);
+    assert!(log_shows(&log_b, "waiting as a standby"), "{}", log_b.lock().unwrap());
+    let signal = |sig: &str, child: &Child| {
+        assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+    };
+    signal("-STOP", &a);
+    assert!(log_shows(&log_b, "the standby takes over"), "{}", log_b.lock().unwrap());
+    workload::publish_all(&js, second, 256).await.unwrap();
+    let caught_up = wait_until(Duration::from_secs(90), || accepted(&env) == oracle.accepted);
+    assert!(caught_up, "the new writer never caught up: {}", log_b.lock().unwrap());
+    let committed = committed_seq(&env).await;
+    signal("-CONT", &a);
+    let mut status = None;
+    let exited = wait_until(Duration::from_secs(30), || {
+        status = a.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(exited, "the resumed stale writer kept running: {}", log_a.lock().unwrap());
+    assert!(!status.unwrap().success(), "the stale writer must stop with an error");
+    let log = log_a.lock().unwrap().clone();
+    assert!(log.contains("writer lease") || log.contains("fenced out"), "{log}");
+    assert_eq!(committed_seq(&env).await, committed, "the stale writer committed after resuming");
+    stop_cleanly(&mut b);
+    assert_matches_oracle(&env, &oracle);
+}
+
+// Found in review: after the USAGE stream was deleted and re-created, new messages reused old
+// sequence numbers, were taken for a replay (state only, no rows) and never written; their
+// later retries were then dropped as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_created_usage_stream_is_refused_until_adopted_and_is_then_counted_from_its_start() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let ev =
+        |id: &str| common::event(id, "acme", "api_calls", "2026-11-20T05:00:00Z", r#"{"requests":2,"region":"eu"}"#);
+    for id in ["old-1", "old-2", "old-3"] {
+        common::publish(&js, "usage.acme", ev(id), None).await;
+    }
+    env.run_until_idle(&[]);
+    assert_eq!(accepted(&env), 3);
+    assert!(js.delete_stream("USAGE").await.unwrap().success);
+    env.ensure_streams().await;
+    for id in ["new-1", "new-2"] {
+        common::publish(&js, "usage.acme", ev(id), None).await;
+    }
+    let out = env.command("run").args(["--exit-when-idle", "1s"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a re-created stream must be refused");
+    assert!(stderr.contains("deleted and re-created") && stderr.contains("--adopt-stream"), "{stderr}");
+    assert_eq!(accepted(&env), 3, "nothing was read from the new stream");
+
+    let out = env.command("run").args(["--exit-when-idle", "1s", "--adopt-stream"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(accepted(&env), 5, "the new stream is counted from its first message");
+    env.run_until_idle(&[]);
+    assert_eq!(accepted(&env), 5, "and only once");
+}
+
+// Found in review: the gap was recorded as re-fetched before the consumer was re-positioned and
+// a failed re-position was ignored, so the old consumer went on past the gap and the range was
+// then passed over as deleted although its messages existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_re_position_after_a_gap_is_retried_and_nothing_is_passed_over() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let (messages, oracle) = generate(2_000, 71);
+    workload::publish_all(&env.jetstream().await, &messages, 256).await.unwrap();
+    let mut c = env.command("run");
+    c.args(["--exit-when-idle", "1s"]).envs([
+        ("METERFLOW_NATS__FETCH_BATCH", "50"),
+        ("METERFLOW_FAULTS", "drop_delivery:skip@120,consumer_reposition:fail@1"),
+    ]);
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fault point consumer_reposition: hit 1, firing"), "{stderr}");
+    assert!(
+        !stderr.contains("not in the stream (deleted or expired)"),
+        "an existing message was passed over: {stderr}"
+    );
+    assert_matches_oracle(&env, &oracle);
 }

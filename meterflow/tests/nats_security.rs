@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{event, wait_until, WIDE_BOUNDS};
+use common::{event, wait_until, NO_OPS_PAGE, WIDE_BOUNDS};
 use meterflow_ingest::{Broker, NatsConfig, Secret};
 use rust_decimal::Decimal;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,15 @@ const PIPELINE_PUBLISH: &[&str] = &[
     "$JS.API.CONSUMER.MSG.NEXT.USAGE.meterflow",
     "$JS.ACK.USAGE.meterflow.>",
     "usage_dlq.>",
+    // The writer lease (one pipeline per stream at a time) in the KV bucket meterflow_leases;
+    // creating the bucket reads the account's JetStream limits.
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.KV_meterflow_leases",
+    "$JS.API.STREAM.CREATE.KV_meterflow_leases",
+    "$JS.API.DIRECT.GET.KV_meterflow_leases.>",
+    "$KV.meterflow_leases.USAGE.meterflow",
+    // Asking the stream whether skipped sequences exist (only after a gap).
+    "$JS.API.STREAM.MSG.GET.USAGE",
 ];
 /// Replies to the pipeline's requests and pulled messages arrive on its inbox. (An empty allow
 /// list would mean "everything" to nats-server, not "nothing".)
@@ -220,6 +229,7 @@ tls {{
             tls_ca_file: Some(self.path("ca.pem")),
             tls_cert_file: Some(self.path("pipeline.pem")),
             tls_key_file: Some(self.path("pipeline-key.pem")),
+            max_age_days: 0,
             ..Default::default()
         }
     }
@@ -254,7 +264,10 @@ tls {{
                 c.env_remove(name);
             }
         }
-        c.env("RUST_LOG", "warn").envs(WIDE_BOUNDS).envs(env.iter().map(|(k, v)| (k, v)));
+        c.env("RUST_LOG", "warn")
+            .env(NO_OPS_PAGE.0, NO_OPS_PAGE.1)
+            .envs(WIDE_BOUNDS)
+            .envs(env.iter().map(|(k, v)| (k, v)));
         c
     }
 

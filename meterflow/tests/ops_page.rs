@@ -55,16 +55,27 @@ fn ok(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// The workload's event times are fixed (48 hours from 10 June 2026), so they lie long past and
+/// would be closed by the watermark (at the wall clock once the stream is drained) while the
+/// workload still arrives: here periods close only by `meterflow close`.
+const NO_AUTO_CLOSE: (&str, &str) = ("METERFLOW_LATENESS__PERIOD_GRACE_S", "315360000");
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operations_page_shows_the_running_pipeline_in_a_real_browser() {
     let env = TestEnv::start();
     env.ensure_streams().await;
     let port = free_port().unwrap();
     let listen = format!("127.0.0.1:{port}");
-    let envs = [("METERFLOW_OPS__LISTEN", listen.as_str()), ("METERFLOW_OPS__REFRESH_S", "1")];
+    let envs = [("METERFLOW_OPS__LISTEN", listen.as_str()), ("METERFLOW_OPS__REFRESH_S", "1"), NO_AUTO_CLOSE];
     let mut child = env.spawn_run(&envs);
-    let spec =
-        WorkloadSpec { events: 3_000, batch_size: 5, duplicate_every: 9, bad_every: 20, seed: 5, ..Default::default() };
+    let spec = WorkloadSpec {
+        events: 3_000,
+        batch_size: 5,
+        duplicate_every: 9,
+        bad_every: 20,
+        seed: 5,
+        base_time: "2026-06-10T00:00:00Z".parse().unwrap(),
+    };
     let (messages, oracle) = workload::generate(&spec, &reference()).unwrap();
     let js = env.jetstream().await;
     // Two waves, a few seconds apart, so the throughput chart has a shape.

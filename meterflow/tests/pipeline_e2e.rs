@@ -9,6 +9,16 @@ use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// Where the generated workloads' event times start: fixed (their 48 hours straddle globex's plan
+/// change on 24 November), so no test depends on today's date.
+fn workload_base() -> chrono::DateTime<chrono::Utc> {
+    "2026-11-23T00:00:00Z".parse().unwrap()
+}
+
+/// Periods close only by `meterflow close`: with event times in the past, the watermark (at the
+/// wall clock on a drained stream) would close them at a moment that depends on the run.
+const NO_AUTO_CLOSE: (&str, &str) = ("METERFLOW_LATENESS__PERIOD_GRACE_S", "315360000");
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_workload_is_counted_exactly_once_and_bad_events_land_in_the_dlq_with_reasons() {
     let env = TestEnv::start();
@@ -142,7 +152,7 @@ async fn killing_the_pipeline_with_sigkill_mid_run_loses_and_doubles_nothing() {
         duplicate_every: 8,
         bad_every: 40,
         seed: 7,
-        ..Default::default()
+        base_time: workload_base(),
     };
     let (messages, oracle) = workload::generate(&spec, &reference()).unwrap();
     workload::publish_all(&js, &messages, 256).await.unwrap();
@@ -151,6 +161,7 @@ async fn killing_the_pipeline_with_sigkill_mid_run_loses_and_doubles_nothing() {
         ("METERFLOW_NATS__FETCH_BATCH", "50"),
         ("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "10"),
         ("METERFLOW_PIPELINE__SNAPSHOT_EVERY_COMMITS", "3"),
+        NO_AUTO_CLOSE,
     ];
 
     let mut kills = 0;
@@ -191,10 +202,16 @@ async fn sigterm_commits_what_is_in_hand_and_exits_cleanly() {
     let env = TestEnv::start();
     env.ensure_streams().await;
     let js = env.jetstream().await;
-    let spec =
-        WorkloadSpec { events: 3_000, batch_size: 10, duplicate_every: 0, bad_every: 0, seed: 9, ..Default::default() };
+    let spec = WorkloadSpec {
+        events: 3_000,
+        batch_size: 10,
+        duplicate_every: 0,
+        bad_every: 0,
+        seed: 9,
+        base_time: workload_base(),
+    };
     let (messages, oracle) = workload::generate(&spec, &reference()).unwrap();
-    let mut child = env.spawn_run(&[]);
+    let mut child = env.spawn_run(&[NO_AUTO_CLOSE]);
     workload::publish_all(&js, &messages, 256).await.unwrap();
     let expected = oracle.accepted;
     let done = wait_until(Duration::from_secs(60), || {
@@ -267,24 +284,57 @@ async fn other_engines_read_the_delta_table_and_get_the_same_exact_totals() {
         duplicate_every: 5,
         bad_every: 7,
         seed: 11,
-        ..Default::default()
+        base_time: workload_base(),
     };
     let (messages, oracle) = workload::generate(&spec, &reference()).unwrap();
     workload::publish_all(&js, &messages, 256).await.unwrap();
-    env.run_until_idle(&[("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "100"), ("METERFLOW_NATS__FETCH_BATCH", "20")]);
+    env.run_until_idle(&[
+        ("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "100"),
+        ("METERFLOW_NATS__FETCH_BATCH", "20"),
+        NO_AUTO_CLOSE,
+    ]);
 
-    // delta-rs's Python binding reads the Delta log; DuckDB sums the decimals.
-    let script = r#"
-import sys, deltalake, duckdb
+    // delta-rs's Python binding reads the Delta log and lists the table's current data files;
+    // DuckDB sums the decimals in those Parquet files. Each engine runs in its own process and
+    // leaves with os._exit after flushing its output: a native thread (DuckDB's, Arrow's or
+    // delta-rs's runtime) torn down at interpreter exit once killed the reader with "terminate
+    // called without an active exception" after its work was done.
+    let list_files = r#"
+import json, os, sys, deltalake
 t = deltalake.DeltaTable(sys.argv[1])
-ds = t.to_pyarrow_dataset()
-rows = duckdb.sql("SELECT customer_id, meter, CAST(SUM(quantity) AS VARCHAR), CAST(SUM(amount) AS VARCHAR) FROM ds GROUP BY ALL ORDER BY ALL").fetchall()
+sys.stdout.write(json.dumps({"version": t.version(), "files": t.file_uris()}))
+sys.stdout.flush()
+os._exit(0)
+"#;
+    let sum_files = r#"
+import json, os, sys, duckdb
+files = json.loads(sys.stdin.read())["files"]
+paths = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+rows = duckdb.sql(f"SELECT customer_id, meter, CAST(SUM(quantity) AS VARCHAR), CAST(SUM(amount) AS VARCHAR) FROM read_parquet({paths}) GROUP BY ALL ORDER BY ALL").fetchall()
 for r in rows:
     print(",".join(r))
+sys.stdout.flush()
+os._exit(0)
 "#;
     let table = env.data_dir().join("usage_summaries");
-    let out = std::process::Command::new(reader_python()).arg("-c").arg(script).arg(&table).output().unwrap();
-    assert!(out.status.success(), "python reader failed: {}", String::from_utf8_lossy(&out.stderr));
+    let listed = std::process::Command::new(reader_python()).arg("-c").arg(list_files).arg(&table).output().unwrap();
+    assert!(listed.status.success(), "deltalake reader failed: {}", String::from_utf8_lossy(&listed.stderr));
+    let log: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(!log["files"].as_array().unwrap().is_empty(), "no data files in the Delta log: {log}");
+    let mut duckdb = std::process::Command::new(reader_python())
+        .arg("-c")
+        .arg(sum_files)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        duckdb.stdin.take().unwrap().write_all(&listed.stdout).unwrap();
+    }
+    let out = duckdb.wait_with_output().unwrap();
+    assert!(out.status.success(), "DuckDB reader failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let mut seen = 0;
     for line in text.lines() {
@@ -419,7 +469,9 @@ async fn usage_after_its_window_closed_still_counts_in_a_row_flagged_late() {
     publish(&js, "usage.api", event("straggler", "acme", "api_calls", &at(300), body), None).await;
     // Twenty minutes old: its window is still open.
     publish(&js, "usage.api", event("on-time", "acme", "api_calls", &at(20), body), None).await;
-    env.run_until_idle(&[]);
+    // The last five hours may straddle a month's end: no period closes here, so every row
+    // stays a window row ('usage' or 'late'), never an 'adjustment'.
+    env.run_until_idle(&[NO_AUTO_CLOSE]);
     let kinds = env.sql("SELECT row_kind, SUM(event_count), SUM(quantity) FROM usage_summaries GROUP BY 1 ORDER BY 1");
     assert_eq!(kinds[1], vec!["late", "1", "2.000000000"]);
     assert_eq!(kinds[2], vec!["usage", "2", "4.000000000"]);
@@ -435,12 +487,13 @@ async fn usage_for_a_closed_period_becomes_an_adjustment_and_the_period_stays_cl
     let env = TestEnv::start_with_default_bounds();
     env.ensure_streams().await;
     let js = env.jetstream().await;
-    let now = chrono::Utc::now();
-    let this_month = meterflow_rater::Period::month_of(now).unwrap().label();
-    let stamp = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // Both events at one instant a few minutes back (within the default backdating bound), so
+    // they lie in one month, whatever the time of day and the day of the month.
+    let at = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let this_month = meterflow_rater::Period::month_of(at).unwrap().label();
+    let at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let body = r#"{"requests":3,"region":"eu-west-1"}"#;
-    publish(&js, "usage.api", event("a", "acme", "api_calls", &stamp(now - chrono::Duration::minutes(3)), body), None)
-        .await;
+    publish(&js, "usage.api", event("a", "acme", "api_calls", &at, body), None).await;
     env.run_until_idle(&[]);
 
     let close = || {
@@ -450,8 +503,7 @@ async fn usage_for_a_closed_period_becomes_an_adjustment_and_the_period_stays_cl
     };
     assert!(close().starts_with(&format!("closed {this_month}")));
     // Late usage for the closed period still counts, as an adjustment.
-    publish(&js, "usage.api", event("b", "acme", "api_calls", &stamp(now - chrono::Duration::minutes(2)), body), None)
-        .await;
+    publish(&js, "usage.api", event("b", "acme", "api_calls", &at, body), None).await;
     env.run_until_idle(&[]);
     let kinds = env.sql("SELECT row_kind, SUM(event_count), SUM(quantity) FROM usage_summaries GROUP BY 1 ORDER BY 1");
     assert_eq!(kinds[1], vec!["adjustment", "1", "3.000000000"]);
@@ -470,8 +522,7 @@ async fn usage_for_a_closed_period_becomes_an_adjustment_and_the_period_stays_cl
     assert!(sealed >= 1);
 }
 
-/// No grace period: last month is due as soon as the watermark passes its end, so this test
-/// works on any day but the first two minutes of a month.
+/// No grace period: last month is due as soon as the watermark passes its end.
 const NO_GRACE: [(&str, &str); 1] = [("METERFLOW_LATENESS__PERIOD_GRACE_S", "0")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,8 +531,12 @@ async fn a_billing_period_closes_by_itself_once_the_watermark_passes_its_end_plu
     env.ensure_streams().await;
     let js = env.jetstream().await;
     let now = chrono::Utc::now();
-    let this_month = meterflow_rater::Period::month_of(now).unwrap();
-    let last_month = meterflow_rater::Period::month_of(this_month.start - chrono::Duration::days(1)).unwrap();
+    // "Last month" is the month before the one five minutes ago: it ended at least five minutes
+    // ago, so the current event below (a minute old, its watermark a minute behind it) passes
+    // its end at any instant, also in the first minutes of a month, while the current event's
+    // own month has not ended.
+    let recent_month = meterflow_rater::Period::month_of(now - chrono::Duration::minutes(5)).unwrap();
+    let last_month = meterflow_rater::Period::month_of(recent_month.start - chrono::Duration::days(1)).unwrap();
     let stamp = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let body = r#"{"requests":5,"region":"eu-west-1"}"#;
     let late_in_last_month = stamp(last_month.end - chrono::Duration::hours(2));

@@ -89,6 +89,17 @@ pub struct TierLine {
 /// The most fractional digits a price may carry.
 pub const MAX_PRICE_SCALE: u32 = 9;
 
+/// The largest billing-period total (quantity) meterflow rates: 10^20. The quantity columns
+/// (DECIMAL(38, 9)) hold up to 10^29 exactly; the bound keeps sums of totals far from the 28
+/// significant digits of exact decimals. Usage that would pass it is rejected
+/// (`value_out_of_range`), never rounded and never a crash.
+pub const MAX_PERIOD_TOTAL: Decimal = Decimal::from_parts(1_661_992_960, 1_808_227_885, 5, false, 0);
+
+/// The largest price of one billing-period total: 10^18 in the plan's currency. The amount
+/// columns (DECIMAL(38, 18)) hold up to 10^20; the bound leaves room to add the lines of an
+/// invoice.
+pub const MAX_PERIOD_AMOUNT: Decimal = Decimal::from_parts(2_808_348_672, 232_830_643, 0, false, 0);
+
 fn ceil_div(q: Decimal, size: Decimal) -> Option<Decimal> {
     let rem = q.checked_rem(size)?;
     let whole = (q - rem).checked_div(size)?;
@@ -196,6 +207,30 @@ impl Charge {
         }
     }
 
+    /// The largest period total this charge can price within [`MAX_PERIOD_AMOUNT`] (and at most
+    /// [`MAX_PERIOD_TOTAL`]): a conservative bound from the highest unit rate and every flat
+    /// fee, so that `price(total)` of any total up to it fits the tables exactly.
+    pub fn max_total(&self) -> Decimal {
+        let (rate, fees) = match &self.model {
+            ChargeModel::PerUnit { unit_price } => (*unit_price, Decimal::ZERO),
+            ChargeModel::Graduated { tiers } | ChargeModel::Volume { tiers } => (
+                tiers.iter().map(|t| t.unit_price).max().unwrap_or_default(),
+                tiers.iter().try_fold(Decimal::ZERO, |a, t| a.checked_add(t.flat_fee)).unwrap_or(MAX_PERIOD_AMOUNT),
+            ),
+            ChargeModel::Package { package_size, package_price } if *package_size > Decimal::ZERO => {
+                (package_price.checked_div(*package_size).unwrap_or(MAX_PERIOD_AMOUNT), *package_price)
+            }
+            ChargeModel::Package { .. } => (Decimal::ZERO, Decimal::ZERO),
+        };
+        let room = (MAX_PERIOD_AMOUNT - fees.min(MAX_PERIOD_AMOUNT)).max(Decimal::ZERO);
+        let by_amount = if rate <= Decimal::ZERO {
+            MAX_PERIOD_TOTAL
+        } else {
+            room.checked_div(rate).map_or(Decimal::ZERO, |q| q.floor()).saturating_add(self.included)
+        };
+        by_amount.min(MAX_PERIOD_TOTAL)
+    }
+
     /// The amount of a row that moved the period total from `before` to `after`.
     pub fn rate_delta(&self, before: Decimal, after: Decimal) -> Result<Decimal, RaterError> {
         Ok(self.price(after)? - self.price(before)?)
@@ -206,6 +241,31 @@ impl Charge {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_capacity_bounds_are_the_documented_powers_of_ten() {
+        assert_eq!(MAX_PERIOD_TOTAL.to_string(), "100000000000000000000");
+        assert_eq!(MAX_PERIOD_AMOUNT.to_string(), "1000000000000000000");
+    }
+
+    #[test]
+    fn every_total_up_to_the_capacity_of_a_charge_prices_within_the_amount_bound() {
+        for c in models() {
+            let max = c.max_total();
+            assert!(max > Decimal::ZERO && max <= MAX_PERIOD_TOTAL, "{max}");
+            let price = c.price(max).unwrap();
+            assert!(price <= MAX_PERIOD_AMOUNT, "{c:?}: price({max}) = {price}");
+        }
+        let dear = Charge {
+            meter: "m".into(),
+            included: d("10"),
+            model: ChargeModel::PerUnit { unit_price: d("1000000") },
+            item: None,
+            revenue_account: None,
+        };
+        assert_eq!(dear.max_total(), d("1000000000010"));
+        assert_eq!(dear.price(dear.max_total()).unwrap(), MAX_PERIOD_AMOUNT);
+    }
 
     fn d(s: &str) -> Decimal {
         s.parse().unwrap()

@@ -29,7 +29,7 @@ mod rounding;
 mod subscription;
 mod totals;
 
-pub use charge::{Charge, ChargeModel, Tier, TierLine, MAX_PRICE_SCALE};
+pub use charge::{Charge, ChargeModel, Tier, TierLine, MAX_PERIOD_AMOUNT, MAX_PERIOD_TOTAL, MAX_PRICE_SCALE};
 pub use currency::{minor_units, Currency};
 pub use period::{active_days, minimum_true_up, prorate, Period};
 pub use plan::{parse_instant, Plan, PlanConfig, PlanVersion, PlanVersionConfig, PriceBook, RaterError};

@@ -25,12 +25,14 @@ pub struct PeriodTotals {
 }
 
 impl PeriodTotals {
-    /// Adds `delta` to the total of `key`; returns the total before and after.
-    pub fn advance(&mut self, key: TotalKey, delta: Decimal) -> (Decimal, Decimal) {
+    /// Adds `delta` to the total of `key`; returns the total before and after, or `None` (and
+    /// changes nothing) when the sum cannot be represented exactly. The pipeline keeps totals
+    /// within [`crate::MAX_PERIOD_TOTAL`] before they get here, so `None` is a bug, not input.
+    pub fn advance(&mut self, key: TotalKey, delta: Decimal) -> Option<(Decimal, Decimal)> {
         let entry = self.totals.entry(key).or_default();
         let before = *entry;
-        *entry += delta;
-        (before, *entry)
+        *entry = before.checked_add(delta)?;
+        Some((before, *entry))
     }
 
     /// The current total of `key`.

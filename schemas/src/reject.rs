@@ -40,6 +40,10 @@ pub enum RejectReason {
     NegativeValue,
     /// The meter value has more fractional digits than the tables store exactly.
     ValueTooPrecise,
+    /// The meter value is beyond the per-event bound ([`crate::MAX_EVENT_VALUE`]), or adding it
+    /// would take its billing-period total, or that total's price, beyond what the tables hold
+    /// exactly (DECIMAL(38, 9) quantities, DECIMAL(38, 18) amounts).
+    ValueOutOfRange,
     /// The event's `subject` maps to no customer in the reference data.
     UnknownSubject,
     /// The customer's usage may only arrive on its own NATS subjects (`publish_subjects` in the
@@ -55,7 +59,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, in code order (for metrics and documentation).
-    pub const ALL: [RejectReason; 22] = [
+    pub const ALL: [RejectReason; 23] = [
         RejectReason::InvalidJson,
         RejectReason::NotAnEvent,
         RejectReason::EmptyBatch,
@@ -73,6 +77,7 @@ impl RejectReason {
         RejectReason::InvalidValue,
         RejectReason::NegativeValue,
         RejectReason::ValueTooPrecise,
+        RejectReason::ValueOutOfRange,
         RejectReason::UnknownSubject,
         RejectReason::SubjectNotAllowed,
         RejectReason::NoSubscription,
@@ -100,6 +105,7 @@ impl RejectReason {
             RejectReason::InvalidValue => "invalid_value",
             RejectReason::NegativeValue => "negative_value",
             RejectReason::ValueTooPrecise => "value_too_precise",
+            RejectReason::ValueOutOfRange => "value_out_of_range",
             RejectReason::UnknownSubject => "unknown_subject",
             RejectReason::SubjectNotAllowed => "subject_not_allowed",
             RejectReason::NoSubscription => "no_subscription",

@@ -11,13 +11,20 @@ use crate::reject::RejectReason;
 /// being rounded silently.
 pub const MAX_VALUE_SCALE: u32 = 9;
 
+/// The largest meter value one event may carry: 10^15 (a quadrillion requests, tokens or
+/// bytes). Larger values are rejected as [`RejectReason::ValueOutOfRange`]: with 9 fractional
+/// digits they still fit the tables one by one, and the bound keeps the sums of many of them far
+/// from what exact decimals (28 digits) and the DECIMAL(38, 9) column can hold.
+pub const MAX_EVENT_VALUE: Decimal = Decimal::from_parts(2_764_472_320, 232_830, 0, false, 0);
+
 /// Reads an exact decimal from the raw JSON text of a value: a JSON number (`12`, `0.5`,
 /// `1.5e3`) or a string holding a decimal (`"12.25"`). The text is parsed directly into a
 /// [`Decimal`]; it never passes through a float.
 ///
 /// Errors: [`RejectReason::InvalidValue`] for anything that is not an exact decimal (booleans,
 /// objects, `"NaN"`, numbers beyond 28 significant digits), [`RejectReason::NegativeValue`] for
-/// values below zero, [`RejectReason::ValueTooPrecise`] beyond [`MAX_VALUE_SCALE`] fractional digits.
+/// values below zero, [`RejectReason::ValueTooPrecise`] beyond [`MAX_VALUE_SCALE`] fractional digits,
+/// [`RejectReason::ValueOutOfRange`] above [`MAX_EVENT_VALUE`].
 pub fn parse_decimal(raw: &RawValue) -> Result<Decimal, (RejectReason, String)> {
     let text = raw.get().trim();
     let number_text: Cow<'_, str> = if text.starts_with('"') {
@@ -41,6 +48,12 @@ pub fn parse_decimal(raw: &RawValue) -> Result<Decimal, (RejectReason, String)> 
         return Err((RejectReason::NegativeValue, format!("{text} is negative")));
     }
     let value = value.normalize();
+    if value > MAX_EVENT_VALUE {
+        return Err((
+            RejectReason::ValueOutOfRange,
+            format!("{text} is above the largest value one event may carry ({MAX_EVENT_VALUE})"),
+        ));
+    }
     if value.scale() > MAX_VALUE_SCALE {
         return Err((
             RejectReason::ValueTooPrecise,
@@ -144,15 +157,23 @@ mod tests {
     }
 
     #[test]
+    fn a_value_at_the_per_event_bound_is_accepted_and_one_just_above_it_is_out_of_range() {
+        assert_eq!(MAX_EVENT_VALUE.to_string(), "1000000000000000");
+        assert_eq!(parse_decimal(&raw("1000000000000000")).unwrap(), MAX_EVENT_VALUE);
+        assert_eq!(parse_decimal(&raw("\"1e15\"")).unwrap(), MAX_EVENT_VALUE);
+        for above in ["1000000000000000.000000001", "\"1e26\"", "1e26", "79000000000000000000000000000"] {
+            let (reason, detail) = parse_decimal(&raw(above)).unwrap_err();
+            assert_eq!(reason, RejectReason::ValueOutOfRange, "{above}: {detail}");
+        }
+    }
+
+    #[test]
     fn numbers_and_decimal_strings_parse_exactly() {
         assert_eq!(parse_decimal(&raw("3")).unwrap().to_string(), "3");
         assert_eq!(parse_decimal(&raw("\"0.1\"")).unwrap().to_string(), "0.1");
         assert_eq!(parse_decimal(&raw("0.30000000000000004")).unwrap_err().0, RejectReason::ValueTooPrecise);
         assert_eq!(parse_decimal(&raw("1.5e3")).unwrap().to_string(), "1500");
-        assert_eq!(
-            parse_decimal(&raw("1234567890123456789.000000001")).unwrap().to_string(),
-            "1234567890123456789.000000001"
-        );
+        assert_eq!(parse_decimal(&raw("123456789012345.000000001")).unwrap().to_string(), "123456789012345.000000001");
         // Beyond 28 significant digits a decimal cannot be held exactly: rejected, not rounded.
         assert_eq!(parse_decimal(&raw("99999999999999999999.000000001")).unwrap_err().0, RejectReason::InvalidValue);
     }

@@ -24,4 +24,17 @@ pub enum SinkError {
     /// The data directory does not exist or is not usable.
     #[error("data directory {path}: {message}")]
     DataDir { path: String, message: String },
+    /// The table's recorded stream progress moved by another writer's hand since this writer's
+    /// last commit (a second pipeline on the same data directory and stream, or a stale worker
+    /// after a failover). Not retryable: this writer must stop without acknowledging anything.
+    #[error(
+        "{table}: fenced out: the table records stream sequence {recorded} but this writer last committed {expected} \
+         (another meterflow run committed this stream's progress); stopping without acknowledging"
+    )]
+    Fenced { table: String, recorded: u64, expected: u64 },
+    /// The tables were written from another incarnation of the stream than the one the broker
+    /// holds now (it was deleted and re-created, or lost its tail). Not retryable: an operator
+    /// decides.
+    #[error("{0}")]
+    StreamChanged(String),
 }

@@ -1,23 +1,27 @@
-//! The object store of the test build: the local file system, with the fault points of the
-//! Parquet write (`during_parquet_write`, `before_delta_commit`) on data-file uploads. Used only
-//! when `meterflow_faults::ENABLED`; normal builds open tables on the plain local store.
+//! The object store of the test build: the durable local store ([`SyncStore`]), with the fault
+//! points of the Parquet write (`during_parquet_write`, `before_delta_commit`) on data-file
+//! uploads. Used only when `meterflow_faults::ENABLED`; normal builds write tables through
+//! [`SyncStore`] alone.
 
 use deltalake::logstore::object_store::{
-    self, local::LocalFileSystem, path::Path, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
-    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+    self, path::Path, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 use futures::stream::BoxStream;
+use meterflow_faults::Point;
 use std::sync::Arc;
 
-/// Local files with fault points on Parquet uploads.
+use crate::sync_store::SyncStore;
+
+/// Durable local files with fault points on Parquet uploads.
 #[derive(Debug)]
 pub(crate) struct FaultStore {
-    inner: Arc<LocalFileSystem>,
+    inner: Arc<SyncStore>,
 }
 
 impl FaultStore {
     pub(crate) fn new() -> Self {
-        FaultStore { inner: Arc::new(LocalFileSystem::new()) }
+        FaultStore { inner: Arc::new(SyncStore::new()) }
     }
 }
 
@@ -25,6 +29,34 @@ impl std::fmt::Display for FaultStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "FaultStore({})", self.inner)
     }
+}
+
+/// True for a checkpoint file of a Delta log.
+fn is_checkpoint(location: &Path) -> bool {
+    location.as_ref().contains("_delta_log/") && location.as_ref().contains(".checkpoint")
+}
+
+/// The error a `fail@N` fault point returns.
+fn injected(point: Point, location: &Path) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "FaultStore",
+        source: format!("fault point {point} failed the write of {location}").into(),
+    }
+}
+
+/// Passes `after_log_entry` once a Delta log entry (`_delta_log/<version>.json`) is in place: a
+/// `fail@N` there makes the commit call fail although the commit exists, as a failed post-commit
+/// step (checkpoint, log clean-up, snapshot refresh) does.
+fn after_log_entry(to: &Path) -> object_store::Result<()> {
+    let name = to.filename().unwrap_or_default();
+    let is_entry = to.as_ref().contains("_delta_log/")
+        && name.len() == 25
+        && name.ends_with(".json")
+        && name.as_bytes()[..20].iter().all(u8::is_ascii_digit);
+    if is_entry && meterflow_faults::fires(Point::AfterLogEntry) {
+        return Err(injected(Point::AfterLogEntry, to));
+    }
+    Ok(())
 }
 
 /// A Parquet upload: the first part reaches the staging file before `during_parquet_write`
@@ -44,7 +76,7 @@ impl MultipartUpload for FaultUpload {
         Box::pin(async move {
             upload.await?;
             if first {
-                meterflow_faults::hit("during_parquet_write");
+                meterflow_faults::hit(Point::DuringParquetWrite);
             }
             Ok(())
         })
@@ -52,7 +84,7 @@ impl MultipartUpload for FaultUpload {
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         let result = self.inner.complete().await?;
-        meterflow_faults::hit("before_delta_commit");
+        meterflow_faults::hit(Point::BeforeDeltaCommit);
         Ok(result)
     }
 
@@ -72,8 +104,13 @@ impl ObjectStore for FaultStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        if !location.as_ref().ends_with(".parquet") {
-            return self.inner.put_opts(location, payload, opts).await;
+        if is_checkpoint(location) && meterflow_faults::fires(Point::CheckpointWrite) {
+            return Err(injected(Point::CheckpointWrite, location));
+        }
+        if !location.as_ref().ends_with(".parquet") || is_checkpoint(location) {
+            let put = self.inner.put_opts(location, payload, opts).await?;
+            after_log_entry(location)?;
+            return Ok(put);
         }
         let mut bytes = bytes::Bytes::from(payload);
         let first = bytes.split_to(bytes.len() / 2);
@@ -88,8 +125,11 @@ impl ObjectStore for FaultStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        if is_checkpoint(location) && meterflow_faults::fires(Point::CheckpointWrite) {
+            return Err(injected(Point::CheckpointWrite, location));
+        }
         let inner = self.inner.put_multipart_opts(location, opts).await?;
-        if location.as_ref().ends_with(".parquet") {
+        if location.as_ref().ends_with(".parquet") && !is_checkpoint(location) {
             Ok(Box::new(FaultUpload { inner, parts: 0 }))
         } else {
             Ok(inner)
@@ -132,7 +172,8 @@ impl ObjectStore for FaultStore {
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
+        self.inner.copy_opts(from, to, options).await?;
+        after_log_entry(to)
     }
 
     async fn rename_opts(
@@ -141,6 +182,7 @@ impl ObjectStore for FaultStore {
         to: &Path,
         options: object_store::RenameOptions,
     ) -> object_store::Result<()> {
-        self.inner.rename_opts(from, to, options).await
+        self.inner.rename_opts(from, to, options).await?;
+        after_log_entry(to)
     }
 }

@@ -11,6 +11,9 @@
 //!   StateStore: state snapshots (dedup + windows) named by the sequence they cover,
 //!               written only after the commit that covers that sequence.
 //!   sql::ReadOnlySql: DataFusion over the committed tables; DDL, DML and statements refused.
+//!   SyncStore: the local store every table writer uses; each write is fsynced before it
+//!               returns, so a returned commit (and the ack after it) is on disk.
+//!   vacuum_tables: VACUUM that keeps every file a version still in the log needs.
 //! ```
 //!
 //! The Delta application transaction is the single source of truth for progress: the broker
@@ -23,7 +26,9 @@ mod periods;
 mod rejections;
 pub mod sql;
 mod state;
+mod sync_store;
 mod table;
+mod vacuum;
 
 /// The Delta Lake crate the tables are written with (its `arrow` and `datafusion` versions).
 pub use deltalake;
@@ -31,12 +36,17 @@ pub use error::SinkError;
 pub use periods::{ClosedPeriod, PeriodTable, PERIODS_TABLE};
 pub use rejections::{RejectionRow, RejectionTable, DUPLICATES_TABLE, REJECTIONS_TABLE};
 pub use state::StateStore;
+pub use sync_store::{open_for_write, open_table_for_write, SyncStore};
+pub use vacuum::{vacuum_tables, Vacuumed};
 // The SummaryRow → Arrow step of every commit, public so `benches/benches/parquet_encode.rs`
 // can measure it on its own.
 pub use table::encode_rows;
 pub use table::{
-    open_or_create_table, summaries_schema, table_url, RowKind, SummaryRow, SummaryTable, APP_ID, SUMMARIES_TABLE,
+    open_or_create_table, summaries_schema, table_url, CommitRange, Committed, RowKind, SummaryRow, SummaryTable,
+    APP_ID, STREAM_APP_ID, SUMMARIES_TABLE,
 };
+
+pub use table::SUMMARIES_RETENTION;
 
 /// Result alias for this crate.
 pub type Result<T, E = SinkError> = std::result::Result<T, E>;

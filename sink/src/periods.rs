@@ -13,7 +13,8 @@ use deltalake::arrow::array::{
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::execution::context::SessionContext;
-use deltalake::kernel::{DataType, StructField};
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{DataType, StructField, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use std::collections::BTreeMap;
@@ -126,7 +127,11 @@ impl PeriodTable {
         Ok(out)
     }
 
-    /// Records that `period` ([start, end)) closed, sealing `sealed_version` of the summaries.
+    /// Records that `period` ([start, end)) closed, sealing `sealed_version` of the summaries,
+    /// and returns the close that stands: this one, or one recorded before it. Each close
+    /// commits the application transaction `meterflow-close-<period>`, so of two closes racing
+    /// (the pipeline's watermark close and `meterflow close`) Delta lets exactly one commit; the
+    /// other finds it on re-reading. A period therefore has one close row, whatever the clocks.
     pub async fn close(
         &mut self,
         period: &str,
@@ -134,7 +139,12 @@ impl PeriodTable {
         end: DateTime<Utc>,
         closed_by: &str,
         sealed_version: u64,
-    ) -> Result<()> {
+    ) -> Result<ClosedPeriod> {
+        if let Some(c) = self.closed().await?.remove(period) {
+            return Ok(c);
+        }
+        // Microseconds, as the table stores it: what this call returns equals what a re-read gives.
+        let closed_at = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap_or_default();
         let schema = Arc::new(Schema::new(vec![
             Field::new("period", ArrowType::Utf8, false),
             Field::new("period_start", ts(), false),
@@ -158,7 +168,7 @@ impl PeriodTable {
             Arc::new(p.finish()),
             stamp(start),
             stamp(end),
-            stamp(Utc::now()),
+            stamp(closed_at),
             Arc::new(by.finish()),
             Arc::new(v.finish()),
         ];
@@ -168,15 +178,57 @@ impl PeriodTable {
             Some(t) => t,
             None => deltalake::open_table(table_url(&self.data_dir, PERIODS_TABLE)?).await.map_err(err)?,
         };
-        let t = table.write(vec![batch]).with_save_mode(SaveMode::Append).await.map_err(err)?;
-        self.table = Some(t);
-        Ok(())
+        let props = CommitProperties::default()
+            .with_application_transaction(Transaction::new(format!("meterflow-close-{period}"), 1));
+        match table.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(props).await {
+            Ok(t) => {
+                self.table = Some(t);
+                Ok(ClosedPeriod {
+                    period: period.to_string(),
+                    closed_at,
+                    closed_by: closed_by.to_string(),
+                    sealed_version: i64::try_from(sealed_version).unwrap_or(i64::MAX),
+                })
+            }
+            // Lost a race to another close of the same period: that one stands.
+            Err(e) => match self.closed().await?.remove(period) {
+                Some(c) => Ok(c),
+                None => Err(err(e)),
+            },
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Found in review: two racing closes of one period were told apart by their wall-clock
+    // closed_at. Now only one can commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn of_two_closes_racing_for_a_period_exactly_one_is_recorded_and_both_see_it() {
+        let dir = tempfile::tempdir().unwrap();
+        PeriodTable::open_or_create(dir.path()).await.unwrap();
+        let start = DateTime::from_timestamp(1_793_491_200, 0).unwrap();
+        let closers: Vec<_> = [("manual", 7u64), ("watermark", 9)]
+            .into_iter()
+            .map(|(by, v)| {
+                let path = dir.path().to_path_buf();
+                tokio::spawn(async move {
+                    let mut t = PeriodTable::open_or_create(&path).await.unwrap();
+                    t.close("2026-11", start, start, by, v).await.unwrap()
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for c in closers {
+            seen.push(c.await.unwrap());
+        }
+        assert_eq!(seen[0], seen[1], "both closers report the close that stands");
+        let sql = crate::sql::ReadOnlySql::open(dir.path()).await.unwrap();
+        let b = sql.query("SELECT COUNT(*) AS n FROM billing_periods").await.unwrap();
+        assert_eq!(crate::sql::render(&b, crate::sql::Format::Csv).unwrap(), "n\n1\n");
+    }
 
     #[tokio::test]
     async fn a_close_is_recorded_once_and_read_back() {
@@ -185,7 +237,8 @@ mod tests {
         assert!(t.closed().await.unwrap().is_empty());
         let start = DateTime::from_timestamp(1_793_491_200, 0).unwrap();
         t.close("2026-11", start, start, "manual", 7).await.unwrap();
-        t.close("2026-11", start, start, "watermark", 9).await.unwrap();
+        let second = t.close("2026-11", start, start, "watermark", 9).await.unwrap();
+        assert_eq!((second.closed_by.as_str(), second.sealed_version), ("manual", 7), "the first close stands");
         let closed = PeriodTable::open_or_create(dir.path()).await.unwrap().closed().await.unwrap();
         assert_eq!(closed.len(), 1);
         assert_eq!((closed["2026-11"].closed_by.as_str(), closed["2026-11"].sealed_version), ("manual", 7));

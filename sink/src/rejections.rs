@@ -106,10 +106,36 @@ impl RejectionTable {
         Ok(RejectionTable { data_dir: data_dir.to_path_buf(), table: Some(table), name, app_id })
     }
 
-    /// The last stream sequence whose rejections are committed (0 when none).
-    pub async fn committed_seq(&self) -> Result<u64> {
+    /// The last stream sequence whose rejections are committed (0 when none), read from the
+    /// table: a handle lost to a failed write is reopened first (a failed call may still have
+    /// committed, so "no handle" never means "nothing committed").
+    pub async fn committed_seq(&mut self) -> Result<u64> {
+        if self.table.is_none() {
+            let url = table_url(&self.data_dir, self.name)?;
+            self.table = Some(deltalake::open_table(url).await.map_err(|e| self.err(e))?);
+        }
         let Some(t) = self.table.as_ref() else { return Ok(0) };
         app_transaction_version(t, self.app_id).await.map_err(|e| self.err(e))
+    }
+
+    /// Starts the recorded progress over at sequence 0 (`meterflow run --adopt-stream`: the
+    /// stream's sequence numbers begin again). Rows already in the table stay.
+    pub async fn start_over(&mut self) -> Result<()> {
+        let table = match self.table.take() {
+            Some(t) => t,
+            None => deltalake::open_table(table_url(&self.data_dir, self.name)?).await.map_err(|e| self.err(e))?,
+        };
+        let snapshot = table.snapshot().map_err(|e| self.err(e))?;
+        let props = CommitProperties::default().with_application_transaction(Transaction::new(self.app_id, 0));
+        let operation =
+            deltalake::protocol::DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+        deltalake::kernel::transaction::CommitBuilder::from(props)
+            .with_actions(vec![])
+            .build(Some(snapshot), table.log_store(), operation)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.table = None;
+        Ok(())
     }
 
     /// Appends the rejections of the range ending at `through_seq` (rows at or below the
@@ -171,6 +197,7 @@ impl RejectionTable {
             Some(t) => t,
             None => deltalake::open_table(table_url(&self.data_dir, self.name)?).await.map_err(|e| self.err(e))?,
         };
+        // Any failure below drops the handle: the next attempt reopens and re-reads.
         match table.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(props).await {
             Ok(t) => {
                 self.table = Some(t);
@@ -205,6 +232,9 @@ mod tests {
         t.commit(&[row(2, "too_old"), row(5, "invalid_json"), row(7, "too_old")], 7).await.unwrap();
         t.commit(&[row(7, "too_old")], 7).await.unwrap();
         assert_eq!(t.committed_seq().await.unwrap(), 7);
+        // A retry after a failed call (the handle is gone; the commit may have landed).
+        t.table = None;
+        t.commit(&[row(7, "too_old")], 7).await.unwrap();
         let sql = crate::sql::ReadOnlySql::open(dir.path()).await.unwrap();
         let b =
             sql.query("SELECT reason, COUNT(*) AS n FROM rejections GROUP BY reason ORDER BY reason").await.unwrap();

@@ -15,7 +15,7 @@ use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::table::{table_url, SUMMARIES_TABLE};
+use crate::table::{has_commit, table_url, SUMMARIES_TABLE};
 use crate::{Result, SinkError};
 
 /// SQL of the `window_totals` view: the value of each window with its rows summed.
@@ -40,9 +40,10 @@ FROM (SELECT *, (CAST(arrived_at AS BIGINT) - CAST(window_end AS BIGINT)) / 1000
 FROM usage_summaries WHERE row_kind IN ('late', 'adjustment')) \
 GROUP BY 1, 2, 3";
 
-/// The Delta tables under `data_dir` (folders with a `_delta_log`, named as plain SQL
-/// identifiers), sorted: the pipeline's tables and the billing tables alike.
-fn table_names(data_dir: &Path) -> Result<Vec<String>> {
+/// The Delta tables under `data_dir` (folders whose `_delta_log` holds a commit, named as plain
+/// SQL identifiers), sorted: the pipeline's tables and the billing tables alike. A table another
+/// process is still creating (a log folder without its first commit) is not one yet.
+pub(crate) fn table_names(data_dir: &Path) -> Result<Vec<String>> {
     let err = |e: std::io::Error| SinkError::DataDir { path: data_dir.display().to_string(), message: e.to_string() };
     let mut names = Vec::new();
     for entry in std::fs::read_dir(data_dir).map_err(err)? {
@@ -50,7 +51,7 @@ fn table_names(data_dir: &Path) -> Result<Vec<String>> {
         let name = entry.file_name().to_string_lossy().to_string();
         let plain = name.starts_with(|c: char| c.is_ascii_lowercase())
             && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if plain && entry.path().join("_delta_log").is_dir() {
+        if plain && has_commit(&entry.path().join("_delta_log")) {
             names.push(name);
         }
     }
@@ -284,8 +285,8 @@ mod tests {
     async fn fixture() -> (tempfile::TempDir, ReadOnlySql) {
         let dir = tempfile::tempdir().unwrap();
         let mut t = SummaryTable::open_or_create(dir.path()).await.unwrap();
-        t.commit(&[row("0.1", "0.00002", 1)], 1).await.unwrap();
-        t.commit(&[row("0.2", "0.00004", 2)], 2).await.unwrap();
+        t.commit(&[row("0.1", "0.00002", 1)], crate::table::tests::range(0, 1)).await.unwrap();
+        t.commit(&[row("0.2", "0.00004", 2)], crate::table::tests::range(1, 2)).await.unwrap();
         let sql = ReadOnlySql::open(dir.path()).await.unwrap();
         (dir, sql)
     }

@@ -75,7 +75,7 @@ impl StateStore {
             f.write_all(&xxh3_64(state).to_le_bytes()).map_err(io_err(&tmp))?;
             f.sync_all().map_err(io_err(&tmp))?;
         }
-        meterflow_faults::hit("during_snapshot");
+        meterflow_faults::hit(meterflow_faults::Point::DuringSnapshot);
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
         let seqs = self.list()?;
@@ -86,6 +86,31 @@ impl StateStore {
             }
         }
         Ok(())
+    }
+
+    /// Moves every snapshot into `set-aside-<n>/` beside them (kept for inspection, never read
+    /// again): the state of a stream the pipeline no longer reads. Returns how many.
+    pub fn set_aside_all(&self) -> Result<usize> {
+        let seqs = self.list()?;
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let mut n = 0;
+        let aside = loop {
+            let candidate = self.dir.join(format!("set-aside-{n}"));
+            if !candidate.exists() {
+                break candidate;
+            }
+            n += 1;
+        };
+        fs::create_dir_all(&aside).map_err(io_err(&aside))?;
+        for seq in &seqs {
+            let from = self.path_for(*seq);
+            let to = aside.join(from.file_name().unwrap_or_default());
+            fs::rename(&from, &to).map_err(io_err(&from))?;
+        }
+        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
+        Ok(seqs.len())
     }
 
     /// The newest intact snapshot covering at most `max_seq`: `(seq, state bytes)`.

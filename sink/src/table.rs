@@ -18,6 +18,9 @@ use crate::{Result, SinkError};
 pub const SUMMARIES_TABLE: &str = "usage_summaries";
 /// Application id of the Delta application transaction that records stream progress.
 pub const APP_ID: &str = "meterflow-pipeline";
+/// Application id of the transaction that records which stream incarnation the progress
+/// belongs to (version = the stream's creation time in Unix microseconds).
+pub const STREAM_APP_ID: &str = "meterflow-stream";
 
 /// Fractional digits of `quantity` (DECIMAL(38, 9)).
 pub const QUANTITY_SCALE: u32 = 9;
@@ -258,6 +261,39 @@ pub struct SummaryTable {
     path: PathBuf,
     table: Option<DeltaTable>,
     commits_since_open: u64,
+    /// True while `table` is the handle this writer's own last commit returned (its snapshot
+    /// holds this writer's progress).
+    own_handle: bool,
+}
+
+/// The stream range one commit covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitRange {
+    /// The sequence this writer last committed (the table must still record it).
+    pub after: u64,
+    /// The last sequence the commit covers.
+    pub through: u64,
+    /// The identity of the stream the range belongs to (see [`SummaryTable::stream_identity`]).
+    pub stream: Option<i64>,
+}
+
+/// What [`SummaryTable::commit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// This call wrote the commit, at this table version.
+    Written(u64),
+    /// An earlier attempt had committed the range (its call failed after the log entry was
+    /// written); nothing was written again. The table's version now.
+    AlreadyThere(u64),
+}
+
+impl Committed {
+    /// The table version holding the range.
+    pub fn version(self) -> u64 {
+        match self {
+            Committed::Written(v) | Committed::AlreadyThere(v) => v,
+        }
+    }
 }
 
 impl std::fmt::Debug for SummaryTable {
@@ -270,8 +306,21 @@ fn delta_err(e: DeltaTableError) -> SinkError {
     SinkError::Delta { table: SUMMARIES_TABLE.into(), source: e }
 }
 
-/// Opens the Delta table `name` under `data_dir`, creating it with `columns` when absent. Every
-/// meterflow table is created through here.
+/// How long `usage_summaries` keeps its log, and the files that compaction replaced: every
+/// version a finalized invoice was sealed at stays readable this long (`meterflow invoice`
+/// reproduces invoices from them), and a vacuum by any engine that honours the table's
+/// `delta.deletedFileRetentionDuration` keeps their files.
+pub const SUMMARIES_RETENTION: &str = "interval 400 days";
+
+/// Opens the Delta table `name` under `data_dir` for writing, creating it with `columns` and
+/// `properties` when absent. Every meterflow table is created through here, and the handle it
+/// returns writes through [`SyncStore`](crate::sync_store::SyncStore) (fsync before a write
+/// returns; see `sync_store.rs`).
+///
+/// An existing table gets any retention property of `properties` it holds shorter (or not at
+/// all, so shorter by default): retention only ever grows here, an operator's longer setting
+/// stays. This is how a table created by an older meterflow gets
+/// `delta.deletedFileRetentionDuration` (see [`SummaryTable::open_or_create`]).
 pub async fn open_or_create_table(
     data_dir: &Path,
     name: &str,
@@ -296,13 +345,22 @@ pub async fn open_or_create_table(
         attempts += 1;
         // Check for a commit first: opening a missing table makes the kernel log an error.
         if has_commit(&log) {
-            return deltalake::open_table(url).await.map_err(err);
+            match crate::sync_store::open_for_write(url.clone()).await {
+                Ok(table) => return ensure_retention(table, name, &properties).await,
+                // has_commit saw a finished log entry, so this should not happen; should a
+                // listing still race a creator ("No files in log segment"), look again.
+                Err(DeltaTableError::NotATable(_)) if attempts < CREATE_ATTEMPTS => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => return Err(err(e)),
+            }
         }
         let turn = CREATING.lock().await;
         if has_commit(&log) {
             continue;
         }
-        let create = deltalake::DeltaTableBuilder::from_url(url.clone())
+        let create = crate::sync_store::writer_builder(url.clone())
             .and_then(|b| b.build())
             .map_err(err)?
             .create()
@@ -314,24 +372,97 @@ pub async fn open_or_create_table(
         let created = create.await;
         drop(turn);
         match created {
-            Ok(table) => return Ok(table),
+            Ok(table) => {
+                // The table folder is new: make its name in the data directory durable too
+                // (SyncStore synced `_delta_log` and its entry).
+                crate::sync_store::sync_dir(data_dir)
+                    .map_err(|e| SinkError::DataDir { path: data_dir.display().to_string(), message: e.to_string() })?;
+                return Ok(table);
+            }
             Err(_) if has_commit(&log) => continue,
-            Err(_) if attempts < 20 => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            Err(_) if attempts < CREATE_ATTEMPTS => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
             Err(e) => return Err(err(e)),
         }
     }
 }
 
-/// True when the log folder `log` holds a commit or checkpoint (`<20-digit version>.…`), not
-/// only the temporary files of a commit being written.
-fn has_commit(log: &Path) -> bool {
-    std::fs::read_dir(log).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.len() > 20 && name.as_bytes()[..20].iter().all(u8::is_ascii_digit) && name.as_bytes()[20] == b'.'
-        })
-    })
+/// Turns [`open_or_create_table`] takes before giving up (50 ms apart).
+const CREATE_ATTEMPTS: u32 = 20;
+
+/// Sets each retention interval of `wanted` that `table` holds shorter (an absent property
+/// counts as Delta's default: 7 days for deleted files, 30 days for the log). Other properties
+/// apply at creation only. Two openers may race to set the same value: the loser re-reads the
+/// table and finds it done.
+async fn ensure_retention(mut table: DeltaTable, name: &str, wanted: &[(TableProperty, &str)]) -> Result<DeltaTable> {
+    use deltalake::table::config::TablePropertiesExt as _;
+    let err = |e| SinkError::Delta { table: name.to_string(), source: e };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let config = table.snapshot().map_err(err)?.table_config();
+        let mut shorter = std::collections::HashMap::new();
+        for (key, value) in wanted {
+            let held = match key {
+                TableProperty::DeletedFileRetentionDuration => config.deleted_file_retention_duration(),
+                TableProperty::LogRetentionDuration => config.log_retention_duration(),
+                _ => continue,
+            };
+            let want = interval(value).ok_or_else(|| SinkError::Encode {
+                table: name.to_string(),
+                message: format!("{} = {value:?} is not an interval such as 'interval 400 days'", key.as_ref()),
+            })?;
+            if held < want {
+                shorter.insert(key.as_ref().to_string(), (*value).to_string());
+            }
+        }
+        if shorter.is_empty() {
+            return Ok(table);
+        }
+        tracing::info!(table = name, properties = ?shorter, "raising the table's retention");
+        match table.clone().set_tbl_properties().with_properties(shorter).await {
+            Ok(t) => return Ok(t),
+            Err(e) if attempts < CREATE_ATTEMPTS => {
+                tracing::debug!(table = name, error = %e, "setting retention raced another writer; reading again");
+                table.update_state().await.map_err(err)?;
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+}
+
+/// A Delta interval (`interval 400 days`; units from seconds to weeks), as Delta parses it.
+fn interval(value: &str) -> Option<std::time::Duration> {
+    let mut words = value.split_whitespace();
+    let (Some("interval"), Some(n), Some(unit), None) = (words.next(), words.next(), words.next(), words.next()) else {
+        return None;
+    };
+    let n: u64 = n.parse().ok()?;
+    let seconds = match unit {
+        "second" | "seconds" => 1,
+        "minute" | "minutes" => 60,
+        "hour" | "hours" => 3_600,
+        "day" | "days" => 86_400,
+        "week" | "weeks" => 604_800,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(n.checked_mul(seconds)?))
+}
+
+/// True when the log folder `log` holds a commit (`<20-digit version>.json`) or a checkpoint
+/// (`<version>.checkpoint.parquet`, or a part or v2 checkpoint `<version>.checkpoint.….parquet`).
+/// Nothing else counts: object_store's `LocalFileSystem` writes each file through a staging file
+/// named `<final name>#<n>` (`00000000000000000000.json#1` while a creator writes version 0),
+/// and the log also holds checksums (`.crc`) and temporary commit files.
+pub(crate) fn has_commit(log: &Path) -> bool {
+    std::fs::read_dir(log)
+        .is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_str().is_some_and(is_log_entry)))
+}
+
+/// A finished commit or checkpoint file name (see [`has_commit`]).
+fn is_log_entry(name: &str) -> bool {
+    let Some((version, rest)) = name.split_at_checked(20) else { return false };
+    version.bytes().all(|b| b.is_ascii_digit())
+        && (rest == ".json" || (rest.starts_with(".checkpoint.") && rest.ends_with(".parquet")))
 }
 
 /// The version a table's application transaction `app_id` records (0 when none).
@@ -364,10 +495,16 @@ impl SummaryTable {
             SUMMARIES_TABLE,
             "meterflow rated usage summaries: rows are deltas; SUM(quantity) per window gives its value",
             delta_columns()?,
-            vec![(TableProperty::CheckpointInterval, "50"), (TableProperty::LogRetentionDuration, "interval 400 days")],
+            vec![
+                (TableProperty::CheckpointInterval, "50"),
+                (TableProperty::LogRetentionDuration, SUMMARIES_RETENTION),
+                // Files replaced by compaction stay as long as the log that can time-travel to
+                // them: a finalized invoice reads the table as of its sealed version.
+                (TableProperty::DeletedFileRetentionDuration, SUMMARIES_RETENTION),
+            ],
         )
         .await?;
-        let mut t = SummaryTable { path, table: Some(table), commits_since_open: 0 };
+        let mut t = SummaryTable { path, table: Some(table), commits_since_open: 0, own_handle: false };
         if meterflow_faults::ENABLED {
             t.reopen().await?; // on the store with the Parquet fault points
         }
@@ -403,19 +540,67 @@ impl SummaryTable {
         app_transaction_version(self.table()?, APP_ID).await.map_err(delta_err)
     }
 
-    /// Current table version.
+    /// The identity of the stream the committed progress belongs to (its creation time in Unix
+    /// microseconds, as every commit records it), or `None` for a table written before it was
+    /// recorded.
+    pub async fn stream_identity(&self) -> Result<Option<i64>> {
+        let table = self.table()?;
+        let snapshot = table.snapshot().map_err(delta_err)?;
+        snapshot.transaction_version(table.log_store().as_ref(), STREAM_APP_ID).await.map_err(delta_err)
+    }
+
+    /// Current table version, as last read (`None` before a handle is open).
     pub fn version(&self) -> Option<u64> {
         self.table.as_ref().and_then(|t| t.version())
     }
 
-    /// Atomically appends `rows` and records `through_seq` as the committed stream sequence.
-    /// With no rows, commits the progress alone. Returns the new table version.
-    pub async fn commit(&mut self, rows: &[SummaryRow], through_seq: u64) -> Result<u64> {
-        if self.table.is_none() || self.commits_since_open >= REOPEN_EVERY {
-            self.reopen().await?;
+    /// The table's version read from storage now (reopening a lost handle): what a period close
+    /// seals. Never a default: an error when the table cannot be read.
+    pub async fn current_version(&mut self) -> Result<u64> {
+        match self.table.as_mut() {
+            Some(t) => t.update_state().await.map_err(delta_err)?,
+            None => self.reopen().await?,
         }
-        let seq = seq_i64(through_seq, "through_seq")?;
-        let props = CommitProperties::default().with_application_transaction(Transaction::new(APP_ID, seq));
+        // The refreshed handle may hold other writers' commits: the next commit reads the
+        // recorded progress before writing instead of relying on the conflict check.
+        self.own_handle = false;
+        self.version().ok_or_else(|| SinkError::Encode {
+            table: SUMMARIES_TABLE.into(),
+            message: "the table has no version yet".into(),
+        })
+    }
+
+    /// Atomically appends `rows` and records `range.through` as the committed stream sequence
+    /// (with the stream's identity). With no rows, commits the progress alone.
+    ///
+    /// Safe to call again after any error, for the same range: a handle lost to a failed
+    /// attempt is reopened and the recorded progress re-read first. Recorded `range.through`
+    /// means an earlier attempt committed the range (its call failed after the log entry was
+    /// written, e.g. in the post-commit checkpoint): nothing is written again. Recorded
+    /// `range.after` means the range is not committed: it is written now. Anything else means
+    /// another writer moved the progress: [`SinkError::Fenced`], and nothing is written. While
+    /// the handle is the one this writer's own last commit returned, delta-rs's conflict check
+    /// (a concurrent commit carrying the same application id fails ours) covers the same case
+    /// without a read.
+    pub async fn commit(&mut self, rows: &[SummaryRow], range: CommitRange) -> Result<Committed> {
+        let fresh = self.table.is_none() || self.commits_since_open >= REOPEN_EVERY || !self.own_handle;
+        if fresh {
+            self.reopen().await?;
+            let recorded = self.committed_seq().await?;
+            if recorded == range.through && range.through > range.after {
+                self.own_handle = true;
+                return Ok(Committed::AlreadyThere(self.version().unwrap_or_default()));
+            }
+            if recorded != range.after {
+                return Err(SinkError::Fenced { table: SUMMARIES_TABLE.into(), recorded, expected: range.after });
+            }
+        }
+        let seq = seq_i64(range.through, "through_seq")?;
+        let mut txns = vec![Transaction::new(APP_ID, seq)];
+        if let Some(stream) = range.stream {
+            txns.push(Transaction::new(STREAM_APP_ID, stream));
+        }
+        let props = CommitProperties::default().with_application_transactions(txns);
         let result = if rows.is_empty() {
             self.commit_progress_only(props).await
         } else {
@@ -436,14 +621,31 @@ impl SummaryTable {
                 let v = t.version().unwrap_or_default();
                 self.table = Some(t);
                 self.commits_since_open += 1;
-                Ok(v)
+                self.own_handle = true;
+                Ok(Committed::Written(v))
             }
             Err(e) => {
-                // The handle may be stale or consumed; the next attempt reopens it.
+                // The handle may be stale or consumed; the next attempt reopens it and reads
+                // what is recorded before writing anything.
                 self.table = None;
+                self.own_handle = false;
                 Err(e)
             }
         }
+    }
+
+    /// Starts this table's progress over on another incarnation of the stream (`meterflow run
+    /// --adopt-stream`): records sequence 0 and the new stream's identity in one commit. Rows
+    /// already in the table stay; nothing of the old stream is read again.
+    pub async fn adopt_stream(&mut self, stream: i64) -> Result<u64> {
+        self.reopen().await?;
+        let props = CommitProperties::default()
+            .with_application_transactions(vec![Transaction::new(APP_ID, 0), Transaction::new(STREAM_APP_ID, stream)]);
+        let t = self.commit_progress_only(props).await?;
+        let v = t.version().unwrap_or_default();
+        self.table = Some(t);
+        self.own_handle = false;
+        Ok(v)
     }
 
     /// Appends adjustment rows (for example from `meterflow rerate`) without touching the
@@ -553,6 +755,53 @@ pub(crate) mod tests {
         }
     }
 
+    pub(crate) fn range(after: u64, through: u64) -> CommitRange {
+        CommitRange { after, through, stream: Some(42) }
+    }
+
+    async fn rows_in(dir: &Path) -> String {
+        let sql = crate::sql::ReadOnlySql::open(dir).await.unwrap();
+        let b = sql.query("SELECT COUNT(*) AS n, SUM(quantity) AS q FROM usage_summaries").await.unwrap();
+        crate::sql::render(&b, crate::sql::Format::Csv).unwrap()
+    }
+
+    // Found in review: a commit whose call failed after its log entry was written (post-commit
+    // checkpoint, log clean-up) was retried blindly and wrote its rows a second time.
+    #[tokio::test]
+    async fn a_commit_retried_after_its_log_entry_was_written_writes_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = SummaryTable::open_or_create(dir.path()).await.unwrap();
+        assert_eq!(t.commit(&[row("3", "0.0006", 7)], range(0, 7)).await.unwrap(), Committed::Written(1));
+        // The state a failed call leaves: no handle, the range's rows still in hand.
+        t.table = None;
+        t.own_handle = false;
+        assert_eq!(t.commit(&[row("3", "0.0006", 7)], range(0, 7)).await.unwrap(), Committed::AlreadyThere(1));
+        assert_eq!(rows_in(dir.path()).await, "n,q\n1,3.000000000\n");
+        assert_eq!(t.commit(&[row("1", "0.0002", 8)], range(7, 8)).await.unwrap(), Committed::Written(2));
+        assert_eq!(t.stream_identity().await.unwrap(), Some(42));
+    }
+
+    // Found in review: a second pipeline on the same data directory reopened its handle after a
+    // conflict and committed the same range again.
+    #[tokio::test]
+    async fn a_second_writer_whose_progress_was_moved_by_another_is_fenced_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = SummaryTable::open_or_create(dir.path()).await.unwrap();
+        let mut b = SummaryTable::open_or_create(dir.path()).await.unwrap();
+        a.commit(&[row("3", "0.0006", 5)], range(0, 5)).await.unwrap();
+        // b started when nothing was committed and now holds the same messages 1..=5.
+        let e = b.commit(&[row("3", "0.0006", 5)], range(0, 6)).await.unwrap_err();
+        assert!(matches!(e, SinkError::Fenced { recorded: 5, expected: 0, .. }), "{e}");
+        // b's own earlier range is not a licence either.
+        let mut b = SummaryTable::open_or_create(dir.path()).await.unwrap();
+        b.commit(&[], range(5, 6)).await.unwrap();
+        let e = a.commit(&[row("1", "0.0002", 7)], range(5, 7)).await.unwrap_err();
+        assert!(e.to_string().contains("Delta") || matches!(e, SinkError::Fenced { .. }), "{e}");
+        let e = a.commit(&[row("1", "0.0002", 7)], range(5, 7)).await.unwrap_err();
+        assert!(matches!(e, SinkError::Fenced { recorded: 6, expected: 5, .. }), "{e}");
+        assert_eq!(rows_in(dir.path()).await, "n,q\n1,3.000000000\n");
+    }
+
     #[test]
     fn decimals_convert_exactly_to_the_column_scale() {
         assert_eq!(to_unscaled("1.5".parse().unwrap(), 12, "q").unwrap(), 1_500_000_000_000);
@@ -565,8 +814,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut t = SummaryTable::open_or_create(dir.path()).await.unwrap();
         assert_eq!(t.committed_seq().await.unwrap(), 0);
-        t.commit(&[row("3", "0.0006", 7)], 7).await.unwrap();
-        t.commit(&[], 9).await.unwrap();
+        t.commit(&[row("3", "0.0006", 7)], range(0, 7)).await.unwrap();
+        t.commit(&[], range(7, 9)).await.unwrap();
         assert_eq!(t.committed_seq().await.unwrap(), 9);
         let reopened = SummaryTable::open_or_create(dir.path()).await.unwrap();
         assert_eq!(reopened.committed_seq().await.unwrap(), 9);
@@ -598,16 +847,94 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut t = SummaryTable::open_or_create(dir.path()).await.unwrap();
         for seq in 1..=5 {
-            t.commit(&[row("1", "0.0002", seq)], seq).await.unwrap();
+            t.commit(&[row("1", "0.0002", seq)], range(seq - 1, seq)).await.unwrap();
         }
         assert_eq!(t.file_count(), 5);
         let (removed, added) = t.compact().await.unwrap();
         assert_eq!((removed, added), (5, 1));
         assert_eq!(t.file_count(), 1);
         assert_eq!(t.committed_seq().await.unwrap(), 5);
-        t.commit(&[row("1", "0.0002", 6)], 6).await.unwrap();
+        t.commit(&[row("1", "0.0002", 6)], range(5, 6)).await.unwrap();
         let sql = crate::sql::ReadOnlySql::open(dir.path()).await.unwrap();
         let b = sql.query("SELECT SUM(quantity) AS q, COUNT(*) AS n FROM usage_summaries").await.unwrap();
         assert_eq!(crate::sql::render(&b, crate::sql::Format::Csv).unwrap(), "q,n\n6.000000000,6\n");
+    }
+
+    // Found in CI: `meterflow run` stopped at start with "Not a Delta table: No files in log
+    // segment" because the staging file of a creator's first commit counted as a commit.
+    #[test]
+    fn only_finished_commits_and_checkpoints_count_as_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("_delta_log");
+        assert!(!has_commit(&log), "no log folder");
+        std::fs::create_dir(&log).unwrap();
+        for unfinished in [
+            "00000000000000000000.json#1",
+            "00000000000000000000.json#12",
+            "_commit_0a1b2c3d.json.tmp",
+            "00000000000000000000.crc",
+            "00000000000000000010.checkpoint.parquet#1",
+            "0000000000000000000.json",
+            "0000000000000000000a.json",
+            "00000000000000000000.00000000000000000003.compacted.json",
+        ] {
+            std::fs::write(log.join(unfinished), b"").unwrap();
+        }
+        assert!(!has_commit(&log));
+        for entry in [
+            "00000000000000000000.json",
+            "00000000000000000010.checkpoint.parquet",
+            "00000000000000000010.checkpoint.0000000001.0000000002.parquet",
+            "00000000000000000010.checkpoint.80a083e8-7026-4e79-81be-64bd76c43a11.parquet",
+        ] {
+            std::fs::write(log.join(entry), b"").unwrap();
+            assert!(has_commit(&log), "{entry}");
+            std::fs::remove_file(log.join(entry)).unwrap();
+        }
+    }
+
+    #[test]
+    fn delta_intervals_parse_like_delta() {
+        assert_eq!(interval("interval 400 days"), Some(std::time::Duration::from_secs(400 * 86_400)));
+        assert_eq!(interval("interval 1 weeks"), Some(std::time::Duration::from_secs(7 * 86_400)));
+        assert_eq!(interval("interval 2 hour"), Some(std::time::Duration::from_secs(7_200)));
+        assert_eq!(interval("400 days"), None);
+        assert_eq!(interval("interval 400 fortnights"), None);
+        assert_eq!(interval("interval 400 days ago"), None);
+    }
+
+    fn file_retention(t: &DeltaTable) -> Option<std::time::Duration> {
+        t.snapshot().unwrap().table_config().deleted_file_retention_duration
+    }
+
+    // Found in review: usage_summaries kept its log 400 days but removed files only the 7-day
+    // default, so any VACUUM deleted files that month-old sealed versions (invoices) need.
+    #[tokio::test]
+    async fn summaries_keep_replaced_files_as_long_as_their_log_and_older_tables_are_raised_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = SummaryTable::open_or_create(dir.path()).await.unwrap();
+        assert_eq!(file_retention(t.table().unwrap()), interval(SUMMARIES_RETENTION));
+
+        // A table created before the property existed gets it when the pipeline opens it.
+        let old = tempfile::tempdir().unwrap();
+        let columns = delta_columns().unwrap();
+        let created = open_or_create_table(old.path(), SUMMARIES_TABLE, "old", columns, vec![]).await.unwrap();
+        assert_eq!(file_retention(&created), None);
+        let t = SummaryTable::open_or_create(old.path()).await.unwrap();
+        assert_eq!(file_retention(t.table().unwrap()), interval(SUMMARIES_RETENTION));
+        let reread = deltalake::open_table(table_url(old.path(), SUMMARIES_TABLE).unwrap()).await.unwrap();
+        assert_eq!(file_retention(&reread), interval(SUMMARIES_RETENTION));
+        let version = reread.version();
+        // Opening again changes nothing.
+        SummaryTable::open_or_create(old.path()).await.unwrap();
+        let reread = deltalake::open_table(table_url(old.path(), SUMMARIES_TABLE).unwrap()).await.unwrap();
+        assert_eq!(reread.version(), version);
+
+        // A longer retention set by an operator is never shortened.
+        let longer = tempfile::tempdir().unwrap();
+        let props = vec![(TableProperty::DeletedFileRetentionDuration, "interval 800 days")];
+        open_or_create_table(longer.path(), SUMMARIES_TABLE, "longer", delta_columns().unwrap(), props).await.unwrap();
+        let t = SummaryTable::open_or_create(longer.path()).await.unwrap();
+        assert_eq!(file_retention(t.table().unwrap()), interval("interval 800 days"));
     }
 }

@@ -23,9 +23,13 @@
 
 use anyhow::{Context, Result};
 use meterflow_aggregator::{Aggregator, AggregatorSnapshot};
-use meterflow_ingest::{Broker, Fetched, PendingPull, ShardedDedup};
+use meterflow_faults::Point;
+use meterflow_ingest::{Broker, Fetched, IngestError, Lease, PendingPull, RejectEnvelope, ShardedDedup};
 use meterflow_rater::{Period, PeriodTotals};
-use meterflow_sink::{ClosedPeriod, PeriodTable, RejectionRow, RejectionTable, StateStore, SummaryTable};
+use meterflow_sink::{
+    ClosedPeriod, CommitRange, PeriodTable, RejectionRow, RejectionTable, SinkError, StateStore, SummaryRow,
+    SummaryTable,
+};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -35,7 +39,9 @@ use crate::config::{Config, Reference};
 use crate::ops::metrics::label;
 use crate::ops::Ops;
 
+mod checks;
 mod stages;
+pub use checks::{check_retention, check_stream, StreamVerdict};
 pub use stages::{Input, Stages};
 
 /// Counters of one run, printed at exit.
@@ -165,8 +171,48 @@ pub struct Pipeline {
     ops: std::sync::Arc<Ops>,
     last_commit: Option<Instant>,
     lag_read_at: Option<Instant>,
-    /// The sequence a gap was last re-fetched from (a second gap there is a real hole).
+    /// The sequence a gap was last re-fetched from (a second gap there is asked of the stream).
     gap_refetched_at: Option<u64>,
+    /// A gap the stream itself confirmed holds no messages (passed over when seen again).
+    gap_confirmed: Option<u64>,
+    /// The writer lease: only its holder commits this stream's progress.
+    lease: Option<Lease>,
+    /// The identity of the stream being read (its creation time), recorded with every commit.
+    stream_id: i64,
+}
+
+/// How a pipeline starts.
+#[derive(Debug, Default)]
+pub struct StartOptions {
+    /// Start over on a stream that is not the one the tables' progress came from (deleted and
+    /// re-created, or truncated): `meterflow run --adopt-stream`.
+    pub adopt_stream: bool,
+    /// Flips to true to give up waiting as a standby for the writer lease.
+    pub shutdown: Option<watch::Receiver<bool>>,
+}
+
+/// What one commit writes, prepared from the stages before the first attempt.
+struct Outputs {
+    through: u64,
+    rows: Vec<SummaryRow>,
+    rejects: Vec<RejectEnvelope>,
+    rejection_rows: Vec<RejectionRow>,
+    duplicate_rows: Vec<RejectionRow>,
+}
+
+/// Whether the wall clock may move the stream clock: only when the stream itself says it holds
+/// nothing beyond what the pipeline has seen (`stream_last` below `next_seq`). An unanswered
+/// question (`None`: the broker is down) is a no.
+fn drained(stream_last: Option<u64>, next_seq: u64) -> bool {
+    stream_last.is_some_and(|last| last < next_seq)
+}
+
+/// True for the errors that mean another writer owns the stream now: stop, acknowledge nothing.
+fn is_fenced(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<SinkError>(), Some(SinkError::Fenced { .. }))
+            || matches!(c.downcast_ref::<IngestError>(), Some(IngestError::LeaseLost(_)))
+    })
 }
 
 impl Pipeline {
@@ -179,14 +225,88 @@ impl Pipeline {
 
     /// Like [`Pipeline::start`], recording metrics and live state into `ops`.
     pub async fn start_with_ops(config: Config, ops: std::sync::Arc<Ops>) -> Result<Pipeline> {
+        Pipeline::start_with(config, ops, StartOptions::default())
+            .await?
+            .context("stopped while waiting for the writer lease")
+    }
+
+    /// Connects, checks the stream, takes the writer lease (waiting as a standby while another
+    /// process holds it), opens the tables, restores state and positions the consumer. `None`
+    /// when `options.shutdown` flipped while waiting for the lease.
+    pub async fn start_with(
+        config: Config,
+        ops: std::sync::Arc<Ops>,
+        options: StartOptions,
+    ) -> Result<Option<Pipeline>> {
         let reference = Reference::load(&config)?;
         std::fs::create_dir_all(&config.storage.data_dir)
             .with_context(|| format!("cannot create data directory {}", config.storage.data_dir.display()))?;
-        let mut broker = Broker::connect(config.nats.clone()).await?;
+        let broker = Broker::connect(config.nats.clone()).await?;
         broker.ensure_streams().await?;
-        let table = SummaryTable::open_or_create(&config.storage.data_dir).await?;
+        let max_age = broker.stream_facts().await?.max_age;
+        let snapshot_every = Duration::from_millis(
+            config.pipeline.commit_interval_ms.saturating_mul(config.pipeline.snapshot_every_commits.max(1)),
+        );
+        check_retention(&config.nats.stream, max_age, config.pipeline.dedup_horizon_days, snapshot_every)
+            .map_err(anyhow::Error::msg)?;
+        let owner = format!(
+            "{}:{} ({})",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+            std::process::id(),
+            config.storage.data_dir.display()
+        );
+        let stop = options.shutdown.clone();
+        let lease =
+            Lease::acquire(broker.jetstream(), &config.nats, owner, || stop.as_ref().is_some_and(|s| *s.borrow()))
+                .await?;
+        let Some(lease) = lease else { return Ok(None) };
+        match Pipeline::open(config, ops, reference, broker, options.adopt_stream).await {
+            Ok(mut pipeline) => {
+                pipeline.lease = Some(lease);
+                Ok(Some(pipeline))
+            }
+            Err(e) => {
+                // A standby need not wait for the lease to expire.
+                lease.release().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The start-up steps taken while holding the writer lease: everything read here is what
+    /// the previous writer left. The stream's facts are read here too, not before the lease: a
+    /// standby that waited has seen the stream grow and the tables commit meanwhile.
+    async fn open(
+        config: Config,
+        ops: std::sync::Arc<Ops>,
+        reference: Reference,
+        mut broker: Broker,
+        adopt_stream: bool,
+    ) -> Result<Pipeline> {
+        let facts = broker.stream_facts().await?;
+        let mut table = SummaryTable::open_or_create(&config.storage.data_dir).await?;
         let store = StateStore::open(config.state_dir())?;
+        let mut rejections = RejectionTable::open_or_create(&config.storage.data_dir).await?;
+        let mut duplicates = RejectionTable::open_duplicates(&config.storage.data_dir).await?;
+        if adopt_stream {
+            let set_aside = store.set_aside_all()?;
+            table.adopt_stream(facts.created_unix_micros).await?;
+            rejections.start_over().await?;
+            duplicates.start_over().await?;
+            tracing::warn!(
+                stream = %config.nats.stream,
+                created = %facts.created,
+                snapshots_set_aside = set_aside,
+                "adopted the stream as it is now: counting it from its first message"
+            );
+        }
         let committed_seq = table.committed_seq().await?;
+        let recorded = table.stream_identity().await?;
+        if check_stream(&config.nats.stream, recorded, committed_seq, &facts).map_err(anyhow::Error::msg)?
+            == StreamVerdict::Record
+        {
+            tracing::info!(stream = %config.nats.stream, created = %facts.created, "recording the stream's identity with the next commit");
+        }
         let dedup = ShardedDedup::new(config.pipeline.dedup_shards, config.pipeline.dedup_horizon_days)?;
         let mut agg = Aggregator::with_policy(reference.meters.clone(), config.lateness.policy());
         let mut totals = PeriodTotals::default();
@@ -216,8 +336,6 @@ impl Pipeline {
         broker.position_consumer(resume_from).await?;
         tracing::info!(committed_seq, resume_from, "pipeline started; replaying committed messages to rebuild state");
         let stats = RunStats { committed_seq, ..Default::default() };
-        let rejections = RejectionTable::open_or_create(&config.storage.data_dir).await?;
-        let duplicates = RejectionTable::open_duplicates(&config.storage.data_dir).await?;
         let mut periods = PeriodTable::open_or_create(&config.storage.data_dir).await?;
         let closed = periods.closed().await?;
         let core = Stages::new(&config, reference, dedup, agg, totals, ops.clone());
@@ -244,6 +362,9 @@ impl Pipeline {
             last_commit: None,
             lag_read_at: None,
             gap_refetched_at: None,
+            gap_confirmed: None,
+            lease: None,
+            stream_id: facts.created_unix_micros,
         })
     }
 
@@ -262,6 +383,13 @@ impl Pipeline {
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            if self.lease.as_ref().is_some_and(Lease::is_lost) {
+                // A standby took over (this process was paused or cut off past the lease): stop
+                // pulling and committing at once; what is in hand is the new owner's to commit.
+                anyhow::bail!(
+                    "another meterflow run took over this stream's writer lease; stopping without committing or acknowledging what is in hand"
+                );
             }
             let pull = async {
                 match next_pull.take() {
@@ -287,6 +415,25 @@ impl Pipeline {
                     }
                     f
                 }
+                Err(IngestError::Oversized) => {
+                    // A message larger than fetch_max_bytes: read it alone, however large.
+                    next_pull = None;
+                    match self.broker.request_large().await {
+                        Ok(pull) => match pull.collect().await {
+                            Ok(f) => f,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reading a message larger than fetch_max_bytes failed; retrying");
+                                tokio::time::sleep(retry_delay).await;
+                                continue;
+                            }
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading a message larger than fetch_max_bytes failed; retrying");
+                            tokio::time::sleep(retry_delay).await;
+                            continue;
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "fetch failed; retrying");
                     self.recreate_consumer_if_deleted().await;
@@ -306,20 +453,22 @@ impl Pipeline {
                 self.recreate_consumer_if_deleted().await;
                 consumer_checked = Instant::now();
             }
-            if !got_any && !self.replaying {
-                // Drained: the stream clock catches up with the wall clock, so quiet meters'
-                // watermarks (and billing periods) still advance.
+            if !got_any && !self.replaying && self.caught_up().await {
+                // Drained, as the stream itself confirms: the stream clock catches up with the
+                // wall clock, so quiet meters' watermarks (and billing periods) still advance.
+                // An empty or failed pull alone never moves it (a deleted consumer or a broker
+                // restart can leave a backlog waiting behind empty pulls).
                 self.core.agg.advance_clock(chrono::Utc::now());
                 if self.pending_last.is_none() {
-                    self.close_due_periods().await?;
+                    self.close_due_periods().await;
                 }
             }
             let process_started = Instant::now();
             let gap = self.process(fetched)?;
             self.stats.process_secs += process_started.elapsed().as_secs_f64();
-            if let Some(gap) = gap {
+            if let Some((from, to)) = gap {
                 next_pull = None;
-                self.refetch_from_gap(gap).await;
+                self.refetch_from_gap(from, to).await;
             }
             let due = self.pending_since.is_some_and(|t| t.elapsed() >= interval);
             if self.core.pending_events >= self.config.pipeline.max_batch_events || due {
@@ -348,7 +497,15 @@ impl Pipeline {
         }
         self.broker.flush().await.ok();
         self.stats.committed_seq = self.committed_seq;
+        if let Some(lease) = self.lease.take() {
+            lease.release().await;
+        }
         Ok(self.stats)
+    }
+
+    /// True when the stream holds nothing the pipeline has not seen (asked of the broker).
+    async fn caught_up(&self) -> bool {
+        drained(self.broker.last_sequence().await.ok(), self.next_seq)
     }
 
     /// Updates the progress metrics: watermarks, open windows and (at most every second) the
@@ -410,36 +567,66 @@ impl Pipeline {
         }
     }
 
-    /// A pull skipped sequences from `gap` on: the messages were dropped on the way (for
-    /// example by a server that found the client too slow) or do not exist (deleted, expired).
-    /// The first time, the consumer is re-positioned at `gap` and the messages are asked for
-    /// again; if the server again starts after `gap`, they do not exist and are passed over.
-    async fn refetch_from_gap(&mut self, gap: u64) {
-        self.stats.gaps_refetched += 1;
-        tracing::warn!(from_seq = gap, "a pull skipped stream sequences; asking for them again");
-        self.gap_refetched_at = Some(gap);
-        if let Err(e) = self.broker.position_consumer(gap).await {
-            tracing::error!(error = %e, "cannot re-position the consumer; the fetch retries will");
+    /// A pull skipped sequences `from..to`: the messages were dropped on the way (for example by
+    /// a server that found the client too slow) or do not exist (deleted, expired). The first
+    /// time, the consumer is re-positioned at `from` and the messages are asked for again. When
+    /// the server again starts after `from`, the stream itself is asked for each missing
+    /// sequence (a direct read); only sequences it confirms absent are passed over. A failed
+    /// re-position is retried on the next sighting, never assumed.
+    async fn refetch_from_gap(&mut self, from: u64, to: u64) {
+        if self.gap_refetched_at == Some(from) {
+            match self.confirm_absent(from, to).await {
+                Ok(true) => self.gap_confirmed = Some(from),
+                Ok(false) => tracing::warn!(from_seq = from, "skipped stream sequences exist; asking for them again"),
+                Err(e) => {
+                    tracing::warn!(error = %e, from_seq = from, "cannot ask the stream about skipped sequences; retrying")
+                }
+            }
+        } else {
+            tracing::warn!(from_seq = from, "a pull skipped stream sequences; asking for them again");
+        }
+        let positioned = if meterflow_faults::fires(Point::ConsumerReposition) {
+            Err(anyhow::anyhow!("fault point consumer_reposition"))
+        } else {
+            self.broker.position_consumer(from).await.map_err(anyhow::Error::from)
+        };
+        match positioned {
+            Ok(()) => {
+                self.stats.gaps_refetched += 1;
+                self.gap_refetched_at = Some(from);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot re-position the consumer; asking again on the next pull"),
         }
     }
 
+    /// Whether the stream confirms that it holds none of `from..to`.
+    async fn confirm_absent(&self, from: u64, to: u64) -> meterflow_ingest::Result<bool> {
+        let first = self.broker.stream_facts().await?.first_seq;
+        for seq in from.max(first)..to {
+            if self.broker.sequence_exists(seq).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Handles one fetched batch: drops redeliveries, replays what is already committed, and
-    /// processes the rest live. Returns the first skipped sequence when the batch has a gap
-    /// (the messages from the gap on are left for a re-fetch).
-    fn process(&mut self, fetched: Vec<Fetched>) -> Result<Option<u64>> {
+    /// processes the rest live. Returns the skipped sequences `(from, to)` when the batch has a
+    /// gap (the messages from the gap on are left for a re-fetch).
+    fn process(&mut self, fetched: Vec<Fetched>) -> Result<Option<(u64, u64)>> {
         let mut fresh = Vec::with_capacity(fetched.len());
         let mut gap = None;
         for msg in fetched {
             if msg.seq > self.next_seq {
-                if self.gap_refetched_at == Some(self.next_seq) {
-                    // Asked again and the server still starts later: nothing exists in between.
+                if self.gap_confirmed == Some(self.next_seq) {
+                    // The stream confirmed that nothing exists in between.
                     tracing::warn!(
                         from_seq = self.next_seq,
                         to_seq = msg.seq - 1,
                         "stream sequences not in the stream (deleted or expired); continuing after them"
                     );
                 } else {
-                    gap = Some(self.next_seq);
+                    gap = Some((self.next_seq, msg.seq));
                     break;
                 }
             }
@@ -452,6 +639,7 @@ impl Pipeline {
             }
             self.next_seq = msg.seq + 1;
             self.gap_refetched_at = None;
+            self.gap_confirmed = None;
             fresh.push(msg);
         }
         let split = fresh.partition_point(|m| m.seq <= self.committed_seq);
@@ -486,16 +674,27 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Runs the commit protocol for everything pending, retrying transient failures until it
-    /// succeeds. On shutdown during retries it gives up without acking (nothing is lost: the
-    /// messages are redelivered from the committed sequence on the next start).
+    /// Runs the commit protocol for everything pending: commit the outputs (retrying transient
+    /// failures until they are in), then the after-commit steps (ack, evict, snapshot), then the
+    /// periodic ones (close due periods, compact). On shutdown during retries it gives up
+    /// without acking (nothing is lost: the messages are re-read from the committed sequence on
+    /// the next start). A writer that finds itself fenced out stops at once, acking nothing.
     async fn commit_with_retry(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
         let Some(last) = self.pending_last.take() else { return Ok(()) };
         let commit_started = Instant::now();
-        let through = last.seq;
+        let outputs = self.prepare_outputs(last.seq)?;
+        let version = self.commit_outputs(&outputs, shutdown).await?;
+        self.after_commit(&last, &outputs, version).await?;
+        self.on_tick().await;
+        self.stats.commit_secs += commit_started.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Flushes and rates the window deltas and takes the rejects and duplicates of the range.
+    fn prepare_outputs(&mut self, through: u64) -> Result<Outputs> {
         let rows = self.core.flush_and_rate(through, &self.closed)?;
         let (rejects, duplicate_rows) = self.core.take_pending();
-        let rejection_rows: Vec<RejectionRow> = rejects
+        let rejection_rows = rejects
             .iter()
             .map(|r| RejectionRow {
                 stream_seq: r.seq,
@@ -506,45 +705,64 @@ impl Pipeline {
                 size: r.original.len() as u64,
             })
             .collect();
+        Ok(Outputs { through, rows, rejects, rejection_rows, duplicate_rows })
+    }
+
+    /// Commits one range's outputs until they are in: DLQ (once), rejections, duplicates, then
+    /// usage_summaries with the range's progress. Returns the summaries version holding it.
+    async fn commit_outputs(&mut self, out: &Outputs, shutdown: &mut watch::Receiver<bool>) -> Result<u64> {
         let mut delay = Duration::from_millis(100);
         let mut stop_requested = false;
+        let mut dlq_published = out.rejects.is_empty();
         let started = Instant::now();
-        let span = tracing::info_span!("commit", through_seq = through, rows = rows.len(), rejects = rejects.len());
+        let range = CommitRange { after: self.committed_seq, through: out.through, stream: Some(self.stream_id) };
+        let span = tracing::info_span!(
+            "commit",
+            through_seq = out.through,
+            rows = out.rows.len(),
+            rejects = out.rejects.len()
+        );
         loop {
             let attempt = async {
-                self.broker.publish_rejects(&rejects).await?;
-                if !rejects.is_empty() {
-                    meterflow_faults::hit("after_dlq_publish");
+                if let Some(lease) = &self.lease {
+                    lease.check()?;
                 }
-                self.rejections.commit(&rejection_rows, through).await?;
-                if !rejection_rows.is_empty() {
-                    meterflow_faults::hit("after_rejections_commit");
+                if !dlq_published {
+                    // Published once per range, whatever the retries: an outage longer than the
+                    // DLQ's duplicate window must not duplicate DLQ entries.
+                    self.broker.publish_rejects(&out.rejects).await?;
+                    dlq_published = true;
+                    meterflow_faults::hit(Point::AfterDlqPublish);
                 }
-                self.duplicates.commit(&duplicate_rows, through).await?;
-                let version = self.table.commit(&rows, through).await?;
-                meterflow_faults::hit("after_delta_commit");
-                anyhow::Ok(version)
+                self.rejections.commit(&out.rejection_rows, out.through).await?;
+                if !out.rejection_rows.is_empty() {
+                    meterflow_faults::hit(Point::AfterRejectionsCommit);
+                }
+                self.duplicates.commit(&out.duplicate_rows, out.through).await?;
+                let committed = self.table.commit(&out.rows, range).await?;
+                meterflow_faults::hit(Point::AfterDeltaCommit);
+                anyhow::Ok(committed)
             }
             .instrument(span.clone())
             .await;
             match attempt {
-                Ok(version) => {
-                    let ms = started.elapsed().as_millis() as u64;
-                    tracing::debug!(version, through, rows = rows.len(), rejects = rejects.len(), ms, "committed");
-                    let m = &self.ops.metrics;
-                    m.commit_duration.observe(started.elapsed().as_secs_f64());
-                    if let Some(last) = self.last_commit {
-                        m.commit_interval.observe(last.elapsed().as_secs_f64());
+                Ok(committed) => {
+                    let version = committed.version();
+                    if matches!(committed, meterflow_sink::Committed::AlreadyThere(_)) {
+                        tracing::warn!(
+                            version,
+                            through = out.through,
+                            "the range was already committed by an earlier attempt; not written again"
+                        );
                     }
-                    self.last_commit = Some(Instant::now());
-                    m.commits.inc();
-                    m.summary_rows.inc_by(rows.len() as u64);
-                    if !rows.is_empty() {
-                        let (files, bytes) = self.table.files_added_in(version);
-                        m.parquet_files.inc_by(files);
-                        m.parquet_bytes.inc_by(bytes);
-                    }
-                    break;
+                    self.record_commit(started, out, committed);
+                    return Ok(version);
+                }
+                Err(e) if is_fenced(&e) => {
+                    return Err(e.context(format!(
+                        "stopping without acknowledging stream sequence {}: another meterflow run owns this stream's progress",
+                        out.through
+                    )));
                 }
                 Err(e) if stop_requested => {
                     return Err(e.context(
@@ -552,7 +770,7 @@ impl Pipeline {
                     ));
                 }
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), through, "commit failed; not acknowledging, retrying");
+                    tracing::error!(error = %format!("{e:#}"), through = out.through, "commit failed; not acknowledging, retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => { stop_requested = true; }
@@ -561,10 +779,42 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// Metrics of one commit.
+    fn record_commit(&mut self, started: Instant, out: &Outputs, committed: meterflow_sink::Committed) {
+        let version = committed.version();
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(
+            version,
+            through = out.through,
+            rows = out.rows.len(),
+            rejects = out.rejects.len(),
+            ms,
+            "committed"
+        );
+        let m = &self.ops.metrics;
+        m.commit_duration.observe(started.elapsed().as_secs_f64());
+        if let Some(last) = self.last_commit {
+            m.commit_interval.observe(last.elapsed().as_secs_f64());
+        }
+        self.last_commit = Some(Instant::now());
+        m.commits.inc();
+        m.summary_rows.inc_by(out.rows.len() as u64);
+        if !out.rows.is_empty() && matches!(committed, meterflow_sink::Committed::Written(_)) {
+            let (files, bytes) = self.table.files_added_in(version);
+            m.parquet_files.inc_by(files);
+            m.parquet_bytes.inc_by(bytes);
+        }
+    }
+
+    /// After a commit: progress, ack, eviction of windows no event can reach, snapshot.
+    async fn after_commit(&mut self, last: &Fetched, out: &Outputs, _version: u64) -> Result<()> {
+        let through = out.through;
         self.committed_seq = through;
         self.ops.metrics.committed_sequence.set(i64::try_from(through).unwrap_or(i64::MAX));
         self.stats.commits += 1;
-        self.stats.rows_written += rows.len() as u64;
+        self.stats.rows_written += out.rows.len() as u64;
         self.stats.committed_seq = through;
         self.stats.busy_secs = self.first_live.map_or(0.0, |t| t.elapsed().as_secs_f64());
         self.core.pending_events = 0;
@@ -573,7 +823,7 @@ impl Pipeline {
             // Harmless: the next start resumes from the committed sequence, not the ack floor.
             tracing::warn!(error = %e, through, "ack failed after a successful commit");
         }
-        meterflow_faults::hit("after_ack");
+        meterflow_faults::hit(Point::AfterAck);
         self.publish_progress().await;
         // Windows older than anything the backdating limit still admits can go.
         if let Some(clock) = self.core.agg.progress().stream_clock() {
@@ -587,7 +837,13 @@ impl Pipeline {
         if self.commits_since_snapshot >= self.config.pipeline.snapshot_every_commits.max(1) {
             self.snapshot()?;
         }
-        self.close_due_periods().await?;
+        Ok(())
+    }
+
+    /// The periodic steps after a commit: close due billing periods, compact every N commits.
+    /// Neither can stop metering: a failure is logged and tried again later.
+    async fn on_tick(&mut self) {
+        self.close_due_periods().await;
         let every = self.config.storage.compact_every_commits;
         if every > 0 && self.stats.commits.is_multiple_of(every) {
             match self.table.compact().await {
@@ -596,14 +852,20 @@ impl Pipeline {
                 Err(e) => tracing::warn!(error = %e, "compaction failed; will retry later"),
             }
         }
-        self.stats.commit_secs += commit_started.elapsed().as_secs_f64();
-        Ok(())
     }
 
     /// Closes every billing period that holds usage and whose end plus the grace period all
     /// meters' watermarks have passed; also picks up periods closed with `meterflow close`.
-    /// Only called with nothing pending, so the sealed version holds everything processed.
-    async fn close_due_periods(&mut self) -> Result<()> {
+    /// Only called with nothing pending, so the sealed version holds everything processed. The
+    /// sealed version is read from the table, never assumed; a close that fails is logged and
+    /// tried again at the next commit or idle turn.
+    async fn close_due_periods(&mut self) {
+        if let Err(e) = self.try_close_due_periods().await {
+            tracing::warn!(error = %format!("{e:#}"), "closing a due billing period failed; will retry");
+        }
+    }
+
+    async fn try_close_due_periods(&mut self) -> Result<()> {
         if self.closed_read_at.elapsed() >= Duration::from_secs(5) {
             match self.periods.closed().await {
                 Ok(c) => self.closed = c,
@@ -626,18 +888,10 @@ impl Pipeline {
             .filter(|p| watermark > p.end + grace)
             .collect();
         for p in due {
-            let sealed = self.table.version().unwrap_or_default();
-            self.periods.close(&p.label(), p.start, p.end, "watermark", sealed).await?;
-            tracing::info!(period = %p.label(), sealed, %watermark, "closed billing period");
-            self.closed.insert(
-                p.label(),
-                ClosedPeriod {
-                    period: p.label(),
-                    closed_at: chrono::Utc::now(),
-                    closed_by: "watermark".into(),
-                    sealed_version: i64::try_from(sealed).unwrap_or(i64::MAX),
-                },
-            );
+            let sealed = self.table.current_version().await?;
+            let recorded = self.periods.close(&p.label(), p.start, p.end, "watermark", sealed).await?;
+            tracing::info!(period = %p.label(), sealed = recorded.sealed_version, %watermark, "closed billing period");
+            self.closed.insert(p.label(), recorded);
         }
         Ok(())
     }
@@ -647,7 +901,7 @@ impl Pipeline {
         match self.store.save(self.committed_seq, &bytes) {
             Ok(()) => {
                 self.commits_since_snapshot = 0;
-                meterflow_faults::hit("after_snapshot");
+                meterflow_faults::hit(Point::AfterSnapshot);
             }
             // Not fatal: the next start replays a little more.
             Err(e) => tracing::warn!(error = %e, "state snapshot failed; will retry at the next commit"),
@@ -677,6 +931,16 @@ mod tests {
                 .collect(),
         )
         .unwrap()
+    }
+
+    // Found in review: any empty pull (a deleted consumer, a broker restart with a backlog
+    // waiting) moved event time to the wall clock, closing periods and evicting windows early.
+    #[test]
+    fn the_wall_clock_moves_event_time_only_when_the_stream_confirms_nothing_is_waiting() {
+        assert!(drained(Some(41), 42), "everything up to 41 seen");
+        assert!(!drained(Some(42), 42), "a message waits");
+        assert!(!drained(Some(900), 42), "a backlog behind empty pulls");
+        assert!(!drained(None, 42), "the broker did not answer");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use meterflow_aggregator::{Aggregator, EventRef, WindowDelta};
+use meterflow_faults::Point;
 use meterflow_ingest::{fingerprint, Fetched, RejectEnvelope, ShardedDedup};
 use meterflow_rater::{pricing_at, Period, PeriodTotals, TotalKey};
 use meterflow_schemas::{decode_message, RejectReason};
@@ -50,6 +51,21 @@ struct Candidate {
     measurements: Vec<meterflow_aggregator::Measurement>,
 }
 
+/// A billing-period total as the capacity check keys it: customer (index), meter (index), plan
+/// version label, period start (Unix seconds).
+type LiveKey = (usize, usize, Arc<str>, i64);
+
+/// Keeps every billing-period total within what its plan version can rate exactly (rater's
+/// `Charge::max_total`): an event whose addition would pass it is rejected as
+/// `value_out_of_range`. The totals it compares are the sums of the windows' current values,
+/// which depend only on the events added so far in stream order, not on where commits fell: a
+/// replay decides every event as the first pass did.
+#[derive(Debug, Default)]
+struct Capacity {
+    live: HashMap<LiveKey, rust_decimal::Decimal>,
+    limits: HashMap<(Arc<str>, usize), rust_decimal::Decimal>,
+}
+
 /// The core stages and their state.
 pub struct Stages {
     pub(crate) reference: Reference,
@@ -74,7 +90,51 @@ pub struct Stages {
     pub(crate) pending_events: usize,
     /// Buffers of [`Stages::process`], kept between calls so that a pull reuses their memory.
     scratch: (Vec<Candidate>, Vec<(u128, u16)>),
+    /// The capacity check: every billing-period total as it stands with everything added so
+    /// far (committed totals plus window changes not yet flushed), and the largest total each
+    /// plan version can rate exactly per meter.
+    capacity: Capacity,
     ops: Arc<Ops>,
+}
+
+impl Capacity {
+    /// The period-total changes `c`'s measurements would make, or why they do not fit.
+    fn check(
+        &self,
+        agg: &Aggregator,
+        customer: &meterflow_ingest::Customer,
+        customer_idx: usize,
+        pricing: &Arc<str>,
+        c: &Candidate,
+        event: EventRef<'_>,
+    ) -> std::result::Result<Vec<(LiveKey, rust_decimal::Decimal)>, String> {
+        let mut changes = Vec::with_capacity(c.measurements.len());
+        for m in &c.measurements {
+            let change = agg.change_if_added(&customer.id, &c.event.subject, pricing, m, event);
+            if change.is_zero() {
+                continue;
+            }
+            let start = chrono::DateTime::from_timestamp(m.window_start, 0).unwrap_or_default();
+            let period = Period::containing(start, customer.billing_anchor_day);
+            let key = (customer_idx, m.meter, pricing.clone(), period.map_or(i64::MIN, |p| p.start.timestamp()));
+            let limit =
+                self.limits.get(&(pricing.clone(), m.meter)).copied().unwrap_or(meterflow_rater::MAX_PERIOD_TOTAL);
+            let total = self.live.get(&key).copied().unwrap_or_default();
+            match total.checked_add(change) {
+                Some(after) if after <= limit => changes.push((key, change)),
+                _ => {
+                    return Err(format!(
+                        "adding {change} to meter {} of customer {} would take its {} total past {limit}, the most \
+                         plan version {pricing} can rate exactly (now {total})",
+                        agg.meters().configs()[m.meter].name,
+                        customer.id,
+                        period.map_or_else(|| "billing-period".to_string(), |p| p.label()),
+                    ))
+                }
+            }
+        }
+        Ok(changes)
+    }
 }
 
 impl Stages {
@@ -87,7 +147,7 @@ impl Stages {
         totals: PeriodTotals,
         ops: Arc<Ops>,
     ) -> Stages {
-        let customer_index =
+        let customer_index: HashMap<String, usize> =
             reference.directory.customers().iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
         let seen_periods = totals.entries().into_iter().map(|(k, _)| k.period).collect();
         let mut pricing_index = HashMap::new();
@@ -101,7 +161,33 @@ impl Stages {
                 pricing_labels.insert(plan.id.clone(), labels);
             }
         }
+        let mut capacity = Capacity::default();
+        let meter_index = |name: &str| reference.meters.configs().iter().position(|m| m.name == name);
+        for (plan_id, labels) in &pricing_labels {
+            let Some(plan) = reference.prices.plan(plan_id) else { continue };
+            for (v, label) in labels.iter().enumerate() {
+                for (m, meter) in reference.meters.configs().iter().enumerate() {
+                    let limit = plan.versions.get(v).and_then(|pv| pv.charge(&meter.name)).map(|c| c.max_total());
+                    capacity.limits.insert((label.clone(), m), limit.unwrap_or(meterflow_rater::MAX_PERIOD_TOTAL));
+                }
+            }
+        }
+        for (k, total) in totals.entries() {
+            let (Some(c), Some(m), Some(p)) =
+                (customer_index.get(&k.customer_id).copied(), meter_index(&k.meter), Period::parse(&k.period))
+            else {
+                continue;
+            };
+            let label = pricing_labels
+                .values()
+                .flatten()
+                .find(|l| l.as_ref() == k.pricing)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(k.pricing.as_str()));
+            capacity.live.insert((c, m, label, p.start.timestamp()), total);
+        }
         Stages {
+            capacity,
             reference,
             customer_index,
             pricing_index,
@@ -231,10 +317,10 @@ impl Stages {
                 });
             }
         }
-        meterflow_faults::hit("after_decode");
+        meterflow_faults::hit(Point::AfterDecode);
         if !keys.is_empty() {
             let decisions = self.dedup.check_batch(&keys)?;
-            meterflow_faults::hit("after_dedup");
+            meterflow_faults::hit(Point::AfterDedup);
             for (c, new) in candidates.iter().zip(decisions) {
                 if !new {
                     if live {
@@ -252,11 +338,6 @@ impl Stages {
                     }
                     continue;
                 }
-                if live {
-                    stats.events_accepted += 1;
-                    self.ops.metrics.events_accepted.inc();
-                    self.pending_events += 1;
-                }
                 let customer = &self.reference.directory.customers()[c.customer];
                 let event = EventRef {
                     time: c.event.time,
@@ -265,8 +346,36 @@ impl Stages {
                     seq: c.seq,
                     arrival: c.arrival,
                 };
+                let changes = match self.capacity.check(&self.agg, customer, c.customer, &c.pricing, c, event) {
+                    Ok(changes) => changes,
+                    Err(detail) => {
+                        if live {
+                            let reason = RejectReason::ValueOutOfRange;
+                            *stats.rejected.entry(reason.code()).or_default() += 1;
+                            metrics.events_rejected.get_or_create(&label("reason", reason.code())).inc();
+                            let msg = messages.get(c.msg);
+                            self.pending_rejects.push(RejectEnvelope {
+                                seq: c.seq,
+                                subject: msg.map(|m| m.subject.to_string()).unwrap_or_default(),
+                                index: c.event.index,
+                                reason,
+                                detail,
+                                original: msg.map(|m| m.payload.slice(c.event.span.clone())).unwrap_or_default(),
+                            });
+                        }
+                        continue;
+                    }
+                };
+                if live {
+                    stats.events_accepted += 1;
+                    self.ops.metrics.events_accepted.inc();
+                    self.pending_events += 1;
+                }
                 for m in &c.measurements {
                     self.agg.add(&customer.id, &c.event.subject, &c.pricing, m, event);
+                }
+                for (key, change) in changes {
+                    *self.capacity.live.entry(key).or_default() += change;
                 }
             }
         }
@@ -300,7 +409,9 @@ impl Stages {
                 pricing: d.key.pricing.clone(),
                 period: period.clone(),
             };
-            let (before, after) = self.totals.advance(key, d.quantity());
+            let (before, after) = self.totals.advance(key, d.quantity()).context(
+                "a billing-period total passed what exact decimals hold (the capacity check should prevent it)",
+            )?;
             self.seen_periods.insert(period.clone());
             out.push((before, after, period));
         }

@@ -13,11 +13,16 @@ use std::time::{Duration, Instant};
 
 /// Event-time bounds wide enough for tests that publish usage at fixed dates (for example
 /// around the example plan change on 2026-11-24), whatever day the tests run on.
-pub const WIDE_BOUNDS: [(&str, &str); 3] = [
+/// The streams keep messages without an age limit, as the dedup horizon needs.
+pub const WIDE_BOUNDS: [(&str, &str); 4] = [
     ("METERFLOW_LATENESS__MAX_BACKDATING_DAYS", "30000"),
     ("METERFLOW_LATENESS__MAX_FUTURE_SKEW_S", "31536000"),
     ("METERFLOW_PIPELINE__DEDUP_HORIZON_DAYS", "30400"),
+    ("METERFLOW_NATS__MAX_AGE_DAYS", "0"),
 ];
+
+/// Turns the operations page of `meterflow run` off (an empty `[ops] listen`).
+pub const NO_OPS_PAGE: (&str, &str) = ("METERFLOW_OPS__LISTEN", "");
 
 pub struct TestEnv {
     pub nats: LocalNats,
@@ -57,7 +62,9 @@ impl TestEnv {
         let mut c = Command::new(env!("CARGO_BIN_EXE_meterflow"));
         c.arg(sub).arg("--config").arg(config).arg("--data-dir").arg(self.data_dir());
         c.arg("--nats-url").arg(self.nats.url());
-        c.env("RUST_LOG", "warn").envs(self.envs.iter().copied());
+        // No operations page unless a test serves it on a free port itself (its own
+        // `METERFLOW_OPS__LISTEN`, given after these): the default port is shared by every test.
+        c.env("RUST_LOG", "warn").env(NO_OPS_PAGE.0, NO_OPS_PAGE.1).envs(self.envs.iter().copied());
         c
     }
 
@@ -91,7 +98,8 @@ impl TestEnv {
 
     /// Creates the streams exactly as the pipeline does, so publishes land before it starts.
     pub async fn ensure_streams(&self) {
-        let config = meterflow_ingest::NatsConfig { url: self.nats.url(), ..Default::default() };
+        // No age limit: the wide event-time bounds need a dedup horizon beyond any max_age.
+        let config = meterflow_ingest::NatsConfig { url: self.nats.url(), max_age_days: 0, ..Default::default() };
         meterflow_ingest::Broker::connect(config).await.expect("connect").ensure_streams().await.expect("streams");
     }
 
