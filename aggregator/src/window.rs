@@ -39,7 +39,19 @@ struct KeyRef<'a> {
     pricing: &'a str,
 }
 
-impl KeyRef<'_> {
+impl<'a> KeyRef<'a> {
+    /// The key of the window `m` falls in.
+    fn of(customer_id: &'a str, subject: &'a str, pricing: &'a str, m: &'a Measurement) -> Self {
+        KeyRef {
+            customer_id,
+            subject,
+            meter: m.meter,
+            dimensions: &m.dimensions,
+            window_start: m.window_start,
+            pricing,
+        }
+    }
+
     fn owned(self) -> WindowKey {
         WindowKey {
             customer_id: self.customer_id.to_string(),
@@ -229,14 +241,7 @@ impl Aggregator {
         m: &Measurement,
         event: EventRef<'_>,
     ) -> Decimal {
-        let probe = KeyRef {
-            customer_id,
-            subject,
-            meter: m.meter,
-            dimensions: &m.dimensions,
-            window_start: m.window_start,
-            pricing,
-        };
+        let probe = KeyRef::of(customer_id, subject, pricing, m);
         let aggregation = self.meters.configs()[m.meter].aggregation;
         let empty = WindowState::default();
         let state = self.windows.get(&probe).unwrap_or(&empty);
@@ -247,14 +252,7 @@ impl Aggregator {
 
     /// Adds one measurement of an accepted (deduplicated) event.
     pub fn add(&mut self, customer_id: &str, subject: &str, pricing: &str, m: &Measurement, event: EventRef<'_>) {
-        let probe = KeyRef {
-            customer_id,
-            subject,
-            meter: m.meter,
-            dimensions: &m.dimensions,
-            window_start: m.window_start,
-            pricing,
-        };
+        let probe = KeyRef::of(customer_id, subject, pricing, m);
         let config = &self.meters.configs()[m.meter];
         let aggregation = config.aggregation;
         let end = to_utc(m.window_start + config.window.seconds()).unwrap_or_default();
