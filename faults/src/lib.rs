@@ -106,6 +106,7 @@ impl Point {
         Point::ALL.iter().copied().find(|p| p.name() == name)
     }
 
+    #[cfg(any(feature = "enabled", test))]
     fn index(self) -> usize {
         self as usize
     }
