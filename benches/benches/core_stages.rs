@@ -1,6 +1,6 @@
 //! The core stages together, in process, without broker or tables: decode and validate,
 //! enrich (subject → customer, plan version in force), extract meter values, dedup, aggregate
-//! into windows and rate the window deltas: `meterflow::pipeline::Stages`, the code the pipeline
+//! into windows and rate the window deltas: `meterflow_pipeline::Stages`, the code the pipeline
 //! runs between a fetch and a commit. Input: the load generator's workload (four meters, decimal
 //! values as numbers and strings, 10% duplicates, 2% malformed) with one and 100 events per
 //! message. Dedup runs with one shard, so the figure is events per second of one pipeline thread
@@ -9,9 +9,9 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use meterflow::config::{Config, Overrides, Reference};
-use meterflow::pipeline::{Input, RunStats, Stages};
-use meterflow::workload::{self, WorkloadSpec};
+use meterflow_pipeline::config::{Config, Overrides, Reference};
+use meterflow_pipeline::{Input, RunStats, Stages};
+use meterflow_testkit::workload::{self, WorkloadSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

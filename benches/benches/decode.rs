@@ -2,7 +2,7 @@
 //!
 //! Measures events per second through the decoder for the two message shapes publishers use:
 //! one CloudEvent per message and CloudEvents batch arrays of 100 events. The messages are the
-//! workload's (`meterflow::workload`): the four example event types, values sent as JSON numbers
+//! workload's (`meterflow_testkit::workload`): the four example event types, values sent as JSON numbers
 //! and as decimal strings, `region` / `model` dimensions. The decoder keeps `data` as raw JSON;
 //! values are parsed later, by `Meters::extract` (see `enrich.rs`).
 #![allow(clippy::expect_used, clippy::unwrap_used)]

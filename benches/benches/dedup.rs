@@ -10,9 +10,9 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use meterflow::workload::Rng;
 use meterflow_benches::{events, publish_day, reference};
 use meterflow_ingest::{fingerprint, DedupIndex};
+use meterflow_testkit::workload::Rng;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -9,10 +9,10 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use meterflow::workload::Rng;
 use meterflow_benches::{events, reference};
 use meterflow_ingest::{CustomerConfig, Directory};
 use meterflow_rater::pricing_at;
+use meterflow_testkit::workload::Rng;
 use std::hint::black_box;
 
 /// The allocator the `meterflow` binary runs with: decode, enrich and the aggregator allocate per

@@ -14,9 +14,9 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use meterflow::workload::Rng;
 use meterflow_benches::{base_time, reference};
 use meterflow_rater::{Charge, ChargeModel};
+use meterflow_testkit::workload::Rng;
 use rust_decimal::Decimal;
 use std::hint::black_box;
 

@@ -3,7 +3,7 @@
 //! Every benchmark in `benches/` measures one stage of the pipeline on the same inputs the demo
 //! and the load tests use: the example config (`examples/meterflow.toml`: four meters, two
 //! customers, two plans covering all four charge models) and the synthetic workload of
-//! [`meterflow::workload`] (decimal values as JSON numbers and as strings, group-by dimensions,
+//! [`meterflow_testkit::workload`] (decimal values as JSON numbers and as strings, group-by dimensions,
 //! event times spread over 48 hours), with a fixed seed and base time so runs are comparable.
 //!
 //! ```text
@@ -19,15 +19,15 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use chrono::{DateTime, Duration, Utc};
-use meterflow::config::{Config, Overrides, Reference};
-use meterflow::ops::Ops;
-use meterflow::pipeline::Stages;
-use meterflow::workload::{generate, WorkloadSpec};
 use meterflow_aggregator::{Aggregator, EventRef, Measurement};
 use meterflow_ingest::{CustomerConfig, Directory, ShardedDedup};
+use meterflow_pipeline::config::{Config, Overrides, Reference};
+use meterflow_pipeline::ops::Ops;
+use meterflow_pipeline::Stages;
 use meterflow_rater::{pricing_at, PeriodTotals};
 use meterflow_schemas::{decode_message, UsageEvent};
 use meterflow_sink::SummaryRow;
+use meterflow_testkit::workload::{generate, WorkloadSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

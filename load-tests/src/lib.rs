@@ -1,7 +1,7 @@
 //! # meterflow-load-tests: one load run, measured against the broker's own ceiling
 //!
 //! ```text
-//!  workload (meterflow::workload: skewed customers, duplicates incl. late retries, malformed,
+//!  workload (meterflow_testkit::workload: skewed customers, duplicates incl. late retries, malformed,
 //!            1 or N events per message; optionally N synthetic customers with Zipf-skewed
 //!            activity, and event times in stream order with a fraction of late events) + exact oracle
 //!    1. ceiling: publish the same payloads to a scratch stream (raw publish rate), then pull
@@ -24,12 +24,12 @@ pub mod report;
 
 use anyhow::{bail, Context, Result};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, stream};
-use meterflow::config::{Config, Overrides, Reference};
-use meterflow::local_nats::LocalNats;
-use meterflow::ops::Ops;
-use meterflow::pipeline::{Pipeline, RunOptions};
-use meterflow::workload::{self, EventTimes, Lateness, OutMessage, Population, Traffic, WorkloadSpec};
 use meterflow_ingest::PendingPull;
+use meterflow_pipeline::config::{Config, Overrides, Reference};
+use meterflow_pipeline::ops::Ops;
+use meterflow_pipeline::{Pipeline, RunOptions};
+use meterflow_testkit::local_nats::LocalNats;
+use meterflow_testkit::workload::{self, EventTimes, Lateness, OutMessage, Population, Traffic, WorkloadSpec};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -342,7 +342,12 @@ fn late_flagged(ops: &Ops, reference: &Reference) -> u64 {
         .meters
         .configs()
         .iter()
-        .map(|m| ops.metrics.events_late.get_or_create(&meterflow::ops::metrics::label("meter", m.name.clone())).get())
+        .map(|m| {
+            ops.metrics
+                .events_late
+                .get_or_create(&meterflow_pipeline::ops::metrics::label("meter", m.name.clone()))
+                .get()
+        })
         .sum()
 }
 

@@ -526,7 +526,7 @@ impl DuckDb {
     /// Starts `python` with the runner script on `request` (files, SQL, view name).
     fn start(python: &Path, request: &Path) -> Result<DuckDb> {
         let hint = "DuckDB runs through Python: set DELTA_READER_PYTHON (or --python) to a Python with the `duckdb` \
-                    package (`source scripts/env.sh` sets it to .tools/venv/bin/python)";
+                    package (`bash scripts/tools.sh` installs one and prints its path)";
         let mut child = Command::new(python)
             .arg("-c")
             .arg(DUCKDB_SCRIPT)

@@ -1,12 +1,15 @@
-//! The `meterflow` command line.
+//! The `meterflow` command line: a thin CLI over the pipeline library (`meterflow-pipeline`),
+//! the finance and lineage commands ([`commands`]) and the demo.
+
+mod commands;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use meterflow::config::{Config, LogFormat, Overrides};
-use meterflow::demo::{self, DemoOptions};
-use meterflow::finance;
-use meterflow::ops::Ops;
-use meterflow::pipeline::{Pipeline, RunOptions, StartOptions};
+use commands::demo::{self, DemoOptions};
+use commands::{finance, rerate, trace};
+use meterflow_pipeline::config::{Config, LogFormat, Overrides};
+use meterflow_pipeline::ops::Ops;
+use meterflow_pipeline::{status, Pipeline, RunOptions, StartOptions};
 use meterflow_sink::sql::{render, Format, ReadOnlySql};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -402,7 +405,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Rerate { common, period } => {
             init_logging("warn");
             let config = common.load()?;
-            let adjustments = meterflow::rerate::rerate(&config, &period).await?;
+            let adjustments = rerate::rerate(&config, &period).await?;
             if adjustments.is_empty() {
                 println!("{period}: every amount already matches the current plans; nothing written");
             }
@@ -422,19 +425,19 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status { common, format } => {
             init_logging("error");
-            let s = meterflow::status::status(&common.load()?).await?;
+            let s = status::status(&common.load()?).await?;
             match format {
-                StatusFormat::Text => print!("{}", meterflow::status::render(&s)),
+                StatusFormat::Text => print!("{}", status::render(&s)),
                 StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
             }
             Ok(())
         }
         Command::Trace { common, seq, index, source, id, format } => {
             init_logging("error");
-            let query = meterflow::trace::TraceQuery { seq, index, source, id };
-            let traces = meterflow::trace::trace(&common.load()?, &query).await?;
+            let query = trace::TraceQuery { seq, index, source, id };
+            let traces = trace::trace(&common.load()?, &query).await?;
             match format {
-                StatusFormat::Text => print!("{}", meterflow::trace::render(&traces)),
+                StatusFormat::Text => print!("{}", trace::render(&traces)),
                 StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&traces)?),
             }
             Ok(())

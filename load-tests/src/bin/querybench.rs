@@ -3,7 +3,7 @@
 //! when the two engines do not return the same totals. Writes JSON and Markdown reports.
 //!
 //! ```sh
-//! source scripts/env.sh    # DELTA_READER_PYTHON: the Python with duckdb
+//! . scripts/env.sh && need_test_tools   # DELTA_READER_PYTHON: a Python with duckdb
 //! cargo build --release -p meterflow-load-tests
 //! $CARGO_TARGET_DIR/release/meterflow-querybench --customers 10000 --meters 5 --hours 720 \
 //!     --data-dir /tmp/querybench/data --runs 5 --out /tmp/querybench/report --reuse
@@ -63,8 +63,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let Some(python) = cli.python.clone() else {
         anyhow::bail!(
-            "no Python for DuckDB: set DELTA_READER_PYTHON (`source scripts/env.sh` points it at .tools/venv/bin/python, \
-             which has duckdb) or pass --python"
+            "no Python for DuckDB: set DELTA_READER_PYTHON (`bash scripts/tools.sh` installs one and prints its path) or pass --python"
         );
     };
     let options = QueryBenchOptions {

@@ -12,7 +12,7 @@ use meterflow_sink::sql::{render, Format, ReadOnlySql};
 use meterflow_sink::{RowKind, SummaryRow, SummaryTable};
 use rust_decimal::Decimal;
 
-use crate::config::{Config, Reference};
+use meterflow_pipeline::config::{Config, Reference};
 
 /// One adjustment and why.
 #[derive(Debug, Clone)]

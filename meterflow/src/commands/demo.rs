@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Overrides, Reference};
-use crate::finance;
-use crate::local_nats::LocalNats;
-use crate::pipeline::{Pipeline, RunOptions};
-use crate::workload::{self, WorkloadSpec};
+use super::finance;
+use meterflow_pipeline::config::{Config, Overrides, Reference};
+use meterflow_pipeline::{Pipeline, RunOptions};
 use meterflow_sink::sql::{render, Format, ReadOnlySql};
+use meterflow_testkit::local_nats::LocalNats;
+use meterflow_testkit::workload::{self, WorkloadSpec};
 
 /// Marker file that lets the demo wipe its own data directory on the next run.
 const DEMO_MARKER: &str = ".meterflow-demo";

@@ -2,12 +2,10 @@
 //! expires while a batch is in hand, the consumer is deleted, the disk fills up, SIGTERM arrives
 //! under load. Each test runs the real binary against a real nats-server and ends with the
 //! summaries equal to the workload's oracle.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{reference, sigterm, totals, wait_until, TestEnv};
-use meterflow::workload::{self, Oracle, OutMessage, WorkloadSpec};
+use crate::common;
+use crate::common::{reference, sigterm, totals, wait_until, TestEnv};
+use meterflow_testkit::workload::{self, Oracle, OutMessage, WorkloadSpec};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};

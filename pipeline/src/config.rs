@@ -256,7 +256,7 @@ pub struct Config {
     pub meters: Vec<MeterConfig>,
     /// `[ops]`: metrics and the operations page of `meterflow run`.
     #[serde(default)]
-    pub ops: crate::ops::OpsConfig,
+    pub ops: OpsConfig,
     /// `[log]`: log format and level.
     #[serde(default)]
     pub log: LogConfig,
@@ -501,6 +501,24 @@ impl Reference {
                 subscriptions: subs.clone(),
             })
             .collect()
+    }
+}
+
+/// The `[ops]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Address of the metrics and operations page endpoint; empty disables it.
+    pub listen: String,
+    /// How often the billing side of the page is re-read from the tables, in seconds.
+    pub refresh_s: u64,
+    /// Minutes of throughput and lag history kept for the charts.
+    pub history_minutes: u64,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig { listen: "127.0.0.1:9464".into(), refresh_s: 10, history_minutes: 10 }
     }
 }
 

@@ -14,31 +14,12 @@ pub mod metrics;
 pub mod page;
 pub mod server;
 
-use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
 pub use live::{Live, ReconcileResult, View};
 pub use metrics::Metrics;
-
-/// The `[ops]` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OpsConfig {
-    /// Address of the metrics and operations page endpoint; empty disables it.
-    pub listen: String,
-    /// How often the billing side of the page is re-read from the tables, in seconds.
-    pub refresh_s: u64,
-    /// Minutes of throughput and lag history kept for the charts.
-    pub history_minutes: u64,
-}
-
-impl Default for OpsConfig {
-    fn default() -> Self {
-        OpsConfig { listen: "127.0.0.1:9464".into(), refresh_s: 10, history_minutes: 10 }
-    }
-}
 
 /// Seconds between two history samples.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);

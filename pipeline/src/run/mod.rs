@@ -22,122 +22,29 @@
 //! neither loses nor doubles an event.
 
 use anyhow::{Context, Result};
-use meterflow_aggregator::{Aggregator, AggregatorSnapshot};
+use meterflow_aggregator::Aggregator;
 use meterflow_faults::Point;
-use meterflow_ingest::{Broker, Fetched, IngestError, Lease, PendingPull, RejectEnvelope, ShardedDedup};
-use meterflow_rater::{Period, PeriodTotals};
-use meterflow_sink::{
-    ClosedPeriod, CommitRange, PeriodTable, RejectionRow, RejectionTable, SinkError, StateStore, SummaryRow,
-    SummaryTable,
-};
+use meterflow_ingest::{Broker, Fetched, IngestError, Lease, PendingPull, ShardedDedup};
+use meterflow_rater::PeriodTotals;
+use meterflow_sink::{ClosedPeriod, PeriodTable, RejectionTable, StateStore, SummaryTable};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::Instrument;
 
 use crate::config::{Config, Reference};
 use crate::ops::metrics::label;
 use crate::ops::Ops;
 
-mod checks;
-mod stages;
-pub use checks::{check_retention, check_stream, StreamVerdict};
-pub use stages::{Input, Stages};
+use crate::checks::{check_retention, check_stream, StreamVerdict};
+use crate::stages::{Input, Stages};
+use crate::stats::{RunOptions, RunStats};
+use snapshot::{decode_state, encode_state};
 
-/// Counters of one run, printed at exit.
-#[derive(Debug, Default, Clone)]
-pub struct RunStats {
-    /// Messages processed live (not replayed).
-    pub messages: u64,
-    /// Messages replayed to rebuild state after a restart.
-    pub replayed_messages: u64,
-    /// Messages delivered again while already in hand or committed, and dropped.
-    pub redeliveries: u64,
-    /// Times the durable consumer had vanished from the server and was re-created.
-    pub consumers_recreated: u64,
-    /// Times a pull skipped sequences and they were asked for again.
-    pub gaps_refetched: u64,
-    /// Events decoded from live messages.
-    pub events_received: u64,
-    /// Events accepted (first sightings).
-    pub events_accepted: u64,
-    /// Events dropped as duplicates.
-    pub duplicates: u64,
-    /// Rejects by reason code.
-    pub rejected: BTreeMap<&'static str, u64>,
-    /// Delta commits.
-    pub commits: u64,
-    /// Summary rows written.
-    pub rows_written: u64,
-    /// Last committed stream sequence.
-    pub committed_seq: u64,
-    /// Seconds from the first live message to the last commit (the busy time, without idling).
-    pub busy_secs: f64,
-    /// Where the busy time went: seconds waiting for pulls that brought messages...
-    pub pull_wait_secs: f64,
-    /// ...in the core stages (decode to aggregate)...
-    pub process_secs: f64,
-    /// ...and in commits (rating, DLQ publish, Delta commits, ack).
-    pub commit_secs: f64,
-}
-
-impl RunStats {
-    /// Total rejects.
-    pub fn rejected_total(&self) -> u64 {
-        self.rejected.values().sum()
-    }
-}
+mod commit;
+mod snapshot;
 
 /// How often an idle pipeline checks that its consumer still exists.
 const CONSUMER_CHECK_EVERY: Duration = Duration::from_secs(3);
-
-/// How a run ends.
-#[derive(Debug, Clone, Copy)]
-pub struct RunOptions {
-    /// Stop once nothing new arrived for this long and everything is committed.
-    pub exit_when_idle: Option<Duration>,
-}
-
-/// The serialised state: window state, period totals, then the dedup index.
-/// The state is only meaningful for the meter definitions it was built with (windows refer to
-/// meters by position): a snapshot records them, and a different set discards the snapshot.
-fn meters_fingerprint(meters: &meterflow_aggregator::Meters) -> Vec<u8> {
-    serde_json::to_vec(meters.configs()).unwrap_or_default()
-}
-
-fn encode_state(agg: &Aggregator, totals: &PeriodTotals, dedup: &ShardedDedup) -> Result<Vec<u8>> {
-    let meters = meters_fingerprint(agg.meters());
-    let windows = serde_json::to_vec(&agg.snapshot())?;
-    let totals = serde_json::to_vec(&totals.entries())?;
-    let mut out = Vec::with_capacity(meters.len() + windows.len() + totals.len() + 24);
-    for section in [&meters, &windows, &totals] {
-        out.extend_from_slice(&(section.len() as u64).to_le_bytes());
-        out.extend_from_slice(section);
-    }
-    out.extend_from_slice(&dedup.snapshot()?);
-    Ok(out)
-}
-
-fn split_section(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
-    let (len, rest) = bytes.split_at_checked(8).context("state snapshot truncated")?;
-    let mut l = [0u8; 8];
-    l.copy_from_slice(len);
-    let len = usize::try_from(u64::from_le_bytes(l))?;
-    rest.split_at_checked(len).context("state snapshot truncated")
-}
-
-fn decode_state<'a>(
-    bytes: &'a [u8],
-    meters: &meterflow_aggregator::Meters,
-) -> Result<(AggregatorSnapshot, PeriodTotals, &'a [u8])> {
-    let (recorded, rest) = split_section(bytes)?;
-    if recorded != meters_fingerprint(meters).as_slice() {
-        anyhow::bail!("the [[meters]] definitions changed since this snapshot");
-    }
-    let (windows, rest) = split_section(rest)?;
-    let (totals, dedup) = split_section(rest)?;
-    Ok((serde_json::from_slice(windows)?, PeriodTotals::from_entries(serde_json::from_slice(totals)?), dedup))
-}
 
 /// The running pipeline.
 pub struct Pipeline {
@@ -191,28 +98,11 @@ pub struct StartOptions {
     pub shutdown: Option<watch::Receiver<bool>>,
 }
 
-/// What one commit writes, prepared from the stages before the first attempt.
-struct Outputs {
-    through: u64,
-    rows: Vec<SummaryRow>,
-    rejects: Vec<RejectEnvelope>,
-    rejection_rows: Vec<RejectionRow>,
-    duplicate_rows: Vec<RejectionRow>,
-}
-
 /// Whether the wall clock may move the stream clock: only when the stream itself says it holds
 /// nothing beyond what the pipeline has seen (`stream_last` below `next_seq`). An unanswered
 /// question (`None`: the broker is down) is a no.
 fn drained(stream_last: Option<u64>, next_seq: u64) -> bool {
     stream_last.is_some_and(|last| last < next_seq)
-}
-
-/// True for the errors that mean another writer owns the stream now: stop, acknowledge nothing.
-fn is_fenced(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(c.downcast_ref::<SinkError>(), Some(SinkError::Fenced { .. }))
-            || matches!(c.downcast_ref::<IngestError>(), Some(IngestError::LeaseLost(_)))
-    })
 }
 
 impl Pipeline {
@@ -673,265 +563,11 @@ impl Pipeline {
         }
         Ok(())
     }
-
-    /// Runs the commit protocol for everything pending: commit the outputs (retrying transient
-    /// failures until they are in), then the after-commit steps (ack, evict, snapshot), then the
-    /// periodic ones (close due periods, compact). On shutdown during retries it gives up
-    /// without acking (nothing is lost: the messages are re-read from the committed sequence on
-    /// the next start). A writer that finds itself fenced out stops at once, acking nothing.
-    async fn commit_with_retry(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
-        let Some(last) = self.pending_last.take() else { return Ok(()) };
-        let commit_started = Instant::now();
-        let outputs = self.prepare_outputs(last.seq)?;
-        let version = self.commit_outputs(&outputs, shutdown).await?;
-        self.after_commit(&last, &outputs, version).await?;
-        self.on_tick().await;
-        self.stats.commit_secs += commit_started.elapsed().as_secs_f64();
-        Ok(())
-    }
-
-    /// Flushes and rates the window deltas and takes the rejects and duplicates of the range.
-    fn prepare_outputs(&mut self, through: u64) -> Result<Outputs> {
-        let rows = self.core.flush_and_rate(through, &self.closed)?;
-        let (rejects, duplicate_rows) = self.core.take_pending();
-        let rejection_rows = rejects
-            .iter()
-            .map(|r| RejectionRow {
-                stream_seq: r.seq,
-                event_index: r.index.map(|i| i as u64),
-                reason: r.reason.code().to_string(),
-                detail: r.detail.clone(),
-                subject: r.subject.clone(),
-                size: r.original.len() as u64,
-            })
-            .collect();
-        Ok(Outputs { through, rows, rejects, rejection_rows, duplicate_rows })
-    }
-
-    /// Commits one range's outputs until they are in: DLQ (once), rejections, duplicates, then
-    /// usage_summaries with the range's progress. Returns the summaries version holding it.
-    async fn commit_outputs(&mut self, out: &Outputs, shutdown: &mut watch::Receiver<bool>) -> Result<u64> {
-        let mut delay = Duration::from_millis(100);
-        let mut stop_requested = false;
-        let mut dlq_published = out.rejects.is_empty();
-        let started = Instant::now();
-        let range = CommitRange { after: self.committed_seq, through: out.through, stream: Some(self.stream_id) };
-        let span = tracing::info_span!(
-            "commit",
-            through_seq = out.through,
-            rows = out.rows.len(),
-            rejects = out.rejects.len()
-        );
-        loop {
-            let attempt = async {
-                if let Some(lease) = &self.lease {
-                    lease.check()?;
-                }
-                if !dlq_published {
-                    // Published once per range, whatever the retries: an outage longer than the
-                    // DLQ's duplicate window must not duplicate DLQ entries.
-                    self.broker.publish_rejects(&out.rejects).await?;
-                    dlq_published = true;
-                    meterflow_faults::hit(Point::AfterDlqPublish);
-                }
-                self.rejections.commit(&out.rejection_rows, out.through).await?;
-                if !out.rejection_rows.is_empty() {
-                    meterflow_faults::hit(Point::AfterRejectionsCommit);
-                }
-                self.duplicates.commit(&out.duplicate_rows, out.through).await?;
-                let committed = self.table.commit(&out.rows, range).await?;
-                meterflow_faults::hit(Point::AfterDeltaCommit);
-                anyhow::Ok(committed)
-            }
-            .instrument(span.clone())
-            .await;
-            match attempt {
-                Ok(committed) => {
-                    let version = committed.version();
-                    if matches!(committed, meterflow_sink::Committed::AlreadyThere(_)) {
-                        tracing::warn!(
-                            version,
-                            through = out.through,
-                            "the range was already committed by an earlier attempt; not written again"
-                        );
-                    }
-                    self.record_commit(started, out, committed);
-                    return Ok(version);
-                }
-                Err(e) if is_fenced(&e) => {
-                    return Err(e.context(format!(
-                        "stopping without acknowledging stream sequence {}: another meterflow run owns this stream's progress",
-                        out.through
-                    )));
-                }
-                Err(e) if stop_requested => {
-                    return Err(e.context(
-                        "commit failed during shutdown; uncommitted messages will be re-read on the next start",
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), through = out.through, "commit failed; not acknowledging, retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => { stop_requested = true; }
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    }
-
-    /// Metrics of one commit.
-    fn record_commit(&mut self, started: Instant, out: &Outputs, committed: meterflow_sink::Committed) {
-        let version = committed.version();
-        let ms = started.elapsed().as_millis() as u64;
-        tracing::debug!(
-            version,
-            through = out.through,
-            rows = out.rows.len(),
-            rejects = out.rejects.len(),
-            ms,
-            "committed"
-        );
-        let m = &self.ops.metrics;
-        m.commit_duration.observe(started.elapsed().as_secs_f64());
-        if let Some(last) = self.last_commit {
-            m.commit_interval.observe(last.elapsed().as_secs_f64());
-        }
-        self.last_commit = Some(Instant::now());
-        m.commits.inc();
-        m.summary_rows.inc_by(out.rows.len() as u64);
-        if !out.rows.is_empty() && matches!(committed, meterflow_sink::Committed::Written(_)) {
-            let (files, bytes) = self.table.files_added_in(version);
-            m.parquet_files.inc_by(files);
-            m.parquet_bytes.inc_by(bytes);
-        }
-    }
-
-    /// After a commit: progress, ack, eviction of windows no event can reach, snapshot.
-    async fn after_commit(&mut self, last: &Fetched, out: &Outputs, _version: u64) -> Result<()> {
-        let through = out.through;
-        self.committed_seq = through;
-        self.ops.metrics.committed_sequence.set(i64::try_from(through).unwrap_or(i64::MAX));
-        self.stats.commits += 1;
-        self.stats.rows_written += out.rows.len() as u64;
-        self.stats.committed_seq = through;
-        self.stats.busy_secs = self.first_live.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        self.core.pending_events = 0;
-        self.pending_since = None;
-        if let Err(e) = self.broker.ack_through(&last.message).await {
-            // Harmless: the next start resumes from the committed sequence, not the ack floor.
-            tracing::warn!(error = %e, through, "ack failed after a successful commit");
-        }
-        meterflow_faults::hit(Point::AfterAck);
-        self.publish_progress().await;
-        // Windows older than anything the backdating limit still admits can go.
-        if let Some(clock) = self.core.agg.progress().stream_clock() {
-            let reach = self.core.bounds.max_backdating + self.core.bounds.max_future_skew + chrono::Duration::days(1);
-            let evicted = self.core.agg.evict_before(clock - reach);
-            if evicted > 0 {
-                tracing::debug!(evicted, "dropped windows beyond the backdating limit");
-            }
-        }
-        self.commits_since_snapshot += 1;
-        if self.commits_since_snapshot >= self.config.pipeline.snapshot_every_commits.max(1) {
-            self.snapshot()?;
-        }
-        Ok(())
-    }
-
-    /// The periodic steps after a commit: close due billing periods, compact every N commits.
-    /// Neither can stop metering: a failure is logged and tried again later.
-    async fn on_tick(&mut self) {
-        self.close_due_periods().await;
-        let every = self.config.storage.compact_every_commits;
-        if every > 0 && self.stats.commits.is_multiple_of(every) {
-            match self.table.compact().await {
-                Ok((removed, added)) => tracing::info!(removed, added, "compacted usage_summaries"),
-                // Not fatal: compaction only keeps reads and commits fast.
-                Err(e) => tracing::warn!(error = %e, "compaction failed; will retry later"),
-            }
-        }
-    }
-
-    /// Closes every billing period that holds usage and whose end plus the grace period all
-    /// meters' watermarks have passed; also picks up periods closed with `meterflow close`.
-    /// Only called with nothing pending, so the sealed version holds everything processed. The
-    /// sealed version is read from the table, never assumed; a close that fails is logged and
-    /// tried again at the next commit or idle turn.
-    async fn close_due_periods(&mut self) {
-        if let Err(e) = self.try_close_due_periods().await {
-            tracing::warn!(error = %format!("{e:#}"), "closing a due billing period failed; will retry");
-        }
-    }
-
-    async fn try_close_due_periods(&mut self) -> Result<()> {
-        if self.closed_read_at.elapsed() >= Duration::from_secs(5) {
-            match self.periods.closed().await {
-                Ok(c) => self.closed = c,
-                Err(e) => tracing::warn!(error = %e, "cannot read billing_periods; keeping the last known closes"),
-            }
-            self.closed_read_at = Instant::now();
-        }
-        let policy = *self.core.agg.policy();
-        let watermark = (0..self.core.reference.meters.configs().len())
-            .filter_map(|m| self.core.agg.progress().watermark(m, &policy))
-            .min();
-        let Some(watermark) = watermark else { return Ok(()) };
-        let grace = self.config.lateness.period_grace();
-        let due: Vec<Period> = self
-            .core
-            .seen_periods
-            .iter()
-            .filter(|p| !self.closed.contains_key(*p))
-            .filter_map(|p| Period::parse(p))
-            .filter(|p| watermark > p.end + grace)
-            .collect();
-        for p in due {
-            let sealed = self.table.current_version().await?;
-            let recorded = self.periods.close(&p.label(), p.start, p.end, "watermark", sealed).await?;
-            tracing::info!(period = %p.label(), sealed = recorded.sealed_version, %watermark, "closed billing period");
-            self.closed.insert(p.label(), recorded);
-        }
-        Ok(())
-    }
-
-    fn snapshot(&mut self) -> Result<()> {
-        let bytes = encode_state(&self.core.agg, &self.core.totals, &self.core.dedup)?;
-        match self.store.save(self.committed_seq, &bytes) {
-            Ok(()) => {
-                self.commits_since_snapshot = 0;
-                meterflow_faults::hit(Point::AfterSnapshot);
-            }
-            // Not fatal: the next start replays a little more.
-            Err(e) => tracing::warn!(error = %e, "state snapshot failed; will retry at the next commit"),
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meterflow_aggregator::{Aggregation, MeterConfig, Meters, WindowSize};
-
-    fn meters(names: &[&str]) -> Meters {
-        Meters::new(
-            names
-                .iter()
-                .map(|n| MeterConfig {
-                    name: n.to_string(),
-                    event_type: n.to_string(),
-                    aggregation: Aggregation::Count,
-                    value_property: None,
-                    group_by: vec![],
-                    window: WindowSize::Hour,
-                    allowed_lateness_s: 3600,
-                })
-                .collect(),
-        )
-        .unwrap()
-    }
 
     // Found in review: any empty pull (a deleted consumer, a broker restart with a backlog
     // waiting) moved event time to the wall clock, closing periods and evicting windows early.
@@ -941,16 +577,5 @@ mod tests {
         assert!(!drained(Some(42), 42), "a message waits");
         assert!(!drained(Some(900), 42), "a backlog behind empty pulls");
         assert!(!drained(None, 42), "the broker did not answer");
-    }
-
-    #[test]
-    fn a_snapshot_round_trips_and_is_refused_after_the_meters_change() {
-        let agg = Aggregator::new(meters(&["a", "b"]));
-        let dedup = ShardedDedup::new(1, 37).unwrap();
-        let bytes = encode_state(&agg, &PeriodTotals::default(), &dedup).unwrap();
-        assert!(decode_state(&bytes, &meters(&["a", "b"])).is_ok());
-        let e = decode_state(&bytes, &meters(&["b", "a"])).unwrap_err();
-        assert!(e.to_string().contains("[[meters]] definitions changed"), "{e}");
-        assert!(decode_state(&bytes[..5], &meters(&["a", "b"])).is_err());
     }
 }

@@ -24,15 +24,19 @@
 //! `Traffic::default()` (`Example` + `Shuffled`) generates exactly what this module generated
 //! before these knobs existed, byte for byte.
 
-use anyhow::{bail, Context, Result};
-use async_nats::jetstream;
+use anyhow::{bail, Result};
 use chrono::{DateTime, Duration, Utc};
-use meterflow_rater::{pricing_at, Period};
 use rust_decimal::Decimal;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 
-use crate::config::{Config, Reference};
+use meterflow_pipeline::config::Reference;
+
+mod oracle;
+mod publish;
+mod reference;
+use oracle::compute_totals;
+pub use oracle::{differences, Oracle};
+pub use publish::publish_all;
+pub use reference::{synthetic_customers, use_synthetic_reference};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -137,28 +141,6 @@ pub struct OutMessage {
     pub payload: Vec<u8>,
     /// `Nats-Msg-Id`, when the publisher sets one.
     pub msg_id: Option<String>,
-}
-
-/// The exact expected outcome.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Oracle {
-    /// (customer, meter) → total quantity (sum of window values).
-    pub quantity: BTreeMap<(String, String), Decimal>,
-    /// (customer, meter) → total amount (unrounded).
-    pub amount: BTreeMap<(String, String), Decimal>,
-    /// (customer, meter, billing period) → (quantity, amount): the same totals per period.
-    pub by_period: BTreeMap<(String, String, String), (Decimal, Decimal)>,
-    /// Distinct accepted events.
-    pub accepted: u64,
-    /// Duplicates the pipeline must drop.
-    pub duplicates: u64,
-    /// Retries the broker drops by `Nats-Msg-Id`.
-    pub broker_retries: u64,
-    /// Expected rejects by reason code.
-    pub rejected: BTreeMap<String, u64>,
-    /// Accepted events generated behind the stream time ([`EventTimes::InOrder`] only); every
-    /// one of them is still billed, in open windows or in rows flagged late.
-    pub late: u64,
 }
 
 /// SplitMix64: small, deterministic, good enough for workloads.
@@ -518,206 +500,12 @@ fn generate_part(part: &Part<'_>, messages: &mut Vec<OutMessage>, oracle: &mut O
     all
 }
 
-fn compute_totals(events: &[Event], subjects: &Subjects, reference: &Reference, oracle: &mut Oracle) -> Result<()> {
-    // Period totals per (customer, meter, plan version, month), computed straight from the
-    // events: SUM meters add values; UNIQUE and MAX meters add their per-day window values.
-    type Key<'a> = (&'a str, &'static str, String, String);
-    let customers = reference.directory.customers();
-    let index: HashMap<&str, usize> = customers.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
-    let mut totals: BTreeMap<Key<'_>, Decimal> = BTreeMap::new();
-    let mut uniques: HashMap<(Key<'_>, usize, i64), HashSet<&str>> = HashMap::new();
-    let mut peaks: HashMap<(Key<'_>, usize, i64), Decimal> = HashMap::new();
-    for e in events {
-        let customer = subjects.table[e.who].1.as_str();
-        let idx =
-            *index.get(customer).with_context(|| format!("customer `{customer}` is not in the reference data"))?;
-        let subs = reference.subscriptions.get(idx).context("customer without subscriptions")?;
-        let (plan, version) = pricing_at(&reference.prices, subs, e.time).context("no plan in force")?;
-        let anchor = customers[idx].billing_anchor_day;
-        let period = Period::containing(e.time, anchor).context("period")?.label();
-        let meter = match e.kind {
-            "api_calls" => "api_calls",
-            "llm_tokens" => "llm_tokens",
-            "user_seen" => "active_users",
-            _ => "storage_peak",
-        };
-        let key: Key<'_> = (customer, meter, plan.version_label(version), period);
-        let day = e.time.timestamp().div_euclid(86_400);
-        match meter {
-            "active_users" => {
-                uniques.entry((key, e.who, day)).or_default().insert(&e.text);
-            }
-            "storage_peak" => {
-                let p = peaks.entry((key, e.who, day)).or_insert(e.value);
-                *p = (*p).max(e.value);
-            }
-            _ => *totals.entry(key).or_default() += e.value,
-        }
-    }
-    for ((key, _, _), set) in uniques {
-        *totals.entry(key).or_default() += Decimal::from(set.len());
-    }
-    for ((key, _, _), peak) in peaks {
-        *totals.entry(key).or_default() += peak;
-    }
-    let prices = &reference.prices;
-    for ((customer, meter, label, period), q) in totals {
-        let (plan_id, _) = label.split_once('@').context("label")?;
-        let charge = prices.charge_of(plan_id, &label, meter).with_context(|| format!("{label} {meter}"))?;
-        let amount = charge.price(q)?;
-        let key = (customer.to_string(), meter.to_string());
-        *oracle.quantity.entry(key.clone()).or_default() += q;
-        *oracle.amount.entry(key).or_default() += amount;
-        let p = oracle.by_period.entry((customer.to_string(), meter.to_string(), period)).or_default();
-        p.0 += q;
-        p.1 += amount;
-    }
-    Ok(())
-}
-
-/// The `customers.toml` of `n` synthetic customers: customer `i` has id and single subject
-/// [`synthetic_subject`]`(i)` and is billed like the template's customer `i mod m` (currency,
-/// legal entity, billing anchor day, plan or effective-dated subscriptions copied), so the
-/// template's plans (tiers, graduated prices, plan changes) still apply. Publish-subject
-/// restrictions are not copied: usage may arrive on any subject.
-pub fn synthetic_customers(template: &Reference, n: usize) -> Result<String> {
-    use toml::{Table, Value};
-    let templates = template.directory.customers();
-    if templates.is_empty() {
-        bail!("the template reference data has no customers");
-    }
-    let mut customers = Vec::with_capacity(n);
-    for i in 0..n {
-        let t = &templates[i % templates.len()];
-        let id = synthetic_subject(i);
-        let mut c = Table::new();
-        c.insert("id".into(), Value::String(id.clone()));
-        c.insert("name".into(), Value::String(format!("Synthetic customer {i}")));
-        c.insert("subjects".into(), Value::Array(vec![Value::String(id)]));
-        c.insert("currency".into(), Value::String(t.currency.clone()));
-        c.insert("legal_entity".into(), Value::String(t.legal_entity.clone()));
-        c.insert("erp_customer_id".into(), Value::String(format!("C-S{i:07}")));
-        c.insert("billing_anchor_day".into(), Value::Integer(i64::from(t.billing_anchor_day)));
-        if let Some(plan) = &t.plan {
-            c.insert("plan".into(), Value::String(plan.clone()));
-        }
-        if !t.subscriptions.is_empty() {
-            let subs = t
-                .subscriptions
-                .iter()
-                .map(|s| {
-                    let mut sub = Table::new();
-                    sub.insert("plan".into(), Value::String(s.plan.clone()));
-                    if let Some(start) = &s.start {
-                        sub.insert("start".into(), Value::String(start.clone()));
-                    }
-                    if let Some(end) = &s.end {
-                        sub.insert("end".into(), Value::String(end.clone()));
-                    }
-                    Value::Table(sub)
-                })
-                .collect();
-            c.insert("subscriptions".into(), Value::Array(subs));
-        }
-        customers.push(Value::Table(c));
-    }
-    let mut file = Table::new();
-    file.insert("customers".into(), Value::Array(customers));
-    let body = toml::to_string(&file).context("cannot write the synthetic customers")?;
-    Ok(format!(
-        "# {n} synthetic customers for a load run, billed like the template's customers in turn.\n\
-         # Generated by meterflow::workload::synthetic_customers; do not edit.\n\n{body}"
-    ))
-}
-
-/// Writes a reference folder with `n` synthetic customers into `dir` (`customers.toml` from
-/// [`synthetic_customers`], the template's customers being `config`'s, and a copy of `config`'s
-/// plans file) and points `config` at it. Returns the reference data as loaded from there.
-pub fn use_synthetic_reference(config: &mut Config, dir: &Path, n: usize) -> Result<Reference> {
-    let template = Reference::load(config)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let customers = dir.join("customers.toml");
-    let plans = dir.join("plans.toml");
-    std::fs::write(&customers, synthetic_customers(&template, n)?)
-        .with_context(|| format!("cannot write {}", customers.display()))?;
-    std::fs::copy(&config.reference.plans, &plans)
-        .with_context(|| format!("cannot copy {} to {}", config.reference.plans.display(), plans.display()))?;
-    config.reference.customers = customers;
-    config.reference.plans = plans;
-    Reference::load(config)
-}
-
-/// Publishes messages, keeping up to `window` acknowledgements in flight. Returns how many the
-/// broker reported as duplicates (dropped by `Nats-Msg-Id`).
-pub async fn publish_all(js: &jetstream::Context, messages: &[OutMessage], window: usize) -> Result<u64> {
-    let mut in_flight = std::collections::VecDeque::new();
-    let mut broker_duplicates = 0;
-    for m in messages {
-        let mut headers = async_nats::HeaderMap::new();
-        if let Some(id) = &m.msg_id {
-            headers.insert("Nats-Msg-Id", id.as_str());
-        }
-        let ack =
-            js.publish_with_headers(m.subject.clone(), headers, m.payload.clone().into()).await.context("publish")?;
-        in_flight.push_back(ack);
-        if in_flight.len() >= window.max(1) {
-            if let Some(a) = in_flight.pop_front() {
-                if a.await.context("publish ack")?.duplicate {
-                    broker_duplicates += 1;
-                }
-            }
-        }
-    }
-    for a in in_flight {
-        if a.await.context("publish ack")?.duplicate {
-            broker_duplicates += 1;
-        }
-    }
-    Ok(broker_duplicates)
-}
-
-/// Compares the committed summaries with the oracle, exactly: quantity and amount per customer
-/// and meter, and the number of accepted events. Returns every difference (empty = exact).
-pub async fn differences(data_dir: &std::path::Path, oracle: &Oracle) -> Result<Vec<String>> {
-    use meterflow_sink::sql::{cells, ReadOnlySql};
-    let sql = ReadOnlySql::open(data_dir).await?;
-    let q =
-        "SELECT customer_id, meter, CAST(SUM(quantity) AS VARCHAR), CAST(SUM(amount) AS VARCHAR), SUM(event_count) \
-             FROM usage_summaries GROUP BY customer_id, meter";
-    let mut got: BTreeMap<(String, String), (Decimal, Decimal)> = BTreeMap::new();
-    let mut events = 0u64;
-    for b in sql.query(q).await? {
-        for r in cells(&b)? {
-            let f: Vec<String> = r.into_iter().map(Option::unwrap_or_default).collect();
-            let (Some(c), Some(m), Some(q), Some(a), Some(n)) = (f.first(), f.get(1), f.get(2), f.get(3), f.get(4))
-            else {
-                continue;
-            };
-            got.insert((c.clone(), m.clone()), (q.parse()?, a.parse()?));
-            events += n.parse::<u64>().unwrap_or(0);
-        }
-    }
-    let mut out = Vec::new();
-    for (key, q) in &oracle.quantity {
-        let a = oracle.amount.get(key).copied().unwrap_or_default();
-        match got.get(key) {
-            Some((gq, ga)) if gq == q && ga == &a => {}
-            other => out.push(format!("{key:?}: expected quantity {q} amount {a}, got {other:?}")),
-        }
-    }
-    for key in got.keys().filter(|k| !oracle.quantity.contains_key(*k)) {
-        out.push(format!("{key:?}: not in the oracle"));
-    }
-    if events != oracle.accepted {
-        out.push(format!("accepted events: expected {}, got {events}", oracle.accepted));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Overrides;
+    use meterflow_pipeline::config::{Config, Overrides};
+    use std::collections::HashSet;
+    use std::path::Path;
 
     fn example_config() -> Config {
         let path =

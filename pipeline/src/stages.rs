@@ -1,7 +1,7 @@
 //! The core stages of the pipeline, without broker or tables: decode and validate, enrich
 //! (subject → customer, plan version in force), extract meter values, dedup, aggregate into
 //! windows, and rate window deltas. Pure CPU work over in-memory state; the pipeline
-//! ([`super::Pipeline`]) feeds it fetched messages and commits what it produces. The benchmark of
+//! ([`crate::Pipeline`]) feeds it fetched messages and commits what it produces. The benchmark of
 //! the core stages (`benches/benches/core_stages.rs`) drives it directly.
 
 use anyhow::{Context, Result};
@@ -15,10 +15,10 @@ use meterflow_sink::{ClosedPeriod, RejectionRow, RowKind, SummaryRow};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::RunStats;
 use crate::config::{Config, Reference};
 use crate::ops::metrics::label;
 use crate::ops::Ops;
+use crate::stats::RunStats;
 
 /// One message as the core stages see it.
 #[derive(Debug, Clone, Copy)]

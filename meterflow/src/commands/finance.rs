@@ -9,7 +9,7 @@ use meterflow_sink::sql::{render, Format};
 use meterflow_sink::{PeriodTable, SummaryTable};
 use std::path::PathBuf;
 
-use crate::config::{Config, Reference};
+use meterflow_pipeline::config::{Config, Reference};
 
 /// Appends one line of formatted text.
 fn line(s: &mut String, args: std::fmt::Arguments<'_>) {
@@ -209,9 +209,9 @@ pub async fn post(config: &Config, period: &str, target: Option<&str>, retry_fai
 pub async fn reconcile(config: &Config, period: &str, format: Format) -> Result<(String, bool)> {
     let r = reconcile_period(&config.storage.data_dir, period).await?;
     // The operations page shows the last result of each period.
-    let saved = crate::ops::live::save_reconcile(
+    let saved = meterflow_pipeline::ops::live::save_reconcile(
         &config.storage.data_dir,
-        &crate::ops::ReconcileResult {
+        &meterflow_pipeline::ops::ReconcileResult {
             period: period.to_string(),
             variances: r.variances as u64,
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use async_nats::HeaderMap;
-use meterflow::config::{Config, Overrides, Reference};
-use meterflow::local_nats::LocalNats;
+use meterflow_pipeline::config::{Config, Overrides, Reference};
+use meterflow_testkit::local_nats::LocalNats;
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

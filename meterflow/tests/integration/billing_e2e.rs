@@ -3,11 +3,8 @@
 //!
 //! Golden invoices live in `tests/golden/invoices/`. After an intended change, regenerate them
 //! with `UPDATE_GOLDEN=1 bash scripts/test.sh --test billing_e2e` and review the diff.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by design
 
-mod common;
-
-use common::{event, publish, TestEnv};
+use crate::common::{event, publish, TestEnv};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -21,7 +21,7 @@ use meterflow_sink::sql::{cells, ReadOnlySql};
 use serde::Serialize;
 use std::time::Duration;
 
-use crate::config::{Config, Reference};
+use meterflow_pipeline::config::{Config, Reference};
 
 /// What to trace.
 #[derive(Debug, Clone, Default)]

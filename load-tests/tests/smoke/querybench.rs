@@ -1,7 +1,6 @@
 //! The CI smoke version of the query benchmark: a tiny table, correctness only (the timings it
 //! prints are not benchmarks; BENCHMARKS.md has the real ones). Needs the Python with duckdb
 //! (`DELTA_READER_PYTHON`, set by scripts/env.sh; .tools/venv/bin/python otherwise).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use meterflow_load_tests::query::{self, QueryBenchOptions};
 use std::path::PathBuf;
@@ -11,7 +10,7 @@ fn python() -> PathBuf {
         return PathBuf::from(p);
     }
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
-    assert!(venv.exists(), "no DELTA_READER_PYTHON and no {}: run `source scripts/env.sh` first", venv.display());
+    assert!(venv.exists(), "no DELTA_READER_PYTHON and no {}: run `bash scripts/test.sh` (it installs the Python readers) or set DELTA_READER_PYTHON", venv.display());
     venv
 }
 

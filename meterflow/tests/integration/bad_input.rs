@@ -1,11 +1,9 @@
 //! The bad-input catalogue: every class of malformed usage lands in USAGE_DLQ with its reason
 //! and original bytes, and the good events around it are all counted.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by design
 
-mod common;
-
+use crate::common;
+use crate::common::TestEnv;
 use async_nats::HeaderMap;
-use common::TestEnv;
 use std::collections::BTreeMap;
 
 fn event_with(fields: &[(&str, &str)]) -> String {

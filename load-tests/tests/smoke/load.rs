@@ -1,6 +1,5 @@
 //! The CI smoke version of the load test: a few seconds, correctness only. The figures it
 //! prints are not benchmarks (debug build, tiny workload); BENCHMARKS.md has the real ones.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use meterflow_load_tests::{report::Summary, run_once, LoadOptions};
 use std::path::PathBuf;

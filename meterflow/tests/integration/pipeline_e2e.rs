@@ -1,10 +1,7 @@
 //! End-to-end: real nats-server, the real `meterflow` binary, real Delta tables.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by design
 
-mod common;
-
-use common::{event, publish, reference, sigterm, totals, wait_until, TestEnv};
-use meterflow::workload::{self, WorkloadSpec};
+use crate::common::{event, publish, reference, sigterm, totals, wait_until, TestEnv};
+use meterflow_testkit::workload::{self, WorkloadSpec};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::time::Duration;

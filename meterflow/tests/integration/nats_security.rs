@@ -2,11 +2,8 @@
 //! per-user permissions and JetStream; the real `meterflow` binary connects as a least-privilege
 //! user, a tenant publisher is confined to its own subjects, and bad credentials fail with a
 //! hint and without printing any secret.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by design
 
-mod common;
-
-use common::{event, wait_until, NO_OPS_PAGE, WIDE_BOUNDS};
+use crate::common::{event, wait_until, NO_OPS_PAGE, WIDE_BOUNDS};
 use meterflow_ingest::{Broker, NatsConfig, Secret};
 use rust_decimal::Decimal;
 use std::path::{Path, PathBuf};
@@ -166,8 +163,9 @@ impl SecureNats {
     fn start_with(authorization: &str) -> SecureNats {
         let dir = tempfile::tempdir().unwrap();
         make_certificates(dir.path());
-        let binary = meterflow::local_nats::find_binary().expect("nats-server (run scripts/tools.sh to install it)");
-        let port = meterflow::local_nats::free_port().unwrap();
+        let binary =
+            meterflow_testkit::local_nats::find_binary().expect("nats-server (run scripts/tools.sh to install it)");
+        let port = meterflow_testkit::local_nats::free_port().unwrap();
         let p = |name: &str| dir.path().join(name).display().to_string();
         let conf = format!(
             r#"listen: "127.0.0.1:{port}"

@@ -1,13 +1,10 @@
 //! The metrics endpoint and the operations page of a running pipeline, checked over HTTP and in
 //! a real headless Chromium (Debian's `chromium`, installed by `scripts/tools.sh`). The browser's
 //! screenshot is kept as a test artifact: `<target>/tmp/ops-page.png`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{reference, sigterm, wait_until, TestEnv};
-use meterflow::local_nats::free_port;
-use meterflow::workload::{self, WorkloadSpec};
+use crate::common::{reference, sigterm, wait_until, TestEnv};
+use meterflow_testkit::local_nats::free_port;
+use meterflow_testkit::workload::{self, WorkloadSpec};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Command;

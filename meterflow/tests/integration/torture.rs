@@ -8,13 +8,10 @@
 //!
 //! CI runs two rounds over every point (20 kills). The long mode runs more:
 //! `METERFLOW_TORTURE_ROUNDS=25 bash scripts/test.sh --test torture -- --nocapture`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{reference, totals, wait_until, TestEnv};
-use meterflow::workload::{self, WorkloadSpec};
+use crate::common::{reference, totals, wait_until, TestEnv};
 use meterflow_faults::Point;
+use meterflow_testkit::workload::{self, WorkloadSpec};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;

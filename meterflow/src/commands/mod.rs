@@ -1,0 +1,11 @@
+//! The commands beyond `run`, each over the pipeline library and the stage crates:
+//!
+//! * [`finance`]: `meterflow invoices`, `post`, `reconcile`;
+//! * [`rerate`]: `meterflow rerate`, price corrections as adjustment rows;
+//! * [`trace`]: `meterflow trace`, one event's lineage to its invoice lines and ERP postings;
+//! * [`demo`]: `meterflow demo`, a local broker, a workload and the whole pipeline end to end.
+
+pub mod demo;
+pub mod finance;
+pub mod rerate;
+pub mod trace;

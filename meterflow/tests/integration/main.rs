@@ -1,0 +1,21 @@
+//! The end-to-end tests, in one binary (each test binary links DataFusion and deltalake again):
+//! a real nats-server, the real `meterflow` binary, real Delta tables.
+//!
+//! * [`pipeline_e2e`]: exact totals, restarts, late data, other engines reading the tables;
+//! * [`bad_input`]: every kind of bad input rejected with a reason, nothing else lost;
+//! * [`billing_e2e`]: golden invoices, posting, reconcile, compaction and vacuum;
+//! * [`broker_and_disk_faults`]: broker restarts, disk faults, two writers, lost consumers;
+//! * [`nats_security`]: TLS, credentials and least-privilege permissions;
+//! * [`ops_page`]: the operations page and `/metrics` under a real workload;
+//! * [`torture`]: SIGKILL at every fault point of the commit path, under load.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by design
+
+mod common;
+
+mod bad_input;
+mod billing_e2e;
+mod broker_and_disk_faults;
+mod nats_security;
+mod ops_page;
+mod pipeline_e2e;
+mod torture;

@@ -1,0 +1,25 @@
+//! # meterflow-pipeline: the stages wired together
+//!
+//! The layers, from the bottom up (each uses only those below it):
+//!
+//! * [`config`]: the config file, `METERFLOW_<SECTION>__<KEY>` overrides, reference data;
+//! * [`stats`]: what a run counts and how it ends;
+//! * [`stages`]: the core stages over a batch of messages (decode, enrich, dedup, aggregate,
+//!   rate), pure apart from metrics;
+//! * [`checks`]: start-up checks of the stream against the tables' progress;
+//! * [`status`]: the status of a data directory and stream, read from the tables and broker;
+//! * [`ops`]: Prometheus metrics and the operations page;
+//! * [`run`]: the [`Pipeline`]: start-up, the run loop and the commit protocol.
+
+pub mod checks;
+pub mod config;
+pub mod ops;
+pub mod run;
+pub mod stages;
+pub mod stats;
+pub mod status;
+
+pub use checks::{check_retention, check_stream, StreamVerdict};
+pub use run::{Pipeline, StartOptions};
+pub use stages::{Input, Stages};
+pub use stats::{RunOptions, RunStats};
