@@ -1,8 +1,11 @@
-//! Enrichment: subject → customer, from reference data.
+//! Enrichment: usage subject → customer, from reference data, with the publish-subject rule
+//! (a customer bound to `publish_subjects` takes usage only from those NATS subjects).
 
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use meterflow_schemas::RejectReason;
 
 use crate::{IngestError, Result};
 
@@ -86,7 +89,8 @@ pub type Customer = Arc<CustomerConfig>;
 /// Subject → customer lookup.
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
-    by_subject: HashMap<String, Customer>,
+    /// Usage subject → position in `customers`.
+    by_subject: HashMap<String, usize>,
     customers: Vec<Customer>,
 }
 
@@ -119,9 +123,11 @@ impl Directory {
                 return Err(err(format!("customer `{}` has no subjects", c.id)));
             }
             let customer = Arc::new(c);
+            let index = dir.customers.len();
             for s in &customer.subjects {
-                if let Some(other) = dir.by_subject.insert(s.clone(), customer.clone()) {
-                    return Err(err(format!("subject `{s}` belongs to both `{}` and `{}`", other.id, customer.id)));
+                if let Some(other) = dir.by_subject.insert(s.clone(), index) {
+                    let other = &dir.customers[other].id;
+                    return Err(err(format!("subject `{s}` belongs to both `{other}` and `{}`", customer.id)));
                 }
             }
             dir.customers.push(customer);
@@ -131,7 +137,26 @@ impl Directory {
 
     /// The customer owning `subject`.
     pub fn lookup(&self, subject: &str) -> Option<&Customer> {
-        self.by_subject.get(subject)
+        self.by_subject.get(subject).and_then(|&i| self.customers.get(i))
+    }
+
+    /// The enrichment rule: the position (in file order) of the customer whose usage an event
+    /// for usage subject `subject`, published on NATS subject `message_subject`, is; or the
+    /// reject reason and detail (`unknown_subject`, `subject_not_allowed`).
+    pub fn enrich(&self, subject: &str, message_subject: &str) -> std::result::Result<usize, (RejectReason, String)> {
+        let Some((index, customer)) = self.by_subject.get(subject).and_then(|&i| Some((i, self.customers.get(i)?)))
+        else {
+            return Err((RejectReason::UnknownSubject, format!("subject {subject:?} maps to no customer")));
+        };
+        if !customer.may_publish_on(message_subject) {
+            let detail = format!(
+                "usage of customer {} may only arrive on {}; this message came on {message_subject}",
+                customer.id,
+                customer.publish_subjects.join(", "),
+            );
+            return Err((RejectReason::SubjectNotAllowed, detail));
+        }
+        Ok(index)
     }
 
     /// All customers in file order.

@@ -19,7 +19,8 @@
 //!   remembered for a horizon measured in stream-publish days so that a replay decides exactly
 //!   as the first pass did. [`ShardedDedup`] spreads it over worker threads by key, talking over
 //!   crossbeam channels, without locks.
-//! * [`Directory`] maps subjects to customers from reference data files.
+//! * [`Directory`] maps usage subjects to customers from reference data files; [`Directory::enrich`]
+//!   is the enrichment rule (unknown subjects and the publish-subject restriction rejected).
 
 mod broker;
 mod config;

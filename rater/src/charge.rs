@@ -7,7 +7,8 @@
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::plan::{exact_mul, RaterError};
+use crate::error::RaterError;
+use crate::exact::{exact_mul, MAX_PERIOD_AMOUNT, MAX_PERIOD_TOTAL, MAX_PRICE_SCALE};
 
 /// One tier of a tiered model. `up_to` is inclusive; the last tier has none (open-ended).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -85,20 +86,6 @@ pub struct TierLine {
     /// `quantity x unit_price + flat_fee`.
     pub amount: Decimal,
 }
-
-/// The most fractional digits a price may carry.
-pub const MAX_PRICE_SCALE: u32 = 9;
-
-/// The largest billing-period total (quantity) meterflow rates: 10^20. The quantity columns
-/// (DECIMAL(38, 9)) hold up to 10^29 exactly; the bound keeps sums of totals far from the 28
-/// significant digits of exact decimals. Usage that would pass it is rejected
-/// (`value_out_of_range`), never rounded and never a crash.
-pub const MAX_PERIOD_TOTAL: Decimal = Decimal::from_parts(1_661_992_960, 1_808_227_885, 5, false, 0);
-
-/// The largest price of one billing-period total: 10^18 in the plan's currency. The amount
-/// columns (DECIMAL(38, 18)) hold up to 10^20; the bound leaves room to add the lines of an
-/// invoice.
-pub const MAX_PERIOD_AMOUNT: Decimal = Decimal::from_parts(2_808_348_672, 232_830_643, 0, false, 0);
 
 fn ceil_div(q: Decimal, size: Decimal) -> Option<Decimal> {
     let rem = q.checked_rem(size)?;

@@ -23,16 +23,20 @@
 
 mod charge;
 mod currency;
+mod error;
+mod exact;
 mod period;
 mod plan;
 mod rounding;
 mod subscription;
 mod totals;
 
-pub use charge::{Charge, ChargeModel, Tier, TierLine, MAX_PERIOD_AMOUNT, MAX_PERIOD_TOTAL, MAX_PRICE_SCALE};
+pub use charge::{Charge, ChargeModel, Tier, TierLine};
 pub use currency::{minor_units, Currency};
+pub use error::RaterError;
+pub use exact::{MAX_PERIOD_AMOUNT, MAX_PERIOD_TOTAL, MAX_PRICE_SCALE};
 pub use period::{active_days, minimum_true_up, prorate, Period};
-pub use plan::{parse_instant, Plan, PlanConfig, PlanVersion, PlanVersionConfig, PriceBook, RaterError};
+pub use plan::{parse_instant, Plan, PlanConfig, PlanVersion, PlanVersionConfig, PriceBook};
 pub use rounding::{round_money, Rounding};
 pub use subscription::{check_subscriptions, pricing_at, Subscription};
 pub use totals::{PeriodTotals, TotalKey};

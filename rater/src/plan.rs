@@ -5,8 +5,10 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::collections::HashMap;
 
-use crate::charge::{Charge, MAX_PRICE_SCALE};
+use crate::charge::Charge;
 use crate::currency::Currency;
+use crate::error::RaterError;
+use crate::exact::MAX_PRICE_SCALE;
 
 /// A plan as written in the reference data (`[[plans]]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -61,45 +63,6 @@ pub struct Plan {
     pub currency: Currency,
     /// Versions, ascending by `effective_from`.
     pub versions: Vec<PlanVersion>,
-}
-
-/// Errors of plan loading and rating.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RaterError {
-    /// Two plans share an id. Fix the reference data.
-    #[error("plan `{0}` is defined twice")]
-    DuplicatePlan(String),
-    /// The plan's currency is not an ISO 4217 code meterflow knows.
-    #[error("plan `{plan}`: unknown currency {currency:?} (use an ISO 4217 code such as USD, EUR, JPY)")]
-    UnknownCurrency { plan: String, currency: String },
-    /// A plan has no versions, or two versions start at the same time.
-    #[error("plan `{plan}`: {reason}")]
-    InvalidVersions { plan: String, reason: String },
-    /// A date or time that cannot be read.
-    #[error("plan `{plan}`: effective_from {value:?} is not YYYY-MM-DD or an RFC 3339 time")]
-    InvalidDate { plan: String, value: String },
-    /// A charge names a meter the config does not define.
-    #[error("plan `{plan}` prices meter `{meter}`, which is not defined in the config")]
-    UnknownMeter { plan: String, meter: String },
-    /// A plan version leaves a configured meter unpriced.
-    #[error("plan `{plan}` has no charge for meter `{meter}`: every meter must be priced (use model = \"per_unit\", unit_price = \"0\" for free)")]
-    UnpricedMeter { plan: String, meter: String },
-    /// Two charges for one meter in one version.
-    #[error("plan `{plan}` prices meter `{meter}` twice in one version")]
-    DuplicateCharge { plan: String, meter: String },
-    /// A charge that cannot work: negative or over-precise prices, tiers out of order, a
-    /// non-positive package size.
-    #[error("plan `{plan}`, meter `{meter}`: {reason}")]
-    InvalidCharge { plan: String, meter: String, reason: String },
-    /// A negative or over-precise recurring fee or minimum.
-    #[error("plan `{plan}`: {reason}")]
-    InvalidFee { plan: String, reason: String },
-    /// Rating asked for a meter the plan version does not price (cannot happen after validation).
-    #[error("plan `{plan}` does not price meter `{meter}`")]
-    NoCharge { plan: String, meter: String },
-    /// A product that does not fit exact decimal arithmetic.
-    #[error("amount overflow rating meter `{meter}` on plan `{plan}`")]
-    Overflow { plan: String, meter: String },
 }
 
 /// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time.
@@ -224,21 +187,6 @@ impl PlanVersion {
     }
 }
 
-/// `a * b` computed exactly, or `None` when the exact product does not fit a [`Decimal`]
-/// (rust_decimal's own multiplication would round away digits instead).
-pub(crate) fn exact_mul(a: Decimal, b: Decimal) -> Option<Decimal> {
-    let mut mantissa = a.mantissa().checked_mul(b.mantissa())?;
-    let mut scale = a.scale() + b.scale();
-    while scale > 0 && mantissa % 10 == 0 {
-        mantissa /= 10;
-        scale -= 1;
-    }
-    if scale > 28 || mantissa.unsigned_abs() >= 1u128 << 96 {
-        return None;
-    }
-    Decimal::try_from_i128_with_scale(mantissa, scale).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,14 +250,5 @@ charges = [{ meter = "api_calls", model = "graduated", tiers = [{ up_to = "100",
             let e = book(&text).unwrap_err().to_string();
             assert!(e.contains(want), "{want:?} not in {e:?}");
         }
-    }
-
-    #[test]
-    fn products_are_exact_or_refused_never_rounded() {
-        let q: Decimal = "123456789012.123456789".parse().unwrap();
-        let p: Decimal = "0.000002800".parse().unwrap();
-        assert_eq!(exact_mul(q, p).unwrap().to_string(), "345679.0092339456790092");
-        let huge: Decimal = "79228162514264337593543950.335".parse().unwrap();
-        assert_eq!(exact_mul(huge, "1.5".parse().unwrap()), None);
     }
 }

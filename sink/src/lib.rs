@@ -26,6 +26,7 @@ mod periods;
 mod rejections;
 pub mod sql;
 mod state;
+mod storage;
 mod sync_store;
 mod table;
 mod vacuum;
@@ -36,14 +37,15 @@ pub use error::SinkError;
 pub use periods::{ClosedPeriod, PeriodTable, PERIODS_TABLE};
 pub use rejections::{RejectionRow, RejectionTable, DUPLICATES_TABLE, REJECTIONS_TABLE};
 pub use state::StateStore;
-pub use sync_store::{open_for_write, open_table_for_write, SyncStore};
+pub use storage::{open_for_write, open_table_for_write, table_url};
+pub use sync_store::SyncStore;
 pub use vacuum::{vacuum_tables, Vacuumed};
 // The SummaryRow → Arrow step of every commit, public so `benches/benches/parquet_encode.rs`
 // can measure it on its own.
 pub use table::encode_rows;
 pub use table::{
-    open_or_create_table, summaries_schema, table_url, CommitRange, Committed, RowKind, SummaryRow, SummaryTable,
-    APP_ID, STREAM_APP_ID, SUMMARIES_TABLE,
+    open_or_create_table, summaries_schema, CommitRange, Committed, RowKind, SummaryRow, SummaryTable, APP_ID,
+    STREAM_APP_ID, SUMMARIES_TABLE,
 };
 
 pub use table::SUMMARIES_RETENTION;

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::table::{open_or_create_table, table_url};
+use crate::storage::table_url;
+use crate::table::open_or_create_table;
 use crate::{Result, SinkError};
 
 /// Name of the table (and its folder).

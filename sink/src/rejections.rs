@@ -20,7 +20,8 @@ use deltalake::{DeltaTable, DeltaTableError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::table::{app_transaction_version, open_or_create_table, table_url};
+use crate::storage::table_url;
+use crate::table::{app_transaction_version, open_or_create_table};
 use crate::{Result, SinkError};
 
 /// Name of the table (and its folder).

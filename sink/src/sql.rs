@@ -15,7 +15,8 @@ use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::table::{has_commit, table_url, SUMMARIES_TABLE};
+use crate::storage::table_url;
+use crate::table::{has_commit, SUMMARIES_TABLE};
 use crate::{Result, SinkError};
 
 /// SQL of the `window_totals` view: the value of each window with its rows summed.

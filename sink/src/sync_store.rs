@@ -32,37 +32,11 @@ use deltalake::logstore::object_store::{
     self, local::LocalFileSystem, path::Path, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
     ObjectMeta, ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
-use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::stream::BoxStream;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
-
-use crate::table::table_url;
-use crate::SinkError;
 
 const STORE: &str = "SyncStore";
-
-/// A table builder whose handle writes through [`SyncStore`] when `url` is a local path (other
-/// schemes keep their own store).
-pub(crate) fn writer_builder(url: url::Url) -> Result<DeltaTableBuilder, DeltaTableError> {
-    let builder = DeltaTableBuilder::from_url(url.clone())?;
-    Ok(if url.scheme() == "file" { builder.with_storage_backend(Arc::new(SyncStore::new()), url) } else { builder })
-}
-
-/// Opens the existing Delta table at `url` for writing: on a local path every write of the
-/// handle is on disk before it returns (data files before the log entry naming them, the log
-/// entry before the commit returns). Table writers open through here; readers use
-/// `deltalake::open_table`.
-pub async fn open_for_write(url: url::Url) -> Result<DeltaTable, DeltaTableError> {
-    writer_builder(url)?.load().await
-}
-
-/// [`open_for_write`] for the table `name` under `data_dir`.
-pub async fn open_table_for_write(data_dir: &std::path::Path, name: &str) -> crate::Result<DeltaTable> {
-    let url = table_url(data_dir, name)?;
-    open_for_write(url).await.map_err(|e| SinkError::Delta { table: name.to_string(), source: e })
-}
 
 /// Local files, fsynced before each write returns.
 #[derive(Debug, Default)]
@@ -311,7 +285,9 @@ impl ObjectStore for SyncStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::{open_for_write, table_url};
     use deltalake::logstore::object_store::{ObjectStoreExt as _, RenameOptions, RenameTargetMode};
+    use deltalake::DeltaTable;
 
     fn store_path(p: &std::path::Path) -> Path {
         Path::from_absolute_path(p).unwrap()

@@ -12,6 +12,7 @@ use rust_decimal::Decimal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::storage::table_url;
 use crate::{Result, SinkError};
 
 /// Name of the rated summaries table (and of its folder under the data directory).
@@ -345,7 +346,7 @@ pub async fn open_or_create_table(
         attempts += 1;
         // Check for a commit first: opening a missing table makes the kernel log an error.
         if has_commit(&log) {
-            match crate::sync_store::open_for_write(url.clone()).await {
+            match crate::storage::open_for_write(url.clone()).await {
                 Ok(table) => return ensure_retention(table, name, &properties).await,
                 // has_commit saw a finished log entry, so this should not happen; should a
                 // listing still race a creator ("No files in log segment"), look again.
@@ -360,7 +361,7 @@ pub async fn open_or_create_table(
         if has_commit(&log) {
             continue;
         }
-        let create = crate::sync_store::writer_builder(url.clone())
+        let create = crate::storage::writer_builder(url.clone())
             .and_then(|b| b.build())
             .map_err(err)?
             .create()
@@ -474,18 +475,6 @@ pub(crate) async fn app_transaction_version(
     Ok(v.map_or(0, |v| v.max(0) as u64))
 }
 
-/// Location of a table under the data directory.
-pub fn table_url(data_dir: &Path, name: &str) -> Result<url::Url> {
-    let path = data_dir.join(name);
-    std::fs::create_dir_all(&path)
-        .map_err(|e| SinkError::DataDir { path: path.display().to_string(), message: e.to_string() })?;
-    let abs = path
-        .canonicalize()
-        .map_err(|e| SinkError::DataDir { path: path.display().to_string(), message: e.to_string() })?;
-    url::Url::from_directory_path(&abs)
-        .map_err(|_| SinkError::DataDir { path: abs.display().to_string(), message: "not an absolute path".into() })
-}
-
 impl SummaryTable {
     /// Opens the table under `data_dir`, creating it (and the folder) when absent.
     pub async fn open_or_create(data_dir: &Path) -> Result<Self> {
@@ -521,15 +510,7 @@ impl SummaryTable {
     /// Reopens the handle from storage (after a failed commit, or periodically).
     pub async fn reopen(&mut self) -> Result<()> {
         let url = table_url(self.path.parent().unwrap_or(Path::new(".")), SUMMARIES_TABLE)?;
-        let table = if meterflow_faults::ENABLED {
-            deltalake::DeltaTableBuilder::from_url(url.clone())
-                .map_err(delta_err)?
-                .with_storage_backend(std::sync::Arc::new(crate::fault_store::FaultStore::new()), url)
-                .load()
-                .await
-        } else {
-            deltalake::open_table(url).await
-        };
+        let table = crate::storage::open_summaries_for_write(url).await;
         self.table = Some(table.map_err(delta_err)?);
         self.commits_since_open = 0;
         Ok(())

@@ -18,7 +18,7 @@ use deltalake::table::config::TablePropertiesExt as _;
 use std::path::Path;
 
 use crate::sql::table_names;
-use crate::sync_store::open_table_for_write;
+use crate::storage::open_table_for_write;
 use crate::{Result, SinkError};
 
 /// What a vacuum did to one table.

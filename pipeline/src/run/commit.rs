@@ -5,13 +5,12 @@
 use anyhow::Result;
 use meterflow_faults::Point;
 use meterflow_ingest::{Fetched, IngestError, RejectEnvelope};
-use meterflow_rater::Period;
 use meterflow_sink::{CommitRange, RejectionRow, SinkError, SummaryRow};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{encode_state, Pipeline};
+use super::Pipeline;
 
 /// What one commit writes, prepared from the stages before the first attempt.
 pub(super) struct Outputs {
@@ -174,7 +173,6 @@ impl Pipeline {
         self.stats.rows_written += out.rows.len() as u64;
         self.stats.committed_seq = through;
         self.stats.busy_secs = self.first_live.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        self.core.pending_events = 0;
         self.pending_since = None;
         if let Err(e) = self.broker.ack_through(&last.message).await {
             // Harmless: the next start resumes from the committed sequence, not the ack floor.
@@ -183,12 +181,9 @@ impl Pipeline {
         meterflow_faults::hit(Point::AfterAck);
         self.publish_progress().await;
         // Windows older than anything the backdating limit still admits can go.
-        if let Some(clock) = self.core.agg.progress().stream_clock() {
-            let reach = self.core.bounds.max_backdating + self.core.bounds.max_future_skew + chrono::Duration::days(1);
-            let evicted = self.core.agg.evict_before(clock - reach);
-            if evicted > 0 {
-                tracing::debug!(evicted, "dropped windows beyond the backdating limit");
-            }
+        let evicted = self.core.evict_unreachable();
+        if evicted > 0 {
+            tracing::debug!(evicted, "dropped windows beyond the backdating limit");
         }
         self.commits_since_snapshot += 1;
         if self.commits_since_snapshot >= self.config.pipeline.snapshot_every_commits.max(1) {
@@ -230,31 +225,19 @@ impl Pipeline {
             }
             self.closed_read_at = Instant::now();
         }
-        let policy = *self.core.agg.policy();
-        let watermark = (0..self.core.reference.meters.configs().len())
-            .filter_map(|m| self.core.agg.progress().watermark(m, &policy))
-            .min();
-        let Some(watermark) = watermark else { return Ok(()) };
-        let grace = self.config.lateness.period_grace();
-        let due: Vec<Period> = self
-            .core
-            .seen_periods
-            .iter()
-            .filter(|p| !self.closed.contains_key(*p))
-            .filter_map(|p| Period::parse(p))
-            .filter(|p| watermark > p.end + grace)
-            .collect();
+        let due = self.core.due_periods(&self.closed, self.config.lateness.period_grace());
+        let watermark = self.core.min_watermark();
         for p in due {
             let sealed = self.table.current_version().await?;
             let recorded = self.periods.close(&p.label(), p.start, p.end, "watermark", sealed).await?;
-            tracing::info!(period = %p.label(), sealed = recorded.sealed_version, %watermark, "closed billing period");
+            tracing::info!(period = %p.label(), sealed = recorded.sealed_version, ?watermark, "closed billing period");
             self.closed.insert(p.label(), recorded);
         }
         Ok(())
     }
 
     fn snapshot(&mut self) -> Result<()> {
-        let bytes = encode_state(&self.core.agg, &self.core.totals, &self.core.dedup)?;
+        let bytes = self.core.snapshot_bytes()?;
         match self.store.save(self.committed_seq, &bytes) {
             Ok(()) => {
                 self.commits_since_snapshot = 0;

@@ -36,12 +36,11 @@ use crate::ops::metrics::label;
 use crate::ops::Ops;
 
 use crate::checks::{check_retention, check_stream, StreamVerdict};
+use crate::stages::snapshot::decode_state;
 use crate::stages::{Input, Stages};
 use crate::stats::{RunOptions, RunStats};
-use snapshot::{decode_state, encode_state};
 
 mod commit;
-mod snapshot;
 
 /// How often an idle pipeline checks that its consumer still exists.
 const CONSUMER_CHECK_EVERY: Duration = Duration::from_secs(3);
@@ -348,7 +347,7 @@ impl Pipeline {
                 // wall clock, so quiet meters' watermarks (and billing periods) still advance.
                 // An empty or failed pull alone never moves it (a deleted consumer or a broker
                 // restart can leave a backlog waiting behind empty pulls).
-                self.core.agg.advance_clock(chrono::Utc::now());
+                self.core.advance_clock(chrono::Utc::now());
                 if self.pending_last.is_none() {
                     self.close_due_periods().await;
                 }
@@ -361,7 +360,7 @@ impl Pipeline {
                 self.refetch_from_gap(from, to).await;
             }
             let due = self.pending_since.is_some_and(|t| t.elapsed() >= interval);
-            if self.core.pending_events >= self.config.pipeline.max_batch_events || due {
+            if self.core.pending_events() >= self.config.pipeline.max_batch_events || due {
                 self.commit_with_retry(&mut shutdown).await?;
             }
             if let Some(limit) = options.exit_when_idle {
@@ -403,16 +402,7 @@ impl Pipeline {
     async fn publish_progress(&mut self) {
         let m = &self.ops.metrics;
         let now = chrono::Utc::now();
-        let policy = *self.core.agg.policy();
-        let watermarks: Vec<(String, Option<chrono::DateTime<chrono::Utc>>)> = self
-            .core
-            .reference
-            .meters
-            .configs()
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.name.clone(), self.core.agg.progress().watermark(i, &policy)))
-            .collect();
+        let watermarks = self.core.watermarks();
         for (meter, w) in &watermarks {
             if let Some(w) = w {
                 let age = (now - *w).num_milliseconds() as f64 / 1000.0;
@@ -420,7 +410,7 @@ impl Pipeline {
             }
         }
         self.ops.live.set_watermarks(watermarks);
-        m.open_windows.set(i64::try_from(self.core.agg.window_count()).unwrap_or(i64::MAX));
+        m.open_windows.set(i64::try_from(self.core.open_windows()).unwrap_or(i64::MAX));
         // At most one broker request a second, unless the commit went past the last sequence
         // known (the stream grew since: a lag of 0 would be stale).
         let known_last = u64::try_from(m.stream_last_sequence.get()).unwrap_or(0);
@@ -541,8 +531,7 @@ impl Pipeline {
         if self.replaying && self.next_seq > self.committed_seq {
             // The replay has rebuilt the state as of the committed sequence: the rows it would
             // flush are already in the table, so only the period totals take them in.
-            let deltas = self.core.agg.flush();
-            self.core.advance_totals(&deltas)?;
+            self.core.finish_replay()?;
             self.replaying = false;
         }
         if !live.is_empty() {

@@ -12,7 +12,7 @@ fn meters_fingerprint(meters: &meterflow_aggregator::Meters) -> Vec<u8> {
     serde_json::to_vec(meters.configs()).unwrap_or_default()
 }
 
-pub(super) fn encode_state(agg: &Aggregator, totals: &PeriodTotals, dedup: &ShardedDedup) -> Result<Vec<u8>> {
+pub(crate) fn encode_state(agg: &Aggregator, totals: &PeriodTotals, dedup: &ShardedDedup) -> Result<Vec<u8>> {
     let meters = meters_fingerprint(agg.meters());
     let windows = serde_json::to_vec(&agg.snapshot())?;
     let totals = serde_json::to_vec(&totals.entries())?;
@@ -33,7 +33,7 @@ fn split_section(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
     rest.split_at_checked(len).context("state snapshot truncated")
 }
 
-pub(super) fn decode_state<'a>(
+pub(crate) fn decode_state<'a>(
     bytes: &'a [u8],
     meters: &meterflow_aggregator::Meters,
 ) -> Result<(AggregatorSnapshot, PeriodTotals, &'a [u8])> {
