@@ -9,7 +9,10 @@ pub enum BillingError {
     #[error("period {0:?} is not YYYY-MM (calendar month) or YYYY-MM-DD (a period starting on an anchor day)")]
     BadPeriod(String),
     /// Finalizing a period that is still open.
-    #[error("billing period {0} is still open: close it first (`meterflow close --period PERIOD`, or let the watermark close it), or look at a draft with --preview")]
+    #[error(
+        "billing period {0} is still open: close it first (`meterflow close --period PERIOD`, or let the \
+        watermark close it), or look at a draft with --preview"
+    )]
     PeriodOpen(String),
     /// `--customer` names a customer that does not exist or bills on other periods.
     #[error("{0}")]

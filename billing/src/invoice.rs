@@ -292,22 +292,87 @@ fn money(amount: Decimal, currency: &Currency, config: &BillingConfig) -> Decima
 /// Computes one invoice. `None` when the customer has nothing to bill for the period (no plan
 /// in force, no usage, no adjustment).
 pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, BillingError> {
-    let InvoiceInput { period, account, prices, config, .. } = input;
-    let label = period.label();
-    let currency = Currency::parse(&account.currency).ok_or_else(|| {
-        BillingError::Reference(format!("customer `{}` has unknown currency {:?}", account.id, account.currency))
-    })?;
-    for u in input.usage.iter().chain(input.adjustments) {
-        if u.currency != account.currency {
-            return Err(BillingError::Reference(format!(
-                "customer `{}` is billed in {} but has usage rated in {} ({}, {})",
-                account.id, account.currency, u.currency, u.meter, u.plan_version
-            )));
+    let ctx = Ctx::new(input)?;
+    let mut lines: Vec<InvoiceLine> = Vec::new();
+    let spend = usage_lines(&ctx, input, &mut lines)?;
+    fee_lines(&ctx, input, &spend, &mut lines)?;
+    adjustment_lines(&ctx, input, &mut lines);
+    late_minimum_offsets(&ctx, input, &mut lines);
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    assemble(&ctx, input, lines).map(Some)
+}
+
+/// What every line of one invoice shares: the period's label, the customer's currency and the
+/// `[billing]` settings.
+struct Ctx<'a> {
+    label: String,
+    currency: Currency,
+    config: &'a BillingConfig,
+}
+
+impl<'a> Ctx<'a> {
+    /// Checks that all usage is rated in the customer's currency.
+    fn new(input: &InvoiceInput<'a>) -> Result<Ctx<'a>, BillingError> {
+        let account = input.account;
+        let currency = Currency::parse(&account.currency).ok_or_else(|| {
+            BillingError::Reference(format!("customer `{}` has unknown currency {:?}", account.id, account.currency))
+        })?;
+        for u in input.usage.iter().chain(input.adjustments) {
+            if u.currency != account.currency {
+                return Err(BillingError::Reference(format!(
+                    "customer `{}` is billed in {} but has usage rated in {} ({}, {})",
+                    account.id, account.currency, u.currency, u.meter, u.plan_version
+                )));
+            }
+        }
+        Ok(Ctx { label: input.period.label(), currency, config: input.config })
+    }
+
+    /// `amount` rounded as the invoice rounds money.
+    fn money(&self, amount: Decimal) -> Decimal {
+        money(amount, &self.currency, self.config)
+    }
+
+    /// A recurring-fee or minimum true-up line (no meter, `days` as its quantity).
+    fn fee_line(
+        &self,
+        kind: &str,
+        description: String,
+        version: String,
+        days: i64,
+        exact: Decimal,
+        item: &str,
+    ) -> InvoiceLine {
+        InvoiceLine {
+            line_no: 0,
+            kind: kind.into(),
+            description,
+            meter: None,
+            plan_version: Some(version),
+            source_period: self.label.clone(),
+            quantity: Decimal::from(days),
+            tiers: Vec::new(),
+            amount_unrounded: exact.normalize(),
+            amount: self.money(exact),
+            item: item.into(),
+            revenue_account: self.config.fee_revenue_account.clone(),
+            event_count: 0,
+            first_seq: 0,
+            last_seq: 0,
         }
     }
-    let mut lines: Vec<InvoiceLine> = Vec::new();
+}
 
-    // Usage lines, in meter then plan version order; usage spend per plan version for minimums.
+/// Usage lines, in meter then plan version order, each checked against the plan's price of the
+/// period total. Returns the usage spend per plan version (for minimums).
+fn usage_lines(
+    ctx: &Ctx<'_>,
+    input: &InvoiceInput<'_>,
+    lines: &mut Vec<InvoiceLine>,
+) -> Result<BTreeMap<String, Decimal>, BillingError> {
+    let (prices, config, label) = (input.prices, ctx.config, &ctx.label);
     let mut usage = input.usage.to_vec();
     usage.sort_by(|a, b| (&a.meter, &a.plan_version).cmp(&(&b.meter, &b.plan_version)));
     let mut spend: BTreeMap<String, Decimal> = BTreeMap::new();
@@ -321,7 +386,8 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
         let expected = charge.price(u.quantity)?;
         if expected != u.amount {
             return Err(BillingError::RatedAmountMismatch(format!(
-                "customer `{}`, meter `{}`, {}: the summaries are rated at {} but the plan prices the period's {} units at {}; run `meterflow rerate --period {label}` to append the correction first",
+                "customer `{}`, meter `{}`, {}: the summaries are rated at {} but the plan prices the period's \
+                    {} units at {}; run `meterflow rerate --period {label}` to append the correction first",
                 u.customer_id,
                 u.meter,
                 u.plan_version,
@@ -346,7 +412,7 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
         } else {
             Vec::new()
         };
-        let amount = money(u.amount, &currency, config);
+        let amount = ctx.money(u.amount);
         *spend.entry(u.plan_version.clone()).or_default() += amount;
         let included = if charge.included.is_zero() {
             String::new()
@@ -354,7 +420,7 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
             format!(", {} included", charge.included.normalize())
         };
         push_line(
-            &mut lines,
+            lines,
             InvoiceLine {
                 line_no: 0,
                 kind: kind::USAGE.into(),
@@ -378,28 +444,20 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
         );
     }
 
-    // Recurring fees and minimum true-ups, per plan version in force during the period.
-    let spans = spans(prices, &account.subscriptions, period)?;
-    let fee_line =
-        |kind: &str, description: String, version: String, days: i64, exact: Decimal, item: &str| InvoiceLine {
-            line_no: 0,
-            kind: kind.into(),
-            description,
-            meter: None,
-            plan_version: Some(version),
-            source_period: label.clone(),
-            quantity: Decimal::from(days),
-            tiers: Vec::new(),
-            amount_unrounded: exact.normalize(),
-            amount: money(exact, &currency, config),
-            item: item.into(),
-            revenue_account: config.fee_revenue_account.clone(),
-            event_count: 0,
-            first_seq: 0,
-            last_seq: 0,
-        };
-    // Minimums add up per plan version over its spans (a re-subscription gives two spans)
-    // before they are compared with that version's usage.
+    Ok(spend)
+}
+
+/// Recurring fees and minimum true-ups, per plan version in force during the period. Minimums
+/// add up per plan version over its spans (a re-subscription gives two spans) before they are
+/// compared with that version's usage.
+fn fee_lines(
+    ctx: &Ctx<'_>,
+    input: &InvoiceInput<'_>,
+    spend: &BTreeMap<String, Decimal>,
+    lines: &mut Vec<InvoiceLine>,
+) -> Result<(), BillingError> {
+    let (period, prices, label) = (&input.period, input.prices, &ctx.label);
+    let spans = spans(prices, &input.account.subscriptions, period)?;
     let mut minimums: BTreeMap<String, (Decimal, i64)> = BTreeMap::new();
     for s in &spans {
         let Some(plan) = prices.plan(&s.plan) else { continue };
@@ -411,8 +469,8 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
             let exact = exact18(prorate(v.recurring_fee, period, s.from, s.to));
             let description = format!("Recurring fee {} {label} ({version}, {share})", v.recurring_fee.normalize());
             push_line(
-                &mut lines,
-                fee_line(kind::RECURRING_FEE, description, version.clone(), days, exact, "recurring_fee"),
+                lines,
+                ctx.fee_line(kind::RECURRING_FEE, description, version.clone(), days, exact, "recurring_fee"),
             );
         }
         if !v.minimum_spend.is_zero() {
@@ -422,7 +480,7 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
         }
     }
     for (version, (exact_minimum, days)) in minimums {
-        let minimum = money(exact_minimum, &currency, config);
+        let minimum = ctx.money(exact_minimum);
         let used = spend.get(&version).copied().unwrap_or_default();
         let short = minimum_true_up(used, minimum);
         if !short.is_zero() {
@@ -430,14 +488,16 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
                 "Minimum spend true-up {label} ({version}, {days}/{} days): minimum {minimum}, usage {used}",
                 period.days()
             );
-            push_line(
-                &mut lines,
-                fee_line(kind::MINIMUM_TRUE_UP, description, version, days, short, "minimum_true_up"),
-            );
+            push_line(lines, ctx.fee_line(kind::MINIMUM_TRUE_UP, description, version, days, short, "minimum_true_up"));
         }
     }
+    Ok(())
+}
 
-    // Adjustments: late usage and corrections of earlier closed periods.
+/// Adjustments: late usage and corrections of earlier closed periods, each rounded as the
+/// difference it makes to its period's rounded amount.
+fn adjustment_lines(ctx: &Ctx<'_>, input: &InvoiceInput<'_>, lines: &mut Vec<InvoiceLine>) {
+    let (prices, config) = (input.prices, ctx.config);
     let mut adjustments = input.adjustments.to_vec();
     adjustments.sort_by(|a, b| {
         (&a.billing_period, &a.meter, &a.plan_version).cmp(&(&b.billing_period, &b.meter, &b.plan_version))
@@ -445,7 +505,7 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
     for a in adjustments.iter().filter(|a| !a.quantity.is_zero() || !a.amount.is_zero() || a.event_count > 0) {
         let charge = prices.charge_of(&a.plan_id, &a.plan_version, &a.meter);
         push_line(
-            &mut lines,
+            lines,
             InvoiceLine {
                 line_no: 0,
                 kind: kind::ADJUSTMENT.into(),
@@ -460,8 +520,8 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
                 tiers: Vec::new(),
                 amount_unrounded: a.amount.normalize(),
                 amount: match a.amount_before {
-                    Some(before) => money(before + a.amount, &currency, config) - money(before, &currency, config),
-                    None => money(a.amount, &currency, config),
+                    Some(before) => ctx.money(before + a.amount) - ctx.money(before),
+                    None => ctx.money(a.amount),
                 },
                 item: charge.and_then(|c| c.item.clone()).unwrap_or_else(|| a.meter.clone()),
                 revenue_account: charge
@@ -473,9 +533,11 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
             },
         );
     }
+}
 
-    // Late usage of a period that was lifted to its minimum replaces part of the true-up
-    // instead of adding to it: the customer pays max(minimum, usage) for that period, once.
+/// Late usage of a period that was lifted to its minimum replaces part of the true-up instead
+/// of adding to it: the customer pays max(minimum, usage) for that period, once.
+fn late_minimum_offsets(ctx: &Ctx<'_>, input: &InvoiceInput<'_>, lines: &mut Vec<InvoiceLine>) {
     let mut late_spend: BTreeMap<(String, String), Decimal> = BTreeMap::new();
     for l in lines.iter().filter(|l| l.kind == kind::ADJUSTMENT) {
         if let Some(v) = &l.plan_version {
@@ -486,25 +548,21 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
         let standing = input.minimum_remaining.get(&(source.clone(), version.clone())).copied().unwrap_or_default();
         let offset = late.min(standing);
         if offset > Decimal::ZERO {
-            let mut line = fee_line(
-                kind::MINIMUM_TRUE_UP,
-                format!(
-                    "Minimum spend true-up {source} ({version}) reduced by late usage of {late}: was {}",
-                    money(standing, &currency, config)
-                ),
-                version,
-                0,
-                -offset,
-                "minimum_true_up",
+            let description = format!(
+                "Minimum spend true-up {source} ({version}) reduced by late usage of {late}: was {}",
+                ctx.money(standing)
             );
+            let mut line = ctx.fee_line(kind::MINIMUM_TRUE_UP, description, version, 0, -offset, "minimum_true_up");
             line.source_period = source;
-            push_line(&mut lines, line);
+            push_line(lines, line);
         }
     }
+}
 
-    if lines.is_empty() {
-        return Ok(None);
-    }
+/// The invoice around its lines: dates, total, identity and content hash.
+fn assemble(ctx: &Ctx<'_>, input: &InvoiceInput<'_>, lines: Vec<InvoiceLine>) -> Result<Invoice, BillingError> {
+    let (period, account, config) = (&input.period, input.account, ctx.config);
+    let label = ctx.label.clone();
     let total: Decimal = lines.iter().map(|l| l.amount).sum();
     let issue = period.end.date_naive();
     let due = issue.checked_add_signed(Duration::days(i64::from(config.payment_terms_days))).ok_or_else(|| {
@@ -532,7 +590,7 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
         content_hash: String::new(),
     };
     invoice.content_hash = invoice.compute_hash()?;
-    Ok(Some(invoice))
+    Ok(invoice)
 }
 
 #[cfg(test)]

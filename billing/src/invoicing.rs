@@ -279,7 +279,8 @@ pub async fn run_invoices(
         // land on this invoice now and on its own invoice later.
         let earlier = session
             .rows(&format!(
-                "SELECT DISTINCT billing_period FROM {SUMMARIES_NOW} WHERE billing_period < {} AND customer_id IN ({customers})",
+                "SELECT DISTINCT billing_period FROM {SUMMARIES_NOW} WHERE billing_period < {} AND customer_id \
+                    IN ({customers})",
                 lit(&label)
             ))
             .await?;
@@ -503,7 +504,8 @@ async fn finalize(
     }
     if !changed.is_empty() {
         return Err(BillingError::InvoiceChanged(format!(
-            "finalized invoices would change, so nothing was written:\n  {}\nFinalized invoices are never rewritten silently: corrections of a closed period land as adjustments on the next period's invoice. If the change is intended (for example fixed reference data), run again with --revise to issue new revisions.",
+            "finalized invoices would change, so nothing was written:\n  {}\nFinalized invoices are never \
+                rewritten silently: corrections of a closed period land as adjustments on the next period's invoice. If the change is intended (for example fixed reference data), run again with --revise to issue new revisions.",
             changed.join("\n  ")
         )));
     }

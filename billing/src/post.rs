@@ -232,7 +232,8 @@ pub async fn post_period(
         return Err(BillingError::Target {
             target: label,
             message: format!(
-                "revised invoices whose earlier revision is already posted here: {}. Reverse the earlier revision in the ERP (credit note and reversing entry) and record it, then post again; nothing was sent",
+                "revised invoices whose earlier revision is already posted here: {}. Reverse the earlier \
+                    revision in the ERP (credit note and reversing entry) and record it, then post again; nothing was sent",
                 replaced.join("; ")
             ),
         });

@@ -347,7 +347,8 @@ pub(crate) fn lock_billing(data_dir: &Path) -> Result<BillingLock, BillingError>
     match file.try_lock() {
         Ok(()) => Ok(BillingLock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(BillingError::Nothing(format!(
-            "another `meterflow invoice` or `post` is writing the billing tables of {} (lock {}); run again when it is done",
+            "another `meterflow invoice` or `post` is writing the billing tables of {} (lock {}); run again \
+                when it is done",
             data_dir.display(),
             path.display()
         ))),

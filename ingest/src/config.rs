@@ -489,7 +489,10 @@ mod tests {
 
     #[test]
     fn a_password_never_appears_in_debug_output() {
-        let c = parse("user = \"pipeline\"\npassword = \"hunter2-very-secret\"\ntoken = \"tok-secret\"\nnkey_seed = \"SUseed-secret\"");
+        let c = parse(
+            "user = \"pipeline\"\npassword = \"hunter2-very-secret\"\ntoken = \
+            \"tok-secret\"\nnkey_seed = \"SUseed-secret\"",
+        );
         let shown = format!("{c:?} {c:#?}");
         for secret in ["hunter2-very-secret", "tok-secret", "SUseed-secret"] {
             assert!(!shown.contains(secret), "{secret} printed in {shown}");

@@ -695,7 +695,8 @@ pub async fn run(o: &QueryBenchOptions, command: String, out_dir: &Path) -> Resu
     };
     if o.progress {
         eprintln!(
-            "timing the invoice query on {} files ({:.0} MB, version {version}): 1 warm-up + {} runs per engine, alternating ...",
+            "timing the invoice query on {} files ({:.0} MB, version {version}): 1 warm-up + {} runs per \
+                engine, alternating ...",
             layout.files,
             layout.bytes as f64 / 1e6,
             o.runs

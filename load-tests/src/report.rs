@@ -74,7 +74,11 @@ impl Summary {
         let _w = writeln!(s, "## meterflow load run: {} event(s) per message\n", self.batch_size);
         let _w = writeln!(s, "Command: `{}`\n", self.command);
         let _w = writeln!(s, "Workload: {}\n", self.workload.describe());
-        let _w = writeln!(s, "| run | raw publish ev/s | raw consume ev/s | pipeline ev/s | pipeline / consume | freshness p50 / p90 / p99 / max ms | exact |");
+        let _w = writeln!(
+            s,
+            "| run | raw publish ev/s | raw consume ev/s | pipeline ev/s | pipeline / consume \
+            | freshness p50 / p90 / p99 / max ms | exact |"
+        );
         let _w = writeln!(s, "| --- | ---: | ---: | ---: | ---: | --- | --- |");
         for (i, r) in self.runs.iter().enumerate() {
             let f = r.freshness.as_ref().map_or("-".into(), |f| {
@@ -109,7 +113,8 @@ impl Summary {
         if let Some(r) = self.runs.first() {
             let _w = writeln!(
                 s,
-                "\nEach run: {} accepted events, {} duplicates, {} rejects; totals checked against the oracle through SQL.",
+                "\nEach run: {} accepted events, {} duplicates, {} rejects; totals checked against the oracle \
+                    through SQL.",
                 r.accepted, r.duplicates, r.rejected
             );
         }
@@ -155,7 +160,8 @@ impl Summary {
             let y = 10 + i * 32;
             let _w = write!(
                 s,
-                "<text x=\"5\" y=\"{}\" font-size=\"12\">{name}</text><rect x=\"100\" y=\"{y}\" width=\"{w:.0}\" height=\"22\" fill=\"#0969da\"/>\
+                "<text x=\"5\" y=\"{}\" font-size=\"12\">{name}</text><rect x=\"100\" y=\"{y}\" \
+                    width=\"{w:.0}\" height=\"22\" fill=\"#0969da\"/>\
                  <text x=\"{:.0}\" y=\"{}\" font-size=\"12\">{v:.0}</text>",
                 y + 15,
                 105.0 + w,
@@ -169,7 +175,8 @@ impl Summary {
             if let Some(f) = &r.freshness {
                 let _w = write!(
                     s,
-                    "<h2>Freshness: publish to visible in SQL (run 1, {:.0} events/s)</h2><p>p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms</p>",
+                    "<h2>Freshness: publish to visible in SQL (run 1, {:.0} events/s)</h2><p>p50 {:.0} ms, p90 \
+                        {:.0} ms, p99 {:.0} ms, max {:.0} ms</p>",
                     f.achieved_events_per_s, f.p50_ms, f.p90_ms, f.p99_ms, f.max_ms
                 );
                 let cdf: Vec<(f64, f64)> = f.distribution.iter().map(|(ms, p)| (*ms, p * 100.0)).collect();
@@ -229,7 +236,8 @@ fn line_chart(points: &[(f64, f64)], x_label: &str, y_label: &str) -> String {
         .map(|(x, y)| format!("{:.1},{:.1}", pad + (w - 2.0 * pad) * x / max_x, h - pad - (h - 2.0 * pad) * y / max_y))
         .collect();
     format!(
-        "<svg width=\"{w}\" height=\"{h}\"><polyline fill=\"none\" stroke=\"#0969da\" stroke-width=\"2\" points=\"{}\"/>\
+        "<svg width=\"{w}\" height=\"{h}\"><polyline fill=\"none\" stroke=\"#0969da\" stroke-width=\"2\" \
+            points=\"{}\"/>\
          <text x=\"{pad}\" y=\"15\" font-size=\"12\">{y_label} (max {max_y:.0})</text>\
          <text x=\"{}\" y=\"{}\" font-size=\"12\">{x_label} (max {max_x:.1})</text></svg>",
         pts.join(" "),

@@ -312,67 +312,9 @@ fn shutdown_on_signals() -> Result<tokio::sync::watch::Receiver<bool>> {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { common, exit_when_idle, adopt_stream } => {
-            let config = common.load()?;
-            init_logging_as(&config.log.level, config.log.format);
-            let armed = meterflow_faults::arm()?;
-            if armed > 0 {
-                tracing::warn!(armed, "fault injection armed from METERFLOW_FAULTS (test build)");
-            }
-            let shutdown = shutdown_on_signals()?;
-            let ops = std::sync::Arc::new(Ops::new(&config));
-            ops.start(&config).await;
-            let options = StartOptions { adopt_stream, shutdown: Some(shutdown.clone()) };
-            let Some(pipeline) = Pipeline::start_with(config, ops, options).await? else {
-                println!("stopped while waiting as a standby for the writer lease; nothing was committed");
-                return Ok(());
-            };
-            let stats = pipeline.run(shutdown, RunOptions { exit_when_idle }).await?;
-            tracing::info!(?stats, "stopped");
-            println!(
-                "committed through stream sequence {}: {} messages ({} replayed, {} redeliveries dropped, {} gaps re-fetched), {} events received, {} accepted, {} duplicates, {} rejected, {} commits",
-                stats.committed_seq,
-                stats.messages,
-                stats.replayed_messages,
-                stats.redeliveries,
-                stats.gaps_refetched,
-                stats.events_received,
-                stats.events_accepted,
-                stats.duplicates,
-                stats.rejected_total(),
-                stats.commits
-            );
-            Ok(())
+            run_pipeline(common, exit_when_idle, adopt_stream).await
         }
-        Command::Sql { common, format, query } => {
-            init_logging("warn");
-            let config = common.load()?;
-            let sql = ReadOnlySql::open_with_limits(&config.storage.data_dir, config.sql.limits()).await?;
-            if sql.tables.is_empty() {
-                bail!(
-                    "no tables in {} yet: run the pipeline first (or pass the right --data-dir)",
-                    config.storage.data_dir.display()
-                );
-            }
-            let (batches, cut) = sql.query_limited(&query).await?;
-            let format: Format = format.into();
-            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            if rows == 0 && format == Format::Table {
-                println!("(no rows)");
-                return Ok(());
-            }
-            let out = render(&batches, format)?;
-            print!("{out}");
-            if format == Format::Table && !out.ends_with('\n') {
-                println!();
-            }
-            if cut {
-                eprintln!(
-                    "note: output cut at {} rows ([sql] max_rows); add LIMIT or aggregate, or raise the limit",
-                    config.sql.max_rows
-                );
-            }
-            Ok(())
-        }
+        Command::Sql { common, format, query } => sql(common, format, &query).await,
         Command::Close { common, period } => {
             init_logging("warn");
             println!("{}", finance::close(&common.load()?, &period).await?);
@@ -402,27 +344,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Rerate { common, period } => {
-            init_logging("warn");
-            let config = common.load()?;
-            let adjustments = rerate::rerate(&config, &period).await?;
-            if adjustments.is_empty() {
-                println!("{period}: every amount already matches the current plans; nothing written");
-            }
-            for a in &adjustments {
-                println!(
-                    "{period} {} {} {}: quantity {} rated {} now {} -> adjustment {}",
-                    a.customer_id,
-                    a.meter,
-                    a.plan_version,
-                    a.quantity,
-                    a.rated,
-                    a.expected,
-                    a.expected - a.rated
-                );
-            }
-            Ok(())
-        }
+        Command::Rerate { common, period } => rerate_period(common, &period).await,
         Command::Status { common, format } => {
             init_logging("error");
             let s = status::status(&common.load()?).await?;
@@ -442,27 +364,120 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Vacuum { common, dry_run } => {
-            init_logging("warn");
-            let config = common.load()?;
-            let done = meterflow_sink::vacuum_tables(&config.storage.data_dir, dry_run).await?;
-            for table in &done {
-                let verb = if table.dry_run { "would delete" } else { "deleted" };
-                let secs = table.retention.as_secs();
-                let age = if secs % 86_400 == 0 { format!("{} days", secs / 86_400) } else { format!("{secs} s") };
-                println!("{}: {verb} {} files (removed more than {age} ago)", table.table, table.files.len());
-                for file in &table.files {
-                    println!("  {file}");
-                }
-            }
-            Ok(())
-        }
+        Command::Vacuum { common, dry_run } => vacuum(common, dry_run).await,
         Command::Demo { config, nats_url, data_dir, events, batch_events, batch_size } => {
             init_logging("warn");
             let overrides = Overrides { nats_url, data_dir };
             demo::run(DemoOptions { config, overrides, events, batch_events, batch_size }).await
         }
     }
+}
+
+/// `meterflow run`: the pipeline until a signal (or idle, with `--exit-when-idle`).
+async fn run_pipeline(common: Common, exit_when_idle: Option<Duration>, adopt_stream: bool) -> Result<()> {
+    let config = common.load()?;
+    init_logging_as(&config.log.level, config.log.format);
+    let armed = meterflow_faults::arm()?;
+    if armed > 0 {
+        tracing::warn!(armed, "fault injection armed from METERFLOW_FAULTS (test build)");
+    }
+    let shutdown = shutdown_on_signals()?;
+    let ops = std::sync::Arc::new(Ops::new(&config));
+    ops.start(&config).await;
+    let options = StartOptions { adopt_stream, shutdown: Some(shutdown.clone()) };
+    let Some(pipeline) = Pipeline::start_with(config, ops, options).await? else {
+        println!("stopped while waiting as a standby for the writer lease; nothing was committed");
+        return Ok(());
+    };
+    let stats = pipeline.run(shutdown, RunOptions { exit_when_idle }).await?;
+    tracing::info!(?stats, "stopped");
+    println!(
+        "committed through stream sequence {}: {} messages ({} replayed, {} redeliveries dropped, {} \
+            gaps re-fetched), {} events received, {} accepted, {} duplicates, {} rejected, {} commits",
+        stats.committed_seq,
+        stats.messages,
+        stats.replayed_messages,
+        stats.redeliveries,
+        stats.gaps_refetched,
+        stats.events_received,
+        stats.events_accepted,
+        stats.duplicates,
+        stats.rejected_total(),
+        stats.commits
+    );
+    Ok(())
+}
+
+/// `meterflow sql`: one read-only query over the tables, bounded by `[sql]`.
+async fn sql(common: Common, format: OutputFormat, query: &str) -> Result<()> {
+    init_logging("warn");
+    let config = common.load()?;
+    let sql = ReadOnlySql::open_with_limits(&config.storage.data_dir, config.sql.limits()).await?;
+    if sql.tables.is_empty() {
+        bail!(
+            "no tables in {} yet: run the pipeline first (or pass the right --data-dir)",
+            config.storage.data_dir.display()
+        );
+    }
+    let (batches, cut) = sql.query_limited(query).await?;
+    let format: Format = format.into();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if rows == 0 && format == Format::Table {
+        println!("(no rows)");
+        return Ok(());
+    }
+    let out = render(&batches, format)?;
+    print!("{out}");
+    if format == Format::Table && !out.ends_with('\n') {
+        println!();
+    }
+    if cut {
+        eprintln!(
+            "note: output cut at {} rows ([sql] max_rows); add LIMIT or aggregate, or raise the limit",
+            config.sql.max_rows
+        );
+    }
+    Ok(())
+}
+
+/// `meterflow rerate`: appends price corrections for a period and lists them.
+async fn rerate_period(common: Common, period: &str) -> Result<()> {
+    init_logging("warn");
+    let config = common.load()?;
+    let adjustments = rerate::rerate(&config, period).await?;
+    if adjustments.is_empty() {
+        println!("{period}: every amount already matches the current plans; nothing written");
+    }
+    for a in &adjustments {
+        println!(
+            "{period} {} {} {}: quantity {} rated {} now {} -> adjustment {}",
+            a.customer_id,
+            a.meter,
+            a.plan_version,
+            a.quantity,
+            a.rated,
+            a.expected,
+            a.expected - a.rated
+        );
+    }
+    Ok(())
+}
+
+/// `meterflow vacuum`: deletes files the tables no longer need, older than their retention.
+async fn vacuum(common: Common, dry_run: bool) -> Result<()> {
+    init_logging("warn");
+    let config = common.load()?;
+    let done = meterflow_sink::vacuum_tables(&config.storage.data_dir, dry_run).await?;
+    for table in &done {
+        let verb = if table.dry_run { "would delete" } else { "deleted" };
+        let secs = table.retention.as_secs();
+        let age = if secs % 86_400 == 0 { format!("{} days", secs / 86_400) } else { format!("{secs} s") };
+        println!("{}: {verb} {} files (removed more than {age} ago)", table.table, table.files.len());
+        for file in &table.files {
+            println!("  {file}");
+        }
+    }
+    Ok(())
 }
 
 fn main() {

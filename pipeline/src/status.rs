@@ -114,7 +114,8 @@ pub async fn status(config: &Config) -> Result<Status> {
         .map_or(0, |v| count(v));
     let late_events = pairs(
         &sql,
-        "SELECT meter, SUM(event_count) FROM usage_summaries WHERE row_kind IN ('late', 'adjustment') GROUP BY 1 ORDER BY 1",
+        "SELECT meter, SUM(event_count) FROM usage_summaries WHERE row_kind IN ('late', 'adjustment') GROUP BY \
+            1 ORDER BY 1",
     )
     .await?
     .into_iter()
@@ -191,7 +192,8 @@ pub async fn status(config: &Config) -> Result<Status> {
 pub fn render(s: &Status) -> String {
     let opt = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |v| v.to_string());
     let mut out = format!(
-        "data dir        {}\nbroker          {} (stream last seq {}, DLQ {} messages){}\ncommitted seq   {} (lag {} messages), usage_summaries version {}\nevents accepted {}\n",
+        "data dir        {}\nbroker          {} (stream last seq {}, DLQ {} messages){}\ncommitted seq   {} \
+            (lag {} messages), usage_summaries version {}\nevents accepted {}\n",
         s.data_dir,
         s.broker.url,
         opt(s.broker.stream_last_seq),

@@ -19,7 +19,10 @@ pub enum RaterError {
     #[error("plan `{plan}` prices meter `{meter}`, which is not defined in the config")]
     UnknownMeter { plan: String, meter: String },
     /// A plan version leaves a configured meter unpriced.
-    #[error("plan `{plan}` has no charge for meter `{meter}`: every meter must be priced (use model = \"per_unit\", unit_price = \"0\" for free)")]
+    #[error(
+        "plan `{plan}` has no charge for meter `{meter}`: every meter must be priced (use model = \
+        \"per_unit\", unit_price = \"0\" for free)"
+    )]
     UnpricedMeter { plan: String, meter: String },
     /// Two charges for one meter in one version.
     #[error("plan `{plan}` prices meter `{meter}` twice in one version")]

@@ -90,7 +90,10 @@ impl PeriodTable {
         let provider = table.table_provider().await.map_err(|e| SinkError::Sql(e.to_string()))?;
         ctx.register_table(PERIODS_TABLE, provider).map_err(|e| SinkError::Sql(e.to_string()))?;
         let df = ctx
-            .sql("SELECT period, CAST(closed_at AS BIGINT) AS closed_us, closed_by, sealed_version FROM billing_periods ORDER BY closed_at")
+            .sql(
+                "SELECT period, CAST(closed_at AS BIGINT) AS closed_us, closed_by, sealed_version FROM \
+                billing_periods ORDER BY closed_at",
+            )
             .await
             .map_err(|e| SinkError::Sql(e.to_string()))?;
         let batches = df.collect().await.map_err(|e| SinkError::Sql(e.to_string()))?;

@@ -170,7 +170,8 @@ impl ReadOnlySql {
             }
             Ok(Err(e)) if e.to_string().contains("Resources exhausted") => {
                 return Err(SinkError::Sql(format!(
-                    "query needs more memory than the {} MB limit ([sql] memory_limit_mb): aggregate more, select fewer columns, or add WHERE/LIMIT ({e})",
+                    "query needs more memory than the {} MB limit ([sql] memory_limit_mb): aggregate more, \
+                        select fewer columns, or add WHERE/LIMIT ({e})",
                     limits.memory_limit_bytes >> 20
                 )))
             }
@@ -322,7 +323,8 @@ mod tests {
         let (dir, _) = fixture().await;
         let limits = SqlLimits { memory_limit_bytes: 4 << 20, ..SqlLimits::default() };
         let sql = ReadOnlySql::open_with_limits(dir.path(), limits).await.unwrap();
-        let huge = "SELECT v, COUNT(*) FROM (SELECT a.value * 100000 + b.value AS v FROM generate_series(1, 3000) a CROSS JOIN generate_series(1, 3000) b) GROUP BY v ORDER BY 2 DESC LIMIT 1";
+        let huge = "SELECT v, COUNT(*) FROM (SELECT a.value * 100000 + b.value AS v FROM generate_series(1, \
+            3000) a CROSS JOIN generate_series(1, 3000) b) GROUP BY v ORDER BY 2 DESC LIMIT 1";
         let e = sql.query(huge).await.unwrap_err().to_string();
         assert!(e.contains("more memory than the 4 MB limit"), "{e}");
     }

@@ -54,7 +54,13 @@ pub fn find_binary() -> Result<PathBuf> {
             }
         }
     }
-    bail!("no nats-server found: run `bash scripts/tools.sh` (installs nats-server {} into .tools/), put nats-server >= {}.{} on PATH, or set NATS_SERVER_BIN", "2.15.1", MIN_VERSION.0, MIN_VERSION.1)
+    bail!(
+        "no nats-server found: run `bash scripts/tools.sh` (installs nats-server {} into .tools/), put \
+        nats-server >= {}.{} on PATH, or set NATS_SERVER_BIN",
+        "2.15.1",
+        MIN_VERSION.0,
+        MIN_VERSION.1
+    )
 }
 
 /// A free TCP port on the loopback interface.

@@ -4,7 +4,7 @@
 //! The table stores a key in less than its width by *quotienting*: the product
 //! `k · capacity = home · 2⁶⁴ + low` (128-bit) gives the key's home slot (`home`, the high half)
 //! and `q = low >> m` with `m = ⌊log₂ capacity⌋`; `(home, q)` determine `k` exactly (see
-//! [`Table::key_of`]), and `q` has at most `64 − m` bits. So with at least 2²⁰ slots a slot
+//! `Table::key_of`), and `q` has at most `64 − m` bits. So with at least 2²⁰ slots a slot
 //! holds the whole key in 44 + 36 bits, plus the first-seen day (8 bits, modulo 256) and the
 //! displacement from the home slot plus one (8 bits, 0 = empty) that Robin Hood probing keeps:
 //!

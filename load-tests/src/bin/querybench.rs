@@ -63,7 +63,8 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let Some(python) = cli.python.clone() else {
         anyhow::bail!(
-            "no Python for DuckDB: set DELTA_READER_PYTHON (`bash scripts/tools.sh` installs one and prints its path) or pass --python"
+            "no Python for DuckDB: set DELTA_READER_PYTHON (`bash scripts/tools.sh` installs one and prints its \
+                path) or pass --python"
         );
     };
     let options = QueryBenchOptions {

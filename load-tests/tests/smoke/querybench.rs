@@ -10,7 +10,12 @@ fn python() -> PathBuf {
         return PathBuf::from(p);
     }
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
-    assert!(venv.exists(), "no DELTA_READER_PYTHON and no {}: run `bash scripts/test.sh` (it installs the Python readers) or set DELTA_READER_PYTHON", venv.display());
+    assert!(
+        venv.exists(),
+        "no DELTA_READER_PYTHON and no {}: run `bash scripts/test.sh` (it installs the \
+        Python readers) or set DELTA_READER_PYTHON",
+        venv.display()
+    );
     venv
 }
 

@@ -93,7 +93,8 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     let started = Instant::now();
     let broker_dups = workload::publish_all(&js, &messages, 512).await?;
     println!(
-        "Published {} messages ({} distinct events, {} late duplicates, {} quick retries with Nats-Msg-Id, {} malformed) in {:.2} s",
+        "Published {} messages ({} distinct events, {} late duplicates, {} quick retries with Nats-Msg-Id, {} \
+            malformed) in {:.2} s",
         messages.len(),
         oracle.accepted,
         oracle.duplicates,
@@ -109,7 +110,8 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let busy = stats.busy_secs.max(1e-9);
     println!(
-        "Pipeline processed the stream in {busy:.2} s from first message to last commit ({:.0} events/s, {:.0} messages/s; \
+        "Pipeline processed the stream in {busy:.2} s from first message to last commit ({:.0} events/s, {:.0} \
+            messages/s; \
          {secs:.2} s with start-up and the idle wait): {} events received, {} accepted, {} duplicates dropped, {} rejected to {}, {} commits",
         stats.events_received as f64 / busy,
         stats.messages as f64 / busy,
@@ -125,7 +127,8 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     }
 
     let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
-    let per_customer = "SELECT customer_id, meter, currency, SUM(quantity) AS quantity, SUM(amount) AS amount, SUM(event_count) AS events \
+    let per_customer = "SELECT customer_id, meter, currency, SUM(quantity) AS quantity, SUM(amount) AS amount, \
+        SUM(event_count) AS events \
          FROM usage_summaries GROUP BY customer_id, meter, currency ORDER BY customer_id, meter";
     let batches = sql.query(per_customer).await?;
     println!(
@@ -174,12 +177,20 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     let dir = config.storage.data_dir.display();
     let cfg = options.config.display();
     println!("\nThe tables stay in {dir}. Explore them with SQL, for example:");
-    println!("  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} \"SELECT * FROM window_totals ORDER BY window_start LIMIT 10\"");
-    println!("  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} --format csv \"SELECT customer_id, date_trunc('day', window_start) AS day, meter, SUM(quantity) AS quantity, SUM(amount) AS amount FROM usage_summaries GROUP BY 1, 2, 3 ORDER BY 1, 2, 3\"");
-    println!("  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} \"SELECT invoice_id, customer_id, period, total, currency FROM invoices\"");
+    println!(
+        "  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} \"SELECT * FROM window_totals \
+        ORDER BY window_start LIMIT 10\""
+    );
+    println!("  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} --format csv \"SELECT \
+        customer_id, date_trunc('day', window_start) AS day, meter, SUM(quantity) AS quantity, SUM(amount) AS amount FROM usage_summaries GROUP BY 1, 2, 3 ORDER BY 1, 2, 3\"");
+    println!(
+        "  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} \"SELECT invoice_id, \
+        customer_id, period, total, currency FROM invoices\""
+    );
     println!("The same table from Python's deltalake and DuckDB (installed in .tools/venv by scripts/tools.sh):");
     println!(
-        "  .tools/venv/bin/python -c \"import deltalake, duckdb; ds = deltalake.DeltaTable('{dir}/usage_summaries').to_pyarrow_dataset(); \
+        "  .tools/venv/bin/python -c \"import deltalake, duckdb; ds = \
+            deltalake.DeltaTable('{dir}/usage_summaries').to_pyarrow_dataset(); \
          print(duckdb.sql('SELECT customer_id, meter, SUM(quantity), SUM(amount) FROM ds GROUP BY ALL ORDER BY ALL'))\""
     );
     Ok(())
@@ -191,7 +202,10 @@ async fn period_close(config: &Config, sql: &ReadOnlySql) -> Result<()> {
     let periods =
         render(&sql.query("SELECT DISTINCT billing_period FROM usage_summaries ORDER BY 1").await?, Format::Csv)?;
     let periods: Vec<String> = periods.lines().skip(1).map(str::to_string).collect();
-    println!("\nPeriod close (the demo closes its periods now; in production the watermark closes them after the period ends):");
+    println!(
+        "\nPeriod close (the demo closes its periods now; in production the watermark closes them after \
+        the period ends):"
+    );
     for p in &periods {
         println!("  {}", finance::close(config, p).await?);
     }

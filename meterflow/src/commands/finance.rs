@@ -185,7 +185,8 @@ pub async fn post(config: &Config, period: &str, target: Option<&str>, retry_fai
     let target = Target::parse(&spec)?;
     let r = post_period(&config.storage.data_dir, period, &target, &config.billing, retry_failed).await?;
     let mut s = format!(
-        "{period} -> {}: {} documents, {} posted now in {} batches ({} requests), {} already posted, {} failed, {} failed before (not resent; --retry-failed), {} still pending\n",
+        "{period} -> {}: {} documents, {} posted now in {} batches ({} requests), {} already posted, {} failed, \
+            {} failed before (not resent; --retry-failed), {} still pending\n",
         target.label(),
         r.documents,
         r.posted,
@@ -225,7 +226,8 @@ pub async fn reconcile(config: &Config, period: &str, format: Format) -> Result<
         line(
             &mut s,
             format_args!(
-                "usage of {period}: summaries (events, quantity, exact amount) = invoice lines (billed_on) + pending + variance"
+                "usage of {period}: summaries (events, quantity, exact amount) = invoice lines (billed_on) + \
+                    pending + variance"
             ),
         );
     }
@@ -250,7 +252,8 @@ pub async fn reconcile(config: &Config, period: &str, format: Format) -> Result<
             line(
                 &mut s,
                 format_args!(
-                    "{period}: {} rows hold usage committed after the latest invoice's seal (pending_*): the next invoice bills it",
+                    "{period}: {} rows hold usage committed after the latest invoice's seal (pending_*): the \
+                        next invoice bills it",
                     r.pending
                 ),
             );

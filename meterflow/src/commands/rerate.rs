@@ -34,7 +34,10 @@ pub struct Adjustment {
 /// Computes and appends the rerate adjustments of `period`; returns them.
 pub async fn rerate(config: &Config, period_label: &str) -> Result<Vec<Adjustment>> {
     let period = Period::parse(period_label).with_context(|| {
-        format!("--period {period_label:?} is not YYYY-MM (calendar month) or YYYY-MM-DD (a period starting on an anchor day)")
+        format!(
+            "--period {period_label:?} is not YYYY-MM (calendar month) or YYYY-MM-DD (a period starting on \
+            an anchor day)"
+        )
     })?;
     let label = period.label();
     let reference = Reference::load(config)?;

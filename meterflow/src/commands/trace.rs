@@ -236,7 +236,8 @@ async fn trace_event(
     for row in t.summary_rows.clone() {
         let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
         let q = format!(
-            "SELECT invoice_id, revision, line_no, line_kind, period, description, CAST(amount AS VARCHAR) AS amount, currency \
+            "SELECT invoice_id, revision, line_no, line_kind, period, description, CAST(amount AS VARCHAR) AS \
+                amount, currency \
              FROM invoice_lines WHERE customer_id = {c} AND meter = {m} AND plan_version = {p} \
              AND (source_period = {bp} OR period = {bp}) AND first_seq <= {seq} AND last_seq >= {seq} \
              ORDER BY invoice_id, revision, line_no",

@@ -233,7 +233,8 @@ async fn values_too_large_to_rate_exactly_are_rejected_with_a_reason_and_everyth
     let no_close = [("METERFLOW_LATENESS__PERIOD_GRACE_S", "315360000")];
     env.run_until_idle(&no_close);
     let totals = env.sql(
-        "SELECT customer_id, meter, billing_period, CAST(SUM(quantity) AS VARCHAR), SUM(event_count) FROM usage_summaries \
+        "SELECT customer_id, meter, billing_period, CAST(SUM(quantity) AS VARCHAR), SUM(event_count) FROM \
+            usage_summaries \
          GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     );
     let expect = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -257,7 +258,8 @@ async fn values_too_large_to_rate_exactly_are_rejected_with_a_reason_and_everyth
     assert_eq!(env.sql("SELECT reason, COUNT(*) FROM rejections GROUP BY 1 ORDER BY 1"), reasons);
     // The full period rates and invoices exactly: 10^15 requests at 1000 EUR.
     let amount = env.sql(
-        "SELECT CAST(SUM(amount) AS VARCHAR) FROM usage_summaries WHERE customer_id = 'globex' AND billing_period = '2026-09-15'",
+        "SELECT CAST(SUM(amount) AS VARCHAR) FROM usage_summaries WHERE customer_id = 'globex' AND \
+            billing_period = '2026-09-15'",
     );
     assert_eq!(amount[1][0], "1000000000000000000.000000000000000000", "{amount:?}");
 }

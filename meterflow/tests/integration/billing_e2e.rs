@@ -413,7 +413,8 @@ async fn late_usage_is_pending_until_a_later_invoice_bills_it_and_every_usage_ro
                  WHERE l.source_period = '2026-09' AND l.line_kind IN ('usage', 'adjustment') GROUP BY 1, 2 ORDER BY 1, 2";
     assert_eq!(sums(&env, lines), summaries);
     let invoices = env.sql(
-        "SELECT period, COUNT(*) FROM invoice_lines WHERE source_period = '2026-09' AND line_kind IN ('usage', 'adjustment') \
+        "SELECT period, COUNT(*) FROM invoice_lines WHERE source_period = '2026-09' AND line_kind IN ('usage', \
+            'adjustment') \
          GROUP BY 1 ORDER BY 1",
     );
     let periods: Vec<&str> = invoices[1..].iter().map(|r| r[0].as_str()).collect();
@@ -506,7 +507,8 @@ async fn serve_erp(listener: tokio::net::TcpListener, erp: Arc<Mutex<Erp>>) {
                 return; // drop the connection without an answer
             }
             let resp = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: \
+                    close\r\n\r\n{reply}",
                 reply.len()
             );
             sock.write_all(resp.as_bytes()).await.ok();
@@ -570,7 +572,8 @@ async fn http_posting_retries_transient_failures_records_refusals_and_sends_each
     assert!(erp.booked.values().all(|n| *n == 1), "each document booked once: {:?}", erp.booked);
 
     let ledger = env.sql(
-        "SELECT status, COUNT(DISTINCT idempotency_key) FROM postings WHERE target LIKE 'http%' AND status <> 'pending' GROUP BY 1 ORDER BY 1",
+        "SELECT status, COUNT(DISTINCT idempotency_key) FROM postings WHERE target LIKE 'http%' AND status <> \
+            'pending' GROUP BY 1 ORDER BY 1",
     );
     assert_eq!(ledger[1..], [vec!["failed".to_string(), "2".to_string()], vec!["posted".to_string(), "2".to_string()]]);
 }

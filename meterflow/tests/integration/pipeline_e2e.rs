@@ -86,7 +86,8 @@ async fn a_known_workload_is_counted_exactly_once_and_bad_events_land_in_the_dlq
     // A plan change at midnight on 24 November splits globex's api_calls between versions.
     assert_eq!(got[&key("globex", "api_calls")], (d("2000"), d("0.34"), 2));
     let by_version = env.sql(
-        "SELECT plan_version, SUM(quantity), SUM(amount) FROM usage_summaries WHERE meter = 'api_calls' AND customer_id = 'globex' GROUP BY 1 ORDER BY 1",
+        "SELECT plan_version, SUM(quantity), SUM(amount) FROM usage_summaries WHERE meter = 'api_calls' AND \
+            customer_id = 'globex' GROUP BY 1 ORDER BY 1",
     );
     assert_eq!(by_version[1], vec!["growth-eur@2026-01-01", "1000.000000000", "0.180000000000000000"]);
     assert_eq!(by_version[2], vec!["growth-eur@2026-11-24", "1000.000000000", "0.160000000000000000"]);
@@ -96,8 +97,10 @@ async fn a_known_workload_is_counted_exactly_once_and_bad_events_land_in_the_dlq
     assert_eq!(periods[1..], [vec!["acme", "2026-11"], vec!["globex", "2026-11-15"]]);
 
     // Windows are exact UTC hours; dimensions carry the group-by values.
-    let rows =
-        env.sql("SELECT window_start, window_end, dimensions, quantity FROM window_totals WHERE meter = 'api_calls' AND customer_id = 'acme'");
+    let rows = env.sql(
+        "SELECT window_start, window_end, dimensions, quantity FROM window_totals WHERE meter = \
+            'api_calls' AND customer_id = 'acme'",
+    );
     assert_eq!(
         rows[1],
         vec!["2026-11-23T05:00:00Z", "2026-11-23T06:00:00Z", "\"{\"\"region\"\":\"\"eu-west-1\"\"}\"", "5.500000000"]
@@ -307,7 +310,8 @@ os._exit(0)
 import json, os, sys, duckdb
 files = json.loads(sys.stdin.read())["files"]
 paths = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
-rows = duckdb.sql(f"SELECT customer_id, meter, CAST(SUM(quantity) AS VARCHAR), CAST(SUM(amount) AS VARCHAR) FROM read_parquet({paths}) GROUP BY ALL ORDER BY ALL").fetchall()
+rows = duckdb.sql(f"SELECT customer_id, meter, CAST(SUM(quantity) AS VARCHAR), CAST(SUM(amount) AS VARCHAR) \
+    FROM read_parquet({paths}) GROUP BY ALL ORDER BY ALL").fetchall()
 for r in rows:
     print(",".join(r))
 sys.stdout.flush()
@@ -394,7 +398,8 @@ async fn rerate_after_a_price_correction_appends_the_difference_once() {
     // 100,000 x 0.00025 + 10,000 x 0.00015 = 26.50, and the original rows are untouched.
     assert_eq!(totals(&env)[&key].1, d("26.50"));
     let kinds = env.sql(
-        "SELECT row_kind = 'rerate' AS rerate, COUNT(*), SUM(amount), SUM(quantity) FROM usage_summaries GROUP BY 1 ORDER BY 1",
+        "SELECT row_kind = 'rerate' AS rerate, COUNT(*), SUM(amount), SUM(quantity) FROM usage_summaries GROUP \
+            BY 1 ORDER BY 1",
     );
     assert_eq!(kinds[1], vec!["false", "1", "21.500000000000000000", "110000.000000000"]);
     assert_eq!(kinds[2], vec!["true", "1", "5.000000000000000000", "0.000000000"]);

@@ -129,7 +129,10 @@ async fn sigkill_at_every_fault_point_under_load_loses_and_doubles_nothing() {
                 let out = child.wait_with_output().unwrap();
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 let tail: String = stderr.lines().rev().take(30).collect::<Vec<_>>().join("\n");
-                panic!("fault point {point} (hit {n}) was not reached within 60 s; stderr (last lines, newest first):\n{tail}");
+                panic!(
+                    "fault point {point} (hit {n}) was not reached within 60 s; stderr (last lines, newest \
+                    first):\n{tail}"
+                );
             };
             let out = child.wait_with_output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -152,7 +155,10 @@ async fn sigkill_at_every_fault_point_under_load_loses_and_doubles_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("fault point after_log_entry: hit 2, firing"), "{stderr}");
     assert!(stderr.contains("already committed by an earlier attempt"), "{stderr}");
-    eprintln!("{under_load} messages published under load; kills per point: {kills:?}; {in_flight_at_kills} messages were delivered but uncommitted at the kills");
+    eprintln!(
+        "{under_load} messages published under load; kills per point: {kills:?}; {in_flight_at_kills} \
+        messages were delivered but uncommitted at the kills"
+    );
     eprintln!("final run: {summary}");
 
     assert_eq!(kills.len(), points.len(), "every fault point killed the pipeline");

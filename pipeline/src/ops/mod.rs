@@ -85,7 +85,8 @@ impl Ops {
             Err(e) => tracing::error!(
                 listen = %config.ops.listen,
                 error = %e,
-                "cannot serve the metrics and operations page; set [ops] listen (METERFLOW_OPS__LISTEN) to a free address, or empty to turn it off. Metering continues"
+                "cannot serve the metrics and operations page; set [ops] listen (METERFLOW_OPS__LISTEN) to a \
+                    free address, or empty to turn it off. Metering continues"
             ),
         }
     }

@@ -99,9 +99,11 @@ pub fn render(v: &View, refresh_s: u64) -> String {
     let mut o = String::with_capacity(16 * 1024);
     let _w = write!(
         o,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"{refresh_s}\">\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" \
+            content=\"{refresh_s}\">\
          <title>meterflow operations</title><style>{STYLE}</style></head><body>\
-         <h1>meterflow operations</h1><p class=\"sub\">running since {} · page taken {} · refreshes every {refresh_s} s · \
+         <h1>meterflow operations</h1><p class=\"sub\">running since {} · page taken {} · refreshes every \
+             {refresh_s} s · \
          <a href=\"/metrics\">/metrics</a> · <a href=\"/api/status\">/api/status</a></p>",
         escape(&v.started_at),
         escape(&v.now)

@@ -116,7 +116,8 @@ impl Pipeline {
                 }
                 Err(e) if is_fenced(&e) => {
                     return Err(e.context(format!(
-                        "stopping without acknowledging stream sequence {}: another meterflow run owns this stream's progress",
+                        "stopping without acknowledging stream sequence {}: another meterflow run owns this \
+                            stream's progress",
                         out.through
                     )));
                 }
@@ -126,7 +127,8 @@ impl Pipeline {
                     ));
                 }
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), through = out.through, "commit failed; not acknowledging, retrying");
+                    tracing::error!(error = %format!("{e:#}"), through = out.through, "commit failed; not \
+                        acknowledging, retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => { stop_requested = true; }

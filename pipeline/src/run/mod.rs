@@ -194,7 +194,8 @@ impl Pipeline {
         if check_stream(&config.nats.stream, recorded, committed_seq, &facts).map_err(anyhow::Error::msg)?
             == StreamVerdict::Record
         {
-            tracing::info!(stream = %config.nats.stream, created = %facts.created, "recording the stream's identity with the next commit");
+            tracing::info!(stream = %config.nats.stream, created = %facts.created, "recording the stream's \
+                identity with the next commit");
         }
         let dedup = ShardedDedup::new(config.pipeline.dedup_shards, config.pipeline.dedup_horizon_days)?;
         let mut agg = Aggregator::with_policy(reference.meters.clone(), config.lateness.policy());
@@ -212,7 +213,8 @@ impl Pipeline {
                 }
                 Err(e) => {
                     // A snapshot that cannot be read is not fatal: rebuild from the stream.
-                    tracing::warn!(error = %e, snap_seq, "ignoring unreadable state snapshot; replaying from the start of the stream");
+                    tracing::warn!(error = %e, snap_seq, "ignoring unreadable state snapshot; replaying from \
+                        the start of the stream");
                 }
             }
         }
@@ -277,7 +279,8 @@ impl Pipeline {
                 // A standby took over (this process was paused or cut off past the lease): stop
                 // pulling and committing at once; what is in hand is the new owner's to commit.
                 anyhow::bail!(
-                    "another meterflow run took over this stream's writer lease; stopping without committing or acknowledging what is in hand"
+                    "another meterflow run took over this stream's writer lease; stopping without committing or \
+                        acknowledging what is in hand"
                 );
             }
             let pull = async {
@@ -311,13 +314,15 @@ impl Pipeline {
                         Ok(pull) => match pull.collect().await {
                             Ok(f) => f,
                             Err(e) => {
-                                tracing::warn!(error = %e, "reading a message larger than fetch_max_bytes failed; retrying");
+                                tracing::warn!(error = %e, "reading a message larger than fetch_max_bytes \
+                                    failed; retrying");
                                 tokio::time::sleep(retry_delay).await;
                                 continue;
                             }
                         },
                         Err(e) => {
-                            tracing::warn!(error = %e, "reading a message larger than fetch_max_bytes failed; retrying");
+                            tracing::warn!(error = %e, "reading a message larger than fetch_max_bytes failed; \
+                                retrying");
                             tokio::time::sleep(retry_delay).await;
                             continue;
                         }
@@ -436,7 +441,8 @@ impl Pipeline {
             consumer,
             stream,
             next_seq = self.next_seq,
-            "the pipeline's consumer no longer exists on the server (was it deleted?); re-creating it at the next sequence the pipeline needs"
+            "the pipeline's consumer no longer exists on the server (was it deleted?); re-creating it at the \
+                next sequence the pipeline needs"
         );
         match self.broker.position_consumer(self.next_seq).await {
             Ok(()) => {
@@ -459,7 +465,8 @@ impl Pipeline {
                 Ok(true) => self.gap_confirmed = Some(from),
                 Ok(false) => tracing::warn!(from_seq = from, "skipped stream sequences exist; asking for them again"),
                 Err(e) => {
-                    tracing::warn!(error = %e, from_seq = from, "cannot ask the stream about skipped sequences; retrying")
+                    tracing::warn!(error = %e, from_seq = from, "cannot ask the stream about skipped sequences; \
+                        retrying")
                 }
             }
         } else {

@@ -26,8 +26,9 @@ pub struct Oracle {
     pub broker_retries: u64,
     /// Expected rejects by reason code.
     pub rejected: BTreeMap<String, u64>,
-    /// Accepted events generated behind the stream time ([`EventTimes::InOrder`] only); every
-    /// one of them is still billed, in open windows or in rows flagged late.
+    /// Accepted events generated behind the stream time
+    /// ([`EventTimes::InOrder`](super::EventTimes::InOrder) only); every one of them is still
+    /// billed, in open windows or in rows flagged late.
     pub late: u64,
 }
 
