@@ -223,9 +223,46 @@ pub async fn run_invoices(
     }
     // One writer at a time: everything below reads what earlier runs wrote.
     let _lock = if request.preview { None } else { Some(tables::lock_billing(data_dir)?) };
+    let in_scope = accounts_in_scope(accounts, request, &period)?;
+    let closed = PeriodTable::open_or_create(data_dir).await?.closed().await?;
+    let sealed = closed.get(&label).map(|c| u64::try_from(c.sealed_version).unwrap_or(0));
+    let version = match (sealed, request.preview) {
+        (Some(v), _) => v,
+        (None, true) => SummaryTable::open_or_create(data_dir).await?.version().unwrap_or(0),
+        (None, false) => return Err(BillingError::PeriodOpen(label)),
+    };
+
+    let session = Session::new();
+    session.register_summaries_at(data_dir, version, SUMMARIES_NOW).await?;
+    let ids: Vec<&str> = in_scope.iter().map(|a| a.id.as_str()).collect();
+    let usage = usage_totals(&session, &label, &ids).await?;
+    let (base, windows) = adjustment_windows(&period, &closed);
+    let adjustments = adjustments(&session, data_dir, &windows, version, &ids).await?;
+    if !request.preview {
+        earlier_periods_closed(&session, &period, &closed, &ids).await?;
+    }
+    let remaining = minimum_remaining(data_dir, &label, &adjustments).await?;
+    let run = Run { period, prices, config, version, base, preview: request.preview };
+    let invoices = build_invoices(&run, &in_scope, &usage, &adjustments, &remaining)?;
+    if request.preview {
+        return Ok(InvoiceRun {
+            invoices: invoices.into_iter().map(|i| (i, Outcome::Preview)).collect(),
+            summary_version: version,
+            files: Vec::new(),
+        });
+    }
+    finalize(data_dir, invoices, request, version).await
+}
+
+/// The customers an invoice run covers: those billed on `period` (one, with `--customer`).
+fn accounts_in_scope<'a>(
+    accounts: &'a [Account],
+    request: &InvoiceRequest,
+    period: &Period,
+) -> Result<Vec<&'a Account>, BillingError> {
     let in_scope: Vec<&Account> = accounts
         .iter()
-        .filter(|a| a.bills_on(&period))
+        .filter(|a| a.bills_on(period))
         .filter(|a| request.customer.as_deref().is_none_or(|c| c == a.id))
         .collect();
     if let Some(c) = &request.customer {
@@ -243,21 +280,19 @@ pub async fn run_invoices(
             Some(_) => {}
         }
     }
+    Ok(in_scope)
+}
 
-    let closed = PeriodTable::open_or_create(data_dir).await?.closed().await?;
-    let sealed = closed.get(&label).map(|c| u64::try_from(c.sealed_version).unwrap_or(0));
-    let version = match (sealed, request.preview) {
-        (Some(v), _) => v,
-        (None, true) => SummaryTable::open_or_create(data_dir).await?.version().unwrap_or(0),
-        (None, false) => return Err(BillingError::PeriodOpen(label)),
-    };
-
-    let session = Session::new();
-    session.register_summaries_at(data_dir, version, SUMMARIES_NOW).await?;
-    let ids: Vec<&str> = in_scope.iter().map(|a| a.id.as_str()).collect();
+/// Usage of earlier closed periods that arrived after their seal (late usage, re-ratings), as
+/// the difference between the summaries now and at each window's lower version.
+async fn adjustments(
+    session: &Session,
+    data_dir: &Path,
+    windows: &[(u64, Vec<String>)],
+    version: u64,
+    ids: &[&str],
+) -> Result<Vec<UsageTotal>, BillingError> {
     let customers = lit_list(ids.iter().copied());
-    let usage = usage_totals(&session, &label, &ids).await?;
-    let (base, windows) = adjustment_windows(&period, &closed);
     let mut adjustments = Vec::new();
     for (i, (lower, periods)) in windows.iter().enumerate() {
         if *lower >= version {
@@ -273,44 +308,73 @@ pub async fn run_invoices(
         let lower_totals = to_totals(session.rows(&totals_sql(&alias, &filter)).await?)?;
         adjustments.extend(difference(upper, lower_totals));
     }
+    Ok(adjustments)
+}
 
-    if !request.preview {
-        // Every earlier period with usage must be closed first: otherwise its late rows could
-        // land on this invoice now and on its own invoice later.
-        let earlier = session
-            .rows(&format!(
-                "SELECT DISTINCT billing_period FROM {SUMMARIES_NOW} WHERE billing_period < {} AND customer_id \
-                    IN ({customers})",
-                lit(&label)
-            ))
-            .await?;
-        let open: Vec<String> = earlier
-            .into_iter()
-            .filter_map(|r| r.into_iter().next())
-            .filter(|p| Period::parse(p).is_some_and(|q| same_flavour(&q, &period)) && !closed.contains_key(p))
-            .collect();
-        if !open.is_empty() {
-            return Err(BillingError::PeriodOpen(format!(
-                "{} (it holds usage and comes before {label}; periods are invoiced in order)",
-                open.join(", ")
-            )));
-        }
+/// Every earlier period with usage must be closed first: otherwise its late rows could land on
+/// this invoice now and on its own invoice later.
+async fn earlier_periods_closed(
+    session: &Session,
+    period: &Period,
+    closed: &BTreeMap<String, ClosedPeriod>,
+    ids: &[&str],
+) -> Result<(), BillingError> {
+    let (label, customers) = (period.label(), lit_list(ids.iter().copied()));
+    let earlier = session
+        .rows(&format!(
+            "SELECT DISTINCT billing_period FROM {SUMMARIES_NOW} WHERE billing_period < {} AND customer_id \
+                IN ({customers})",
+            lit(&label)
+        ))
+        .await?;
+    let open: Vec<String> = earlier
+        .into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .filter(|p| Period::parse(p).is_some_and(|q| same_flavour(&q, period)) && !closed.contains_key(p))
+        .collect();
+    if !open.is_empty() {
+        return Err(BillingError::PeriodOpen(format!(
+            "{} (it holds usage and comes before {label}; periods are invoiced in order)",
+            open.join(", ")
+        )));
     }
-    let remaining = minimum_remaining(data_dir, &label, &adjustments).await?;
+    Ok(())
+}
+
+/// What every invoice of one run shares.
+struct Run<'a> {
+    period: Period,
+    prices: &'a PriceBook,
+    config: &'a BillingConfig,
+    /// The summaries version the usage was read at.
+    version: u64,
+    /// The lower version bound of the adjustments.
+    base: Option<u64>,
+    preview: bool,
+}
+
+/// One invoice per customer in scope that has anything to bill.
+fn build_invoices(
+    run: &Run<'_>,
+    in_scope: &[&Account],
+    usage: &[UsageTotal],
+    adjustments: &[UsageTotal],
+    remaining: &BTreeMap<(String, String, String), rust_decimal::Decimal>,
+) -> Result<Vec<Invoice>, BillingError> {
     let mut invoices = Vec::new();
-    for account in &in_scope {
+    for account in in_scope {
         let mine = |v: &[UsageTotal]| v.iter().filter(|u| u.customer_id == account.id).cloned().collect::<Vec<_>>();
-        let (usage, adjustments) = (mine(&usage), mine(&adjustments));
+        let (usage, adjustments) = (mine(usage), mine(adjustments));
         let input = InvoiceInput {
-            period,
+            period: run.period,
             account,
             usage: &usage,
             adjustments: &adjustments,
-            prices,
-            config,
-            summary_version: version,
-            adjustments_after_version: base,
-            preview: request.preview,
+            prices: run.prices,
+            config: run.config,
+            summary_version: run.version,
+            adjustments_after_version: run.base,
+            preview: run.preview,
             minimum_remaining: remaining
                 .iter()
                 .filter(|((c, _, _), _)| *c == account.id)
@@ -321,14 +385,7 @@ pub async fn run_invoices(
             invoices.push(inv);
         }
     }
-    if request.preview {
-        return Ok(InvoiceRun {
-            invoices: invoices.into_iter().map(|i| (i, Outcome::Preview)).collect(),
-            summary_version: version,
-            files: Vec::new(),
-        });
-    }
-    finalize(data_dir, invoices, request, version).await
+    Ok(invoices)
 }
 
 /// True-ups standing on finalized invoices (latest revisions) of periods before `period` for

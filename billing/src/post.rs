@@ -215,29 +215,7 @@ pub async fn post_period(
     }
     let label = target.label();
     let known = ledger(data_dir, &label).await?;
-    // A new revision must not be booked on top of a posted earlier one: that needs a reversal
-    // in the ERP first, which meterflow does not generate.
-    let replaced: Vec<String> = invoices
-        .iter()
-        .filter(|i| i.revision > 1)
-        .filter(|i| {
-            ["ar", "je"].iter().any(|k| {
-                let key = format!("{}.r{}.{k}", i.invoice_id, i.revision - 1);
-                matches!(known.get(&key), Some((Status::Posted, _)))
-            })
-        })
-        .map(|i| format!("{} r{} replaces r{}", i.invoice_id, i.revision, i.revision - 1))
-        .collect();
-    if !replaced.is_empty() {
-        return Err(BillingError::Target {
-            target: label,
-            message: format!(
-                "revised invoices whose earlier revision is already posted here: {}. Reverse the earlier \
-                    revision in the ERP (credit note and reversing entry) and record it, then post again; nothing was sent",
-                replaced.join("; ")
-            ),
-        });
-    }
+    refuse_revisions_over_posted(&invoices, &known, &label)?;
     let mut report = PostReport { documents: docs.len(), ..PostReport::default() };
     let mut todo = Vec::new();
     for d in docs {
@@ -260,11 +238,56 @@ pub async fn post_period(
         .collect();
     tables::append(data_dir, &POSTINGS, &pending).await?;
 
+    deliver(data_dir, target, config, &batches, &known, &label, &mut report).await?;
+    Ok(report)
+}
+
+/// A new revision must not be booked on top of a posted earlier one: that needs a reversal in
+/// the ERP first, which meterflow does not generate.
+fn refuse_revisions_over_posted(
+    invoices: &[crate::invoice::Invoice],
+    known: &BTreeMap<String, (Status, u64)>,
+    label: &str,
+) -> Result<(), BillingError> {
+    let replaced: Vec<String> = invoices
+        .iter()
+        .filter(|i| i.revision > 1)
+        .filter(|i| {
+            ["ar", "je"].iter().any(|k| {
+                let key = format!("{}.r{}.{k}", i.invoice_id, i.revision - 1);
+                matches!(known.get(&key), Some((Status::Posted, _)))
+            })
+        })
+        .map(|i| format!("{} r{} replaces r{}", i.invoice_id, i.revision, i.revision - 1))
+        .collect();
+    if !replaced.is_empty() {
+        return Err(BillingError::Target {
+            target: label.to_string(),
+            message: format!(
+                "revised invoices whose earlier revision is already posted here: {}. Reverse the earlier \
+                    revision in the ERP (credit note and reversing entry) and record it, then post again; nothing was sent",
+                replaced.join("; ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Sends each batch to the target and records every document's outcome in the postings ledger.
+async fn deliver(
+    data_dir: &Path,
+    target: &Target,
+    config: &BillingConfig,
+    batches: &[Batch],
+    known: &BTreeMap<String, (Status, u64)>,
+    label: &str,
+    report: &mut PostReport,
+) -> Result<(), BillingError> {
     let mut http = match target {
         Target::Http(url) => Some(HttpPoster::new(url.clone(), config)?),
         _ => None,
     };
-    for batch in &batches {
+    for batch in batches {
         report.batches += 1;
         let (results, attempts) = match target {
             Target::File(dir) => (deliver_file(dir, batch)?, 1),
@@ -292,11 +315,11 @@ pub async fn post_period(
                     (Status::Pending, r)
                 }
             };
-            rows.push(ledger_row(doc, &label, &batch.id, status, prior + attempts, Some(response)));
+            rows.push(ledger_row(doc, label, &batch.id, status, prior + attempts, Some(response)));
         }
         tables::append(data_dir, &POSTINGS, &rows).await?;
     }
-    Ok(report)
+    Ok(())
 }
 
 fn deliver_file(dir: &Path, batch: &Batch) -> Result<Vec<Delivery>, BillingError> {
