@@ -2,7 +2,7 @@
 //! `invoice`, `post` (folder, hledger, HTTP) and `reconcile` with the real binary.
 //!
 //! Golden invoices live in `tests/golden/invoices/`. After an intended change, regenerate them
-//! with `UPDATE_GOLDEN=1 bash scripts/test.sh --test billing_e2e` and review the diff.
+//! with `UPDATE_GOLDEN=1 bash scripts/test.sh --test integration -- billing_e2e` and review the diff.
 
 use crate::common::{event, publish, TestEnv};
 use rust_decimal::Decimal;

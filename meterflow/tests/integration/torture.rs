@@ -7,7 +7,7 @@
 //! run shows that messages in flight at the kills were delivered again.
 //!
 //! CI runs two rounds over every point (20 kills). The long mode runs more:
-//! `METERFLOW_TORTURE_ROUNDS=25 bash scripts/test.sh --test torture -- --nocapture`.
+//! `METERFLOW_TORTURE_ROUNDS=25 bash scripts/test.sh --test integration -- torture --nocapture`.
 
 use crate::common::{reference, totals, wait_until, TestEnv};
 use meterflow_faults::Point;
