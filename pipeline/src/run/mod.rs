@@ -104,6 +104,37 @@ fn drained(stream_last: Option<u64>, next_seq: u64) -> bool {
     stream_last.is_some_and(|last| last < next_seq)
 }
 
+/// What the run loop carries from one turn to the next.
+struct Turns {
+    /// The next pull, requested before the current one is processed so that the broker delivers
+    /// it while this task decodes, aggregates and commits (dropped, uncollected, whenever the
+    /// consumer is re-positioned).
+    next_pull: Option<PendingPull>,
+    retry_delay: Duration,
+    consumer_checked: Instant,
+    idle_since: Option<Instant>,
+}
+
+impl Default for Turns {
+    fn default() -> Self {
+        Turns {
+            next_pull: None,
+            retry_delay: Duration::from_millis(100),
+            consumer_checked: Instant::now(),
+            idle_since: None,
+        }
+    }
+}
+
+/// The outcome of one pull.
+enum Pulled {
+    Messages(Vec<Fetched>),
+    /// The pull failed; the loop tries again.
+    Retry,
+    /// Shutdown was asked for while waiting.
+    Stop,
+}
+
 impl Pipeline {
     /// Connects, opens the table, restores state and positions the consumer (metrics kept
     /// but not served).
@@ -263,14 +294,7 @@ impl Pipeline {
     /// then commits what is pending, acks, and returns the counters.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, options: RunOptions) -> Result<RunStats> {
         let interval = Duration::from_millis(self.config.pipeline.commit_interval_ms.max(1));
-        let mut idle_since: Option<Instant> = None;
-        let mut retry_delay = Duration::from_millis(100);
-        let mut consumer_checked = Instant::now();
-        // The next pull, requested before the current one is processed so that the broker
-        // delivers it while this task decodes, aggregates and commits (dropped, uncollected,
-        // whenever the consumer is re-positioned).
-        let mut next_pull: Option<PendingPull> = None;
-        let batch = self.config.nats.fetch_batch;
+        let mut turn = Turns::default();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -283,85 +307,20 @@ impl Pipeline {
                         acknowledging what is in hand"
                 );
             }
-            let pull = async {
-                match next_pull.take() {
-                    Some(pull) => pull.collect().await,
-                    None => self.broker.request(batch).await?.collect().await,
-                }
-            };
-            let pull_started = Instant::now();
-            let fetched = tokio::select! {
-                r = pull => r,
-                _ = shutdown.changed() => break,
-            };
-            if fetched.as_ref().is_ok_and(|f| !f.is_empty()) {
-                self.stats.pull_wait_secs += pull_started.elapsed().as_secs_f64();
-            }
-            let fetched = match fetched {
-                Ok(f) => {
-                    retry_delay = Duration::from_millis(100);
-                    if !f.is_empty() {
-                        // More is likely waiting: ask for it now (a failed request is retried
-                        // as a plain fetch on the next turn).
-                        next_pull = self.broker.request(batch).await.ok();
-                    }
-                    f
-                }
-                Err(IngestError::Oversized) => {
-                    // A message larger than fetch_max_bytes: read it alone, however large.
-                    next_pull = None;
-                    match self.broker.request_large().await {
-                        Ok(pull) => match pull.collect().await {
-                            Ok(f) => f,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "reading a message larger than fetch_max_bytes \
-                                    failed; retrying");
-                                tokio::time::sleep(retry_delay).await;
-                                continue;
-                            }
-                        },
-                        Err(e) => {
-                            tracing::warn!(error = %e, "reading a message larger than fetch_max_bytes failed; \
-                                retrying");
-                            tokio::time::sleep(retry_delay).await;
-                            continue;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "fetch failed; retrying");
-                    self.recreate_consumer_if_deleted().await;
-                    consumer_checked = Instant::now();
-                    tokio::time::sleep(retry_delay).await;
-                    retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
-                    continue;
-                }
+            let fetched = match self.pull(&mut turn, &mut shutdown).await {
+                Pulled::Messages(f) => f,
+                Pulled::Retry => continue,
+                Pulled::Stop => break,
             };
             let got_any = !fetched.is_empty();
-            if !got_any && !self.replaying {
-                self.publish_progress().await;
-            }
-            if !got_any && consumer_checked.elapsed() >= CONSUMER_CHECK_EVERY {
-                // A pull from a deleted consumer can simply come back empty: check it exists.
-                next_pull = None;
-                self.recreate_consumer_if_deleted().await;
-                consumer_checked = Instant::now();
-            }
-            if !got_any && !self.replaying && self.caught_up().await {
-                // Drained, as the stream itself confirms: the stream clock catches up with the
-                // wall clock, so quiet meters' watermarks (and billing periods) still advance.
-                // An empty or failed pull alone never moves it (a deleted consumer or a broker
-                // restart can leave a backlog waiting behind empty pulls).
-                self.core.advance_clock(chrono::Utc::now());
-                if self.pending_last.is_none() {
-                    self.close_due_periods().await;
-                }
+            if !got_any {
+                self.on_empty_pull(&mut turn).await;
             }
             let process_started = Instant::now();
             let gap = self.process(fetched)?;
             self.stats.process_secs += process_started.elapsed().as_secs_f64();
             if let Some((from, to)) = gap {
-                next_pull = None;
+                turn.next_pull = None;
                 self.refetch_from_gap(from, to).await;
             }
             let due = self.pending_since.is_some_and(|t| t.elapsed() >= interval);
@@ -369,20 +328,8 @@ impl Pipeline {
                 self.commit_with_retry(&mut shutdown).await?;
             }
             if let Some(limit) = options.exit_when_idle {
-                if got_any {
-                    idle_since = None;
-                } else {
-                    if self.pending_last.is_some() {
-                        self.commit_with_retry(&mut shutdown).await?;
-                    }
-                    let since = *idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= limit {
-                        let last = self.broker.last_sequence().await.unwrap_or(u64::MAX);
-                        if self.committed_seq >= last || self.next_seq > last {
-                            tracing::info!(committed_seq = self.committed_seq, "stream drained and idle; stopping");
-                            break;
-                        }
-                    }
+                if self.idle_past(&mut turn, got_any, limit, &mut shutdown).await? {
+                    break;
                 }
             }
         }
@@ -395,6 +342,112 @@ impl Pipeline {
             lease.release().await;
         }
         Ok(self.stats)
+    }
+
+    /// One pull: the one requested ahead if any, else a fresh one; a message larger than a pull
+    /// may bring is read alone; a failed pull is retried with backoff (after checking that the
+    /// consumer still exists).
+    async fn pull(&mut self, turn: &mut Turns, shutdown: &mut watch::Receiver<bool>) -> Pulled {
+        let batch = self.config.nats.fetch_batch;
+        let pending = turn.next_pull.take();
+        let pull = async {
+            match pending {
+                Some(pull) => pull.collect().await,
+                None => self.broker.request(batch).await?.collect().await,
+            }
+        };
+        let pull_started = Instant::now();
+        let fetched = tokio::select! {
+            r = pull => r,
+            _ = shutdown.changed() => return Pulled::Stop,
+        };
+        match fetched {
+            Ok(f) => {
+                turn.retry_delay = Duration::from_millis(100);
+                if !f.is_empty() {
+                    self.stats.pull_wait_secs += pull_started.elapsed().as_secs_f64();
+                    // More is likely waiting: ask for it now (a failed request is retried as a
+                    // plain fetch on the next turn).
+                    turn.next_pull = self.broker.request(batch).await.ok();
+                }
+                Pulled::Messages(f)
+            }
+            Err(IngestError::Oversized) => {
+                // A message larger than fetch_max_bytes: read it alone, however large.
+                let large = match self.broker.request_large().await {
+                    Ok(pull) => pull.collect().await,
+                    Err(e) => Err(e),
+                };
+                match large {
+                    Ok(f) => Pulled::Messages(f),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading a message larger than fetch_max_bytes failed; retrying");
+                        tokio::time::sleep(turn.retry_delay).await;
+                        Pulled::Retry
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "fetch failed; retrying");
+                self.recreate_consumer_if_deleted().await;
+                turn.consumer_checked = Instant::now();
+                tokio::time::sleep(turn.retry_delay).await;
+                turn.retry_delay = (turn.retry_delay * 2).min(Duration::from_secs(5));
+                Pulled::Retry
+            }
+        }
+    }
+
+    /// An empty pull: progress metrics, a check that the consumer still exists, and (when the
+    /// stream confirms it is drained) the stream clock moved to the wall clock.
+    async fn on_empty_pull(&mut self, turn: &mut Turns) {
+        if !self.replaying {
+            self.publish_progress().await;
+        }
+        if turn.consumer_checked.elapsed() >= CONSUMER_CHECK_EVERY {
+            // A pull from a deleted consumer can simply come back empty: check it exists.
+            turn.next_pull = None;
+            self.recreate_consumer_if_deleted().await;
+            turn.consumer_checked = Instant::now();
+        }
+        if !self.replaying && self.caught_up().await {
+            // Drained, as the stream itself confirms: the stream clock catches up with the wall
+            // clock, so quiet meters' watermarks (and billing periods) still advance. An empty or
+            // failed pull alone never moves it (a deleted consumer or a broker restart can leave
+            // a backlog waiting behind empty pulls).
+            self.core.advance_clock(chrono::Utc::now());
+            if self.pending_last.is_none() {
+                self.close_due_periods().await;
+            }
+        }
+    }
+
+    /// `--exit-when-idle`: true once nothing arrived for `limit`, everything is committed and the
+    /// stream holds nothing more.
+    async fn idle_past(
+        &mut self,
+        turn: &mut Turns,
+        got_any: bool,
+        limit: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool> {
+        if got_any {
+            turn.idle_since = None;
+            return Ok(false);
+        }
+        if self.pending_last.is_some() {
+            self.commit_with_retry(shutdown).await?;
+        }
+        let since = *turn.idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < limit {
+            return Ok(false);
+        }
+        let last = self.broker.last_sequence().await.unwrap_or(u64::MAX);
+        let drained = self.committed_seq >= last || self.next_seq > last;
+        if drained {
+            tracing::info!(committed_seq = self.committed_seq, "stream drained and idle; stopping");
+        }
+        Ok(drained)
     }
 
     /// True when the stream holds nothing the pipeline has not seen (asked of the broker).
