@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use super::finance;
 use meterflow_pipeline::config::{Config, Overrides, Reference};
-use meterflow_pipeline::{Pipeline, RunOptions};
+use meterflow_pipeline::{Pipeline, RunOptions, RunStats};
 use meterflow_sink::sql::{render, Format, ReadOnlySql};
 use meterflow_testkit::local_nats::LocalNats;
-use meterflow_testkit::workload::{self, WorkloadSpec};
+use meterflow_testkit::workload::{self, Oracle, WorkloadSpec};
 
 /// Marker file that lets the demo wipe its own data directory on the next run.
 const DEMO_MARKER: &str = ".meterflow-demo";
@@ -69,7 +69,17 @@ pub async fn run(options: DemoOptions) -> Result<()> {
             Some(s)
         }
     };
+    let oracle = publish(&options, &config, &reference).await?;
+    let stats = run_pipeline(&config).await?;
+    let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
+    verify(&sql, &oracle, &stats).await?;
+    period_close(&config, &sql).await?;
+    print_next_steps(&config, &options.config);
+    Ok(())
+}
 
+/// Generates the demo workload and publishes it; returns its oracle.
+async fn publish(options: &DemoOptions, config: &Config, reference: &Reference) -> Result<Oracle> {
     // Part one: one event per message. Part two: CloudEvents batch mode, on the following two
     // days (across globex's plan change on 24 November).
     let single = WorkloadSpec { events: options.events, batch_size: 1, seed: 1, ..Default::default() };
@@ -82,7 +92,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         ..Default::default()
     };
     let parts: Vec<WorkloadSpec> = if options.batch_events > 0 { vec![single, batched] } else { vec![single] };
-    let (messages, oracle) = workload::generate_all(&parts, &reference)?;
+    let (messages, oracle) = workload::generate_all(&parts, reference)?;
 
     let client = async_nats::connect(config.nats.url.as_str())
         .await
@@ -103,6 +113,11 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
+    Ok(oracle)
+}
+
+/// Runs the pipeline until the stream is drained and idle.
+async fn run_pipeline(config: &Config) -> Result<RunStats> {
     let started = Instant::now();
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let pipeline = Pipeline::start(config.clone()).await?;
@@ -126,7 +141,11 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         println!("  DLQ reason {reason:<20} {n}");
     }
 
-    let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
+    Ok(stats)
+}
+
+/// Shows usage and amounts per customer and checks every figure against the oracle, exactly.
+async fn verify(sql: &ReadOnlySql, oracle: &Oracle, stats: &RunStats) -> Result<()> {
     let per_customer = "SELECT customer_id, meter, currency, SUM(quantity) AS quantity, SUM(amount) AS amount, \
         SUM(event_count) AS events \
          FROM usage_summaries GROUP BY customer_id, meter, currency ORDER BY customer_id, meter";
@@ -172,10 +191,13 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         );
     }
 
-    period_close(&config, &sql).await?;
+    Ok(())
+}
 
+/// Where to go from here: the tables, and commands to explore them.
+fn print_next_steps(config: &Config, config_path: &Path) {
     let dir = config.storage.data_dir.display();
-    let cfg = options.config.display();
+    let cfg = config_path.display();
     println!("\nThe tables stay in {dir}. Explore them with SQL, for example:");
     println!(
         "  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} \"SELECT * FROM window_totals \
@@ -187,13 +209,14 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         "  cargo run -q -p meterflow -- sql --config {cfg} --data-dir {dir} \"SELECT invoice_id, \
         customer_id, period, total, currency FROM invoices\""
     );
-    println!("The same table from Python's deltalake and DuckDB (installed in .tools/venv by scripts/tools.sh):");
+    println!(
+        "The same table from Python's deltalake and DuckDB (`bash scripts/tools.sh` installs both into .tools/venv):"
+    );
     println!(
         "  .tools/venv/bin/python -c \"import deltalake, duckdb; ds = \
             deltalake.DeltaTable('{dir}/usage_summaries').to_pyarrow_dataset(); \
          print(duckdb.sql('SELECT customer_id, meter, SUM(quantity), SUM(amount) FROM ds GROUP BY ALL ORDER BY ALL'))\""
     );
-    Ok(())
 }
 
 /// The month-end close, run now on the demo's periods: close, invoice, post to a folder,
