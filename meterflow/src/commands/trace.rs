@@ -177,10 +177,6 @@ async fn trace_event(
     committed: u64,
     e: &UsageEvent,
 ) -> Result<EventTrace> {
-    let index_cond = match e.index {
-        Some(i) => format!("event_index = {i}"),
-        None => "event_index IS NULL".into(),
-    };
     let mut t = EventTrace {
         seq,
         index: e.index,
@@ -199,22 +195,59 @@ async fn trace_event(
         t.outcome = "not committed yet".into();
         return Ok(t);
     }
-    for (table, outcome) in [("rejections", "rejected"), ("duplicates", "duplicate")] {
-        if !has(sql, table) {
-            continue;
-        }
-        let q = format!("SELECT reason, detail FROM {table} WHERE stream_seq = {seq} AND {index_cond}");
-        if let Some(r) = rows(sql, &q).await?.into_iter().next() {
-            t.outcome = outcome.into();
-            t.detail = Some(r.into_iter().map(|(_, v)| v).collect::<Vec<_>>().join(": "));
-            return Ok(t);
-        }
+    if let Some((outcome, detail)) = rejected_or_duplicate(sql, seq, e.index).await? {
+        t.outcome = outcome.into();
+        t.detail = Some(detail);
+        return Ok(t);
     }
     let Some(customer) = reference.directory.lookup(&e.subject) else {
         t.outcome = "rejected".into();
         t.detail = Some("unknown_subject (no rejection row found: the reference data may have changed)".into());
         return Ok(t);
     };
+    t.summary_rows = summary_rows(sql, &customer.id, seq, e).await?;
+    t.outcome =
+        if t.summary_rows.is_empty() { "not counted (no summary row covers it)".into() } else { "counted".into() };
+    if !has(sql, "invoice_lines") {
+        return Ok(t);
+    }
+    t.invoice_lines = invoice_lines(sql, &t.summary_rows, seq).await?;
+    if has(sql, "postings") {
+        t.postings = postings(sql, &t.invoice_lines).await?;
+    }
+    Ok(t)
+}
+
+/// The outcome and detail of an event found in `rejections` or `duplicates`.
+async fn rejected_or_duplicate(
+    sql: &ReadOnlySql,
+    seq: u64,
+    index: Option<usize>,
+) -> Result<Option<(&'static str, String)>> {
+    let index_cond = match index {
+        Some(i) => format!("event_index = {i}"),
+        None => "event_index IS NULL".into(),
+    };
+    for (table, outcome) in [("rejections", "rejected"), ("duplicates", "duplicate")] {
+        if !has(sql, table) {
+            continue;
+        }
+        let q = format!("SELECT reason, detail FROM {table} WHERE stream_seq = {seq} AND {index_cond}");
+        if let Some(r) = rows(sql, &q).await?.into_iter().next() {
+            return Ok(Some((outcome, r.into_iter().map(|(_, v)| v).collect::<Vec<_>>().join(": "))));
+        }
+    }
+    Ok(None)
+}
+
+/// The summary rows that counted the event: its customer's rows whose windows and sequence
+/// ranges hold it, from the first commit at or after its sequence.
+async fn summary_rows(
+    sql: &ReadOnlySql,
+    customer: &str,
+    seq: u64,
+    e: &UsageEvent,
+) -> Result<Vec<Vec<(String, String)>>> {
     let time = lit(&e.time.format("%Y-%m-%d %H:%M:%S%.6f").to_string());
     let q = format!(
         "SELECT customer_id, meter, dimensions, CAST(window_start AS VARCHAR) AS window_start, row_kind, \
@@ -225,15 +258,19 @@ async fn trace_event(
          AND window_start <= TIMESTAMP {time} AND window_end > TIMESTAMP {time} \
          AND revision = (SELECT MIN(revision) FROM usage_summaries WHERE revision >= {seq} AND row_kind <> 'rerate') \
          ORDER BY meter",
-        c = lit(&customer.id)
+        c = lit(customer)
     );
-    t.summary_rows = rows(sql, &q).await?;
-    t.outcome =
-        if t.summary_rows.is_empty() { "not counted (no summary row covers it)".into() } else { "counted".into() };
-    if !has(sql, "invoice_lines") {
-        return Ok(t);
-    }
-    for row in t.summary_rows.clone() {
+    rows(sql, &q).await
+}
+
+/// The invoice lines that billed those summary rows.
+async fn invoice_lines(
+    sql: &ReadOnlySql,
+    summary_rows: &[Vec<(String, String)>],
+    seq: u64,
+) -> Result<Vec<Vec<(String, String)>>> {
+    let mut lines = Vec::new();
+    for row in summary_rows {
         let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
         let q = format!(
             "SELECT invoice_id, revision, line_no, line_kind, period, description, CAST(amount AS VARCHAR) AS \
@@ -246,10 +283,14 @@ async fn trace_event(
             p = lit(&get("plan_version")),
             bp = lit(&get("billing_period")),
         );
-        t.invoice_lines.extend(rows(sql, &q).await?);
+        lines.extend(rows(sql, &q).await?);
     }
-    let mut invoices: Vec<(String, String)> = t
-        .invoice_lines
+    Ok(lines)
+}
+
+/// The ERP postings of the invoices those lines are on.
+async fn postings(sql: &ReadOnlySql, invoice_lines: &[Vec<(String, String)>]) -> Result<Vec<Vec<(String, String)>>> {
+    let mut invoices: Vec<(String, String)> = invoice_lines
         .iter()
         .map(|l| {
             let get = |k: &str| l.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
@@ -258,19 +299,18 @@ async fn trace_event(
         .collect();
     invoices.sort();
     invoices.dedup();
-    if has(sql, "postings") {
-        for (id, rev) in invoices {
-            let q = format!(
-                "SELECT invoice_id, revision, document_type, idempotency_key, target, status, attempts, \
+    let mut out = Vec::new();
+    for (id, rev) in invoices {
+        let q = format!(
+            "SELECT invoice_id, revision, document_type, idempotency_key, target, status, attempts, \
                  CAST(recorded_at AS VARCHAR) AS recorded_at FROM postings WHERE invoice_id = {} AND revision = {} \
                  ORDER BY recorded_at",
-                lit(&id),
-                rev.parse::<i64>().unwrap_or(-1)
-            );
-            t.postings.extend(rows(sql, &q).await?);
-        }
+            lit(&id),
+            rev.parse::<i64>().unwrap_or(-1)
+        );
+        out.extend(rows(sql, &q).await?);
     }
-    Ok(t)
+    Ok(out)
 }
 
 /// The traces as text.
