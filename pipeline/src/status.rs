@@ -91,22 +91,10 @@ pub async fn status(config: &Config) -> Result<Status> {
     let table = SummaryTable::open_or_create(data_dir).await?;
     let committed_seq = table.committed_seq().await?;
     let summaries_version = table.version();
-    let mut broker =
-        BrokerStatus { url: config.nats.url.clone(), stream_last_seq: None, dlq_messages: None, error: None };
-    match Broker::connect(config.nats.clone()).await {
-        Ok(b) => {
-            match b.last_sequence().await {
-                Ok(v) => broker.stream_last_seq = Some(v),
-                Err(e) => broker.error = Some(e.to_string()),
-            }
-            broker.dlq_messages = b.dlq_depth().await.ok();
-        }
-        Err(e) => broker.error = Some(e.to_string()),
-    }
+    let broker = broker_status(config).await;
     let lag = broker.stream_last_seq.map(|l| l.saturating_sub(committed_seq));
     let sql = ReadOnlySql::open(data_dir).await?;
     let has = |t: &str| sql.tables.iter().any(|x| x == t);
-
     let events_accepted = pairs(&sql, "SELECT COALESCE(SUM(event_count), 0) FROM usage_summaries")
         .await?
         .first()
@@ -131,6 +119,40 @@ pub async fn status(config: &Config) -> Result<Status> {
         BTreeMap::new()
     };
 
+    let periods = period_statuses(&sql).await?;
+    Ok(Status {
+        data_dir: data_dir.display().to_string(),
+        broker,
+        committed_seq,
+        lag,
+        summaries_version,
+        events_accepted,
+        late_events,
+        rejects,
+        periods,
+    })
+}
+
+/// The broker's side: the stream's last sequence and the DLQ depth, or why they are unknown.
+async fn broker_status(config: &Config) -> BrokerStatus {
+    let mut broker =
+        BrokerStatus { url: config.nats.url.clone(), stream_last_seq: None, dlq_messages: None, error: None };
+    match Broker::connect(config.nats.clone()).await {
+        Ok(b) => {
+            match b.last_sequence().await {
+                Ok(v) => broker.stream_last_seq = Some(v),
+                Err(e) => broker.error = Some(e.to_string()),
+            }
+            broker.dlq_messages = b.dlq_depth().await.ok();
+        }
+        Err(e) => broker.error = Some(e.to_string()),
+    }
+    broker
+}
+
+/// Every billing period with usage: events, close, invoices and postings.
+async fn period_statuses(sql: &ReadOnlySql) -> Result<Vec<PeriodStatus>> {
+    let has = |t: &str| sql.tables.iter().any(|x| x == t);
     let mut periods: BTreeMap<String, PeriodStatus> = BTreeMap::new();
     let blank = |p: &str| PeriodStatus {
         period: p.to_string(),
@@ -142,13 +164,13 @@ pub async fn status(config: &Config) -> Result<Status> {
         invoiced: BTreeMap::new(),
         documents: BTreeMap::new(),
     };
-    for r in pairs(&sql, "SELECT billing_period, SUM(event_count) FROM usage_summaries GROUP BY 1").await? {
+    for r in pairs(sql, "SELECT billing_period, SUM(event_count) FROM usage_summaries GROUP BY 1").await? {
         periods.entry(r[0].clone()).or_insert_with(|| blank(&r[0])).events = count(&r[1]);
     }
     if has("billing_periods") {
         let q = "SELECT period, closed_by, sealed_version FROM \
                  (SELECT *, ROW_NUMBER() OVER (PARTITION BY period ORDER BY closed_at) AS n FROM billing_periods) WHERE n = 1";
-        for r in pairs(&sql, q).await? {
+        for r in pairs(sql, q).await? {
             let p = periods.entry(r[0].clone()).or_insert_with(|| blank(&r[0]));
             p.status = "closed".into();
             p.closed_by = Some(r[1].clone());
@@ -159,7 +181,7 @@ pub async fn status(config: &Config) -> Result<Status> {
         let q = "SELECT period, currency, COUNT(*), SUM(total) FROM invoices i JOIN \
                  (SELECT invoice_id AS id, MAX(revision) AS rev FROM invoices GROUP BY 1) l \
                  ON i.invoice_id = l.id AND i.revision = l.rev GROUP BY 1, 2";
-        for r in pairs(&sql, q).await? {
+        for r in pairs(sql, q).await? {
             let p = periods.entry(r[0].clone()).or_insert_with(|| blank(&r[0]));
             p.invoices += count(&r[2]);
             p.invoiced.insert(r[1].clone(), r[3].clone());
@@ -170,22 +192,12 @@ pub async fn status(config: &Config) -> Result<Status> {
         let q = "SELECT period, CASE s WHEN 3 THEN 'posted' WHEN 2 THEN 'failed' ELSE 'pending' END, COUNT(*) FROM \
                  (SELECT period, idempotency_key, target, MAX(CASE status WHEN 'posted' THEN 3 WHEN 'failed' THEN 2 ELSE 1 END) AS s \
                   FROM postings GROUP BY 1, 2, 3) GROUP BY 1, 2";
-        for r in pairs(&sql, q).await? {
+        for r in pairs(sql, q).await? {
             let p = periods.entry(r[0].clone()).or_insert_with(|| blank(&r[0]));
             p.documents.insert(r[1].clone(), count(&r[2]));
         }
     }
-    Ok(Status {
-        data_dir: data_dir.display().to_string(),
-        broker,
-        committed_seq,
-        lag,
-        summaries_version,
-        events_accepted,
-        late_events,
-        rejects,
-        periods: periods.into_values().collect(),
-    })
+    Ok(periods.into_values().collect())
 }
 
 /// The status as text.
