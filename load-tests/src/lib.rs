@@ -508,56 +508,13 @@ async fn freshness(
         }
         (sent, failed)
     });
-    // The new pipeline first replays what the throughput phase committed: one unmeasured
-    // message, published and waited for until committed, keeps that start-up out of the figures.
-    let warm_up_deadline = Instant::now() + Duration::from_secs(120);
-    if let Some(m) = messages.first() {
-        let ack = js.publish(m.subject.clone(), m.payload.clone().into()).await?.await?;
-        while (ops.metrics.committed_sequence.get().max(0) as u64) < ack.sequence {
-            if Instant::now() > warm_up_deadline {
-                bail!("the freshness pipeline did not commit its first message within 120 s");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
+    warm_up(js, messages, &ops).await?;
     // Commit times, observed while publishing: (committed sequence, first seen at).
     let (stop_watch, watch_stop) = tokio::sync::watch::channel(false);
-    let watcher = {
-        let ops = ops.clone();
-        tokio::spawn(async move {
-            let mut seen: Vec<(u64, Instant)> = Vec::new();
-            loop {
-                let committed = ops.metrics.committed_sequence.get().max(0) as u64;
-                if seen.last().is_none_or(|(s, _)| committed > *s) {
-                    seen.push((committed, Instant::now()));
-                }
-                if *watch_stop.borrow() {
-                    return seen;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
-    // Paced by events, not messages: a workload mixes batches with single-event messages
-    // (duplicates, malformed ones), so a message count would miss the target rate.
-    let sizes: Vec<f64> = messages.iter().map(|m| events_in(std::slice::from_ref(m)).max(1) as f64).collect();
-    let events_per_tick = target / 100.0; // 10 ms ticks
+    let watcher = tokio::spawn(watch_commits(ops.clone(), watch_stop));
     let deadline = Instant::now() + Duration::from_secs(options.freshness_secs);
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let (mut i, mut owed) = (1.min(messages.len()), 0.0f64);
-    while i < messages.len() && Instant::now() < deadline {
-        tick.tick().await;
-        owed += events_per_tick;
-        while owed > 0.0 && i < messages.len() {
-            let m = &messages[i];
-            let at = Instant::now();
-            let ack = js.publish(m.subject.clone(), m.payload.clone().into()).await?;
-            ack_tx.send((i, at, ack)).ok();
-            owed -= sizes[i];
-            i += 1;
-        }
-    }
+    let i = paced_publish(js, messages, target, deadline, &ack_tx).await?;
     let published_secs = started.elapsed().as_secs_f64();
     let published_events = events_in(&messages[1.min(messages.len())..i]);
     // The rest goes out at once (it is not measured) so the totals can be checked.
@@ -567,42 +524,13 @@ async fn freshness(
     }
     drop(ack_tx);
     let (mut sent, failed) = collector.await?;
-    // A publish whose acknowledgement failed may or may not be stored: publish it again (the
-    // pipeline's dedup absorbs a second copy), so the stream holds the whole workload.
-    for &j in &failed {
-        let m = &messages[j];
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let acked = match js.publish(m.subject.clone(), m.payload.clone().into()).await {
-                Ok(ack) => ack.await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match acked {
-                Ok(a) => {
-                    sent.push((a.sequence, Instant::now()));
-                    break;
-                }
-                Err(e) if attempts >= 10 => bail!("publish of message {j} failed 10 times: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    }
-    if !failed.is_empty() {
-        eprintln!("  {} publishes of the freshness phase were not acknowledged and were sent again", failed.len());
-    }
+    republish_failed(js, messages, &failed, &mut sent).await?;
     sent.sort_unstable_by_key(|(seq, _)| *seq);
     // The measured messages are the paced ones: acks are collected in publish order, and a
     // re-sent message (failed ack) counts from its re-send.
     let measured: Vec<(u64, Instant)> = sent.iter().take(i.saturating_sub(1)).copied().collect();
     let last_seq = sent.last().map_or(0, |(s, _)| *s);
-    let wait_until = Instant::now() + Duration::from_secs(120);
-    while (ops.metrics.committed_sequence.get().max(0) as u64) < last_seq {
-        if Instant::now() > wait_until {
-            bail!("the pipeline did not commit sequence {last_seq} within 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_committed(&ops, last_seq).await?;
     stop_watch.send(true).ok();
     let commits = watcher.await?;
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
@@ -624,6 +552,112 @@ async fn freshness(
         distribution,
     };
     Ok((fresh, late_flagged(&ops, reference)))
+}
+
+/// The new pipeline first replays what the throughput phase committed: one unmeasured message,
+/// published and waited for until committed, keeps that start-up out of the figures.
+async fn warm_up(js: &jetstream::Context, messages: &[OutMessage], ops: &Ops) -> Result<()> {
+    let warm_up_deadline = Instant::now() + Duration::from_secs(120);
+    if let Some(m) = messages.first() {
+        let ack = js.publish(m.subject.clone(), m.payload.clone().into()).await?.await?;
+        while (ops.metrics.committed_sequence.get().max(0) as u64) < ack.sequence {
+            if Instant::now() > warm_up_deadline {
+                bail!("the freshness pipeline did not commit its first message within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Records each new committed sequence and when it was first seen, until told to stop.
+async fn watch_commits(ops: Arc<Ops>, stop: tokio::sync::watch::Receiver<bool>) -> Vec<(u64, Instant)> {
+    let mut seen: Vec<(u64, Instant)> = Vec::new();
+    loop {
+        let committed = ops.metrics.committed_sequence.get().max(0) as u64;
+        if seen.last().is_none_or(|(s, _)| committed > *s) {
+            seen.push((committed, Instant::now()));
+        }
+        if *stop.borrow() {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Publishes from the second message on at `target` events/s until `deadline`, handing each
+/// acknowledgement to the collector; returns the index of the first message not sent.
+async fn paced_publish(
+    js: &jetstream::Context,
+    messages: &[OutMessage],
+    target: f64,
+    deadline: Instant,
+    ack_tx: &tokio::sync::mpsc::UnboundedSender<(usize, Instant, jetstream::context::PublishAckFuture)>,
+) -> Result<usize> {
+    // Paced by events, not messages: a workload mixes batches with single-event messages
+    // (duplicates, malformed ones), so a message count would miss the target rate.
+    let sizes: Vec<f64> = messages.iter().map(|m| events_in(std::slice::from_ref(m)).max(1) as f64).collect();
+    let events_per_tick = target / 100.0; // 10 ms ticks
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let (mut i, mut owed) = (1.min(messages.len()), 0.0f64);
+    while i < messages.len() && Instant::now() < deadline {
+        tick.tick().await;
+        owed += events_per_tick;
+        while owed > 0.0 && i < messages.len() {
+            let m = &messages[i];
+            let at = Instant::now();
+            let ack = js.publish(m.subject.clone(), m.payload.clone().into()).await?;
+            ack_tx.send((i, at, ack)).ok();
+            owed -= sizes[i];
+            i += 1;
+        }
+    }
+    Ok(i)
+}
+
+/// A publish whose acknowledgement failed may or may not be stored: publish it again (the
+/// pipeline's dedup absorbs a second copy), so the stream holds the whole workload.
+async fn republish_failed(
+    js: &jetstream::Context,
+    messages: &[OutMessage],
+    failed: &[usize],
+    sent: &mut Vec<(u64, Instant)>,
+) -> Result<()> {
+    for &j in failed {
+        let m = &messages[j];
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let acked = match js.publish(m.subject.clone(), m.payload.clone().into()).await {
+                Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match acked {
+                Ok(a) => {
+                    sent.push((a.sequence, Instant::now()));
+                    break;
+                }
+                Err(e) if attempts >= 10 => bail!("publish of message {j} failed 10 times: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!("  {} publishes of the freshness phase were not acknowledged and were sent again", failed.len());
+    }
+    Ok(())
+}
+
+/// Waits (at most 120 s) until the pipeline has committed `last_seq`.
+async fn wait_committed(ops: &Ops, last_seq: u64) -> Result<()> {
+    let wait_until = Instant::now() + Duration::from_secs(120);
+    while (ops.metrics.committed_sequence.get().max(0) as u64) < last_seq {
+        if Instant::now() > wait_until {
+            bail!("the pipeline did not commit sequence {last_seq} within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
