@@ -104,6 +104,44 @@ fn drained(stream_last: Option<u64>, next_seq: u64) -> bool {
     stream_last.is_some_and(|last| last < next_seq)
 }
 
+/// The state of the core stages as of the newest snapshot at or below the committed sequence
+/// (empty when there is none or it cannot be read), and the sequence to resume reading from.
+fn restore_state(
+    config: &Config,
+    reference: &Reference,
+    store: &StateStore,
+    committed_seq: u64,
+) -> Result<(ShardedDedup, Aggregator, PeriodTotals, u64)> {
+    let dedup = ShardedDedup::new(config.pipeline.dedup_shards, config.pipeline.dedup_horizon_days)?;
+    let mut agg = Aggregator::with_policy(reference.meters.clone(), config.lateness.policy());
+    let mut totals = PeriodTotals::default();
+    let mut resume_from = 1;
+    if let Some((snap_seq, bytes)) = store.latest_at_or_below(committed_seq)? {
+        match decode_state(&bytes, &reference.meters).and_then(|(windows, t, dedup_bytes)| {
+            dedup.restore(dedup_bytes)?;
+            Ok((windows, t))
+        }) {
+            Ok((windows, t)) => {
+                agg = Aggregator::restore(reference.meters.clone(), config.lateness.policy(), windows);
+                totals = t;
+                resume_from = snap_seq + 1;
+            }
+            Err(e) => {
+                // A snapshot that cannot be read is not fatal: rebuild from the stream.
+                tracing::warn!(error = %e, snap_seq, "ignoring unreadable state snapshot; replaying from \
+                    the start of the stream");
+            }
+        }
+    }
+    // A partially restored dedup index (restore failed half-way) must not be used.
+    let dedup = if resume_from == 1 {
+        ShardedDedup::new(config.pipeline.dedup_shards, config.pipeline.dedup_horizon_days)?
+    } else {
+        dedup
+    };
+    Ok((dedup, agg, totals, resume_from))
+}
+
 /// What the run loop carries from one turn to the next.
 struct Turns {
     /// The next pull, requested before the current one is processed so that the broker delivers
@@ -228,33 +266,7 @@ impl Pipeline {
             tracing::info!(stream = %config.nats.stream, created = %facts.created, "recording the stream's \
                 identity with the next commit");
         }
-        let dedup = ShardedDedup::new(config.pipeline.dedup_shards, config.pipeline.dedup_horizon_days)?;
-        let mut agg = Aggregator::with_policy(reference.meters.clone(), config.lateness.policy());
-        let mut totals = PeriodTotals::default();
-        let mut resume_from = 1;
-        if let Some((snap_seq, bytes)) = store.latest_at_or_below(committed_seq)? {
-            match decode_state(&bytes, &reference.meters).and_then(|(windows, t, dedup_bytes)| {
-                dedup.restore(dedup_bytes)?;
-                Ok((windows, t))
-            }) {
-                Ok((windows, t)) => {
-                    agg = Aggregator::restore(reference.meters.clone(), config.lateness.policy(), windows);
-                    totals = t;
-                    resume_from = snap_seq + 1;
-                }
-                Err(e) => {
-                    // A snapshot that cannot be read is not fatal: rebuild from the stream.
-                    tracing::warn!(error = %e, snap_seq, "ignoring unreadable state snapshot; replaying from \
-                        the start of the stream");
-                }
-            }
-        }
-        // A partially restored dedup index (restore failed half-way) must not be used.
-        let dedup = if resume_from == 1 {
-            ShardedDedup::new(config.pipeline.dedup_shards, config.pipeline.dedup_horizon_days)?
-        } else {
-            dedup
-        };
+        let (dedup, agg, totals, resume_from) = restore_state(&config, &reference, &store, committed_seq)?;
         broker.position_consumer(resume_from).await?;
         tracing::info!(committed_seq, resume_from, "pipeline started; replaying committed messages to rebuild state");
         let stats = RunStats { committed_seq, ..Default::default() };
