@@ -642,30 +642,7 @@ pub async fn run(o: &QueryBenchOptions, command: String, out_dir: &Path) -> Resu
     }
     let expected = expected_rows(o)?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let previous = read_marker(&o.data_dir).filter(|g| {
-        (g.customers, g.meters, g.hours, g.rows, g.compaction.is_some())
-            == (o.customers, o.meters, o.hours, expected, o.compact)
-    });
-    let (generated, reused) = match previous {
-        Some(g) if o.reuse && layout(&o.data_dir).await.is_ok_and(|l| l.rows == expected) => {
-            if o.progress {
-                eprintln!("reusing the {expected}-row table in {}", o.data_dir.display());
-            }
-            (g, true)
-        }
-        _ => {
-            if o.progress {
-                eprintln!(
-                    "generating {} customers x {} meters x {} hours = {expected} rows into {} ...",
-                    o.customers,
-                    o.meters,
-                    o.hours,
-                    o.data_dir.display()
-                );
-            }
-            (generate(o).await?, false)
-        }
-    };
+    let (generated, reused) = generate_or_reuse(o, expected).await?;
     let layout = layout(&o.data_dir).await?;
     if layout.rows != expected {
         bail!("the table holds {} rows, {expected} expected", layout.rows);
@@ -687,38 +664,7 @@ pub async fn run(o: &QueryBenchOptions, command: String, out_dir: &Path) -> Resu
     std::fs::write(&request, serde_json::to_vec(&body)?).with_context(|| format!("writing {}", request.display()))?;
     let mut duck = DuckDb::start(&o.python, &request)?;
 
-    let (data_dir, version, ids) = (o.data_dir.as_path(), layout.version, ids.as_slice());
-    let datafusion_run = || async move {
-        let t = Instant::now();
-        let totals = meterflow_billing::period_usage_totals(data_dir, version, PERIOD, ids).await?;
-        anyhow::Ok((t.elapsed().as_secs_f64() * 1000.0, totals))
-    };
-    if o.progress {
-        eprintln!(
-            "timing the invoice query on {} files ({:.0} MB, version {version}): 1 warm-up + {} runs per \
-                engine, alternating ...",
-            layout.files,
-            layout.bytes as f64 / 1e6,
-            o.runs
-        );
-    }
-    let (df_warm, mut df_result) = datafusion_run().await?;
-    let (duck_warm, _) = duck.run()?;
-    let (mut df_ms, mut duck_ms) = (Vec::new(), Vec::new());
-    for i in 0..o.runs {
-        let (ms, totals) = datafusion_run().await?;
-        df_ms.push(ms);
-        df_result = totals;
-        let (dms, rows) = duck.run()?;
-        duck_ms.push(dms);
-        if o.progress {
-            eprintln!(
-                "  run {}: DataFusion {ms:.0} ms ({} rows), DuckDB {dms:.0} ms ({rows} rows)",
-                i + 1,
-                df_result.len()
-            );
-        }
-    }
+    let (df_warm, df_ms, df_result, duck_warm, duck_ms) = time_engines(o, &layout, &ids, &mut duck).await?;
     let duck_result = duck.result(&out_dir.join("duckdb-result.jsonl"))?;
     let (duckdb_version, duckdb_threads) = (duck.version.clone(), duck.threads);
     drop(duck);
@@ -764,6 +710,79 @@ pub async fn run(o: &QueryBenchOptions, command: String, out_dir: &Path) -> Resu
         );
     }
     Ok(report)
+}
+
+/// The table of the benchmark: the one left by an earlier run with the same shape (`--reuse`),
+/// or a new one.
+async fn generate_or_reuse(o: &QueryBenchOptions, expected: u64) -> Result<(Generated, bool)> {
+    let previous = read_marker(&o.data_dir).filter(|g| {
+        (g.customers, g.meters, g.hours, g.rows, g.compaction.is_some())
+            == (o.customers, o.meters, o.hours, expected, o.compact)
+    });
+    Ok(match previous {
+        Some(g) if o.reuse && layout(&o.data_dir).await.is_ok_and(|l| l.rows == expected) => {
+            if o.progress {
+                eprintln!("reusing the {expected}-row table in {}", o.data_dir.display());
+            }
+            (g, true)
+        }
+        _ => {
+            if o.progress {
+                eprintln!(
+                    "generating {} customers x {} meters x {} hours = {expected} rows into {} ...",
+                    o.customers,
+                    o.meters,
+                    o.hours,
+                    o.data_dir.display()
+                );
+            }
+            (generate(o).await?, false)
+        }
+    })
+}
+
+/// One warm-up and `o.runs` timed runs of the invoice query per engine, alternating; returns
+/// DataFusion's warm-up and run times and last result, and DuckDB's warm-up and run times.
+#[allow(clippy::type_complexity)] // the figures of two engines, taken apart at once by the caller
+async fn time_engines(
+    o: &QueryBenchOptions,
+    layout: &Layout,
+    ids: &[&str],
+    duck: &mut DuckDb,
+) -> Result<(f64, Vec<f64>, Vec<meterflow_billing::invoice::UsageTotal>, f64, Vec<f64>)> {
+    let (data_dir, version) = (o.data_dir.as_path(), layout.version);
+    let datafusion_run = || async move {
+        let t = Instant::now();
+        let totals = meterflow_billing::period_usage_totals(data_dir, version, PERIOD, ids).await?;
+        anyhow::Ok((t.elapsed().as_secs_f64() * 1000.0, totals))
+    };
+    if o.progress {
+        eprintln!(
+            "timing the invoice query on {} files ({:.0} MB, version {version}): 1 warm-up + {} runs per \
+                engine, alternating ...",
+            layout.files,
+            layout.bytes as f64 / 1e6,
+            o.runs
+        );
+    }
+    let (df_warm, mut df_result) = datafusion_run().await?;
+    let (duck_warm, _) = duck.run()?;
+    let (mut df_ms, mut duck_ms) = (Vec::new(), Vec::new());
+    for i in 0..o.runs {
+        let (ms, totals) = datafusion_run().await?;
+        df_ms.push(ms);
+        df_result = totals;
+        let (dms, rows) = duck.run()?;
+        duck_ms.push(dms);
+        if o.progress {
+            eprintln!(
+                "  run {}: DataFusion {ms:.0} ms ({} rows), DuckDB {dms:.0} ms ({rows} rows)",
+                i + 1,
+                df_result.len()
+            );
+        }
+    }
+    Ok((df_warm, df_ms, df_result, duck_warm, duck_ms))
 }
 
 impl QueryBenchReport {
