@@ -3,16 +3,9 @@
 use meterflow_rater::Rounding;
 use serde::Deserialize;
 
-/// A secret from the config or environment; never printed.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
+/// Secrets read as the broker's are (strings, and numbers or booleans an environment value
+/// turned into), never printed.
+pub use meterflow_ingest::Secret;
 
 /// The `[billing]` section.
 #[derive(Debug, Clone, Deserialize)]

@@ -405,7 +405,7 @@ impl HttpPoster {
         Ok(HttpPoster {
             client,
             url,
-            token: config.http_bearer_token.as_ref().map(|s| s.0.clone()),
+            token: config.http_bearer_token.as_ref().filter(|s| !s.is_empty()).map(|s| s.expose().to_string()),
             max_attempts: config.http_max_attempts.max(1),
             backoff: Duration::from_millis(config.http_backoff_initial_ms),
             backoff_max: Duration::from_millis(config.http_backoff_max_ms.max(config.http_backoff_initial_ms)),

@@ -147,15 +147,6 @@ fn delta_type(table: &str, kind: Kind) -> Result<DataType, BillingError> {
     })
 }
 
-fn unscaled(d: Decimal, scale: u8) -> Option<i128> {
-    let d = d.normalize();
-    let scale = u32::from(scale);
-    if d.scale() > scale {
-        return None;
-    }
-    d.mantissa().checked_mul(10i128.checked_pow(scale - d.scale())?)
-}
-
 fn encode(spec: &Spec, rows: &[Vec<Cell>]) -> Result<RecordBatch, BillingError> {
     let bad = |msg: String| delta_err(spec.name, msg);
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(spec.columns.len());
@@ -188,7 +179,7 @@ fn encode(spec: &Spec, rows: &[Vec<Cell>]) -> Result<RecordBatch, BillingError> 
                 for r in rows {
                     match cell(r)? {
                         Cell::Dec(v) => b.append_value(
-                            unscaled(v, *scale)
+                            meterflow_sink::unscaled(v, u32::from(*scale))
                                 .ok_or_else(|| bad(format!("{name}: {v} does not fit DECIMAL(38, {scale})")))?,
                         ),
                         other => return Err(bad(format!("{name}: {other:?} is not a decimal"))),

@@ -42,7 +42,7 @@ pub use sync_store::SyncStore;
 pub use vacuum::{vacuum_tables, Vacuumed};
 // The SummaryRow → Arrow step of every commit, public so `benches/benches/parquet_encode.rs`
 // can measure it on its own.
-pub use table::encode_rows;
+pub use table::{encode_rows, unscaled};
 pub use table::{
     open_or_create_table, summaries_schema, CommitRange, Committed, RowKind, SummaryRow, SummaryTable, APP_ID,
     STREAM_APP_ID, SUMMARIES_TABLE,

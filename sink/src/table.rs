@@ -160,19 +160,26 @@ fn delta_columns() -> Result<Vec<StructField>> {
     ])
 }
 
-/// Exact conversion of a decimal to the unscaled i128 of a column with `scale` digits.
-pub(crate) fn to_unscaled(d: Decimal, scale: u32, column: &str) -> Result<i128> {
+/// The unscaled i128 of `d` in a decimal column with `scale` fractional digits, exactly: `None`
+/// when `d` has more fractional digits than the column or does not fit 128 bits. Every
+/// Decimal128 column written by meterflow goes through here.
+pub fn unscaled(d: Decimal, scale: u32) -> Option<i128> {
     let d = d.normalize();
     if d.scale() > scale {
-        return Err(SinkError::Encode {
-            table: SUMMARIES_TABLE.into(),
-            message: format!("{column} {d} has more than {scale} fractional digits"),
-        });
+        return None;
     }
-    let factor = 10i128.pow(scale - d.scale());
-    d.mantissa().checked_mul(factor).ok_or_else(|| SinkError::Encode {
+    d.mantissa().checked_mul(10i128.checked_pow(scale - d.scale())?)
+}
+
+/// [`unscaled`] for a column of `usage_summaries`, with an error naming the column.
+pub(crate) fn to_unscaled(d: Decimal, scale: u32, column: &str) -> Result<i128> {
+    unscaled(d, scale).ok_or_else(|| SinkError::Encode {
         table: SUMMARIES_TABLE.into(),
-        message: format!("{column} {d} overflows DECIMAL(38, {scale})"),
+        message: if d.normalize().scale() > scale {
+            format!("{column} {d} has more than {scale} fractional digits")
+        } else {
+            format!("{column} {d} overflows DECIMAL(38, {scale})")
+        },
     })
 }
 
