@@ -336,7 +336,7 @@ mod tests {
     fn line(no: u32, amount: &str, account: &str) -> InvoiceLine {
         InvoiceLine {
             line_no: no,
-            kind: "usage".into(),
+            kind: crate::invoice::LineKind::Usage,
             description: "x".into(),
             meter: None,
             plan_version: None,

@@ -80,16 +80,36 @@ pub struct UsageTotal {
     pub amount_before: Option<Decimal>,
 }
 
-/// Kinds of invoice lines.
-pub mod kind {
+/// What an invoice line bills (`line_kind` in `invoice_lines`, `kind` in the JSON document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
     /// Usage of the period, per meter and plan version.
-    pub const USAGE: &str = "usage";
+    Usage,
     /// A recurring fee, prorated by days.
-    pub const RECURRING_FEE: &str = "recurring_fee";
+    RecurringFee,
     /// The shortfall to a plan's minimum spend.
-    pub const MINIMUM_TRUE_UP: &str = "minimum_true_up";
+    MinimumTrueUp,
     /// Late usage (or a price correction) of an earlier, already closed period.
-    pub const ADJUSTMENT: &str = "adjustment";
+    Adjustment,
+}
+
+impl LineKind {
+    /// The name in tables and documents.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LineKind::Usage => "usage",
+            LineKind::RecurringFee => "recurring_fee",
+            LineKind::MinimumTrueUp => "minimum_true_up",
+            LineKind::Adjustment => "adjustment",
+        }
+    }
+}
+
+impl std::fmt::Display for LineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// One tier of a tiered charge, for the line's breakdown.
@@ -112,8 +132,8 @@ pub struct TierBreakdown {
 pub struct InvoiceLine {
     /// Position, from 1.
     pub line_no: u32,
-    /// See [`kind`].
-    pub kind: String,
+    /// What the line bills.
+    pub kind: LineKind,
     /// Human description.
     pub description: String,
     /// Meter (usage and adjustment lines).
@@ -338,7 +358,7 @@ impl<'a> Ctx<'a> {
     /// A recurring-fee or minimum true-up line (no meter, `days` as its quantity).
     fn fee_line(
         &self,
-        kind: &str,
+        kind: LineKind,
         description: String,
         version: String,
         days: i64,
@@ -347,7 +367,7 @@ impl<'a> Ctx<'a> {
     ) -> InvoiceLine {
         InvoiceLine {
             line_no: 0,
-            kind: kind.into(),
+            kind,
             description,
             meter: None,
             plan_version: Some(version),
@@ -423,7 +443,7 @@ fn usage_lines(
             lines,
             InvoiceLine {
                 line_no: 0,
-                kind: kind::USAGE.into(),
+                kind: LineKind::Usage,
                 description: format!("{} usage {label} ({}{included})", u.meter, u.plan_version),
                 meter: Some(u.meter.clone()),
                 plan_version: Some(u.plan_version.clone()),
@@ -470,7 +490,7 @@ fn fee_lines(
             let description = format!("Recurring fee {} {label} ({version}, {share})", v.recurring_fee.normalize());
             push_line(
                 lines,
-                ctx.fee_line(kind::RECURRING_FEE, description, version.clone(), days, exact, "recurring_fee"),
+                ctx.fee_line(LineKind::RecurringFee, description, version.clone(), days, exact, "recurring_fee"),
             );
         }
         if !v.minimum_spend.is_zero() {
@@ -488,7 +508,10 @@ fn fee_lines(
                 "Minimum spend true-up {label} ({version}, {days}/{} days): minimum {minimum}, usage {used}",
                 period.days()
             );
-            push_line(lines, ctx.fee_line(kind::MINIMUM_TRUE_UP, description, version, days, short, "minimum_true_up"));
+            push_line(
+                lines,
+                ctx.fee_line(LineKind::MinimumTrueUp, description, version, days, short, "minimum_true_up"),
+            );
         }
     }
     Ok(())
@@ -508,7 +531,7 @@ fn adjustment_lines(ctx: &Ctx<'_>, input: &InvoiceInput<'_>, lines: &mut Vec<Inv
             lines,
             InvoiceLine {
                 line_no: 0,
-                kind: kind::ADJUSTMENT.into(),
+                kind: LineKind::Adjustment,
                 description: format!(
                     "Adjustment for {}: {} arrived after the period closed ({})",
                     a.billing_period, a.meter, a.plan_version
@@ -539,7 +562,7 @@ fn adjustment_lines(ctx: &Ctx<'_>, input: &InvoiceInput<'_>, lines: &mut Vec<Inv
 /// of adding to it: the customer pays max(minimum, usage) for that period, once.
 fn late_minimum_offsets(ctx: &Ctx<'_>, input: &InvoiceInput<'_>, lines: &mut Vec<InvoiceLine>) {
     let mut late_spend: BTreeMap<(String, String), Decimal> = BTreeMap::new();
-    for l in lines.iter().filter(|l| l.kind == kind::ADJUSTMENT) {
+    for l in lines.iter().filter(|l| l.kind == LineKind::Adjustment) {
         if let Some(v) = &l.plan_version {
             *late_spend.entry((l.source_period.clone(), v.clone())).or_default() += l.amount;
         }
@@ -552,7 +575,7 @@ fn late_minimum_offsets(ctx: &Ctx<'_>, input: &InvoiceInput<'_>, lines: &mut Vec
                 "Minimum spend true-up {source} ({version}) reduced by late usage of {late}: was {}",
                 ctx.money(standing)
             );
-            let mut line = ctx.fee_line(kind::MINIMUM_TRUE_UP, description, version, 0, -offset, "minimum_true_up");
+            let mut line = ctx.fee_line(LineKind::MinimumTrueUp, description, version, 0, -offset, "minimum_true_up");
             line.source_period = source;
             push_line(lines, line);
         }
@@ -779,7 +802,7 @@ mod tests {
         let mut late = usage_late("2026-09", "0.003");
         late.amount_before = Some(d("12.504"));
         let inv = build(&account(None), &[usage("100", "1", "2026-11")], &[late]);
-        let adj = inv.lines.iter().find(|l| l.kind == "adjustment").unwrap();
+        let adj = inv.lines.iter().find(|l| l.kind == LineKind::Adjustment).unwrap();
         assert_eq!(adj.amount, d("0.01"));
     }
 

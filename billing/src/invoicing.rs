@@ -465,7 +465,7 @@ fn line_rows(inv: &Invoice) -> Vec<Vec<Cell>> {
                 Cell::Text(inv.invoice_id.clone()),
                 Cell::Int(i64::from(inv.revision)),
                 Cell::Int(i64::from(l.line_no)),
-                Cell::Text(l.kind.clone()),
+                Cell::Text(l.kind.as_str().to_string()),
                 Cell::Text(inv.customer_id.clone()),
                 Cell::Text(inv.period.clone()),
                 Cell::Text(l.source_period.clone()),

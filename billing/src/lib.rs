@@ -25,7 +25,7 @@ mod tables;
 
 pub use config::{BillingConfig, Secret};
 pub use error::BillingError;
-pub use invoice::{Account, Invoice, InvoiceLine};
+pub use invoice::{Account, Invoice, InvoiceLine, LineKind};
 pub use invoicing::{
     document_path, finalized_invoices, period_usage_totals, run_invoices, usage_total_of_row, usage_totals_sql,
     InvoiceRequest, InvoiceRun, Outcome, SUMMARIES_NOW,
