@@ -372,20 +372,7 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
     let (first, _) = workload::generate_with(std::slice::from_ref(&main), &traffic, &reference)?;
     let (messages, oracle) = workload::generate_with(&[main, fresh], &traffic, &reference)?;
     let (throughput_msgs, fresh_msgs) = messages.split_at(first.len());
-    let shape = WorkloadShape {
-        customers: reference.directory.customers().len(),
-        subjects: reference.directory.customers().iter().map(|c| c.subjects.len()).sum(),
-        synthetic_customers: options.customers.is_some(),
-        skew: options.customers.map(|_| options.skew),
-        duplicate_every: options.duplicate_every,
-        bad_every: options.bad_every,
-        late_fraction: options.late_fraction,
-        lateness_mean_s: options.late_fraction.map(|_| options.lateness_mean_s),
-        lateness_cap_s: match &traffic.times {
-            EventTimes::InOrder(l) => Some(l.max_lateness_s),
-            EventTimes::Shuffled => None,
-        },
-    };
+    let shape = workload_shape(options, &reference, &traffic);
     let events = events_in(throughput_msgs);
 
     let client = async_nats::connect(nats.url()).await?;
@@ -398,24 +385,7 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
     let ops = Arc::new(Ops::new(&config));
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let pipeline = Pipeline::start_with_ops(config.clone(), ops.clone()).await?;
-    let sampler = {
-        let ops = ops.clone();
-        tokio::spawn(async move {
-            let (mut series, mut last, started) = (Vec::new(), 0u64, Instant::now());
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            loop {
-                tick.tick().await;
-                let now = ops.metrics.events_received.get();
-                if now > 0 || !series.is_empty() {
-                    series.push((started.elapsed().as_secs_f64(), (now - last) as f64 * 4.0));
-                }
-                last = now;
-                if now >= events {
-                    return series;
-                }
-            }
-        })
-    };
+    let sampler = tokio::spawn(sample_throughput(ops.clone(), events));
     let stats = pipeline.run(rx, RunOptions { exit_when_idle: Some(Duration::from_millis(1000)) }).await?;
     let throughput_series =
         tokio::time::timeout(Duration::from_secs(5), sampler).await.ok().and_then(|r| r.ok()).unwrap_or_default();
@@ -462,6 +432,41 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
         late_flagged: late,
         exact: differences.is_empty(),
     })
+}
+
+/// What the workload looks like, for the report.
+fn workload_shape(options: &LoadOptions, reference: &Reference, traffic: &Traffic) -> WorkloadShape {
+    WorkloadShape {
+        customers: reference.directory.customers().len(),
+        subjects: reference.directory.customers().iter().map(|c| c.subjects.len()).sum(),
+        synthetic_customers: options.customers.is_some(),
+        skew: options.customers.map(|_| options.skew),
+        duplicate_every: options.duplicate_every,
+        bad_every: options.bad_every,
+        late_fraction: options.late_fraction,
+        lateness_mean_s: options.late_fraction.map(|_| options.lateness_mean_s),
+        lateness_cap_s: match &traffic.times {
+            EventTimes::InOrder(l) => Some(l.max_lateness_s),
+            EventTimes::Shuffled => None,
+        },
+    }
+}
+
+/// The pipeline's events/s, sampled every 250 ms until `events` have been received.
+async fn sample_throughput(ops: Arc<Ops>, events: u64) -> Vec<(f64, f64)> {
+    let (mut series, mut last, started) = (Vec::new(), 0u64, Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let now = ops.metrics.events_received.get();
+        if now > 0 || !series.is_empty() {
+            series.push((started.elapsed().as_secs_f64(), (now - last) as f64 * 4.0));
+        }
+        last = now;
+        if now >= events {
+            return series;
+        }
+    }
 }
 
 /// Per published message (stream sequence, publish time), sorted by sequence: the milliseconds
