@@ -200,6 +200,23 @@ mod tests {
     }
 
     #[test]
+    fn enrichment_gives_the_customer_position_or_the_reject_reason_and_its_detail() {
+        let mut bound = customer("globex", &["globex", "globex-eu"]);
+        bound.publish_subjects = vec!["usage.globex.>".into()];
+        let d = Directory::new(vec![customer("acme", &["acme"]), bound], "customers.toml").unwrap();
+        assert_eq!(d.enrich("acme", "usage.anything"), Ok(0));
+        assert_eq!(d.enrich("globex-eu", "usage.globex.eu"), Ok(1));
+        let (reason, detail) = d.enrich("initech", "usage.initech").unwrap_err();
+        assert_eq!(
+            (reason, detail.as_str()),
+            (RejectReason::UnknownSubject, "subject \"initech\" maps to no customer")
+        );
+        let (reason, detail) = d.enrich("globex", "usage.acme").unwrap_err();
+        assert_eq!(reason, RejectReason::SubjectNotAllowed);
+        assert!(detail.contains("usage.globex.>") && detail.contains("usage.acme"), "{detail}");
+    }
+
+    #[test]
     fn every_subject_of_a_customer_resolves_to_it() {
         let d = Directory::new(vec![customer("globex", &["globex", "globex-eu"])], "customers.toml").unwrap();
         assert_eq!(d.lookup("globex-eu").unwrap().id, "globex");

@@ -791,6 +791,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn unscaled_values_are_exact_or_refused_never_rounded_or_wrapped() {
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        assert_eq!(unscaled(d("1.5"), 9), Some(1_500_000_000));
+        assert_eq!(unscaled(d("-0.000000001"), 9), Some(-1));
+        assert_eq!(unscaled(d("1.50000000000"), 9), Some(1_500_000_000), "trailing zeros are not digits");
+        assert_eq!(unscaled(d("0.0000000001"), 9), None, "more fractional digits than the column");
+        assert_eq!(unscaled(d("79228162514264337593543950335"), 18), None, "past 128 bits");
+        assert_eq!(unscaled(d("1"), 40), None, "10^40 does not fit: refused, not a panic");
+        let e = to_unscaled(d("0.0000000001"), 9, "quantity").unwrap_err().to_string();
+        assert!(e.contains("more than 9 fractional digits"), "{e}");
+        let e = to_unscaled(d("79228162514264337593543950335"), 18, "amount").unwrap_err().to_string();
+        assert!(e.contains("overflows DECIMAL(38, 18)"), "{e}");
+    }
+
+    #[test]
     fn decimals_convert_exactly_to_the_column_scale() {
         assert_eq!(to_unscaled("1.5".parse().unwrap(), 12, "q").unwrap(), 1_500_000_000_000);
         assert_eq!(to_unscaled("0.000000000001".parse().unwrap(), 12, "q").unwrap(), 1);

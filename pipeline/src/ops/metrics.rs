@@ -107,7 +107,14 @@ impl Metrics {
             reconciliation_variances: Family::default(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        m.register_pipeline(&mut registry);
+        m.register_billing(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// The metering side: events, commits, progress.
+    fn register_pipeline(&self, r: &mut Registry) {
+        let m = self;
         r.register("events_received", "Events decoded from live messages", m.events_received.clone());
         r.register("events_accepted", "Events accepted and counted (first sightings)", m.events_accepted.clone());
         r.register(
@@ -166,6 +173,11 @@ impl Metrics {
             "Times the vanished durable consumer was re-created",
             m.consumers_recreated.clone(),
         );
+    }
+
+    /// The billing side: periods, ERP documents, reconciliation.
+    fn register_billing(&self, r: &mut Registry) {
+        let m = self;
         r.register("billing_periods", "Billing periods by state (open, closed)", m.billing_periods.clone());
         r.register(
             "erp_documents",
@@ -177,7 +189,6 @@ impl Metrics {
             "Rows with a non-zero variance in the last reconciliation of the period",
             m.reconciliation_variances.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     /// The OpenMetrics text of every metric.
