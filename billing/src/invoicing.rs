@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 
 use crate::config::BillingConfig;
 use crate::invoice::{build_invoice, Account, Invoice, InvoiceInput, UsageTotal};
-use crate::tables::{self, dec, int, lit, lit_list, Cell, Session, INVOICES, INVOICE_LINES};
+use crate::tables::{self, text, Cell, Session, INVOICES, INVOICE_LINES};
 use crate::BillingError;
+use meterflow_sink::sql::{Row, Rows};
 
 /// What `meterflow invoice` is asked to do.
 #[derive(Debug, Clone)]
@@ -89,19 +90,36 @@ fn totals_sql(table: &str, filter: &str) -> String {
 /// Alias under which an invoice run registers `usage_summaries` as of the invoiced version.
 pub const SUMMARIES_NOW: &str = "summaries_now";
 
+/// The one-column table (`customer_id`) of the customers an invoice run covers.
+pub const SELECTED_CUSTOMERS: &str = "selected_customers";
+
+/// The one-column table (`billing_period`) of the earlier periods an adjustment window covers.
+pub const SELECTED_PERIODS: &str = "selected_periods";
+
 /// The SQL text of an invoice's usage lines: the totals per (customer, meter, plan, plan
-/// version, currency, billing period) of the rows of `period` for `customers`, read from the
-/// table registered as `table`. This is the period's main (monthly) query; public so that
-/// benchmarks (`meterflow-querybench`) run exactly this text, also on other engines.
-pub fn usage_totals_sql(table: &str, period: &str, customers: &[&str]) -> String {
-    let filter =
-        format!("billing_period = {} AND customer_id IN ({})", lit(period), lit_list(customers.iter().copied()));
-    totals_sql(table, &filter)
+/// version, currency, billing period) of the rows of period `$1` for the customers listed in
+/// [`SELECTED_CUSTOMERS`], read from the table registered as `table`. This is the period's
+/// main (monthly) query; public so that benchmarks (`meterflow-querybench`) run exactly this
+/// text, also on other engines.
+pub fn usage_totals_sql(table: &str) -> String {
+    totals_sql(table, &format!("billing_period = $1 AND customer_id IN (SELECT customer_id FROM {SELECTED_CUSTOMERS})"))
+}
+
+/// The totals of the periods in [`SELECTED_PERIODS`] for the customers in
+/// [`SELECTED_CUSTOMERS`], read from `table`: one side of an adjustment window's difference.
+pub fn window_totals_sql(table: &str) -> String {
+    totals_sql(
+        table,
+        &format!(
+            "billing_period IN (SELECT billing_period FROM {SELECTED_PERIODS}) \
+             AND customer_id IN (SELECT customer_id FROM {SELECTED_CUSTOMERS})"
+        ),
+    )
 }
 
 /// The usage totals of `period` for `customers` in `usage_summaries` as of `version`, read the
 /// way `meterflow invoice` reads them: a fresh billing session, the table registered at that
-/// version (Delta time travel), [`usage_totals_sql`], the rows parsed into exact totals.
+/// version (Delta time travel), [`usage_totals_sql`], the rows read into exact totals.
 pub async fn period_usage_totals(
     data_dir: &Path,
     version: u64,
@@ -110,20 +128,40 @@ pub async fn period_usage_totals(
 ) -> Result<Vec<UsageTotal>, BillingError> {
     let session = Session::new();
     session.register_summaries_at(data_dir, version, SUMMARIES_NOW).await?;
-    usage_totals(&session, period, customers).await
+    session.set_list(SELECTED_CUSTOMERS, "customer_id", customers.iter().copied())?;
+    usage_totals(&session, period).await
 }
 
 /// Runs [`usage_totals_sql`] over [`SUMMARIES_NOW`] in `session`.
-async fn usage_totals(session: &Session, period: &str, customers: &[&str]) -> Result<Vec<UsageTotal>, BillingError> {
-    to_totals(session.rows(&usage_totals_sql(SUMMARIES_NOW, period, customers)).await?)
+async fn usage_totals(session: &Session, period: &str) -> Result<Vec<UsageTotal>, BillingError> {
+    to_totals(&session.rows(&usage_totals_sql(SUMMARIES_NOW), &[text(period)]).await?)
 }
 
-fn to_totals(rows: Vec<Vec<String>>) -> Result<Vec<UsageTotal>, BillingError> {
-    rows.iter().map(|r| usage_total_of_row(r)).collect()
+fn to_totals(rows: &Rows) -> Result<Vec<UsageTotal>, BillingError> {
+    rows.iter().map(|r| usage_total_of(&r)).collect()
 }
 
-/// One row of [`usage_totals_sql`] (every cell as its display string, null as `""`) as an exact
-/// total; public so that other engines' results of the same SQL read the same way.
+/// One row of [`usage_totals_sql`]'s result as an exact total.
+fn usage_total_of(r: &Row<'_>) -> Result<UsageTotal, BillingError> {
+    Ok(UsageTotal {
+        customer_id: r.text(0)?,
+        meter: r.text(1)?,
+        plan_id: r.text(2)?,
+        plan_version: r.text(3)?,
+        currency: r.text(4)?,
+        billing_period: r.text(5)?,
+        quantity: r.dec(6)?,
+        amount: r.dec(7)?,
+        event_count: r.count(8)?,
+        first_seq: r.count(9)?,
+        last_seq: r.count(10)?,
+        amount_before: None,
+    })
+}
+
+/// One row of [`usage_totals_sql`] from another engine (every cell as its display string, null
+/// as `""`) as an exact total; public so that other engines' results of the same SQL read the
+/// way meterflow reads its own.
 pub fn usage_total_of_row(cells: &[String]) -> Result<UsageTotal, BillingError> {
     let [customer_id, meter, plan_id, plan_version, currency, billing_period, q, a, e, f, l] = cells else {
         return Err(BillingError::Sql(format!("unexpected totals row {cells:?}")));
@@ -142,6 +180,22 @@ pub fn usage_total_of_row(cells: &[String]) -> Result<UsageTotal, BillingError> 
         last_seq: int(l)?,
         amount_before: None,
     })
+}
+
+/// A decimal cell of another engine's result (`""` for null, an empty `SUM`).
+fn dec(s: &str) -> Result<rust_decimal::Decimal, BillingError> {
+    if s.is_empty() {
+        return Ok(rust_decimal::Decimal::ZERO);
+    }
+    s.parse().map_err(|e| BillingError::Sql(format!("not a decimal: {s:?} ({e})")))
+}
+
+/// A count cell of another engine's result (`""` for null).
+fn int(s: &str) -> Result<u64, BillingError> {
+    if s.is_empty() {
+        return Ok(0);
+    }
+    s.parse().map_err(|e| BillingError::Sql(format!("not a count: {s:?} ({e})")))
 }
 
 type Key = (String, String, String, String, String, String);
@@ -235,11 +289,12 @@ pub async fn run_invoices(
     let session = Session::new();
     session.register_summaries_at(data_dir, version, SUMMARIES_NOW).await?;
     let ids: Vec<&str> = in_scope.iter().map(|a| a.id.as_str()).collect();
-    let usage = usage_totals(&session, &label, &ids).await?;
+    session.set_list(SELECTED_CUSTOMERS, "customer_id", ids.iter().copied())?;
+    let usage = usage_totals(&session, &label).await?;
     let (base, windows) = adjustment_windows(&period, &closed);
-    let adjustments = adjustments(&session, data_dir, &windows, version, &ids).await?;
+    let adjustments = adjustments(&session, data_dir, &windows, version).await?;
     if !request.preview {
-        earlier_periods_closed(&session, &period, &closed, &ids).await?;
+        earlier_periods_closed(&session, &period, &closed).await?;
     }
     let remaining = minimum_remaining(data_dir, &label, &adjustments).await?;
     let run = Run { period, prices, config, version, base, preview: request.preview };
@@ -284,15 +339,14 @@ fn accounts_in_scope<'a>(
 }
 
 /// Usage of earlier closed periods that arrived after their seal (late usage, re-ratings), as
-/// the difference between the summaries now and at each window's lower version.
+/// the difference between the summaries now and at each window's lower version, for the
+/// customers in [`SELECTED_CUSTOMERS`].
 async fn adjustments(
     session: &Session,
     data_dir: &Path,
     windows: &[(u64, Vec<String>)],
     version: u64,
-    ids: &[&str],
 ) -> Result<Vec<UsageTotal>, BillingError> {
-    let customers = lit_list(ids.iter().copied());
     let mut adjustments = Vec::new();
     for (i, (lower, periods)) in windows.iter().enumerate() {
         if *lower >= version {
@@ -300,16 +354,17 @@ async fn adjustments(
         }
         let alias = format!("summaries_before_{i}");
         session.register_summaries_at(data_dir, *lower, &alias).await?;
-        let filter = format!(
-            "billing_period IN ({}) AND customer_id IN ({customers})",
-            lit_list(periods.iter().map(String::as_str))
-        );
-        let upper = to_totals(session.rows(&totals_sql(SUMMARIES_NOW, &filter)).await?)?;
-        let lower_totals = to_totals(session.rows(&totals_sql(&alias, &filter)).await?)?;
+        session.set_list(SELECTED_PERIODS, "billing_period", periods.iter().map(String::as_str))?;
+        let upper = to_totals(&session.rows(&window_totals_sql(SUMMARIES_NOW), &[]).await?)?;
+        let lower_totals = to_totals(&session.rows(&window_totals_sql(&alias), &[]).await?)?;
         adjustments.extend(difference(upper, lower_totals));
     }
     Ok(adjustments)
 }
+
+/// Periods with usage of the customers in [`SELECTED_CUSTOMERS`] before period `$1`.
+pub const EARLIER_PERIODS_SQL: &str = "SELECT DISTINCT billing_period FROM summaries_now \
+WHERE billing_period < $1 AND customer_id IN (SELECT customer_id FROM selected_customers) ORDER BY 1";
 
 /// Every earlier period with usage must be closed first: otherwise its late rows could land on
 /// this invoice now and on its own invoice later.
@@ -317,21 +372,16 @@ async fn earlier_periods_closed(
     session: &Session,
     period: &Period,
     closed: &BTreeMap<String, ClosedPeriod>,
-    ids: &[&str],
 ) -> Result<(), BillingError> {
-    let (label, customers) = (period.label(), lit_list(ids.iter().copied()));
-    let earlier = session
-        .rows(&format!(
-            "SELECT DISTINCT billing_period FROM {SUMMARIES_NOW} WHERE billing_period < {} AND customer_id \
-                IN ({customers})",
-            lit(&label)
-        ))
-        .await?;
-    let open: Vec<String> = earlier
-        .into_iter()
-        .filter_map(|r| r.into_iter().next())
-        .filter(|p| Period::parse(p).is_some_and(|q| same_flavour(&q, period)) && !closed.contains_key(p))
-        .collect();
+    let label = period.label();
+    let earlier = session.rows(EARLIER_PERIODS_SQL, &[text(&label)]).await?;
+    let mut open = Vec::new();
+    for r in earlier.iter() {
+        let p = r.text(0)?;
+        if Period::parse(&p).is_some_and(|q| same_flavour(&q, period)) && !closed.contains_key(&p) {
+            open.push(p);
+        }
+    }
     if !open.is_empty() {
         return Err(BillingError::PeriodOpen(format!(
             "{} (it holds usage and comes before {label}; periods are invoiced in order)",
@@ -391,6 +441,13 @@ fn build_invoices(
 /// True-ups standing on finalized invoices (latest revisions) of periods before `period` for
 /// the source periods of these adjustments, per (customer, source period, plan version). Only
 /// earlier invoices count, so re-running an invoice always sees the same figure.
+/// The minimum true-ups already billed, per (customer, source period, plan version), on the
+/// latest revisions of invoices of periods before `$1`, for the periods in
+/// [`SELECTED_PERIODS`].
+pub const MINIMUM_TRUE_UPS_SQL: &str = "SELECT customer_id, source_period, plan_version, SUM(amount) \
+FROM latest_invoice_lines WHERE line_kind = 'minimum_true_up' \
+AND source_period IN (SELECT billing_period FROM selected_periods) AND period < $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3";
+
 async fn minimum_remaining(
     data_dir: &Path,
     period: &str,
@@ -401,21 +458,11 @@ async fn minimum_remaining(
         return Ok(BTreeMap::new());
     }
     session.register(data_dir, INVOICE_LINES.name, "invoice_lines").await?;
-    let periods = lit_list(adjustments.iter().map(|a| a.billing_period.as_str()));
-    let rows = session
-        .rows(&format!(
-            "SELECT l.customer_id, l.source_period, l.plan_version, SUM(l.amount) FROM invoice_lines l \
-             JOIN (SELECT invoice_id, MAX(revision) AS revision FROM invoices GROUP BY 1) latest \
-             ON l.invoice_id = latest.invoice_id AND l.revision = latest.revision \
-             WHERE l.line_kind = 'minimum_true_up' AND l.source_period IN ({periods}) AND l.period < {} GROUP BY 1, 2, 3",
-            lit(period)
-        ))
-        .await?;
+    session.set_list(SELECTED_PERIODS, "billing_period", adjustments.iter().map(|a| a.billing_period.as_str()))?;
+    let rows = session.rows(MINIMUM_TRUE_UPS_SQL, &[text(period)]).await?;
     let mut out = BTreeMap::new();
-    for r in rows {
-        if let [c, p, v, t] = r.as_slice() {
-            out.insert((c.clone(), p.clone(), v.clone()), dec(t)?);
-        }
+    for r in rows.iter() {
+        out.insert((r.text(0)?, r.text(1)?, r.text(2)?), r.dec(3)?);
     }
     Ok(out)
 }
@@ -426,13 +473,10 @@ async fn finalized(data_dir: &Path) -> Result<BTreeMap<String, (u32, String)>, B
     if !session.register(data_dir, INVOICES.name, "invoices").await? {
         return Ok(BTreeMap::new());
     }
-    let rows =
-        session.rows("SELECT invoice_id, revision, content_hash FROM invoices ORDER BY invoice_id, revision").await?;
+    let rows = session.rows("SELECT invoice_id, revision, content_hash FROM latest_invoices", &[]).await?;
     let mut out = BTreeMap::new();
-    for r in rows {
-        if let [id, rev, hash] = r.as_slice() {
-            out.insert(id.clone(), (u32::try_from(int(rev)?).unwrap_or(u32::MAX), hash.clone()));
-        }
+    for r in rows.iter() {
+        out.insert(r.text(0)?, (revision(&r, 1)?, r.text(2)?));
     }
     Ok(out)
 }
@@ -443,14 +487,18 @@ async fn lines_written(data_dir: &Path) -> Result<BTreeSet<(String, u32)>, Billi
     if !session.register(data_dir, INVOICE_LINES.name, "invoice_lines").await? {
         return Ok(BTreeSet::new());
     }
-    let rows = session.rows("SELECT DISTINCT invoice_id, revision FROM invoice_lines").await?;
+    let rows = session.rows("SELECT DISTINCT invoice_id, revision FROM invoice_lines", &[]).await?;
     let mut out = BTreeSet::new();
-    for r in rows {
-        if let [id, rev] = r.as_slice() {
-            out.insert((id.clone(), u32::try_from(int(rev)?).unwrap_or(u32::MAX)));
-        }
+    for r in rows.iter() {
+        out.insert((r.text(0)?, revision(&r, 1)?));
     }
     Ok(out)
+}
+
+/// An invoice revision cell.
+fn revision(r: &Row<'_>, col: usize) -> Result<u32, BillingError> {
+    let v = r.count(col)?;
+    u32::try_from(v).map_err(|_| BillingError::Sql(format!("invoice revision {v} is out of range")))
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -591,21 +639,18 @@ async fn finalize(
     Ok(InvoiceRun { invoices: planned, summary_version: version, files })
 }
 
+/// The documents of the latest revision of each invoice of period `$1`.
+pub const FINALIZED_INVOICES_SQL: &str =
+    "SELECT document FROM latest_invoices WHERE period = $1 ORDER BY customer_id, invoice_id";
+
 /// The finalized invoices of a period (latest revision of each), read back from `invoices`.
 pub async fn finalized_invoices(data_dir: &Path, period: &str) -> Result<Vec<Invoice>, BillingError> {
     let session = Session::new();
     if !session.register(data_dir, INVOICES.name, "invoices").await? {
         return Ok(Vec::new());
     }
-    let rows = session
-        .rows(&format!(
-            "SELECT i.document FROM invoices i JOIN (SELECT invoice_id, MAX(revision) AS revision FROM invoices \
-             WHERE period = {p} GROUP BY invoice_id) latest ON i.invoice_id = latest.invoice_id AND i.revision = latest.revision \
-             WHERE i.period = {p} ORDER BY i.customer_id, i.invoice_id",
-            p = lit(period)
-        ))
-        .await?;
-    rows.iter().filter_map(|r| r.first()).map(|doc| Invoice::from_json(doc)).collect()
+    let rows = session.rows(FINALIZED_INVOICES_SQL, &[text(period)]).await?;
+    rows.iter().map(|r| Invoice::from_json(&r.text(0)?)).collect()
 }
 
 #[cfg(test)]

@@ -28,7 +28,9 @@ pub use error::BillingError;
 pub use invoice::{Account, Invoice, InvoiceLine, LineKind};
 pub use invoicing::{
     document_path, finalized_invoices, period_usage_totals, run_invoices, usage_total_of_row, usage_totals_sql,
-    InvoiceRequest, InvoiceRun, Outcome, SUMMARIES_NOW,
+    window_totals_sql, InvoiceRequest, InvoiceRun, Outcome, EARLIER_PERIODS_SQL, FINALIZED_INVOICES_SQL,
+    MINIMUM_TRUE_UPS_SQL, SELECTED_CUSTOMERS, SELECTED_PERIODS, SUMMARIES_NOW,
 };
 pub use post::{post_period, PostReport, Target};
 pub use reconcile::{reconcile, Reconciliation};
+pub use tables::create_tables;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::config::BillingConfig;
 use crate::erp::{self, Batch, ErpDocument, JournalEntry};
 use crate::invoicing::{finalized_invoices, write_atomically};
-use crate::tables::{self, int, lit, Cell, Session, POSTINGS};
+use crate::tables::{self, text, Cell, Session, POSTINGS};
 use crate::BillingError;
 
 /// Where documents go.
@@ -136,30 +136,26 @@ enum Delivery {
     Pending(String),
 }
 
+/// The posting ledger of target `$1`, in the order its rows were recorded.
+pub const LEDGER_SQL: &str = "SELECT idempotency_key, status, attempts FROM postings WHERE target = $1 \
+ORDER BY idempotency_key, recorded_at, attempts";
+
 /// The latest ledger status of each document key for `target`: `(status, attempts)`.
 pub async fn ledger(data_dir: &Path, target: &str) -> Result<BTreeMap<String, (Status, u64)>, BillingError> {
     let session = Session::new();
     if !session.register(data_dir, POSTINGS.name, "postings").await? {
         return Ok(BTreeMap::new());
     }
-    let rows = session
-        .rows(&format!(
-            "SELECT idempotency_key, status, attempts FROM postings WHERE target = {} \
-             ORDER BY idempotency_key, recorded_at, attempts",
-            lit(target)
-        ))
-        .await?;
+    let rows = session.rows(LEDGER_SQL, &[text(target)]).await?;
     let mut out = BTreeMap::new();
-    for r in rows {
-        if let [key, status, attempts] = r.as_slice() {
-            let Some(s) = Status::parse(status) else { continue };
-            let prior: Option<&(Status, u64)> = out.get(key);
-            // A posted document stays posted whatever is recorded later.
-            if prior.is_some_and(|(p, _)| *p == Status::Posted) {
-                continue;
-            }
-            out.insert(key.clone(), (s, int(attempts)?));
+    for r in rows.iter() {
+        let (key, status, attempts) = (r.text(0)?, r.text(1)?, r.count(2)?);
+        let Some(s) = Status::parse(&status) else { continue };
+        // A posted document stays posted whatever is recorded later.
+        if out.get(&key).is_some_and(|(p, _): &(Status, u64)| *p == Status::Posted) {
+            continue;
         }
+        out.insert(key, (s, attempts));
     }
     Ok(out)
 }

@@ -17,13 +17,13 @@
 
 use meterflow_rater::Period;
 use meterflow_sink::deltalake::arrow::record_batch::RecordBatch;
+use meterflow_sink::sql::Rows;
 use meterflow_sink::{PeriodTable, SUMMARIES_TABLE};
-use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::invoicing::same_flavour;
-use crate::tables::{self, int, lit, lit_list, Session, INVOICES, INVOICE_LINES, POSTINGS};
+use crate::tables::{self, text, Session, INVOICES, INVOICE_LINES, POSTINGS};
 use crate::BillingError;
 
 /// The reconciliation of one period.
@@ -91,26 +91,50 @@ const ROW_KEY: [&str; 15] = [
     "committed_at",
 ];
 
+/// Which customers' rows a version of the summaries bills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BilledCustomers {
+    /// Every customer.
+    All,
+    /// The customers listed in this one-column table (`customer_id`).
+    In(String),
+    /// Every customer not listed in this one-column table (`customer_id`).
+    NotIn(String),
+}
+
+impl BilledCustomers {
+    fn condition(&self) -> String {
+        match self {
+            BilledCustomers::All => "TRUE".into(),
+            BilledCustomers::In(list) => format!("customer_id IN (SELECT customer_id FROM {list})"),
+            BilledCustomers::NotIn(list) => format!("customer_id NOT IN (SELECT customer_id FROM {list})"),
+        }
+    }
+}
+
 /// One source of expected-billed rows for [`usage_sql`]: the summaries as of a version,
-/// registered under `alias`, restricted by `customers` (an SQL condition on `customer_id`).
+/// registered under `alias`, restricted to some customers.
 #[derive(Debug, Clone)]
 pub struct BilledRows {
     /// Alias of `usage_summaries` as of the version.
     pub alias: String,
-    /// SQL condition selecting the customers billed through that version.
-    pub customers: String,
+    /// The customers billed through that version.
+    pub customers: BilledCustomers,
 }
 
-/// SQL of the usage comparison; `billed` says which rows are expected on invoices.
-pub fn usage_sql(period: &str, billed: &[BilledRows]) -> String {
+/// SQL of the usage comparison of period `$1`; `billed` says which rows are expected on
+/// invoices.
+pub fn usage_sql(billed: &[BilledRows]) -> String {
     let key = ROW_KEY.join(", ");
-    let p = lit(period);
+    let p = "$1";
     let billed_sql = if billed.is_empty() {
         format!("SELECT {key} FROM usage_summaries WHERE FALSE")
     } else {
         billed
             .iter()
-            .map(|b| format!("SELECT {key} FROM {} WHERE billing_period = {p} AND ({})", b.alias, b.customers))
+            .map(|b| {
+                format!("SELECT {key} FROM {} WHERE billing_period = {p} AND ({})", b.alias, b.customers.condition())
+            })
             .collect::<Vec<_>>()
             .join(" UNION ALL ")
     };
@@ -125,10 +149,8 @@ pub fn usage_sql(period: &str, billed: &[BilledRows]) -> String {
            SELECT r.customer_id, r.meter, SUM(r.event_count) AS events, SUM(r.quantity) AS quantity, SUM(r.amount) AS amount, \
                   {pe}, {pq}, {pa} \
            FROM r GROUP BY 1, 2), \
-         latest AS (SELECT invoice_id, MAX(revision) AS revision FROM invoices GROUP BY 1), \
          lines AS (\
-           SELECT l.* FROM invoice_lines l JOIN latest ON l.invoice_id = latest.invoice_id AND l.revision = latest.revision \
-           WHERE l.source_period = {p} AND l.line_kind IN ('usage', 'adjustment')), \
+           SELECT * FROM latest_invoice_lines WHERE source_period = {p} AND line_kind IN ('usage', 'adjustment')), \
          il AS (\
            SELECT customer_id, meter, SUM(event_count) AS events, SUM(quantity) AS quantity, SUM(amount_unrounded) AS amount \
            FROM lines GROUP BY 1, 2), \
@@ -155,49 +177,39 @@ pub fn usage_sql(period: &str, billed: &[BilledRows]) -> String {
     )
 }
 
-/// SQL of the posting comparison.
-pub fn posting_sql(period: &str) -> String {
-    format!(
-        "WITH latest AS (SELECT invoice_id, MAX(revision) AS revision FROM invoices GROUP BY 1), \
-         posted AS (SELECT idempotency_key, MAX(amount) AS amount FROM postings WHERE status = 'posted' GROUP BY 1) \
-         SELECT i.invoice_id, i.revision, i.customer_id, i.currency, i.total AS invoiced_total, \
-           COALESCE(ar.amount, 0) AS posted_ar_invoice, i.total - COALESCE(ar.amount, 0) AS ar_variance, \
-           COALESCE(je.amount, 0) AS posted_journal, i.total - COALESCE(je.amount, 0) AS journal_variance \
-         FROM invoices i JOIN latest ON i.invoice_id = latest.invoice_id AND i.revision = latest.revision \
-         LEFT JOIN posted ar ON ar.idempotency_key = concat(i.invoice_id, '.r', CAST(i.revision AS VARCHAR), '.ar') \
-         LEFT JOIN posted je ON je.idempotency_key = concat(i.invoice_id, '.r', CAST(i.revision AS VARCHAR), '.je') \
-         WHERE i.period = {p} ORDER BY i.customer_id, i.invoice_id",
-        p = lit(period)
-    )
-}
+/// SQL of the posting comparison of period `$1`.
+pub const POSTING_SQL: &str = "WITH \
+posted AS (SELECT idempotency_key, MAX(amount) AS amount FROM postings WHERE status = 'posted' GROUP BY 1) \
+SELECT i.invoice_id, i.revision, i.customer_id, i.currency, i.total AS invoiced_total, \
+COALESCE(ar.amount, 0) AS posted_ar_invoice, i.total - COALESCE(ar.amount, 0) AS ar_variance, \
+COALESCE(je.amount, 0) AS posted_journal, i.total - COALESCE(je.amount, 0) AS journal_variance \
+FROM latest_invoices i \
+LEFT JOIN posted ar ON ar.idempotency_key = concat(i.invoice_id, '.r', CAST(i.revision AS VARCHAR), '.ar') \
+LEFT JOIN posted je ON je.idempotency_key = concat(i.invoice_id, '.r', CAST(i.revision AS VARCHAR), '.je') \
+WHERE i.period = $1 ORDER BY i.customer_id, i.invoice_id";
 
-/// Rows of `batches` with a non-zero number in a column whose name `column` accepts.
-fn nonzero(batches: &[RecordBatch], column: impl Fn(&str) -> bool) -> Result<usize, BillingError> {
+/// Rows of `rows` with a non-zero number in a column whose name `column` accepts.
+fn nonzero(rows: &Rows, column: impl Fn(&str) -> bool) -> Result<usize, BillingError> {
+    let Some(first) = rows.batches().first() else { return Ok(0) };
+    let schema = first.schema();
+    let cols: Vec<usize> = (0..schema.fields().len()).filter(|i| column(schema.field(*i).name())).collect();
     let mut n = 0;
-    for b in batches {
-        let schema = b.schema();
-        let cols: Vec<usize> = (0..schema.fields().len()).filter(|i| column(schema.field(*i).name())).collect();
-        for row in meterflow_sink::sql::cells(b)? {
-            let bad = cols.iter().any(|c| {
-                row.get(*c)
-                    .and_then(|v| v.as_deref())
-                    .and_then(|v| v.parse::<Decimal>().ok())
-                    .is_some_and(|d| !d.is_zero())
-            });
-            n += usize::from(bad);
+    for row in rows.iter() {
+        let mut bad = false;
+        for c in &cols {
+            bad |= !row.dec(*c)?.is_zero();
         }
+        n += usize::from(bad);
     }
     Ok(n)
 }
 
 /// The finalized invoices as `(customer, period, summary version)`, one per invoice period.
 async fn invoiced_versions(session: &Session) -> Result<Vec<(String, String, u64)>, BillingError> {
-    let rows = session.rows("SELECT DISTINCT customer_id, period, summary_version FROM invoices").await?;
+    let rows = session.rows("SELECT DISTINCT customer_id, period, summary_version FROM invoices", &[]).await?;
     let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        if let [customer, period, version] = r.as_slice() {
-            out.push((customer.clone(), period.clone(), int(version)?));
-        }
+    for r in rows.iter() {
+        out.push((r.text(0)?, r.text(1)?, r.count(2)?));
     }
     Ok(out)
 }
@@ -208,17 +220,22 @@ async fn register_billed(
     data_dir: &Path,
     through: &BilledThrough,
 ) -> Result<Vec<BilledRows>, BillingError> {
-    let mut by_version: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut by_version: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
     for (customer, version) in &through.customers {
-        by_version.entry(*version).or_default().push(lit(customer));
+        by_version.entry(*version).or_default().push(customer);
     }
-    let mut conditions: Vec<(u64, String)> =
-        by_version.into_iter().map(|(v, c)| (v, format!("customer_id IN ({})", c.join(", ")))).collect();
+    let mut conditions: Vec<(u64, BilledCustomers)> = Vec::new();
+    for (v, customers) in by_version {
+        let list = format!("billed_customers_at_{v}");
+        session.set_list(&list, "customer_id", customers)?;
+        conditions.push((v, BilledCustomers::In(list)));
+    }
     if let Some(v) = through.others {
         let others = if through.customers.is_empty() {
-            "TRUE".to_string()
+            BilledCustomers::All
         } else {
-            format!("customer_id NOT IN ({})", lit_list(through.customers.keys().map(String::as_str)))
+            session.set_list("invoiced_customers", "customer_id", through.customers.keys().map(String::as_str))?;
+            BilledCustomers::NotIn("invoiced_customers".into())
         };
         conditions.push((v, others));
     }
@@ -251,9 +268,7 @@ pub async fn reconcile(data_dir: &Path, period: &str) -> Result<Reconciliation, 
         )));
     }
     // The billing tables may not exist yet: an empty one reconciles as "nothing invoiced".
-    for spec in [&INVOICES, &INVOICE_LINES, &POSTINGS] {
-        tables::append(data_dir, spec, &[]).await?;
-    }
+    tables::create_tables(data_dir).await?;
     let session = Session::new();
     for name in [SUMMARIES_TABLE, INVOICES.name, INVOICE_LINES.name, POSTINGS.name] {
         session.register(data_dir, name, name).await?;
@@ -262,17 +277,9 @@ pub async fn reconcile(data_dir: &Path, period: &str) -> Result<Reconciliation, 
     let sealed = closed.get(period).map(|c| u64::try_from(c.sealed_version).unwrap_or(0));
     let through = billed_through(&parsed, sealed, &invoiced_versions(&session).await?);
     let billed = register_billed(&session, data_dir, &through).await?;
-    let run = |sql: String| {
-        let ctx = session.ctx.clone();
-        async move {
-            let df = ctx.sql(&sql).await.map_err(|e| BillingError::Sql(e.to_string()))?;
-            df.collect().await.map_err(|e| BillingError::Sql(e.to_string()))
-        }
-    };
-    let usage = run(usage_sql(period, &billed)).await?;
-    let posting = run(posting_sql(period)).await?;
-    let rows: usize = usage.iter().chain(&posting).map(RecordBatch::num_rows).sum();
-    if rows == 0 {
+    let usage = session.rows(&usage_sql(&billed), &[text(period)]).await?;
+    let posting = session.rows(POSTING_SQL, &[text(period)]).await?;
+    if usage.is_empty() && posting.is_empty() {
         return Err(BillingError::Nothing(format!(
             "nothing to reconcile for {period}: no usage and no invoices (check the period label)"
         )));
@@ -280,7 +287,7 @@ pub async fn reconcile(data_dir: &Path, period: &str) -> Result<Reconciliation, 
     let variance = |name: &str| name.ends_with("_variance");
     let variances = nonzero(&usage, variance)? + nonzero(&posting, variance)?;
     let pending = nonzero(&usage, |name| name.starts_with("pending_"))?;
-    Ok(Reconciliation { usage, posting, variances, pending })
+    Ok(Reconciliation { usage: usage.into_batches(), posting: posting.into_batches(), variances, pending })
 }
 
 #[cfg(test)]
@@ -335,14 +342,17 @@ mod tests {
 
     #[test]
     fn the_usage_comparison_splits_each_figure_into_invoiced_pending_and_variance() {
-        let sql = usage_sql(
-            "2026-09",
-            &[BilledRows { alias: "summaries_at_12".into(), customers: "customer_id IN ('acme')".into() }],
-        );
+        let sql = usage_sql(&[BilledRows {
+            alias: "summaries_at_12".into(),
+            customers: BilledCustomers::In("billed_customers_at_12".into()),
+        }]);
         for column in ["pending_events", "events_variance", "pending_amount", "amount_variance", "billed_on"] {
             assert!(sql.contains(&format!("AS {column}")), "{column} missing: {sql}");
         }
-        assert!(sql.contains("FROM summaries_at_12 WHERE billing_period = '2026-09' AND (customer_id IN ('acme'))"));
-        assert!(usage_sql("2026-09", &[]).contains("WHERE FALSE"), "nothing billed: every row pending");
+        assert!(sql.contains(
+            "FROM summaries_at_12 WHERE billing_period = $1 AND (customer_id IN (SELECT customer_id FROM \
+             billed_customers_at_12))"
+        ));
+        assert!(usage_sql(&[]).contains("WHERE FALSE"), "nothing billed: every row pending");
     }
 }

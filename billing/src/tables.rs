@@ -1,18 +1,23 @@
 //! The billing Delta tables (`invoices`, `invoice_lines`, `postings`) and the SQL plumbing:
-//! sessions over the tables, summaries as of a version (Delta time travel), rows as strings.
+//! sessions over the tables, summaries as of a version (Delta time travel), bound parameters
+//! and typed rows.
 
 use chrono::{DateTime, Utc};
-use deltalake::arrow::array::{ArrayRef, Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use deltalake::arrow::array::{
+    ArrayRef, Decimal128Builder, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondBuilder,
+};
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::execution::context::{SessionConfig, SessionContext};
 use deltalake::kernel::{DataType, StructField};
 use deltalake::protocol::SaveMode;
 use meterflow_sink::deltalake;
+use meterflow_sink::sql::{Rows, ScalarValue};
 use meterflow_sink::{open_or_create_table, table_url, SUMMARIES_TABLE};
 use rust_decimal::Decimal;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::BillingError;
 
@@ -223,14 +228,27 @@ pub(crate) async fn append(data_dir: &Path, spec: &Spec, rows: &[Vec<Cell>]) -> 
     Ok(())
 }
 
+/// Creates the billing tables (`invoices`, `invoice_lines`, `postings`) under `data_dir`
+/// where absent, empty.
+pub async fn create_tables(data_dir: &Path) -> Result<(), BillingError> {
+    for spec in [&INVOICES, &INVOICE_LINES, &POSTINGS] {
+        append(data_dir, spec, &[]).await?;
+    }
+    Ok(())
+}
+
 /// True when the table exists under `data_dir`.
 pub(crate) fn exists(data_dir: &Path, name: &str) -> bool {
     data_dir.join(name).join("_delta_log").is_dir()
 }
 
-/// A SQL session over some of the tables.
+/// A SQL session over some of the tables. Values reach its queries as bound parameters
+/// (`$1`, ...) or as the rows of a registered list ([`Session::set_list`]), never spliced into
+/// the SQL text; results read back typed ([`Rows`]).
 pub(crate) struct Session {
     pub ctx: SessionContext,
+    /// Tables registered under their own names (the views over them are registered too).
+    tables: Mutex<Vec<String>>,
 }
 
 impl Session {
@@ -242,7 +260,7 @@ impl Session {
             tracing::warn!(error = %e, "ignoring DATAFUSION_* settings");
             SessionConfig::new()
         });
-        Session { ctx: SessionContext::new_with_config(config) }
+        Session { ctx: SessionContext::new_with_config(config), tables: Mutex::new(Vec::new()) }
     }
 
     /// Registers table `name` (latest version) under `alias`; returns false when it does not exist.
@@ -270,53 +288,52 @@ impl Session {
     async fn add(&self, name: &str, alias: &str, table: deltalake::DeltaTable) -> Result<(), BillingError> {
         let provider = table.table_provider().await.map_err(|e| delta_err(name, e))?;
         self.ctx.register_table(alias, provider).map_err(|e| BillingError::Sql(e.to_string()))?;
+        if name == alias {
+            let tables = {
+                let mut t = self.tables.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                t.push(name.to_string());
+                t.clone()
+            };
+            for view in meterflow_sink::sql::VIEWS {
+                if view.reads.iter().all(|r| tables.iter().any(|t| t == r)) {
+                    self.ctx.deregister_table(view.name).map_err(|e| BillingError::Sql(e.to_string()))?;
+                }
+            }
+            meterflow_sink::sql::register_views(&self.ctx, &tables).await?;
+        }
         Ok(())
     }
 
-    /// Runs a query; every cell as its display string (decimals exact), `""` for null.
-    pub async fn rows(&self, sql: &str) -> Result<Vec<Vec<String>>, BillingError> {
+    /// Registers (or replaces) the one-column table `name(column)` holding `values`, the list a
+    /// query selects with `column IN (SELECT column FROM name)`.
+    pub fn set_list<'a>(
+        &self,
+        name: &str,
+        column: &str,
+        values: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), BillingError> {
+        let sql_err = |e: &dyn std::fmt::Display| BillingError::Sql(format!("list {name}: {e}"));
+        let schema = Arc::new(Schema::new(vec![Field::new(column, ArrowType::Utf8, false)]));
+        let array: ArrayRef = Arc::new(StringArray::from_iter_values(values));
+        let batch = RecordBatch::try_new(schema.clone(), vec![array]).map_err(|e| sql_err(&e))?;
+        let table = MemTable::try_new(schema, vec![vec![batch]]).map_err(|e| sql_err(&e))?;
+        self.ctx.deregister_table(name).map_err(|e| sql_err(&e))?;
+        self.ctx.register_table(name, Arc::new(table)).map_err(|e| sql_err(&e))?;
+        Ok(())
+    }
+
+    /// Runs a query with its placeholders bound to `params`; the result read typed.
+    pub async fn rows(&self, sql: &str, params: &[ScalarValue]) -> Result<Rows, BillingError> {
         let sql_err = |e: &dyn std::fmt::Display| BillingError::Sql(format!("{e}\n  in: {sql}"));
         let df = self.ctx.sql(sql).await.map_err(|e| sql_err(&e))?;
-        let batches = df.collect().await.map_err(|e| sql_err(&e))?;
-        let mut out = Vec::new();
-        for b in &batches {
-            for row in meterflow_sink::sql::cells(b)? {
-                out.push(row.into_iter().map(Option::unwrap_or_default).collect());
-            }
-        }
-        Ok(out)
+        let df = if params.is_empty() { df } else { df.with_param_values(params.to_vec()).map_err(|e| sql_err(&e))? };
+        Ok(Rows::new(df.collect().await.map_err(|e| sql_err(&e))?))
     }
 }
 
-/// Parses a decimal cell.
-pub(crate) fn dec(s: &str) -> Result<Decimal, BillingError> {
-    if s.is_empty() {
-        return Ok(Decimal::ZERO);
-    }
-    s.parse().map_err(|e| BillingError::Sql(format!("not a decimal: {s:?} ({e})")))
-}
-
-/// Parses an integer cell.
-pub(crate) fn int(s: &str) -> Result<u64, BillingError> {
-    if s.is_empty() {
-        return Ok(0);
-    }
-    s.parse().map_err(|e| BillingError::Sql(format!("not an integer: {s:?} ({e})")))
-}
-
-/// A string literal for SQL.
-pub(crate) fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// `'a', 'b'` for an `IN (...)` list (`NULL` when empty, which matches nothing).
-pub(crate) fn lit_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
-    let v: Vec<String> = items.into_iter().map(lit).collect();
-    if v.is_empty() {
-        "NULL".into()
-    } else {
-        v.join(", ")
-    }
+/// A text parameter.
+pub(crate) fn text(s: &str) -> ScalarValue {
+    ScalarValue::Utf8(Some(s.to_string()))
 }
 
 /// An exclusive lock on the billing tables of a data directory, held while an `invoice` or

@@ -7,10 +7,12 @@
 //!     commit per chunk of rows), then compacted as the running pipeline does
 //!     (SummaryTable::compact); the expected totals (an oracle) are kept next to the table
 //!  2. DataFusion: meterflow_billing::period_usage_totals, the code `meterflow invoice` runs for
-//!     the usage lines (fresh session, table opened at the version, usage_totals_sql, rows
-//!     parsed into exact totals), timed end to end
-//!  3. DuckDB: the same SQL text over a view on read_parquet([the files of the same Delta
-//!     snapshot]), in a Python process started once (connect + view + query + Arrow fetch timed)
+//!     the usage lines (fresh session, table opened at the version, the customer list, the
+//!     usage_totals_sql with the period bound, rows read typed into exact totals), timed end
+//!     to end
+//!  3. DuckDB: the same SQL text and parameter over a view on read_parquet([the files of the
+//!     same Delta snapshot]) and the same customer list table, in a Python process started once
+//!     (connect + view + list + query + Arrow fetch timed)
 //!  4. the two engines must return the same totals, row by row, and their sums must equal the
 //!     oracle; otherwise the run fails
 //! ```
@@ -650,16 +652,15 @@ pub async fn run(o: &QueryBenchOptions, command: String, out_dir: &Path) -> Resu
 
     let customers = customer_specs(o.customers)?;
     let ids: Vec<&str> = customers.iter().map(|c| c.id.as_str()).collect();
-    let sql = meterflow_billing::usage_totals_sql(meterflow_billing::SUMMARIES_NOW, PERIOD, &ids);
-    let shape = meterflow_billing::usage_totals_sql(
-        meterflow_billing::SUMMARIES_NOW,
-        PERIOD,
-        &[&format!("<{} customer ids>", ids.len())],
-    );
+    let sql = meterflow_billing::usage_totals_sql(meterflow_billing::SUMMARIES_NOW);
+    let shape =
+        format!("{sql} -- $1 = '{PERIOD}', {} = {} customer ids", meterflow_billing::SELECTED_CUSTOMERS, ids.len());
     let request = out_dir.join("duckdb-request.json");
     let files: Vec<String> = layout.paths.iter().map(|p| p.display().to_string()).collect();
     let body = serde_json::json!({
         "files": files, "sql": sql, "view": meterflow_billing::SUMMARIES_NOW, "threads": o.duckdb_threads,
+        "params": [PERIOD],
+        "list": {"table": meterflow_billing::SELECTED_CUSTOMERS, "column": "customer_id", "values": ids},
     });
     std::fs::write(&request, serde_json::to_vec(&body)?).with_context(|| format!("writing {}", request.display()))?;
     let mut duck = DuckDb::start(&o.python, &request)?;

@@ -2,14 +2,14 @@
 
 Usage: python -c <this script> <request.json>
 
-The request names the Parquet files of one Delta snapshot, the SQL to time and the view name the
-SQL reads. Each timed run opens a fresh in-memory connection, creates the view over
+The request names the Parquet files of one Delta snapshot, the SQL to time with its parameters,
+the view name the SQL reads and the one-column list table it selects customers with. Each timed run opens a fresh in-memory connection, creates the view over
 read_parquet([files]) (the exact file list of the snapshot: DuckDB's delta extension needs a
 download, and globbing the folder would also read files the log has removed), runs the SQL and
 fetches the whole result as Arrow. Commands come one per line on stdin, answers go one JSON
 object per line on stdout:
 
-  run          -> {"ms": <wall time of connect + view + query + fetch>, "rows": <result rows>}
+  run          -> {"ms": <wall time of connect + view + list + query + fetch>, "rows": <rows>}
   dump <path>  -> writes the last result as JSON lines of strings (decimals in plain notation,
                   null as ""), then {"dumped": <rows>}
   quit (or EOF)
@@ -37,6 +37,8 @@ def main():
     files = ", ".join("'" + p.replace("'", "''") + "'" for p in req["files"])
     view = f"CREATE VIEW {req['view']} AS SELECT * FROM read_parquet([{files}])"
     sql = req["sql"]
+    params = req.get("params", [])
+    lst = req.get("list")
     threads = req.get("threads")
 
     def connect():
@@ -63,7 +65,12 @@ def main():
             start = time.perf_counter()
             con = connect()
             con.execute(view)
-            table = con.sql(sql).to_arrow_table()
+            if lst:
+                con.execute(
+                    f"CREATE TABLE {lst['table']} AS SELECT unnest(?::VARCHAR[]) AS {lst['column']}",
+                    [lst["values"]],
+                )
+            table = con.execute(sql, params).fetch_arrow_table()
             ms = (time.perf_counter() - start) * 1000.0
             con.close()
             last = table

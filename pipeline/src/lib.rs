@@ -13,6 +13,8 @@
 
 pub mod checks;
 pub mod config;
+#[cfg(test)]
+mod golden_sql;
 pub mod ops;
 pub mod run;
 pub mod stages;

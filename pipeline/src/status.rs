@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use meterflow_ingest::Broker;
-use meterflow_sink::sql::{cells, ReadOnlySql};
+use meterflow_sink::sql::ReadOnlySql;
 use meterflow_sink::SummaryTable;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -71,18 +71,44 @@ pub struct Status {
     pub periods: Vec<PeriodStatus>,
 }
 
-async fn pairs(sql: &ReadOnlySql, query: &str) -> Result<Vec<Vec<String>>> {
-    let mut out = Vec::new();
-    for b in sql.query(query).await? {
-        for row in cells(&b)? {
-            out.push(row.into_iter().map(Option::unwrap_or_default).collect());
-        }
+/// Accepted events in the tables.
+pub const EVENTS_ACCEPTED_SQL: &str = "SELECT COALESCE(SUM(event_count), 0) FROM usage_summaries";
+
+/// Late events (after their window or their period closed) per meter.
+pub const LATE_EVENTS_SQL: &str = "SELECT meter, SUM(event_count) FROM usage_summaries \
+WHERE row_kind IN ('late', 'adjustment') GROUP BY 1 ORDER BY 1";
+
+/// Rejected events per reason code.
+pub const REJECTS_SQL: &str = "SELECT reason, COUNT(*) FROM rejections GROUP BY 1 ORDER BY 1";
+
+/// Accepted events per billing period.
+pub const PERIOD_EVENTS_SQL: &str =
+    "SELECT billing_period, SUM(event_count) FROM usage_summaries GROUP BY 1 ORDER BY 1";
+
+/// How each period was first closed.
+pub const PERIOD_CLOSES_SQL: &str = "SELECT period, closed_by, sealed_version FROM \
+(SELECT *, ROW_NUMBER() OVER (PARTITION BY period ORDER BY closed_at) AS n FROM billing_periods) WHERE n = 1 \
+ORDER BY 1";
+
+/// Finalized invoices (latest revisions) per period and currency: count and total.
+pub const PERIOD_INVOICES_SQL: &str =
+    "SELECT period, currency, COUNT(*), SUM(total) FROM latest_invoices GROUP BY 1, 2 ORDER BY 1, 2";
+
+/// ERP documents per period by status; per document and target, posted wins over failed and
+/// failed over pending.
+pub const PERIOD_DOCUMENTS_SQL: &str = "SELECT period, \
+CASE s WHEN 3 THEN 'posted' WHEN 2 THEN 'failed' ELSE 'pending' END, COUNT(*) FROM \
+(SELECT period, idempotency_key, target, \
+MAX(CASE status WHEN 'posted' THEN 3 WHEN 'failed' THEN 2 ELSE 1 END) AS s \
+FROM postings GROUP BY 1, 2, 3) GROUP BY 1, 2 ORDER BY 1, 2";
+
+/// `(text, count)` pairs of a two-column query.
+async fn counts(sql: &ReadOnlySql, query: &str) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for r in sql.rows(query, &[]).await?.iter() {
+        out.insert(r.text(0)?, r.count(1)?);
     }
     Ok(out)
-}
-
-fn count(s: &str) -> u64 {
-    s.parse().unwrap_or(0)
 }
 
 /// Gathers the status.
@@ -95,29 +121,12 @@ pub async fn status(config: &Config) -> Result<Status> {
     let lag = broker.stream_last_seq.map(|l| l.saturating_sub(committed_seq));
     let sql = ReadOnlySql::open(data_dir).await?;
     let has = |t: &str| sql.tables.iter().any(|x| x == t);
-    let events_accepted = pairs(&sql, "SELECT COALESCE(SUM(event_count), 0) FROM usage_summaries")
-        .await?
-        .first()
-        .and_then(|r| r.first())
-        .map_or(0, |v| count(v));
-    let late_events = pairs(
-        &sql,
-        "SELECT meter, SUM(event_count) FROM usage_summaries WHERE row_kind IN ('late', 'adjustment') GROUP BY \
-            1 ORDER BY 1",
-    )
-    .await?
-    .into_iter()
-    .map(|r| (r[0].clone(), count(&r[1])))
-    .collect();
-    let rejects = if has("rejections") {
-        pairs(&sql, "SELECT reason, COUNT(*) FROM rejections GROUP BY 1 ORDER BY 1")
-            .await?
-            .into_iter()
-            .map(|r| (r[0].clone(), count(&r[1])))
-            .collect()
-    } else {
-        BTreeMap::new()
+    let events_accepted = match sql.rows(EVENTS_ACCEPTED_SQL, &[]).await?.iter().next() {
+        Some(r) => r.count(0)?,
+        None => 0,
     };
+    let late_events = counts(&sql, LATE_EVENTS_SQL).await?;
+    let rejects = if has("rejections") { counts(&sql, REJECTS_SQL).await? } else { BTreeMap::new() };
 
     let periods = period_statuses(&sql).await?;
     Ok(Status {
@@ -164,37 +173,32 @@ async fn period_statuses(sql: &ReadOnlySql) -> Result<Vec<PeriodStatus>> {
         invoiced: BTreeMap::new(),
         documents: BTreeMap::new(),
     };
-    for r in pairs(sql, "SELECT billing_period, SUM(event_count) FROM usage_summaries GROUP BY 1").await? {
-        periods.entry(r[0].clone()).or_insert_with(|| blank(&r[0])).events = count(&r[1]);
+    for r in sql.rows(PERIOD_EVENTS_SQL, &[]).await?.iter() {
+        let period = r.text(0)?;
+        periods.entry(period.clone()).or_insert_with(|| blank(&period)).events = r.count(1)?;
     }
     if has("billing_periods") {
-        let q = "SELECT period, closed_by, sealed_version FROM \
-                 (SELECT *, ROW_NUMBER() OVER (PARTITION BY period ORDER BY closed_at) AS n FROM billing_periods) WHERE n = 1";
-        for r in pairs(sql, q).await? {
-            let p = periods.entry(r[0].clone()).or_insert_with(|| blank(&r[0]));
+        for r in sql.rows(PERIOD_CLOSES_SQL, &[]).await?.iter() {
+            let period = r.text(0)?;
+            let p = periods.entry(period.clone()).or_insert_with(|| blank(&period));
             p.status = "closed".into();
-            p.closed_by = Some(r[1].clone());
-            p.sealed_version = r[2].parse().ok();
+            p.closed_by = Some(r.text(1)?);
+            p.sealed_version = r.opt_int(2)?;
         }
     }
     if has("invoices") {
-        let q = "SELECT period, currency, COUNT(*), SUM(total) FROM invoices i JOIN \
-                 (SELECT invoice_id AS id, MAX(revision) AS rev FROM invoices GROUP BY 1) l \
-                 ON i.invoice_id = l.id AND i.revision = l.rev GROUP BY 1, 2";
-        for r in pairs(sql, q).await? {
-            let p = periods.entry(r[0].clone()).or_insert_with(|| blank(&r[0]));
-            p.invoices += count(&r[2]);
-            p.invoiced.insert(r[1].clone(), r[3].clone());
+        for r in sql.rows(PERIOD_INVOICES_SQL, &[]).await?.iter() {
+            let period = r.text(0)?;
+            let p = periods.entry(period.clone()).or_insert_with(|| blank(&period));
+            p.invoices += r.count(2)?;
+            p.invoiced.insert(r.text(1)?, r.dec(3)?.to_string());
         }
     }
     if has("postings") {
-        // Per document and target: posted wins over failed, failed over pending.
-        let q = "SELECT period, CASE s WHEN 3 THEN 'posted' WHEN 2 THEN 'failed' ELSE 'pending' END, COUNT(*) FROM \
-                 (SELECT period, idempotency_key, target, MAX(CASE status WHEN 'posted' THEN 3 WHEN 'failed' THEN 2 ELSE 1 END) AS s \
-                  FROM postings GROUP BY 1, 2, 3) GROUP BY 1, 2";
-        for r in pairs(sql, q).await? {
-            let p = periods.entry(r[0].clone()).or_insert_with(|| blank(&r[0]));
-            p.documents.insert(r[1].clone(), count(&r[2]));
+        for r in sql.rows(PERIOD_DOCUMENTS_SQL, &[]).await?.iter() {
+            let period = r.text(0)?;
+            let p = periods.entry(period.clone()).or_insert_with(|| blank(&period));
+            p.documents.insert(r.text(1)?, r.count(2)?);
         }
     }
     Ok(periods.into_values().collect())

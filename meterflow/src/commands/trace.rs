@@ -17,7 +17,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use futures::StreamExt;
 use meterflow_ingest::Broker;
 use meterflow_schemas::{decode_message, UsageEvent};
-use meterflow_sink::sql::{cells, ReadOnlySql};
+use meterflow_sink::sql::{cells, ReadOnlySql, ScalarValue};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -65,15 +65,21 @@ pub struct EventTrace {
     pub postings: Vec<Vec<(String, String)>>,
 }
 
-fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+fn text(s: &str) -> ScalarValue {
+    ScalarValue::Utf8(Some(s.to_string()))
 }
 
-async fn rows(sql: &ReadOnlySql, query: &str) -> Result<Vec<Vec<(String, String)>>> {
+fn int(v: u64) -> ScalarValue {
+    ScalarValue::Int64(Some(i64::try_from(v).unwrap_or(i64::MAX)))
+}
+
+/// Runs `query` with its placeholders bound to `params`; each row as (column, display text).
+async fn rows(sql: &ReadOnlySql, query: &str, params: &[ScalarValue]) -> Result<Vec<Vec<(String, String)>>> {
     let mut out = Vec::new();
-    for b in sql.query(query).await.with_context(|| format!("in: {query}"))? {
+    let result = sql.rows(query, params).await.with_context(|| format!("in: {query}"))?;
+    for b in result.batches() {
         let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
-        for r in cells(&b)? {
+        for r in cells(b)? {
             out.push(names.iter().cloned().zip(r.into_iter().map(Option::unwrap_or_default)).collect());
         }
     }
@@ -232,8 +238,8 @@ async fn rejected_or_duplicate(
         if !has(sql, table) {
             continue;
         }
-        let q = format!("SELECT reason, detail FROM {table} WHERE stream_seq = {seq} AND {index_cond}");
-        if let Some(r) = rows(sql, &q).await?.into_iter().next() {
+        let q = format!("SELECT reason, detail FROM {table} WHERE stream_seq = $1 AND {index_cond}");
+        if let Some(r) = rows(sql, &q, &[int(seq)]).await?.into_iter().next() {
             return Ok(Some((outcome, r.into_iter().map(|(_, v)| v).collect::<Vec<_>>().join(": "))));
         }
     }
@@ -248,20 +254,33 @@ async fn summary_rows(
     seq: u64,
     e: &UsageEvent,
 ) -> Result<Vec<Vec<(String, String)>>> {
-    let time = lit(&e.time.format("%Y-%m-%d %H:%M:%S%.6f").to_string());
-    let q = format!(
-        "SELECT customer_id, meter, dimensions, CAST(window_start AS VARCHAR) AS window_start, row_kind, \
-         billing_period, plan_version, CAST(quantity AS VARCHAR) AS quantity, CAST(amount AS VARCHAR) AS amount, \
-         currency, event_count, first_seq, last_seq, revision AS committed_through \
-         FROM usage_summaries WHERE customer_id = {c} AND row_kind IN ('usage', 'late', 'adjustment') \
-         AND first_seq <= {seq} AND last_seq >= {seq} \
-         AND window_start <= TIMESTAMP {time} AND window_end > TIMESTAMP {time} \
-         AND revision = (SELECT MIN(revision) FROM usage_summaries WHERE revision >= {seq} AND row_kind <> 'rerate') \
-         ORDER BY meter",
-        c = lit(customer)
-    );
-    rows(sql, &q).await
+    let time = ScalarValue::TimestampMicrosecond(Some(e.time.timestamp_micros()), Some("UTC".into()));
+    rows(sql, SUMMARY_ROWS_SQL, &[text(customer), int(seq), time]).await
 }
+
+/// The summary rows of customer `$1` that counted the event at stream sequence `$2` with event
+/// time `$3`: rows whose window holds the time and whose sequence range holds the sequence,
+/// from the first commit at or after it.
+pub const SUMMARY_ROWS_SQL: &str = "SELECT customer_id, meter, dimensions, \
+CAST(window_start AS VARCHAR) AS window_start, row_kind, billing_period, plan_version, \
+CAST(quantity AS VARCHAR) AS quantity, CAST(amount AS VARCHAR) AS amount, currency, event_count, first_seq, \
+last_seq, revision AS committed_through \
+FROM usage_summaries WHERE customer_id = $1 AND row_kind IN ('usage', 'late', 'adjustment') \
+AND first_seq <= $2 AND last_seq >= $2 AND window_start <= $3 AND window_end > $3 \
+AND revision = (SELECT MIN(revision) FROM usage_summaries WHERE revision >= $2 AND row_kind <> 'rerate') \
+ORDER BY meter";
+
+/// The invoice lines of customer `$1`, meter `$2`, plan version `$3` and billing period `$4`
+/// whose sequence ranges hold stream sequence `$5`.
+pub const INVOICE_LINES_SQL: &str = "SELECT invoice_id, revision, line_no, line_kind, period, description, \
+CAST(amount AS VARCHAR) AS amount, currency FROM invoice_lines \
+WHERE customer_id = $1 AND meter = $2 AND plan_version = $3 AND (source_period = $4 OR period = $4) \
+AND first_seq <= $5 AND last_seq >= $5 ORDER BY invoice_id, revision, line_no";
+
+/// The ERP postings of invoice `$1`, revision `$2`.
+pub const POSTINGS_SQL: &str = "SELECT invoice_id, revision, document_type, idempotency_key, target, status, \
+attempts, CAST(recorded_at AS VARCHAR) AS recorded_at FROM postings WHERE invoice_id = $1 AND revision = $2 \
+ORDER BY recorded_at";
 
 /// The invoice lines that billed those summary rows.
 async fn invoice_lines(
@@ -272,18 +291,14 @@ async fn invoice_lines(
     let mut lines = Vec::new();
     for row in summary_rows {
         let get = |k: &str| row.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
-        let q = format!(
-            "SELECT invoice_id, revision, line_no, line_kind, period, description, CAST(amount AS VARCHAR) AS \
-                amount, currency \
-             FROM invoice_lines WHERE customer_id = {c} AND meter = {m} AND plan_version = {p} \
-             AND (source_period = {bp} OR period = {bp}) AND first_seq <= {seq} AND last_seq >= {seq} \
-             ORDER BY invoice_id, revision, line_no",
-            c = lit(&get("customer_id")),
-            m = lit(&get("meter")),
-            p = lit(&get("plan_version")),
-            bp = lit(&get("billing_period")),
-        );
-        lines.extend(rows(sql, &q).await?);
+        let params = [
+            text(&get("customer_id")),
+            text(&get("meter")),
+            text(&get("plan_version")),
+            text(&get("billing_period")),
+            int(seq),
+        ];
+        lines.extend(rows(sql, INVOICE_LINES_SQL, &params).await?);
     }
     Ok(lines)
 }
@@ -301,14 +316,8 @@ async fn postings(sql: &ReadOnlySql, invoice_lines: &[Vec<(String, String)>]) ->
     invoices.dedup();
     let mut out = Vec::new();
     for (id, rev) in invoices {
-        let q = format!(
-            "SELECT invoice_id, revision, document_type, idempotency_key, target, status, attempts, \
-                 CAST(recorded_at AS VARCHAR) AS recorded_at FROM postings WHERE invoice_id = {} AND revision = {} \
-                 ORDER BY recorded_at",
-            lit(&id),
-            rev.parse::<i64>().unwrap_or(-1)
-        );
-        out.extend(rows(sql, &q).await?);
+        let Ok(rev) = rev.parse::<i64>() else { continue };
+        out.extend(rows(sql, POSTINGS_SQL, &[text(&id), ScalarValue::Int64(Some(rev))]).await?);
     }
     Ok(out)
 }

@@ -97,23 +97,15 @@ pub(super) fn compute_totals(
 /// Compares the committed summaries with the oracle, exactly: quantity and amount per customer
 /// and meter, and the number of accepted events. Returns every difference (empty = exact).
 pub async fn differences(data_dir: &std::path::Path, oracle: &Oracle) -> Result<Vec<String>> {
-    use meterflow_sink::sql::{cells, ReadOnlySql};
+    use meterflow_sink::sql::ReadOnlySql;
     let sql = ReadOnlySql::open(data_dir).await?;
-    let q =
-        "SELECT customer_id, meter, CAST(SUM(quantity) AS VARCHAR), CAST(SUM(amount) AS VARCHAR), SUM(event_count) \
+    let q = "SELECT customer_id, meter, SUM(quantity), SUM(amount), SUM(event_count) \
              FROM usage_summaries GROUP BY customer_id, meter";
     let mut got: BTreeMap<(String, String), (Decimal, Decimal)> = BTreeMap::new();
     let mut events = 0u64;
-    for b in sql.query(q).await? {
-        for r in cells(&b)? {
-            let f: Vec<String> = r.into_iter().map(Option::unwrap_or_default).collect();
-            let (Some(c), Some(m), Some(q), Some(a), Some(n)) = (f.first(), f.get(1), f.get(2), f.get(3), f.get(4))
-            else {
-                continue;
-            };
-            got.insert((c.clone(), m.clone()), (q.parse()?, a.parse()?));
-            events += n.parse::<u64>().unwrap_or(0);
-        }
+    for r in sql.rows(q, &[]).await?.iter() {
+        got.insert((r.text(0)?, r.text(1)?), (r.dec(2)?, r.dec(3)?));
+        events += r.count(4)?;
     }
     let mut out = Vec::new();
     for (key, q) in &oracle.quantity {

@@ -1,7 +1,8 @@
 //! Read-only SQL over the committed tables, for billing teams and the CLI.
 //!
-//! Every Delta table folder under the data directory is registered under its name, plus the view
-//! `window_totals` (one row per window, the deltas summed). Statements are planned with DDL,
+//! Every Delta table folder under the data directory is registered under its name, plus the
+//! [`views`] whose tables exist (`window_totals`, `late_usage`, `latest_invoices`,
+//! `latest_invoice_lines`). Results read back typed through [`Rows`]. Statements are planned with DDL,
 //! DML and statements (`SET`, transactions) disallowed, so `CREATE`, `INSERT`, `COPY`, `SET`
 //! and `CREATE EXTERNAL TABLE` are refused before anything runs; URL tables (`SELECT * FROM
 //! '/etc/passwd'`) are not enabled and no file-reading table functions are registered.
@@ -12,34 +13,19 @@ use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
 use deltalake::arrow::util::pretty::pretty_format_batches;
 use deltalake::datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
+pub use deltalake::datafusion::scalar::ScalarValue;
 use std::path::Path;
 use std::time::Duration;
 
+mod rows;
+pub mod views;
+
+pub use rows::{Row, Rows};
+pub use views::{register_views, View, VIEWS};
+
 use crate::storage::table_url;
-use crate::table::{has_commit, SUMMARIES_TABLE};
+use crate::table::has_commit;
 use crate::{Result, SinkError};
-
-/// SQL of the `window_totals` view: the value of each window with its rows summed.
-pub const WINDOW_TOTALS_VIEW: &str = "CREATE VIEW window_totals AS \
-SELECT customer_id, subject, meter, dimensions, window_start, window_end, plan_version, currency, \
-SUM(quantity) AS quantity, SUM(amount) AS amount, SUM(event_count) AS event_count, \
-COUNT(*) AS revisions, MIN(first_seq) AS first_seq, MAX(last_seq) AS last_seq \
-FROM usage_summaries WHERE row_kind IN ('usage', 'late', 'adjustment') \
-GROUP BY customer_id, subject, meter, dimensions, window_start, window_end, plan_version, currency";
-
-/// SQL of the `late_usage` view: late rows and adjustments by meter and by how late their
-/// newest event arrived after the window ended.
-pub const LATE_USAGE_VIEW: &str = "CREATE VIEW late_usage AS \
-SELECT meter, row_kind, \
-CASE WHEN lateness_s < 3600 THEN '1: < 1 hour' \
-WHEN lateness_s < 21600 THEN '2: 1-6 hours' \
-WHEN lateness_s < 86400 THEN '3: 6-24 hours' \
-WHEN lateness_s < 604800 THEN '4: 1-7 days' \
-ELSE '5: 7 days or more' END AS lateness, \
-SUM(event_count) AS events, SUM(quantity) AS quantity, SUM(amount) AS amount \
-FROM (SELECT *, (CAST(arrived_at AS BIGINT) - CAST(window_end AS BIGINT)) / 1000000 AS lateness_s \
-FROM usage_summaries WHERE row_kind IN ('late', 'adjustment')) \
-GROUP BY 1, 2, 3";
 
 /// The Delta tables under `data_dir` (folders whose `_delta_log` holds a commit, named as plain
 /// SQL identifiers), sorted: the pipeline's tables and the billing tables alike. A table another
@@ -124,28 +110,35 @@ impl ReadOnlySql {
             ctx.register_table(name.as_str(), provider).map_err(sql_err)?;
             tables.push(name);
         }
-        if tables.iter().any(|t| t == SUMMARIES_TABLE) {
-            ctx.sql(WINDOW_TOTALS_VIEW).await.map_err(sql_err)?;
-            tables.push("window_totals".into());
-            ctx.sql(LATE_USAGE_VIEW).await.map_err(sql_err)?;
-            tables.push("late_usage".into());
-        }
+        let views = register_views(&ctx, &tables).await?;
+        tables.extend(views);
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         Ok(ReadOnlySql { ctx, options, limits, tables })
     }
 
     /// Plans and runs one read-only statement within the memory limit and timeout.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        Ok(self.run(sql, None).await?.0)
+        Ok(self.run(sql, &[], None).await?.0)
+    }
+
+    /// Runs one read-only statement with its `$1`, `$2`, ... placeholders bound to `params`
+    /// (values are never spliced into the SQL text), reading the result typed.
+    pub async fn rows(&self, sql: &str, params: &[ScalarValue]) -> Result<Rows> {
+        Ok(Rows::new(self.run(sql, params, None).await?.0))
     }
 
     /// Like [`ReadOnlySql::query`], returning at most `max_rows` rows; the flag says whether
     /// more rows were cut off.
     pub async fn query_limited(&self, sql: &str) -> Result<(Vec<RecordBatch>, bool)> {
-        self.run(sql, Some(self.limits.max_rows)).await
+        self.run(sql, &[], Some(self.limits.max_rows)).await
     }
 
-    async fn run(&self, sql: &str, max_rows: Option<usize>) -> Result<(Vec<RecordBatch>, bool)> {
+    async fn run(
+        &self,
+        sql: &str,
+        params: &[ScalarValue],
+        max_rows: Option<usize>,
+    ) -> Result<(Vec<RecordBatch>, bool)> {
         let df = self.ctx.sql_with_options(sql, self.options).await.map_err(|e| {
             let msg = e.to_string();
             if msg.contains("not supported") || msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement")
@@ -155,6 +148,7 @@ impl ReadOnlySql {
                 SinkError::Sql(msg)
             }
         })?;
+        let df = if params.is_empty() { df } else { df.with_param_values(params.to_vec()).map_err(sql_err)? };
         // One row more than allowed tells whether the output was cut.
         let df = match max_rows {
             Some(n) => df.limit(0, Some(n.saturating_add(1))).map_err(sql_err)?,
