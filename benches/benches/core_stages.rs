@@ -10,7 +10,8 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use meterflow_pipeline::config::{Config, Overrides, Reference};
-use meterflow_pipeline::{Input, RunStats, Stages};
+use meterflow_pipeline::ops::Ops;
+use meterflow_pipeline::{Input, Instruments, RunStats, Stages};
 use meterflow_testkit::workload::{self, WorkloadSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,8 +41,9 @@ fn messages(config: &Config, batch_size: usize) -> (Vec<(String, Bytes)>, u64) {
     (out.into_iter().map(|m| (m.subject, Bytes::from(m.payload))).collect(), total)
 }
 
-fn run(stages: &mut Stages, messages: &[(String, Bytes)], now: i64) -> usize {
+fn run(stages: &mut Stages, ops: &Ops, messages: &[(String, Bytes)], now: i64) -> usize {
     let mut stats = RunStats::default();
+    let mut to = Instruments::new(&mut stats, ops);
     let closed = BTreeMap::new();
     let mut rows = 0;
     for (chunk_no, chunk) in messages.chunks(PULL).enumerate() {
@@ -51,7 +53,7 @@ fn run(stages: &mut Stages, messages: &[(String, Bytes)], now: i64) -> usize {
             .enumerate()
             .map(|(i, (subject, payload))| Input { seq: base + i as u64, published_unix: now, subject, payload })
             .collect();
-        stages.process(&inputs, true, &mut stats).expect("stages");
+        stages.process(&inputs, true, &mut to).expect("stages");
     }
     rows += stages.flush_and_rate(messages.len() as u64, &closed).expect("rating").len();
     assert!(stats.events_accepted > 0);
@@ -60,6 +62,7 @@ fn run(stages: &mut Stages, messages: &[(String, Bytes)], now: i64) -> usize {
 
 fn core_stages(c: &mut Criterion) {
     let config = config();
+    let ops = Ops::new(&config);
     let now = chrono::Utc::now().timestamp();
     let mut group = c.benchmark_group("core_stages");
     group.sample_size(10);
@@ -69,7 +72,7 @@ fn core_stages(c: &mut Criterion) {
         group.bench_function(format!("{batch_size}_events_per_message"), |b| {
             b.iter_batched(
                 || Stages::fresh(&config).expect("stages"),
-                |mut stages| run(&mut stages, &msgs, now),
+                |mut stages| run(&mut stages, &ops, &msgs, now),
                 BatchSize::PerIteration,
             )
         });

@@ -22,7 +22,6 @@ use chrono::{DateTime, Duration, Utc};
 use meterflow_aggregator::{Aggregator, EventRef, Measurement};
 use meterflow_ingest::{CustomerConfig, Directory, ShardedDedup};
 use meterflow_pipeline::config::{Config, Overrides, Reference};
-use meterflow_pipeline::ops::Ops;
 use meterflow_pipeline::Stages;
 use meterflow_rater::{pricing_at, PeriodTotals};
 use meterflow_schemas::{decode_message, UsageEvent};
@@ -30,7 +29,6 @@ use meterflow_sink::SummaryRow;
 use meterflow_testkit::workload::{generate, WorkloadSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Seed of the workload generator (the demo's default).
 pub const SEED: u64 = 42;
@@ -184,8 +182,7 @@ pub fn summary_rows(reference: &Reference, n: usize) -> Vec<SummaryRow> {
     let reference = with_tenants(reference, tenants);
     let dedup = ShardedDedup::new(1, config.pipeline.dedup_horizon_days).expect("dedup");
     let agg = Aggregator::new(reference.meters.clone());
-    let ops = Arc::new(Ops::new(&config));
-    let mut stages = Stages::new(&config, reference, dedup, agg, PeriodTotals::default(), ops);
+    let mut stages = Stages::new(&config, reference, dedup, agg, PeriodTotals::default());
     stages.rate(deltas, revision, &BTreeMap::new()).expect("every window delta rates")
 }
 

@@ -70,7 +70,7 @@ def main():
                     f"CREATE TABLE {lst['table']} AS SELECT unnest(?::VARCHAR[]) AS {lst['column']}",
                     [lst["values"]],
                 )
-            table = con.execute(sql, params).fetch_arrow_table()
+            table = con.sql(sql, params=params).to_arrow_table()
             ms = (time.perf_counter() - start) * 1000.0
             con.close()
             last = table

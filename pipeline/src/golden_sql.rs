@@ -11,7 +11,7 @@
 //! - each product statement prepared under its name (`PREPARE usage_totals AS <the text the
 //!   product runs>`), so a file runs it with `EXECUTE usage_totals('2026-09')`.
 //!
-//! A file inserts its rows, then queries. `GOLDEN_SQL_UPDATE=1 cargo test -p
+//! A file inserts its rows, then queries. `UPDATE_GOLDEN=1 cargo test -p
 //! meterflow-pipeline golden` rewrites the expected results from what the queries return
 //! (review the diff).
 
@@ -177,7 +177,7 @@ fn golden_files() -> Vec<PathBuf> {
 #[tokio::test]
 async fn the_products_sql_returns_the_golden_results_over_fixed_tables() {
     let schemas = table_schemas().await;
-    let update = std::env::var("GOLDEN_SQL_UPDATE").is_ok_and(|v| v == "1");
+    let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
     let files = golden_files();
     assert!(files.len() >= 4, "golden files missing: {files:?}");
     for file in files {

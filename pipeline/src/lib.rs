@@ -4,15 +4,18 @@
 //!
 //! * [`config`]: the config file, `METERFLOW_<SECTION>__<KEY>` overrides, reference data;
 //! * [`stats`]: what a run counts and how it ends;
-//! * [`stages`]: the core stages over a batch of messages (decode, enrich, dedup, aggregate,
-//!   rate), pure apart from metrics;
 //! * [`checks`]: start-up checks of the stream against the tables' progress;
 //! * [`status`]: the status of a data directory and stream, read from the tables and broker;
-//! * [`ops`]: Prometheus metrics and the operations page;
+//! * [`ops`]: Prometheus metrics and the operations page's live state;
+//! * [`events`]: the internal events, one type per fact counted, each updating the run's
+//!   statistics, the metrics and the page's totals in one place;
+//! * [`stages`]: the core stages over a batch of messages (decode, enrich, dedup, aggregate,
+//!   rate), pure apart from the internal events they emit;
 //! * [`run`]: the [`Pipeline`]: start-up, the run loop and the commit protocol.
 
 pub mod checks;
 pub mod config;
+pub mod events;
 #[cfg(test)]
 mod golden_sql;
 pub mod ops;
@@ -22,6 +25,7 @@ pub mod stats;
 pub mod status;
 
 pub use checks::{check_retention, check_stream, StreamVerdict};
+pub use events::Instruments;
 pub use run::{Pipeline, StartOptions};
 pub use stages::{Input, Stages};
 pub use stats::{RunOptions, RunStats};

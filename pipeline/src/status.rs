@@ -7,7 +7,9 @@
 use anyhow::Result;
 use meterflow_ingest::Broker;
 use meterflow_sink::sql::ReadOnlySql;
-use meterflow_sink::SummaryTable;
+use meterflow_sink::{
+    RejectionRow, RowKind, SummaryRow, SummaryTable, PERIODS_TABLE, REJECTIONS_TABLE, SUMMARIES_TABLE,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -45,6 +47,32 @@ pub struct PeriodStatus {
     pub invoiced: BTreeMap<String, String>,
     /// ERP documents per posting status (`posted`, `failed`, `pending`), over all targets.
     pub documents: BTreeMap<String, u64>,
+}
+
+impl PeriodStatus {
+    /// An open period with nothing counted yet.
+    pub fn open(period: &str) -> PeriodStatus {
+        PeriodStatus {
+            period: period.to_string(),
+            status: "open".into(),
+            closed_by: None,
+            sealed_version: None,
+            events: 0,
+            invoices: 0,
+            invoiced: BTreeMap::new(),
+            documents: BTreeMap::new(),
+        }
+    }
+}
+
+/// `periods` (in label order) with each period's accepted events set from `period_events`,
+/// adding the periods that only have events.
+pub fn with_events(periods: &[PeriodStatus], period_events: &BTreeMap<String, u64>) -> Vec<PeriodStatus> {
+    let mut all: BTreeMap<String, PeriodStatus> = periods.iter().map(|p| (p.period.clone(), p.clone())).collect();
+    for (period, events) in period_events {
+        all.entry(period.clone()).or_insert_with(|| PeriodStatus::open(period)).events = *events;
+    }
+    all.into_values().collect()
 }
 
 /// Everything `meterflow status` reports.
@@ -111,6 +139,64 @@ async fn counts(sql: &ReadOnlySql, query: &str) -> Result<BTreeMap<String, u64>>
     Ok(out)
 }
 
+/// What the pipeline's own tables (`usage_summaries`, `rejections`) say, summed over all rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableTotals {
+    /// Accepted events.
+    pub events_accepted: u64,
+    /// Late events per meter.
+    pub late_events: BTreeMap<String, u64>,
+    /// Rejected events per reason code.
+    pub rejects: BTreeMap<String, u64>,
+    /// Accepted events per billing period.
+    pub period_events: BTreeMap<String, u64>,
+}
+
+impl TableTotals {
+    /// Adds what one commit wrote.
+    pub fn add(&mut self, rows: &[SummaryRow], rejections: &[RejectionRow]) {
+        for r in rows {
+            self.events_accepted += r.event_count;
+            *self.period_events.entry(r.billing_period.clone()).or_default() += r.event_count;
+            if matches!(r.row_kind, RowKind::Late | RowKind::Adjustment) {
+                *self.late_events.entry(r.meter.clone()).or_default() += r.event_count;
+            }
+        }
+        for r in rejections {
+            *self.rejects.entry(r.reason.clone()).or_default() += 1;
+        }
+    }
+}
+
+/// The [`TableTotals`] of the tables under `data_dir`: full-table sums, read with SQL.
+pub async fn table_totals(data_dir: &std::path::Path) -> Result<TableTotals> {
+    let sql = ReadOnlySql::open_tables(data_dir, &[SUMMARIES_TABLE, REJECTIONS_TABLE]).await?;
+    let events_accepted = match sql.rows(EVENTS_ACCEPTED_SQL, &[]).await?.iter().next() {
+        Some(r) => r.count(0)?,
+        None => 0,
+    };
+    let has = |t: &str| sql.tables.iter().any(|x| x == t);
+    Ok(TableTotals {
+        events_accepted,
+        late_events: counts(&sql, LATE_EVENTS_SQL).await?,
+        rejects: if has(REJECTIONS_TABLE) { counts(&sql, REJECTS_SQL).await? } else { BTreeMap::new() },
+        period_events: counts(&sql, PERIOD_EVENTS_SQL).await?,
+    })
+}
+
+/// The billing tables (`billing_periods`, `invoices`, `postings`) under `data_dir`: small,
+/// written by `meterflow close`, `invoice` and `post`.
+pub const BILLING_TABLES: [&str; 4] = [PERIODS_TABLE, "invoices", "invoice_lines", "postings"];
+
+/// Every billing period with usage (`period_events`) or with a close, invoices or postings.
+pub async fn billing_periods(
+    data_dir: &std::path::Path,
+    period_events: &BTreeMap<String, u64>,
+) -> Result<Vec<PeriodStatus>> {
+    let sql = ReadOnlySql::open_tables(data_dir, &BILLING_TABLES).await?;
+    period_statuses(&sql, period_events).await
+}
+
 /// Gathers the status.
 pub async fn status(config: &Config) -> Result<Status> {
     let data_dir = &config.storage.data_dir;
@@ -119,25 +205,17 @@ pub async fn status(config: &Config) -> Result<Status> {
     let summaries_version = table.version();
     let broker = broker_status(config).await;
     let lag = broker.stream_last_seq.map(|l| l.saturating_sub(committed_seq));
-    let sql = ReadOnlySql::open(data_dir).await?;
-    let has = |t: &str| sql.tables.iter().any(|x| x == t);
-    let events_accepted = match sql.rows(EVENTS_ACCEPTED_SQL, &[]).await?.iter().next() {
-        Some(r) => r.count(0)?,
-        None => 0,
-    };
-    let late_events = counts(&sql, LATE_EVENTS_SQL).await?;
-    let rejects = if has("rejections") { counts(&sql, REJECTS_SQL).await? } else { BTreeMap::new() };
-
-    let periods = period_statuses(&sql).await?;
+    let totals = table_totals(data_dir).await?;
+    let periods = billing_periods(data_dir, &totals.period_events).await?;
     Ok(Status {
         data_dir: data_dir.display().to_string(),
         broker,
         committed_seq,
         lag,
         summaries_version,
-        events_accepted,
-        late_events,
-        rejects,
+        events_accepted: totals.events_accepted,
+        late_events: totals.late_events,
+        rejects: totals.rejects,
         periods,
     })
 }
@@ -160,22 +238,12 @@ async fn broker_status(config: &Config) -> BrokerStatus {
 }
 
 /// Every billing period with usage: events, close, invoices and postings.
-async fn period_statuses(sql: &ReadOnlySql) -> Result<Vec<PeriodStatus>> {
+async fn period_statuses(sql: &ReadOnlySql, period_events: &BTreeMap<String, u64>) -> Result<Vec<PeriodStatus>> {
     let has = |t: &str| sql.tables.iter().any(|x| x == t);
     let mut periods: BTreeMap<String, PeriodStatus> = BTreeMap::new();
-    let blank = |p: &str| PeriodStatus {
-        period: p.to_string(),
-        status: "open".into(),
-        closed_by: None,
-        sealed_version: None,
-        events: 0,
-        invoices: 0,
-        invoiced: BTreeMap::new(),
-        documents: BTreeMap::new(),
-    };
-    for r in sql.rows(PERIOD_EVENTS_SQL, &[]).await?.iter() {
-        let period = r.text(0)?;
-        periods.entry(period.clone()).or_insert_with(|| blank(&period)).events = r.count(1)?;
+    let blank = |p: &str| PeriodStatus::open(p);
+    for (period, events) in period_events {
+        periods.entry(period.clone()).or_insert_with(|| blank(period)).events = *events;
     }
     if has("billing_periods") {
         for r in sql.rows(PERIOD_CLOSES_SQL, &[]).await?.iter() {
@@ -245,4 +313,77 @@ pub fn render(s: &Status) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+
+    fn row(period: &str, meter: &str, kind: RowKind, events: u64) -> SummaryRow {
+        let t = DateTime::from_timestamp(1_795_000_000, 0).unwrap_or_default();
+        SummaryRow {
+            customer_id: "acme".into(),
+            subject: "acme".into(),
+            meter: meter.into(),
+            dimensions: "{}".into(),
+            window_start: t,
+            window_end: t,
+            revision: 1,
+            quantity: rust_decimal::Decimal::ONE,
+            amount: rust_decimal::Decimal::ONE,
+            currency: "USD".into(),
+            plan_id: "p".into(),
+            plan_version: "p@2026-01-01".into(),
+            billing_period: period.into(),
+            event_count: events,
+            first_seq: 1,
+            last_seq: 1,
+            row_kind: kind,
+            reason: None,
+            arrived_at: None,
+        }
+    }
+
+    fn rejection(reason: &str) -> RejectionRow {
+        RejectionRow {
+            stream_seq: 1,
+            event_index: None,
+            reason: reason.into(),
+            detail: String::new(),
+            subject: "usage.acme".into(),
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn a_commit_adds_its_events_by_period_its_late_events_by_meter_and_its_rejects_by_reason() {
+        let mut t = TableTotals::default();
+        t.add(
+            &[
+                row("2026-09", "api_calls", RowKind::Usage, 10),
+                row("2026-09", "api_calls", RowKind::Late, 2),
+                row("2026-08", "storage_gb", RowKind::Adjustment, 1),
+                row("2026-08", "storage_gb", RowKind::Rerate, 0),
+            ],
+            &[rejection("invalid_json"), rejection("invalid_json"), rejection("unknown_meter")],
+        );
+        t.add(&[row("2026-09", "api_calls", RowKind::Usage, 5)], &[]);
+        assert_eq!(t.events_accepted, 18);
+        assert_eq!(t.period_events, BTreeMap::from([("2026-08".into(), 1), ("2026-09".into(), 17)]));
+        assert_eq!(t.late_events, BTreeMap::from([("api_calls".into(), 2), ("storage_gb".into(), 1)]));
+        assert_eq!(t.rejects, BTreeMap::from([("invalid_json".into(), 2), ("unknown_meter".into(), 1)]));
+    }
+
+    #[test]
+    fn periods_take_their_events_and_periods_with_only_events_are_open() {
+        let mut closed = PeriodStatus::open("2026-08");
+        closed.status = "closed".into();
+        closed.invoices = 3;
+        let events = BTreeMap::from([("2026-08".to_string(), 7), ("2026-09".to_string(), 4)]);
+        let all = with_events(&[closed], &events);
+        let got: Vec<(&str, &str, u64, u64)> =
+            all.iter().map(|p| (p.period.as_str(), p.status.as_str(), p.events, p.invoices)).collect();
+        assert_eq!(got, vec![("2026-08", "closed", 7, 3), ("2026-09", "open", 4, 0)]);
+    }
 }

@@ -1,6 +1,7 @@
 //! What the operations page shows, gathered while `meterflow run` runs: a rolling history of
 //! throughput and lag sampled from the metrics, the meters' watermarks (set by the pipeline at
-//! each commit), and the billing side (`meterflow status` facts plus the last reconciliation of
+//! each commit), the tables' running totals (read once at start, then kept by the pipeline's
+//! commits), and the billing side (`meterflow status` facts plus the last reconciliation of
 //! each period), refreshed in the background.
 
 use chrono::{DateTime, Utc};
@@ -10,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::metrics::Metrics;
-use crate::status::Status;
+use crate::status::{Status, TableTotals};
+use meterflow_sink::{RejectionRow, SummaryRow};
 
 /// One point of the throughput and lag history.
 #[derive(Debug, Clone, Serialize)]
@@ -122,6 +124,10 @@ struct Inner {
     billing: Option<Status>,
     billing_error: Option<String>,
     reconciliations: Vec<ReconcileResult>,
+    /// The tables' totals, once read at start; each commit adds to them.
+    totals: Option<TableTotals>,
+    /// The usage_summaries version of the last commit.
+    summaries_version: Option<u64>,
 }
 
 /// Shared between the pipeline, the sampler and the HTTP server.
@@ -161,6 +167,8 @@ impl Live {
                 billing: None,
                 billing_error: None,
                 reconciliations: Vec::new(),
+                totals: None,
+                summaries_version: None,
             }),
         }
     }
@@ -168,6 +176,28 @@ impl Live {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the view inconsistent in a harmful way.
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the tables' totals as read at start (before the first commit).
+    pub fn load_totals(&self, totals: TableTotals, summaries_version: Option<u64>) {
+        let mut inner = self.lock();
+        inner.totals = Some(totals);
+        inner.summaries_version = summaries_version;
+    }
+
+    /// Adds what a commit wrote to the tables' totals (once they are loaded).
+    pub fn add_committed(&self, version: u64, rows: &[SummaryRow], rejections: &[RejectionRow]) {
+        let mut inner = self.lock();
+        inner.summaries_version = Some(version);
+        if let Some(t) = inner.totals.as_mut() {
+            t.add(rows, rejections);
+        }
+    }
+
+    /// The tables' totals and the summaries version, once loaded.
+    pub fn totals(&self) -> Option<(TableTotals, Option<u64>)> {
+        let inner = self.lock();
+        inner.totals.clone().map(|t| (t, inner.summaries_version))
     }
 
     /// Records the meters' watermarks (called by the pipeline after each commit).

@@ -2,12 +2,17 @@
 //! read-only on `[ops] listen` (default `127.0.0.1:9464`; empty turns it off).
 //!
 //! ```text
-//!  Pipeline ──counters, histograms──► Metrics ──► GET /metrics
-//!     │ watermarks at each commit        │ sampled every 2 s
-//!     ▼                                  ▼
-//!   Live ◄── billing facts (status) and reconciliations, refreshed every `refresh_s`
+//!  Pipeline ──internal events (crate::events)──► Metrics ──► GET /metrics
+//!     │ watermarks, committed rows' totals         │ sampled every 2 s
+//!     ▼                                            ▼
+//!   Live ◄── billing tables (closes, invoices, postings; re-read only when their Delta logs
+//!     │      change) and reconciliations, every `refresh_s`
 //!     └──► View ──► GET / (HTML page) and GET /api/status (JSON)
 //! ```
+//!
+//! The page is fed from the pipeline's own state: the broker gauges come from the pipeline's
+//! connection, the usage totals from its commits (read from the tables once at start). The
+//! refresher opens no broker connection and never scans usage_summaries.
 
 pub mod live;
 pub mod metrics;
@@ -18,6 +23,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::status::{self, BrokerStatus, PeriodStatus, Status, TableTotals};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The billing tables' periods, with the Delta log listing ([`log_listing`]) they were read at.
+type BillingFacts = (Vec<(String, usize)>, Vec<PeriodStatus>);
+
+/// The number of entries in each table's Delta log folder: it changes with every commit,
+/// checkpoint or log clean-up, so an unchanged listing means unchanged tables.
+fn log_listing(data_dir: &Path, tables: &[&str]) -> Vec<(String, usize)> {
+    tables
+        .iter()
+        .map(|t| {
+            let n = std::fs::read_dir(data_dir.join(t).join("_delta_log")).map_or(0, Iterator::count);
+            (t.to_string(), n)
+        })
+        .collect()
+}
 pub use live::{Live, ReconcileResult, View};
 pub use metrics::Metrics;
 
@@ -34,6 +57,8 @@ pub struct Ops {
     reasons: Vec<String>,
     meters: Vec<String>,
     refresh_s: u64,
+    /// The billing tables' facts, with the Delta log listing they were read at.
+    billing_cache: tokio::sync::Mutex<Option<BillingFacts>>,
 }
 
 impl Ops {
@@ -46,6 +71,7 @@ impl Ops {
             reasons: meterflow_schemas::RejectReason::ALL.iter().map(|r| r.code().to_string()).collect(),
             meters: config.meters.iter().map(|m| m.name.clone()).collect(),
             refresh_s: config.ops.refresh_s.max(1),
+            billing_cache: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -91,16 +117,60 @@ impl Ops {
         }
     }
 
-    /// Re-reads the billing side (periods, invoices, postings, reconciliations) and the broker
-    /// gauges from the tables and the broker.
+    /// The billing periods: the billing tables' facts (re-read only when a Delta log of
+    /// theirs changed) with the accepted events of each period.
+    async fn billing_periods(&self, config: &Config, totals: &TableTotals) -> anyhow::Result<Vec<PeriodStatus>> {
+        let data_dir = &config.storage.data_dir;
+        let listing = log_listing(data_dir, &status::BILLING_TABLES);
+        let mut cache = self.billing_cache.lock().await;
+        let facts = match cache.as_ref() {
+            Some((seen, facts)) if *seen == listing => facts.clone(),
+            _ => {
+                let facts = status::billing_periods(data_dir, &BTreeMap::new()).await?;
+                *cache = Some((listing, facts.clone()));
+                facts
+            }
+        };
+        Ok(status::with_events(&facts, &totals.period_events))
+    }
+
+    /// The status from the pipeline's own state and the billing tables; `None` until the
+    /// pipeline has read the tables' totals at start.
+    async fn status(&self, config: &Config) -> Option<Result<Status, String>> {
+        let (totals, summaries_version) = self.live.totals()?;
+        let m = &self.metrics;
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        let stream_last = count(m.stream_last_sequence.get());
+        let committed_seq = count(m.committed_sequence.get());
+        let periods = match self.billing_periods(config, &totals).await {
+            Ok(p) => p,
+            Err(e) => return Some(Err(format!("{e:#}"))),
+        };
+        Some(Ok(Status {
+            data_dir: config.storage.data_dir.display().to_string(),
+            broker: BrokerStatus {
+                url: config.nats.url.clone(),
+                stream_last_seq: (stream_last > 0).then_some(stream_last),
+                dlq_messages: Some(count(m.dlq_depth.get())),
+                error: None,
+            },
+            committed_seq,
+            lag: Some(count(m.consumer_lag.get())),
+            summaries_version,
+            events_accepted: totals.events_accepted,
+            late_events: totals.late_events,
+            rejects: totals.rejects,
+            periods,
+        }))
+    }
+
+    /// Re-reads the billing side (periods, invoices, postings, reconciliations) and combines it
+    /// with the pipeline's own totals and broker gauges.
     pub async fn refresh_billing(&self, config: &Config) {
-        let status = crate::status::status(config).await.map_err(|e| format!("{e:#}"));
+        let Some(status) = self.status(config).await else { return };
         let reconciles = live::load_reconciles(&config.storage.data_dir);
         let m = &self.metrics;
         if let Ok(s) = &status {
-            if let Some(d) = s.broker.dlq_messages {
-                m.dlq_depth.set(i64::try_from(d).unwrap_or(i64::MAX));
-            }
             for state in ["open", "closed"] {
                 let n = s.periods.iter().filter(|p| p.status == state).count();
                 m.billing_periods.get_or_create(&metrics::label("state", state)).set(n as i64);

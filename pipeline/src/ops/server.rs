@@ -117,6 +117,7 @@ mod tests {
             reasons: vec!["invalid_json".into()],
             meters: vec!["api_calls".into()],
             refresh_s: 1,
+            billing_cache: tokio::sync::Mutex::new(None),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

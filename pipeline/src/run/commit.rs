@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::Pipeline;
+use crate::events::Committed;
 
 /// What one commit writes, prepared from the stages before the first attempt.
 pub(super) struct Outputs {
@@ -151,29 +152,25 @@ impl Pipeline {
             ms,
             "committed"
         );
-        let m = &self.ops.metrics;
-        m.commit_duration.observe(started.elapsed().as_secs_f64());
-        if let Some(last) = self.last_commit {
-            m.commit_interval.observe(last.elapsed().as_secs_f64());
-        }
+        let added = (!out.rows.is_empty() && matches!(committed, meterflow_sink::Committed::Written(_)))
+            .then(|| self.table.files_added_in(version));
+        let since_previous = self.last_commit.map(|t| t.elapsed());
         self.last_commit = Some(Instant::now());
-        m.commits.inc();
-        m.summary_rows.inc_by(out.rows.len() as u64);
-        if !out.rows.is_empty() && matches!(committed, meterflow_sink::Committed::Written(_)) {
-            let (files, bytes) = self.table.files_added_in(version);
-            m.parquet_files.inc_by(files);
-            m.parquet_bytes.inc_by(bytes);
-        }
+        self.emit(Committed {
+            through: out.through,
+            version,
+            rows: &out.rows,
+            rejections: &out.rejection_rows,
+            took: started.elapsed(),
+            since_previous,
+            added,
+        });
     }
 
     /// After a commit: progress, ack, eviction of windows no event can reach, snapshot.
     async fn after_commit(&mut self, last: &Fetched, out: &Outputs, _version: u64) -> Result<()> {
         let through = out.through;
         self.committed_seq = through;
-        self.ops.metrics.committed_sequence.set(i64::try_from(through).unwrap_or(i64::MAX));
-        self.stats.commits += 1;
-        self.stats.rows_written += out.rows.len() as u64;
-        self.stats.committed_seq = through;
         self.stats.busy_secs = self.first_live.map_or(0.0, |t| t.elapsed().as_secs_f64());
         self.pending_since = None;
         if let Err(e) = self.broker.ack_through(&last.message).await {

@@ -36,6 +36,9 @@ use crate::ops::metrics::label;
 use crate::ops::Ops;
 
 use crate::checks::{check_retention, check_stream, StreamVerdict};
+use crate::events::{
+    ConsumerRecreated, GapRefetched, Instruments, InternalEvent, MessagesProcessed, MessagesReplayed, Redelivered,
+};
 use crate::stages::snapshot::decode_state;
 use crate::stages::{Input, Stages};
 use crate::stats::{RunOptions, RunStats};
@@ -77,6 +80,8 @@ pub struct Pipeline {
     ops: std::sync::Arc<Ops>,
     last_commit: Option<Instant>,
     lag_read_at: Option<Instant>,
+    /// When the DLQ depth was last asked of the broker (for the metrics and the page).
+    dlq_read_at: Option<Instant>,
     /// The sequence a gap was last re-fetched from (a second gap there is asked of the stream).
     gap_refetched_at: Option<u64>,
     /// A gap the stream itself confirmed holds no messages (passed over when seen again).
@@ -267,12 +272,18 @@ impl Pipeline {
                 identity with the next commit");
         }
         let (dedup, agg, totals, resume_from) = restore_state(&config, &reference, &store, committed_seq)?;
+        // The operations page's usage totals: read from the tables once, then kept by commits.
+        match crate::status::table_totals(&config.storage.data_dir).await {
+            Ok(t) => ops.live.load_totals(t, table.version()),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read the tables' totals for the operations \
+                page; its billing side stays empty"),
+        }
         broker.position_consumer(resume_from).await?;
         tracing::info!(committed_seq, resume_from, "pipeline started; replaying committed messages to rebuild state");
         let stats = RunStats { committed_seq, ..Default::default() };
         let mut periods = PeriodTable::open_or_create(&config.storage.data_dir).await?;
         let closed = periods.closed().await?;
-        let core = Stages::new(&config, reference, dedup, agg, totals, ops.clone());
+        let core = Stages::new(&config, reference, dedup, agg, totals);
         Ok(Pipeline {
             config,
             core,
@@ -295,6 +306,7 @@ impl Pipeline {
             ops,
             last_commit: None,
             lag_read_at: None,
+            dlq_read_at: None,
             gap_refetched_at: None,
             gap_confirmed: None,
             lease: None,
@@ -491,6 +503,13 @@ impl Pipeline {
                 m.consumer_lag.set(i64::try_from(last.saturating_sub(self.committed_seq)).unwrap_or(i64::MAX));
             }
         }
+        let every = Duration::from_secs(self.config.ops.refresh_s.max(1));
+        if self.dlq_read_at.is_none_or(|t| t.elapsed() >= every) {
+            self.dlq_read_at = Some(Instant::now());
+            if let Ok(depth) = self.broker.dlq_depth().await {
+                m.dlq_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// Re-creates the durable consumer when the server says it no longer exists (deleted by an
@@ -510,10 +529,7 @@ impl Pipeline {
                 next sequence the pipeline needs"
         );
         match self.broker.position_consumer(self.next_seq).await {
-            Ok(()) => {
-                self.stats.consumers_recreated += 1;
-                self.ops.metrics.consumers_recreated.inc();
-            }
+            Ok(()) => self.emit(ConsumerRecreated),
             Err(e) => tracing::error!(error = %e, consumer, "cannot re-create the consumer; will retry"),
         }
     }
@@ -544,7 +560,7 @@ impl Pipeline {
         };
         match positioned {
             Ok(()) => {
-                self.stats.gaps_refetched += 1;
+                self.emit(GapRefetched);
                 self.gap_refetched_at = Some(from);
             }
             Err(e) => tracing::error!(error = %e, "cannot re-position the consumer; asking again on the next pull"),
@@ -585,8 +601,7 @@ impl Pipeline {
             if msg.seq < self.next_seq {
                 // A redelivery of something already in hand or committed (for example after the
                 // ack wait expired while a commit was slow).
-                self.stats.redeliveries += 1;
-                self.ops.metrics.redeliveries.inc();
+                self.emit(Redelivered);
                 continue;
             }
             self.next_seq = msg.seq + 1;
@@ -597,7 +612,7 @@ impl Pipeline {
         let split = fresh.partition_point(|m| m.seq <= self.committed_seq);
         let live = fresh.split_off(split);
         if !fresh.is_empty() {
-            self.stats.replayed_messages += fresh.len() as u64;
+            self.emit(MessagesReplayed { n: fresh.len() as u64 });
             self.process_part(fresh, false)?;
         }
         if self.replaying && self.next_seq > self.committed_seq {
@@ -607,7 +622,7 @@ impl Pipeline {
             self.replaying = false;
         }
         if !live.is_empty() {
-            self.stats.messages += live.len() as u64;
+            self.emit(MessagesProcessed { n: live.len() as u64 });
             self.pending_since.get_or_insert_with(Instant::now);
             self.first_live.get_or_insert_with(Instant::now);
             self.process_part(live, true)?;
@@ -615,10 +630,15 @@ impl Pipeline {
         Ok(gap)
     }
 
+    /// Counts one internal event.
+    fn emit(&mut self, event: impl InternalEvent) {
+        event.emit(&mut self.stats, &self.ops);
+    }
+
     /// Runs the core stages over messages that are all live or all replayed.
     fn process_part(&mut self, messages: Vec<Fetched>, live: bool) -> Result<()> {
         let inputs: Vec<Input<'_>> = messages.iter().map(Input::from).collect();
-        self.core.process(&inputs, live, &mut self.stats)?;
+        self.core.process(&inputs, live, &mut Instruments::new(&mut self.stats, &self.ops))?;
         if live {
             self.pending_last = messages.into_iter().last();
         }

@@ -17,8 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::config::{Config, Reference};
-use crate::ops::Ops;
-use crate::stats::RunStats;
+use crate::events::Instruments;
 use capacity::Capacity;
 use pending::{Counting, Pending};
 
@@ -80,7 +79,6 @@ pub struct Stages {
     scratch: (Vec<Candidate>, Vec<(u128, u16)>),
     /// The capacity check of every billing-period total.
     capacity: Capacity,
-    ops: Arc<Ops>,
 }
 
 impl Stages {
@@ -91,7 +89,6 @@ impl Stages {
         dedup: ShardedDedup,
         agg: Aggregator,
         totals: PeriodTotals,
-        ops: Arc<Ops>,
     ) -> Stages {
         let customer_index: HashMap<String, usize> =
             reference.directory.customers().iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
@@ -121,7 +118,6 @@ impl Stages {
             seen_periods,
             pending: Pending::default(),
             scratch: (Vec::new(), Vec::new()),
-            ops,
         }
     }
 
@@ -131,8 +127,7 @@ impl Stages {
         let reference = Reference::load(config)?;
         let dedup = ShardedDedup::new(config.pipeline.dedup_shards, config.pipeline.dedup_horizon_days)?;
         let agg = Aggregator::with_policy(reference.meters.clone(), config.lateness.policy());
-        let ops = Arc::new(Ops::new(config));
-        Ok(Stages::new(config, reference, dedup, agg, PeriodTotals::default(), ops))
+        Ok(Stages::new(config, reference, dedup, agg, PeriodTotals::default()))
     }
 
     /// Takes the rejects and duplicates waiting for the next commit (and restarts the count of
@@ -147,13 +142,13 @@ impl Stages {
     }
 
     /// Decode, enrich, extract, dedup and aggregate messages that are all live or all replayed.
-    /// Replayed messages only rebuild state: no rejects, no counters.
-    pub fn process(&mut self, messages: &[Input<'_>], live: bool, stats: &mut RunStats) -> Result<()> {
+    /// Replayed messages only rebuild state: no rejects, no counters. What live messages decide
+    /// is counted in `to`.
+    pub fn process(&mut self, messages: &[Input<'_>], live: bool, to: &mut Instruments<'_>) -> Result<()> {
         let (mut candidates, mut keys) = std::mem::take(&mut self.scratch);
         candidates.clear();
         keys.clear();
-        let metrics = self.ops.metrics.clone();
-        let mut count = Counting { live, stats, metrics: &metrics };
+        let mut count = Counting { live, to };
         for (msg_index, msg) in messages.iter().enumerate() {
             let day = u16::try_from(msg.published_unix.div_euclid(86_400)).unwrap_or(u16::MAX);
             let arrival = DateTime::from_timestamp(msg.published_unix, 0).unwrap_or_default();
@@ -229,7 +224,7 @@ impl Stages {
 
     /// A first sighting: checked against the capacity of its billing-period totals, then
     /// aggregated into its windows.
-    fn accept(&mut self, count: &mut Counting<'_>, msg: &Input<'_>, c: &Candidate) {
+    fn accept(&mut self, count: &mut Counting<'_, '_>, msg: &Input<'_>, c: &Candidate) {
         let Some(customer) = self.reference.directory.customers().get(c.customer) else { return };
         let event =
             EventRef { time: c.event.time, source: &c.event.source, id: &c.event.id, seq: c.seq, arrival: c.arrival };

@@ -8,8 +8,7 @@ use meterflow_schemas::{RejectReason, UsageEvent};
 use meterflow_sink::RejectionRow;
 
 use super::Input;
-use crate::ops::metrics::{label, Metrics};
-use crate::stats::RunStats;
+use crate::events::{DuplicateDropped, EventAccepted, EventRejected, EventsReceived, Instruments};
 
 /// Outputs waiting for the next commit.
 #[derive(Debug, Default)]
@@ -21,18 +20,16 @@ pub(super) struct Pending {
 }
 
 /// Where one call of the core stages counts what it decides: nothing for replayed messages.
-pub(super) struct Counting<'a> {
+pub(super) struct Counting<'a, 'b> {
     pub(super) live: bool,
-    pub(super) stats: &'a mut RunStats,
-    pub(super) metrics: &'a Metrics,
+    pub(super) to: &'a mut Instruments<'b>,
 }
 
-impl Counting<'_> {
+impl Counting<'_, '_> {
     /// Counts the events of a decoded message.
     pub(super) fn received(&mut self, n: u64) {
         if self.live {
-            self.stats.events_received += n;
-            self.metrics.events_received.inc_by(n);
+            self.to.emit(EventsReceived { n });
         }
     }
 }
@@ -41,7 +38,7 @@ impl Pending {
     /// Records a reject of (part of) `msg`: counted, and kept for the DLQ and `rejections`.
     pub(super) fn reject(
         &mut self,
-        count: &mut Counting<'_>,
+        count: &mut Counting<'_, '_>,
         msg: &Input<'_>,
         (reason, detail): (RejectReason, String),
         index: Option<usize>,
@@ -50,8 +47,7 @@ impl Pending {
         if !count.live {
             return;
         }
-        *count.stats.rejected.entry(reason.code()).or_default() += 1;
-        count.metrics.events_rejected.get_or_create(&label("reason", reason.code())).inc();
+        count.to.emit(EventRejected { reason });
         self.rejects.push(RejectEnvelope {
             seq: msg.seq,
             subject: msg.subject.to_string(),
@@ -63,12 +59,11 @@ impl Pending {
     }
 
     /// Records a dropped duplicate of `msg`.
-    pub(super) fn duplicate(&mut self, count: &mut Counting<'_>, msg: &Input<'_>, event: &UsageEvent) {
+    pub(super) fn duplicate(&mut self, count: &mut Counting<'_, '_>, msg: &Input<'_>, event: &UsageEvent) {
         if !count.live {
             return;
         }
-        count.stats.duplicates += 1;
-        count.metrics.events_duplicate.inc();
+        count.to.emit(DuplicateDropped);
         tracing::debug!(seq = msg.seq, source = %event.source, id = %event.id, "duplicate dropped");
         self.duplicates.push(RejectionRow {
             stream_seq: msg.seq,
@@ -81,10 +76,9 @@ impl Pending {
     }
 
     /// Records an accepted event.
-    pub(super) fn accepted(&mut self, count: &mut Counting<'_>) {
+    pub(super) fn accepted(&mut self, count: &mut Counting<'_, '_>) {
         if count.live {
-            count.stats.events_accepted += 1;
-            count.metrics.events_accepted.inc();
+            count.to.emit(EventAccepted);
             self.events += 1;
         }
     }

@@ -8,7 +8,6 @@ use meterflow_sink::{ClosedPeriod, RowKind, SummaryRow};
 use std::collections::BTreeMap;
 
 use super::Stages;
-use crate::ops::metrics::label;
 
 impl Stages {
     /// Flushes the window deltas accumulated since the last call and rates them into summary
@@ -73,10 +72,6 @@ impl Stages {
             } else {
                 RowKind::Usage
             };
-            if row_kind != RowKind::Usage {
-                let meter = &self.reference.meters.configs()[d.key.meter].name;
-                self.ops.metrics.events_late.get_or_create(&label("meter", meter.clone())).inc_by(d.event_count);
-            }
             let customer_idx = self
                 .customer_index
                 .get(&d.key.customer_id)

@@ -88,8 +88,19 @@ impl ReadOnlySql {
         ReadOnlySql::open_with_limits(data_dir, SqlLimits::default()).await
     }
 
+    /// Registers only the tables `names` that exist under `data_dir` (and the views over
+    /// them), with default limits: cheaper than [`ReadOnlySql::open`] when a reader needs a
+    /// few small tables.
+    pub async fn open_tables(data_dir: &Path, names: &[&str]) -> Result<Self> {
+        ReadOnlySql::open_some(data_dir, SqlLimits::default(), Some(names)).await
+    }
+
     /// Registers the committed tables found under `data_dir`, with these limits.
     pub async fn open_with_limits(data_dir: &Path, limits: SqlLimits) -> Result<Self> {
+        ReadOnlySql::open_some(data_dir, limits, None).await
+    }
+
+    async fn open_some(data_dir: &Path, limits: SqlLimits, only: Option<&[&str]>) -> Result<Self> {
         if !data_dir.is_dir() {
             return Err(SinkError::DataDir {
                 path: data_dir.display().to_string(),
@@ -103,6 +114,9 @@ impl ReadOnlySql {
         let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
         let mut tables = Vec::new();
         for name in table_names(data_dir)? {
+            if only.is_some_and(|only| !only.contains(&name.as_str())) {
+                continue;
+            }
             let table = deltalake::open_table(table_url(data_dir, &name)?)
                 .await
                 .map_err(|e| SinkError::Delta { table: name.clone(), source: e })?;
