@@ -4,10 +4,8 @@
 //! [`SyncStore`] alone.
 
 use deltalake::logstore::object_store::{
-    self, path::Path, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+    self, path::Path, CopyOptions, MultipartUpload, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
-use futures::stream::BoxStream;
 use meterflow_faults::Point;
 use std::sync::Arc;
 
@@ -93,7 +91,7 @@ impl MultipartUpload for FaultUpload {
     }
 }
 
-#[async_trait::async_trait]
+crate::storage::object_store_reading_through! {
 impl ObjectStore for FaultStore {
     /// Small Parquet files arrive here in one piece. They are written the way a large one is
     /// (two parts through a staging file, renamed on completion), so that a kill at
@@ -136,41 +134,6 @@ impl ObjectStore for FaultStore {
         }
     }
 
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-
-    async fn get_ranges(
-        &self,
-        location: &Path,
-        ranges: &[std::ops::Range<u64>],
-    ) -> object_store::Result<Vec<bytes::Bytes>> {
-        self.inner.get_ranges(location, ranges).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await?;
         after_log_entry(to)
@@ -185,4 +148,5 @@ impl ObjectStore for FaultStore {
         self.inner.rename_opts(from, to, options).await?;
         after_log_entry(to)
     }
+}
 }

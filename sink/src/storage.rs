@@ -53,3 +53,74 @@ pub(crate) async fn open_summaries_for_write(url: url::Url) -> std::result::Resu
         open_for_write(url).await
     }
 }
+
+/// Implements `ObjectStore` for a wrapper store with an `inner` store: the methods given (the
+/// writes the wrapper changes) plus every read, list and delete passed through to `inner`
+/// unchanged. (`#[async_trait]` is applied to the whole generated impl, so the passed-through
+/// methods are rewritten like the given ones.)
+macro_rules! object_store_reading_through {
+    (impl ObjectStore for $store:ty { $($methods:tt)* }) => {
+        #[async_trait::async_trait]
+        impl deltalake::logstore::object_store::ObjectStore for $store {
+            $($methods)*
+
+            async fn get_opts(
+                &self,
+                location: &deltalake::logstore::object_store::path::Path,
+                options: deltalake::logstore::object_store::GetOptions,
+            ) -> deltalake::logstore::object_store::Result<deltalake::logstore::object_store::GetResult> {
+                self.inner.get_opts(location, options).await
+            }
+
+            async fn get_ranges(
+                &self,
+                location: &deltalake::logstore::object_store::path::Path,
+                ranges: &[std::ops::Range<u64>],
+            ) -> deltalake::logstore::object_store::Result<Vec<bytes::Bytes>> {
+                self.inner.get_ranges(location, ranges).await
+            }
+
+            fn delete_stream(
+                &self,
+                locations: futures::stream::BoxStream<
+                    'static,
+                    deltalake::logstore::object_store::Result<deltalake::logstore::object_store::path::Path>,
+                >,
+            ) -> futures::stream::BoxStream<
+                'static,
+                deltalake::logstore::object_store::Result<deltalake::logstore::object_store::path::Path>,
+            > {
+                self.inner.delete_stream(locations)
+            }
+
+            fn list(
+                &self,
+                prefix: Option<&deltalake::logstore::object_store::path::Path>,
+            ) -> futures::stream::BoxStream<
+                'static,
+                deltalake::logstore::object_store::Result<deltalake::logstore::object_store::ObjectMeta>,
+            > {
+                self.inner.list(prefix)
+            }
+
+            fn list_with_offset(
+                &self,
+                prefix: Option<&deltalake::logstore::object_store::path::Path>,
+                offset: &deltalake::logstore::object_store::path::Path,
+            ) -> futures::stream::BoxStream<
+                'static,
+                deltalake::logstore::object_store::Result<deltalake::logstore::object_store::ObjectMeta>,
+            > {
+                self.inner.list_with_offset(prefix, offset)
+            }
+
+            async fn list_with_delimiter(
+                &self,
+                prefix: Option<&deltalake::logstore::object_store::path::Path>,
+            ) -> deltalake::logstore::object_store::Result<deltalake::logstore::object_store::ListResult> {
+                self.inner.list_with_delimiter(prefix).await
+            }
+        }
+    };
+}
+pub(crate) use object_store_reading_through;

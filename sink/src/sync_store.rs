@@ -29,10 +29,9 @@
 //! The cost per commit is measured in BENCHMARKS.md ("Durability: the cost of fsync").
 
 use deltalake::logstore::object_store::{
-    self, local::LocalFileSystem, path::Path, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
-    ObjectMeta, ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+    self, local::LocalFileSystem, path::Path, CopyOptions, MultipartUpload, PutMode, PutMultipartOptions, PutOptions,
+    PutPayload, PutResult, UploadPart,
 };
-use futures::stream::BoxStream;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -198,7 +197,7 @@ impl MultipartUpload for SyncUpload {
     }
 }
 
-#[async_trait::async_trait]
+crate::storage::object_store_reading_through! {
 impl ObjectStore for SyncStore {
     async fn put_opts(
         &self,
@@ -229,41 +228,6 @@ impl ObjectStore for SyncStore {
         Ok(Box::new(SyncUpload { inner, dest }))
     }
 
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-
-    async fn get_ranges(
-        &self,
-        location: &Path,
-        ranges: &[std::ops::Range<u64>],
-    ) -> object_store::Result<Vec<bytes::Bytes>> {
-        self.inner.get_ranges(location, ranges).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await?;
         let target = self.path(to)?;
@@ -281,12 +245,13 @@ impl ObjectStore for SyncStore {
         blocking(move || sync_file_and_dir(&target).map_err(generic)).await
     }
 }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::{open_for_write, table_url};
-    use deltalake::logstore::object_store::{ObjectStoreExt as _, RenameOptions, RenameTargetMode};
+    use deltalake::logstore::object_store::{ObjectStore, ObjectStoreExt as _, RenameOptions, RenameTargetMode};
     use deltalake::DeltaTable;
 
     fn store_path(p: &std::path::Path) -> Path {
