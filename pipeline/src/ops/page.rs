@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use super::live::{Sample, View};
+use crate::status::PeriodStatus;
 
 /// Escapes text for HTML.
 pub fn escape(s: &str) -> String {
@@ -108,25 +109,40 @@ pub fn render(v: &View, refresh_s: u64) -> String {
         escape(&v.started_at),
         escape(&v.now)
     );
-    o.push_str("<h2>Pipeline</h2><div class=\"grid\">");
-    card(&mut o, "accepted", v.events_accepted, "events accepted");
-    card(&mut o, "received", v.events_received, "events received");
-    card(&mut o, "duplicates", v.events_duplicate, "duplicates dropped");
-    card(&mut o, "rejected", v.rejected.values().sum::<u64>(), "rejected (DLQ)");
-    card(&mut o, "late", v.late.values().sum::<u64>(), "late events");
-    card(&mut o, "lag", v.lag, "consumer lag (messages)");
-    card(&mut o, "committed", v.committed_seq, "committed stream sequence");
-    card(&mut o, "commits", v.commits, "commits");
-    card(&mut o, "windows", v.open_windows, "open windows");
-    o.push_str("</div><h2>Throughput and lag</h2><div class=\"panel\">");
+    pipeline_cards(&mut o, v);
+    o.push_str("<h2>Throughput and lag</h2><div class=\"panel\">");
     o.push_str(&chart("throughput-chart", "accepted events/s", &v.history, |s| s.accepted_per_s));
     o.push_str(&chart("lag-chart", "consumer lag (messages)", &v.history, |s| s.lag as f64));
-    o.push_str("</div><div class=\"panel\"><div><h2>Rejects by reason</h2>");
+    o.push_str("</div>");
+    breakdowns(&mut o, v);
+    billing_periods(&mut o, v);
+    o.push_str("</body></html>\n");
+    o
+}
+
+/// The pipeline's counters since start.
+fn pipeline_cards(o: &mut String, v: &View) {
+    o.push_str("<h2>Pipeline</h2><div class=\"grid\">");
+    card(o, "accepted", v.events_accepted, "events accepted");
+    card(o, "received", v.events_received, "events received");
+    card(o, "duplicates", v.events_duplicate, "duplicates dropped");
+    card(o, "rejected", v.rejected.values().sum::<u64>(), "rejected (DLQ)");
+    card(o, "late", v.late.values().sum::<u64>(), "late events");
+    card(o, "lag", v.lag, "consumer lag (messages)");
+    card(o, "committed", v.committed_seq, "committed stream sequence");
+    card(o, "commits", v.commits, "commits");
+    card(o, "windows", v.open_windows, "open windows");
+    o.push_str("</div>");
+}
+
+/// Rejects by reason, late events by meter, and the meters' watermarks.
+fn breakdowns(o: &mut String, v: &View) {
+    o.push_str("<div class=\"panel\"><div><h2>Rejects by reason</h2>");
     let rows: Vec<Vec<String>> = v.rejected.iter().map(|(k, n)| vec![k.clone(), n.to_string()]).collect();
-    table(&mut o, "rejects", &["reason", "events"], &rows, "no rejects since start");
+    table(o, "rejects", &["reason", "events"], &rows, "no rejects since start");
     o.push_str("</div><div><h2>Late events by meter</h2>");
     let rows: Vec<Vec<String>> = v.late.iter().map(|(k, n)| vec![k.clone(), n.to_string()]).collect();
-    table(&mut o, "late-events", &["meter", "events"], &rows, "no late events since start");
+    table(o, "late-events", &["meter", "events"], &rows, "no late events since start");
     o.push_str("</div><div><h2>Watermarks</h2>");
     let rows: Vec<Vec<String>> = v
         .meters
@@ -139,59 +155,58 @@ pub fn render(v: &View, refresh_s: u64) -> String {
             ]
         })
         .collect();
-    table(&mut o, "watermarks", &["meter", "watermark", "age"], &rows, "no meters");
-    o.push_str("</div></div><h2>Billing periods</h2>");
+    table(o, "watermarks", &["meter", "watermark", "age"], &rows, "no meters");
+    o.push_str("</div></div>");
+}
+
+/// The billing periods: close, events, invoices, ERP documents, last reconciliation.
+fn billing_periods(o: &mut String, v: &View) {
+    o.push_str("<h2>Billing periods</h2>");
     if let Some(e) = &v.billing_error {
         let _w = write!(o, "<p class=\"bad\" id=\"billing-error\">{}</p>", escape(e));
     }
-    let recon = |p: &str| v.reconciliations.iter().find(|r| r.period == p);
-    let rows: Vec<Vec<String>> = v
-        .billing
-        .iter()
-        .flat_map(|b| b.periods.iter())
-        .map(|p| {
-            let invoiced = p.invoiced.iter().map(|(c, t)| format!("{c} {t}")).collect::<Vec<_>>().join(", ");
-            let docs = ["posted", "failed", "pending"]
-                .iter()
-                .filter_map(|s| p.documents.get(*s).map(|n| format!("{n} {s}")))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let failed =
-                p.documents.get("failed").copied().unwrap_or(0) + p.documents.get("pending").copied().unwrap_or(0);
-            let reconciled = match recon(&p.period) {
-                Some(r) if r.variances == 0 => badge(true, &format!("zero variance ({})", r.at)),
-                Some(r) => badge(false, &format!("{} rows with a variance ({})", r.variances, r.at)),
-                None => "not run".into(),
-            };
-            vec![
-                p.period.clone(),
-                if p.status == "closed" {
-                    format!("closed ({})", p.closed_by.clone().unwrap_or_default())
-                } else {
-                    "open".into()
-                },
-                p.events.to_string(),
-                format!("{} {}", p.invoices, if invoiced.is_empty() { String::new() } else { format!("({invoiced})") }),
-                if docs.is_empty() {
-                    "none".into()
-                } else if failed > 0 {
-                    badge(false, &docs)
-                } else {
-                    badge(true, &docs)
-                },
-                reconciled,
-            ]
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = v.billing.iter().flat_map(|b| b.periods.iter()).map(|p| period_row(v, p)).collect();
     table(
-        &mut o,
+        o,
         "periods",
         &["period", "status", "events", "invoices", "ERP documents", "reconciliation"],
         &rows,
         "no billing periods yet",
     );
-    o.push_str("</body></html>\n");
-    o
+}
+
+/// One billing period's row.
+fn period_row(v: &View, p: &PeriodStatus) -> Vec<String> {
+    let invoiced = p.invoiced.iter().map(|(c, t)| format!("{c} {t}")).collect::<Vec<_>>().join(", ");
+    let docs = ["posted", "failed", "pending"]
+        .iter()
+        .filter_map(|s| p.documents.get(*s).map(|n| format!("{n} {s}")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let failed = p.documents.get("failed").copied().unwrap_or(0) + p.documents.get("pending").copied().unwrap_or(0);
+    let reconciled = match v.reconciliations.iter().find(|r| r.period == p.period) {
+        Some(r) if r.variances == 0 => badge(true, &format!("zero variance ({})", r.at)),
+        Some(r) => badge(false, &format!("{} rows with a variance ({})", r.variances, r.at)),
+        None => "not run".into(),
+    };
+    vec![
+        p.period.clone(),
+        if p.status == "closed" {
+            format!("closed ({})", p.closed_by.clone().unwrap_or_default())
+        } else {
+            "open".into()
+        },
+        p.events.to_string(),
+        format!("{} {}", p.invoices, if invoiced.is_empty() { String::new() } else { format!("({invoiced})") }),
+        if docs.is_empty() {
+            "none".into()
+        } else if failed > 0 {
+            badge(false, &docs)
+        } else {
+            badge(true, &docs)
+        },
+        reconciled,
+    ]
 }
 
 #[cfg(test)]
@@ -222,6 +237,51 @@ mod tests {
             billing_error: Some("<script>alert(1)</script>".into()),
             reconciliations: vec![],
         }
+    }
+
+    #[test]
+    fn a_billing_period_row_shows_its_close_invoices_documents_and_reconciliation() {
+        let mut v = view();
+        let mut p = PeriodStatus::open("2026-10");
+        p.status = "closed".into();
+        p.closed_by = Some("watermark".into());
+        p.events = 40;
+        p.invoices = 2;
+        p.invoiced = BTreeMap::from([("USD".to_string(), "12.500000000".to_string())]);
+        p.documents = BTreeMap::from([("posted".to_string(), 3), ("failed".to_string(), 1)]);
+        v.billing = Some(crate::status::Status {
+            data_dir: "/data".into(),
+            broker: crate::status::BrokerStatus {
+                url: "nats://x".into(),
+                stream_last_seq: None,
+                dlq_messages: None,
+                error: None,
+            },
+            committed_seq: 12,
+            lag: None,
+            summaries_version: None,
+            events_accepted: 40,
+            late_events: BTreeMap::new(),
+            rejects: BTreeMap::new(),
+            periods: vec![p, PeriodStatus::open("2026-11")],
+        });
+        v.reconciliations = vec![super::super::live::ReconcileResult {
+            period: "2026-10".into(),
+            variances: 0,
+            at: "2026-11-02T00:00:00Z".into(),
+        }];
+        let page = render(&v, 5);
+        assert!(
+            page.contains(
+                "<tr><td>2026-10</td><td>closed (watermark)</td><td>40</td><td>2 (USD 12.500000000)</td>\
+                 <td><span class=\"bad\">3 posted, 1 failed</span></td>\
+                 <td><span class=\"ok\">zero variance (2026-11-02T00:00:00Z)</span></td></tr>"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains("<tr><td>2026-11</td><td>open</td><td>0</td><td>0 </td><td>none</td><td>not run</td></tr>")
+        );
     }
 
     #[test]
