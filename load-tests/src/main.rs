@@ -9,7 +9,7 @@
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use meterflow_load_tests::{report::Summary, run_once, LoadOptions};
+use meterflow_load_tests::{report::Summary, run_once, LoadOptions, RunReport};
 use std::path::PathBuf;
 
 /// mimalloc: the pipeline allocates per event; glibc malloc's free-list work cost ~20% of a profile.
@@ -75,12 +75,8 @@ struct Cli {
     out: PathBuf,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let cli = Cli::parse();
+/// The run's options from the command line, refusing combinations and values that make no sense.
+fn options(cli: &Cli) -> Result<LoadOptions> {
     if cli.skew.is_some() && cli.customers.is_none() {
         bail!("--skew applies to synthetic customers: give --customers too");
     }
@@ -96,7 +92,7 @@ async fn main() -> Result<()> {
     if let Some(m) = cli.lateness_mean_s.filter(|m| !m.is_finite() || *m < 0.0) {
         bail!("--lateness-mean-s must be a number of seconds of at least 0, not {m}");
     }
-    let options = LoadOptions {
+    Ok(LoadOptions {
         config: cli.config.clone(),
         events: cli.events,
         batch_size: cli.batch_size,
@@ -110,43 +106,56 @@ async fn main() -> Result<()> {
         skew: cli.skew.unwrap_or(1.0),
         late_fraction: cli.late_fraction,
         lateness_mean_s: cli.lateness_mean_s.unwrap_or(3_600.0),
-    };
+    })
+}
+
+/// The workload's shape in words.
+fn shape(o: &LoadOptions) -> String {
+    let mut shape = format!("{} events, {} per message", o.events, o.batch_size);
+    if let Some(n) = o.customers {
+        shape += &format!(", {n} customers (skew {})", o.skew);
+    }
+    if let Some(f) = o.late_fraction {
+        shape += &format!(", {f} late (mean {} s)", o.lateness_mean_s);
+    }
+    shape
+}
+
+/// One run's figures, on stderr while the runs go on.
+fn print_run(r: &RunReport) {
+    eprintln!(
+        "  raw publish {:.0} ev/s, raw consume {:.0} ev/s, pipeline {:.0} ev/s (ratio {:.2}), exact: {}",
+        r.raw_publish.events_per_s,
+        r.raw_consume.events_per_s,
+        r.pipeline.events_per_s,
+        r.ratio_to_consume_ceiling,
+        r.exact
+    );
+    let t = &r.time_split;
+    eprintln!(
+        "  pipeline busy {:.2} s: waiting for pulls {:.2} s, core stages {:.2} s, commits {:.2} s",
+        t.busy_secs, t.pull_wait_secs, t.process_secs, t.commit_secs
+    );
+    if r.workload.late_fraction.is_some() {
+        eprintln!(
+            "  late: {} events generated behind the stream time, {} in rows the pipeline flagged late",
+            r.late_generated, r.late_flagged
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    let options = options(&cli)?;
     let mut runs = Vec::new();
     for i in 0..cli.runs.max(1) {
-        let mut shape = String::new();
-        if let Some(n) = options.customers {
-            shape += &format!(", {n} customers (skew {})", options.skew);
-        }
-        if let Some(f) = options.late_fraction {
-            shape += &format!(", {f} late (mean {} s)", options.lateness_mean_s);
-        }
-        eprintln!(
-            "run {} of {}: {} events, {} per message{shape} ...",
-            i + 1,
-            cli.runs.max(1),
-            cli.events,
-            cli.batch_size
-        );
+        eprintln!("run {} of {}: {} ...", i + 1, cli.runs.max(1), shape(&options));
         let r = run_once(&LoadOptions { seed: options.seed + 10 * i as u64, ..options.clone() }).await?;
-        eprintln!(
-            "  raw publish {:.0} ev/s, raw consume {:.0} ev/s, pipeline {:.0} ev/s (ratio {:.2}), exact: {}",
-            r.raw_publish.events_per_s,
-            r.raw_consume.events_per_s,
-            r.pipeline.events_per_s,
-            r.ratio_to_consume_ceiling,
-            r.exact
-        );
-        let t = &r.time_split;
-        eprintln!(
-            "  pipeline busy {:.2} s: waiting for pulls {:.2} s, core stages {:.2} s, commits {:.2} s",
-            t.busy_secs, t.pull_wait_secs, t.process_secs, t.commit_secs
-        );
-        if r.workload.late_fraction.is_some() {
-            eprintln!(
-                "  late: {} events generated behind the stream time, {} in rows the pipeline flagged late",
-                r.late_generated, r.late_flagged
-            );
-        }
+        print_run(&r);
         runs.push(r);
     }
     let command = format!("meterflow-loadgen {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));

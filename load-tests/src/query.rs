@@ -372,8 +372,8 @@ fn read_marker(data_dir: &Path) -> Option<Generated> {
     serde_json::from_str(&text).ok()
 }
 
-/// Writes the table for `o` (replacing one an earlier benchmark run generated) and records it.
-pub async fn generate(o: &QueryBenchOptions) -> Result<Generated> {
+/// Removes the table an earlier benchmark run generated (refusing one it did not generate).
+fn remove_generated(o: &QueryBenchOptions) -> Result<()> {
     let table_dir = o.data_dir.join(SUMMARIES_TABLE);
     if table_dir.exists() {
         if read_marker(&o.data_dir).is_none() {
@@ -386,6 +386,12 @@ pub async fn generate(o: &QueryBenchOptions) -> Result<Generated> {
         std::fs::remove_file(o.data_dir.join(MARKER_FILE)).context("removing the old marker")?;
         std::fs::remove_dir_all(&table_dir).with_context(|| format!("removing {}", table_dir.display()))?;
     }
+    Ok(())
+}
+
+/// Writes the table for `o` (replacing one an earlier benchmark run generated) and records it.
+pub async fn generate(o: &QueryBenchOptions) -> Result<Generated> {
+    remove_generated(o)?;
     std::fs::create_dir_all(&o.data_dir).with_context(|| format!("creating {}", o.data_dir.display()))?;
     let total = expected_rows(o)?;
     let mut generator = Generator::new(o.customers, o.meters)?;
@@ -423,20 +429,7 @@ pub async fn generate(o: &QueryBenchOptions) -> Result<Generated> {
     if o.progress {
         eprintln!("  generated {written} rows in {commits} commits in {generate_secs:.1} s");
     }
-    let compaction = if o.compact {
-        let t = Instant::now();
-        if o.progress {
-            eprintln!("  compacting (SummaryTable::compact, as the pipeline does every compact_every_commits) ...");
-        }
-        let (removed, added) = table.compact().await?;
-        let secs = t.elapsed().as_secs_f64();
-        if o.progress {
-            eprintln!("  compacted {removed} files into {added} in {secs:.1} s");
-        }
-        Some((removed, added, secs))
-    } else {
-        None
-    };
+    let compaction = if o.compact { Some(compact(&mut table, o.progress).await?) } else { None };
     let generated = Generated {
         customers: o.customers,
         meters: o.meters,
@@ -453,6 +446,20 @@ pub async fn generate(o: &QueryBenchOptions) -> Result<Generated> {
     std::fs::write(&marker, serde_json::to_string_pretty(&generated)?)
         .with_context(|| format!("writing {}", marker.display()))?;
     Ok(generated)
+}
+
+/// Compacts the table as the pipeline does: `(files removed, files added, seconds)`.
+async fn compact(table: &mut SummaryTable, progress: bool) -> Result<(u64, u64, f64)> {
+    let t = Instant::now();
+    if progress {
+        eprintln!("  compacting (SummaryTable::compact, as the pipeline does every compact_every_commits) ...");
+    }
+    let (removed, added) = table.compact().await?;
+    let secs = t.elapsed().as_secs_f64();
+    if progress {
+        eprintln!("  compacted {removed} files into {added} in {secs:.1} s");
+    }
+    Ok((removed, added, secs))
 }
 
 async fn commit_chunk(table: &mut SummaryTable, rows: &mut Vec<SummaryRow>, through_seq: u64) -> Result<()> {
