@@ -28,13 +28,42 @@ pub struct BrokerStatus {
     pub error: Option<String>,
 }
 
+/// Whether a billing period is still open or closed (sealed at a summaries version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeriodState {
+    /// Usage still lands on the period's own invoice.
+    Open,
+    /// Closed: later usage of it becomes adjustments on a later invoice.
+    Closed,
+}
+
+impl PeriodState {
+    /// Both states, as the metrics label them.
+    pub const ALL: [PeriodState; 2] = [PeriodState::Open, PeriodState::Closed];
+
+    /// `open` or `closed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeriodState::Open => "open",
+            PeriodState::Closed => "closed",
+        }
+    }
+}
+
+impl std::fmt::Display for PeriodState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// One billing period.
 #[derive(Debug, Clone, Serialize)]
 pub struct PeriodStatus {
     /// Label.
     pub period: String,
-    /// `open` or `closed`.
-    pub status: String,
+    /// Open or closed.
+    pub status: PeriodState,
     /// `watermark` or `manual`.
     pub closed_by: Option<String>,
     /// Summaries version the close sealed.
@@ -54,7 +83,7 @@ impl PeriodStatus {
     pub fn open(period: &str) -> PeriodStatus {
         PeriodStatus {
             period: period.to_string(),
-            status: "open".into(),
+            status: PeriodState::Open,
             closed_by: None,
             sealed_version: None,
             events: 0,
@@ -249,7 +278,7 @@ async fn period_statuses(sql: &ReadOnlySql, period_events: &BTreeMap<String, u64
         for r in sql.rows(PERIOD_CLOSES_SQL, &[]).await?.iter() {
             let period = r.text(0)?;
             let p = periods.entry(period.clone()).or_insert_with(|| blank(&period));
-            p.status = "closed".into();
+            p.status = PeriodState::Closed;
             p.closed_by = Some(r.text(1)?);
             p.sealed_version = r.opt_int(2)?;
         }
@@ -378,12 +407,13 @@ mod tests {
     #[test]
     fn periods_take_their_events_and_periods_with_only_events_are_open() {
         let mut closed = PeriodStatus::open("2026-08");
-        closed.status = "closed".into();
+        closed.status = PeriodState::Closed;
         closed.invoices = 3;
         let events = BTreeMap::from([("2026-08".to_string(), 7), ("2026-09".to_string(), 4)]);
         let all = with_events(&[closed], &events);
         let got: Vec<(&str, &str, u64, u64)> =
             all.iter().map(|p| (p.period.as_str(), p.status.as_str(), p.events, p.invoices)).collect();
+        assert_eq!(format!("[{:<6}]", PeriodState::Open), "[open  ]", "the CLI's column is padded");
         assert_eq!(got, vec![("2026-08", "closed", 7, 3), ("2026-09", "open", 4, 0)]);
     }
 }

@@ -171,9 +171,9 @@ impl Ops {
         let reconciles = live::load_reconciles(&config.storage.data_dir);
         let m = &self.metrics;
         if let Ok(s) = &status {
-            for state in ["open", "closed"] {
+            for state in status::PeriodState::ALL {
                 let n = s.periods.iter().filter(|p| p.status == state).count();
-                m.billing_periods.get_or_create(&metrics::label("state", state)).set(n as i64);
+                m.billing_periods.get_or_create(&metrics::label("state", state.as_str())).set(n as i64);
             }
             for doc in ["posted", "failed", "pending"] {
                 let n: u64 = s.periods.iter().filter_map(|p| p.documents.get(doc)).sum();

@@ -191,7 +191,7 @@ fn period_row(v: &View, p: &PeriodStatus) -> Vec<String> {
     };
     vec![
         p.period.clone(),
-        if p.status == "closed" {
+        if p.status == crate::status::PeriodState::Closed {
             format!("closed ({})", p.closed_by.clone().unwrap_or_default())
         } else {
             "open".into()
@@ -243,7 +243,7 @@ mod tests {
     fn a_billing_period_row_shows_its_close_invoices_documents_and_reconciliation() {
         let mut v = view();
         let mut p = PeriodStatus::open("2026-10");
-        p.status = "closed".into();
+        p.status = crate::status::PeriodState::Closed;
         p.closed_by = Some("watermark".into());
         p.events = 40;
         p.invoices = 2;
