@@ -665,6 +665,14 @@ async fn wait_committed(ops: &Ops, last_seq: u64) -> Result<()> {
     Ok(())
 }
 
+/// Logs of the load-test tools to stderr (stdout carries their reports): errors only, unless
+/// `RUST_LOG` says otherwise.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,9 +57,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    meterflow_load_tests::init_logging();
     let cli = Cli::parse();
     let Some(python) = cli.python.clone() else {
         anyhow::bail!(
