@@ -55,25 +55,25 @@ pub struct Row<'a> {
 }
 
 impl Row<'_> {
-    fn column(&self, col: usize) -> Result<(&ArrayRef, String)> {
-        let schema = self.batch.schema();
-        match (self.batch.columns().get(col), schema.fields().get(col)) {
-            (Some(a), Some(f)) => Ok((a, f.name().clone())),
-            _ => Err(SinkError::Sql(format!(
-                "the query returned {} columns; column {col} was read",
-                self.batch.num_columns()
-            ))),
-        }
+    fn column(&self, col: usize) -> Result<&ArrayRef> {
+        self.batch.columns().get(col).ok_or_else(|| {
+            SinkError::Sql(format!("the query returned {} columns; column {col} was read", self.batch.num_columns()))
+        })
     }
 
-    fn type_err(name: &str, wanted: &str, found: &DataType) -> SinkError {
-        SinkError::Sql(format!("column {name} is {found}, read as {wanted}"))
+    /// The column's name, for errors only (reading a cell allocates nothing for it).
+    fn name(&self, col: usize) -> String {
+        self.batch.schema().fields().get(col).map(|f| f.name().clone()).unwrap_or_default()
+    }
+
+    fn type_err(&self, col: usize, wanted: &str, found: &DataType) -> SinkError {
+        SinkError::Sql(format!("column {} is {found}, read as {wanted}", self.name(col)))
     }
 
     /// A text cell (a string column, or any other column as its display text); null reads as
     /// `None`.
     pub fn opt_text(&self, col: usize) -> Result<Option<String>> {
-        let (a, name) = self.column(col)?;
+        let a = self.column(col)?;
         if a.is_null(self.i) {
             return Ok(None);
         }
@@ -83,7 +83,7 @@ impl Row<'_> {
             DataType::Utf8View => a.as_string_view().value(self.i).to_string(),
             other => {
                 let f = ArrayFormatter::try_new(a.as_ref(), &FormatOptions::default())
-                    .map_err(|_| Row::type_err(&name, "text", other))?;
+                    .map_err(|_| self.type_err(col, "text", other))?;
                 f.value(self.i).to_string()
             }
         };
@@ -97,18 +97,21 @@ impl Row<'_> {
 
     /// An integer cell (any integer column); null reads as `None`.
     pub fn opt_int(&self, col: usize) -> Result<Option<i64>> {
-        let (a, name) = self.column(col)?;
+        let a = self.column(col)?;
         if a.is_null(self.i) {
             return Ok(None);
         }
-        if !a.data_type().is_integer() {
-            return Err(Row::type_err(&name, "an integer", a.data_type()));
+        match a.data_type() {
+            // COUNT, SUM of BIGINT and every integer column meterflow writes: read directly.
+            DataType::Int64 => return Ok(Some(a.as_primitive::<Int64Type>().value(self.i))),
+            t if t.is_integer() => {}
+            other => return Err(self.type_err(col, "an integer", other)),
         }
-        let one =
-            cast(&a.slice(self.i, 1), &DataType::Int64).map_err(|e| SinkError::Sql(format!("column {name}: {e}")))?;
+        let one = cast(&a.slice(self.i, 1), &DataType::Int64)
+            .map_err(|e| SinkError::Sql(format!("column {}: {e}", self.name(col))))?;
         let v = one.as_primitive::<Int64Type>();
         if v.is_null(0) {
-            return Err(SinkError::Sql(format!("column {name}: value past the 64-bit integer range")));
+            return Err(SinkError::Sql(format!("column {}: value past the 64-bit integer range", self.name(col))));
         }
         Ok(Some(v.value(0)))
     }
@@ -122,27 +125,29 @@ impl Row<'_> {
     pub fn count(&self, col: usize) -> Result<u64> {
         let v = self.int(col)?;
         u64::try_from(v).map_err(|_| {
-            let name = self.column(col).map(|(_, n)| n).unwrap_or_default();
-            SinkError::Sql(format!("column {name}: {v} is negative where a count was expected"))
+            SinkError::Sql(format!("column {}: {v} is negative where a count was expected", self.name(col)))
         })
     }
 
     /// An exact decimal cell (a `Decimal128` or integer column); null reads as `None`.
     pub fn opt_dec(&self, col: usize) -> Result<Option<Decimal>> {
-        let (a, name) = self.column(col)?;
+        let a = self.column(col)?;
         if a.is_null(self.i) {
             return Ok(None);
         }
         match a.data_type() {
             DataType::Decimal128(_, scale) => {
                 let v = a.as_primitive::<deltalake::arrow::datatypes::Decimal128Type>().value(self.i);
-                let scale = u32::try_from(*scale).map_err(|_| Row::type_err(&name, "a decimal", a.data_type()))?;
+                let scale = u32::try_from(*scale).map_err(|_| self.type_err(col, "a decimal", a.data_type()))?;
                 Decimal::try_from_i128_with_scale(v, scale).map(Some).map_err(|e| {
-                    SinkError::Sql(format!("column {name}: {v}e-{scale} does not fit a 96-bit decimal ({e})"))
+                    SinkError::Sql(format!(
+                        "column {}: {v}e-{scale} does not fit a 96-bit decimal ({e})",
+                        self.name(col)
+                    ))
                 })
             }
             t if t.is_integer() => Ok(self.opt_int(col)?.map(Decimal::from)),
-            other => Err(Row::type_err(&name, "a decimal", other)),
+            other => Err(self.type_err(col, "a decimal", other)),
         }
     }
 
