@@ -27,6 +27,7 @@ mod rejections;
 pub mod sql;
 mod state;
 mod storage;
+mod summary_rows;
 mod sync_store;
 mod table;
 mod vacuum;
@@ -42,11 +43,8 @@ pub use sync_store::SyncStore;
 pub use vacuum::{vacuum_tables, Vacuumed};
 // The SummaryRow → Arrow step of every commit, public so `benches/benches/parquet_encode.rs`
 // can measure it on its own.
-pub use table::{encode_rows, unscaled};
-pub use table::{
-    open_or_create_table, summaries_schema, CommitRange, Committed, RowKind, SummaryRow, SummaryTable, APP_ID,
-    STREAM_APP_ID, SUMMARIES_TABLE,
-};
+pub use summary_rows::{encode_rows, summaries_schema, unscaled, RowKind, SummaryRow, AMOUNT_SCALE, QUANTITY_SCALE};
+pub use table::{open_or_create_table, CommitRange, Committed, SummaryTable, APP_ID, STREAM_APP_ID, SUMMARIES_TABLE};
 
 pub use table::SUMMARIES_RETENTION;
 
