@@ -28,6 +28,12 @@ const fn default_fetch_max_bytes() -> usize {
 const fn default_fetch_wait_ms() -> u64 {
     100
 }
+fn default_catalog_stream() -> String {
+    "METERFLOW_CATALOG".into()
+}
+fn default_catalog_subject() -> String {
+    "meterflow.catalog".into()
+}
 const fn default_ack_wait_s() -> u64 {
     60
 }
@@ -108,6 +114,13 @@ pub struct NatsConfig {
     /// Consumer ack wait, in seconds: must exceed the longest commit.
     #[serde(default = "default_ack_wait_s")]
     pub ack_wait_s: u64,
+    /// Stream holding the catalog (customers, subject ownership, subscriptions, plans): one
+    /// message per revision, kept forever; created if absent.
+    #[serde(default = "default_catalog_stream")]
+    pub catalog_stream: String,
+    /// Subject the catalog's revisions are published on.
+    #[serde(default = "default_catalog_subject")]
+    pub catalog_subject: String,
 
     // Authentication: at most one of user/password, token, NKey seed, creds file. An empty value
     // counts as unset (so an empty environment variable does not switch a method on).
@@ -270,6 +283,8 @@ impl Default for NatsConfig {
             fetch_wait_ms: default_fetch_wait_ms(),
             fetch_max_bytes: default_fetch_max_bytes(),
             ack_wait_s: default_ack_wait_s(),
+            catalog_stream: default_catalog_stream(),
+            catalog_subject: default_catalog_subject(),
             user: None,
             password: None,
             password_file: None,

@@ -1,7 +1,7 @@
 //! Enrichment: usage subject → customer, from reference data, with the publish-subject rule
 //! (a customer bound to `publish_subjects` takes usage only from those NATS subjects).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -10,13 +10,13 @@ use meterflow_schemas::RejectReason;
 use crate::{IngestError, Result};
 
 /// A customer as written in the reference data (`customers.toml`, `[[customers]]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerConfig {
     /// Stable customer id (used in tables and invoices).
     pub id: String,
     /// Display name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The event subjects that belong to this customer.
     pub subjects: Vec<String>,
@@ -28,10 +28,10 @@ pub struct CustomerConfig {
     pub erp_customer_id: String,
     /// The price plan the customer is on from the beginning of time (shorthand for one
     /// open-ended subscription). Use `subscriptions` for plan changes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
     /// Effective-dated subscriptions (`[[customers.subscriptions]]`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscriptions: Vec<SubscriptionConfig>,
     /// Day of the month billing periods start on (1 to 28; default 1, calendar months).
     #[serde(default = "default_anchor_day")]
@@ -40,7 +40,7 @@ pub struct CustomerConfig {
     /// example `["usage.tenant-a.>"]`. Empty: any usage subject. With NATS permissions that let
     /// each tenant publish only to its own subjects, this stops one tenant from publishing
     /// events that name another tenant's customer.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish_subjects: Vec<String>,
 }
 
@@ -70,16 +70,16 @@ const fn default_anchor_day() -> u32 {
 }
 
 /// A subscription as written in the reference data: a plan over `[start, end)`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
     /// Plan id.
     pub plan: String,
     /// First day (`YYYY-MM-DD`, midnight UTC) or instant (RFC 3339) covered; open when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<String>,
     /// First day or instant no longer covered; open when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<String>,
 }
 

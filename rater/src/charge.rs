@@ -5,17 +5,17 @@
 //! that total first. Incremental rating (`price(after) - price(before)`) builds on it.
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::RaterError;
 use crate::exact::{exact_mul, MAX_PERIOD_AMOUNT, MAX_PERIOD_TOTAL, MAX_PRICE_SCALE};
 
 /// One tier of a tiered model. `up_to` is inclusive; the last tier has none (open-ended).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// Upper bound of the tier, inclusive; omitted on the last tier.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub up_to: Option<Decimal>,
     /// Price per unit in this tier.
     pub unit_price: Decimal,
@@ -25,7 +25,7 @@ pub struct Tier {
 }
 
 /// The pricing model of one meter in one plan version.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "model", rename_all = "snake_case")]
 pub enum ChargeModel {
     /// `total x unit_price`.
@@ -53,7 +53,7 @@ pub enum ChargeModel {
 }
 
 /// One meter's charge: a model and an allowance of free units per billing period.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Charge {
     /// The meter priced.
     pub meter: String,
@@ -64,11 +64,11 @@ pub struct Charge {
     #[serde(flatten)]
     pub model: ChargeModel,
     /// ERP item (product) code of this meter's invoice lines; defaults to the meter name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<String>,
     /// GL revenue account credited with this meter's amounts; defaults to the billing config's
     /// `default_revenue_account`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revenue_account: Option<String>,
 }
 

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use crate::charge::Charge;
@@ -11,13 +11,13 @@ use crate::error::RaterError;
 use crate::exact::MAX_PRICE_SCALE;
 
 /// A plan as written in the reference data (`[[plans]]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanConfig {
     /// Plan id, referenced by subscriptions.
     pub id: String,
     /// Display name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// ISO 4217 currency of every price in the plan.
     pub currency: String,
@@ -26,7 +26,7 @@ pub struct PlanConfig {
 }
 
 /// One version of a plan (`[[plans.versions]]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanVersionConfig {
     /// When this version starts to apply: `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time.
