@@ -222,6 +222,11 @@ impl Broker {
         &self.js
     }
 
+    /// The plain NATS client (for subscriptions outside JetStream, such as catalog notices).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// The config this broker was built from.
     pub fn config(&self) -> &NatsConfig {
         &self.config

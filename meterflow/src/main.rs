@@ -6,7 +6,7 @@ mod commands;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use commands::demo::{self, DemoOptions};
-use commands::{finance, rerate, trace};
+use commands::{catalog, finance, rerate, trace};
 use meterflow_pipeline::config::{Config, LogFormat, Overrides};
 use meterflow_pipeline::ops::Ops;
 use meterflow_pipeline::{status, Pipeline, RunOptions, StartOptions};
@@ -235,6 +235,15 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The live catalog: customers, the subjects they own, subscriptions and plans, kept as
+    /// revisions on the broker. `meterflow run` picks a new revision up within seconds, without
+    /// a restart; the reference files of the config are imported into an empty catalog.
+    Catalog {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
     /// Start a local nats-server with JetStream (unless --nats-url is given), publish a
     /// realistic workload with duplicates and bad events, run the pipeline until drained,
     /// check the totals against the workload's oracle and print them.
@@ -259,6 +268,44 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         batch_size: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogAction {
+    /// Add or replace customers and plans from a file: `.toml` or `.json` in the reference-data
+    /// format ([[customers]], [[plans]]), or a `.csv` export of accounts (columns id, name,
+    /// currency, legal_entity, erp_customer_id, subjects, plan, billing_anchor_day,
+    /// publish_subjects; map other headers with --column). The change is checked against the
+    /// newest revision first (no overlapping subscriptions or subject ownership, every plan
+    /// known, currencies consistent, plan versions and billing anchors kept); a refused change
+    /// names the record and the rule, and nothing is applied.
+    Apply {
+        /// The file.
+        file: PathBuf,
+        /// Print what would change; apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Who makes the change (default: $USER).
+        #[arg(long)]
+        author: Option<String>,
+        /// Why, recorded with the revision.
+        #[arg(long)]
+        comment: Option<String>,
+        /// CSV column mapping, for example --column "id=Account ID" (repeatable).
+        #[arg(long = "column", value_name = "FIELD=HEADER")]
+        columns: Vec<String>,
+    },
+    /// Print the catalog (default: the newest revision) in the format `apply` reads.
+    Show {
+        /// The revision to print.
+        #[arg(long)]
+        revision: Option<u64>,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every revision: when, by whom, from where, and what it changed.
+    History,
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
@@ -365,6 +412,23 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Vacuum { common, dry_run } => vacuum(common, dry_run).await,
+        Command::Catalog { common, action } => {
+            init_logging("warn");
+            let config = common.load()?;
+            let out = match action {
+                CatalogAction::Apply { file, dry_run, author, comment, columns } => {
+                    let opts = catalog::ApplyOptions { file, dry_run, author, comment, columns };
+                    catalog::apply(&config, &opts).await?
+                }
+                CatalogAction::Show { revision, json } => {
+                    let format = if json { catalog::ShowFormat::Json } else { catalog::ShowFormat::Toml };
+                    catalog::show(&config, revision, format).await?
+                }
+                CatalogAction::History => catalog::history(&config).await?,
+            };
+            print!("{out}");
+            Ok(())
+        }
         Command::Demo { config, nats_url, data_dir, events, batch_events, batch_size } => {
             init_logging("warn");
             let overrides = Overrides { nats_url, data_dir };

@@ -433,41 +433,72 @@ fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     toml::from_str(&text).with_context(|| format!("reference data {} is invalid", path.display()))
 }
 
+/// A customer's subscriptions (the `plan` shorthand first), checked not to overlap.
+fn subscriptions_of(c: &CustomerConfig, origin: &str) -> Result<Vec<Subscription>> {
+    let mut subs: Vec<Subscription> =
+        c.plan.iter().map(|p| Subscription { plan: p.clone(), start: None, end: None }).collect();
+    for s in &c.subscriptions {
+        let when = |v: &Option<String>| -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+            v.as_deref()
+                .map(|t| {
+                    parse_instant(t).with_context(|| {
+                        format!("{origin}: customer `{}`: {t:?} is not YYYY-MM-DD or an RFC 3339 time", c.id)
+                    })
+                })
+                .transpose()
+        };
+        subs.push(Subscription { plan: s.plan.clone(), start: when(&s.start)?, end: when(&s.end)? });
+    }
+    check_subscriptions(&subs).map_err(|e| anyhow::anyhow!("{origin}: customer `{}` {e}", c.id))?;
+    Ok(subs)
+}
+
 impl Reference {
-    /// Loads and validates the reference data named by the config.
+    /// Loads and validates the reference data in the files named by the config (the import
+    /// format of the catalog; the fixtures and benches read them directly).
     pub fn load(config: &Config) -> Result<Reference> {
-        let meters = Meters::new(config.meters.clone()).context("invalid [[meters]] in the config")?;
-        let names: Vec<&str> = meters.configs().iter().map(|m| m.name.as_str()).collect();
+        let records = Reference::file_records(config)?;
+        let origin = config.reference.customers.display().to_string();
+        let plans = config.reference.plans.display().to_string();
+        Reference::build(config, records.customers, records.plans, &origin, &plans)
+    }
+
+    /// The customers and plans of the reference files named by the config, unchecked.
+    pub fn file_records(config: &Config) -> Result<meterflow_catalog::Records> {
         let customers: CustomersFile = read_toml(&config.reference.customers)?;
         let plans: PlansFile = read_toml(&config.reference.plans)?;
-        let prices = PriceBook::new(plans.plans, &names)
-            .with_context(|| format!("reference data {}", config.reference.plans.display()))?;
-        let origin = config.reference.customers.display().to_string();
-        let directory = Directory::new(customers.customers, &origin)?;
+        Ok(meterflow_catalog::Records { customers: customers.customers, plans: plans.plans })
+    }
+
+    /// The reference data of a catalog revision, checked as the files are.
+    pub fn of_catalog(config: &Config, catalog: &meterflow_catalog::Catalog, origin: &str) -> Result<Reference> {
+        Reference::build(config, catalog.customers().to_vec(), catalog.plans().to_vec(), origin, origin)
+    }
+
+    /// Checks customers and plans against each other and the config's meters: every record's
+    /// own rules, subscriptions that do not overlap, subscribed plans that exist, currencies
+    /// that match. Errors name the record and the rule; `origin` and `plans_origin` say where
+    /// the customers and the plans came from.
+    pub fn build(
+        config: &Config,
+        customers: Vec<CustomerConfig>,
+        plans: Vec<PlanConfig>,
+        origin: &str,
+        plans_origin: &str,
+    ) -> Result<Reference> {
+        let meters = Meters::new(config.meters.clone()).context("invalid [[meters]] in the config")?;
+        let names: Vec<&str> = meters.configs().iter().map(|m| m.name.as_str()).collect();
+        let prices = PriceBook::new(plans, &names).with_context(|| format!("reference data {plans_origin}"))?;
+        let directory = Directory::new(customers, origin)?;
         let mut subscriptions = Vec::with_capacity(directory.customers().len());
         for c in directory.customers() {
-            let mut subs: Vec<Subscription> =
-                c.plan.iter().map(|p| Subscription { plan: p.clone(), start: None, end: None }).collect();
-            for s in &c.subscriptions {
-                let when = |v: &Option<String>| -> Result<Option<chrono::DateTime<chrono::Utc>>> {
-                    v.as_deref()
-                        .map(|t| {
-                            parse_instant(t).with_context(|| {
-                                format!("{origin}: customer `{}`: {t:?} is not YYYY-MM-DD or an RFC 3339 time", c.id)
-                            })
-                        })
-                        .transpose()
-                };
-                subs.push(Subscription { plan: s.plan.clone(), start: when(&s.start)?, end: when(&s.end)? });
-            }
-            check_subscriptions(&subs).map_err(|e| anyhow::anyhow!("{origin}: customer `{}` {e}", c.id))?;
+            let subs = subscriptions_of(c, origin)?;
             for s in &subs {
                 let Some(plan) = prices.plan(&s.plan) else {
                     bail!(
-                        "{origin}: customer `{}` subscribes to plan `{}`, which {} does not define",
+                        "{origin}: customer `{}` subscribes to plan `{}`, which {plans_origin} does not define",
                         c.id,
                         s.plan,
-                        config.reference.plans.display()
                     );
                 };
                 if plan.currency.code != c.currency {

@@ -3,6 +3,8 @@
 //! The layers, from the bottom up (each uses only those below it):
 //!
 //! * [`config`]: the config file, `METERFLOW_<SECTION>__<KEY>` overrides, reference data;
+//! * [`catalog`]: the live catalog: reference data of a revision, checked changes, the first
+//!   import of the reference files;
 //! * [`stats`]: what a run counts and how it ends;
 //! * [`checks`]: start-up checks of the stream against the tables' progress;
 //! * [`status`]: the status of a data directory and stream, read from the tables and broker;
@@ -13,6 +15,7 @@
 //!   rate), pure apart from the internal events they emit;
 //! * [`run`]: the [`Pipeline`]: start-up, the run loop and the commit protocol.
 
+pub mod catalog;
 pub mod checks;
 pub mod config;
 pub mod events;

@@ -18,6 +18,9 @@ pub const APP_ID: &str = "meterflow-pipeline";
 /// Application id of the transaction that records which stream incarnation the progress
 /// belongs to (version = the stream's creation time in Unix microseconds).
 pub const STREAM_APP_ID: &str = "meterflow-stream";
+/// Application id of the transaction that records the catalog revision the committed range was
+/// decided under (version = the revision).
+pub const CATALOG_APP_ID: &str = "meterflow-catalog";
 
 /// Reopen the table handle after this many commits: delta-rs commit latency grows with the
 /// lifetime of one handle.
@@ -42,6 +45,8 @@ pub struct CommitRange {
     pub through: u64,
     /// The identity of the stream the range belongs to (see [`SummaryTable::stream_identity`]).
     pub stream: Option<i64>,
+    /// The catalog revision the range was decided under (see [`SummaryTable::catalog_revision`]).
+    pub catalog: Option<u64>,
 }
 
 /// What [`SummaryTable::commit`] did.
@@ -296,6 +301,15 @@ impl SummaryTable {
         snapshot.transaction_version(table.log_store().as_ref(), STREAM_APP_ID).await.map_err(delta_err)
     }
 
+    /// The catalog revision the last committed range was decided under, or `None` for a table
+    /// written before it was recorded.
+    pub async fn catalog_revision(&self) -> Result<Option<u64>> {
+        let table = self.table()?;
+        let snapshot = table.snapshot().map_err(delta_err)?;
+        let v = snapshot.transaction_version(table.log_store().as_ref(), CATALOG_APP_ID).await.map_err(delta_err)?;
+        Ok(v.map(|v| v.max(0) as u64))
+    }
+
     /// Current table version, as last read (`None` before a handle is open).
     pub fn version(&self) -> Option<u64> {
         self.table.as_ref().and_then(|t| t.version())
@@ -346,6 +360,9 @@ impl SummaryTable {
         let mut txns = vec![Transaction::new(APP_ID, seq)];
         if let Some(stream) = range.stream {
             txns.push(Transaction::new(STREAM_APP_ID, stream));
+        }
+        if let Some(revision) = range.catalog {
+            txns.push(Transaction::new(CATALOG_APP_ID, seq_i64(revision, "catalog revision")?));
         }
         let props = CommitProperties::default().with_application_transactions(txns);
         let result = if rows.is_empty() {
@@ -505,7 +522,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn range(after: u64, through: u64) -> CommitRange {
-        CommitRange { after, through, stream: Some(42) }
+        CommitRange { after, through, stream: Some(42), catalog: Some(1) }
     }
 
     async fn rows_in(dir: &Path) -> String {
@@ -528,6 +545,7 @@ pub(crate) mod tests {
         assert_eq!(rows_in(dir.path()).await, "n,q\n1,3.000000000\n");
         assert_eq!(t.commit(&[row("1", "0.0002", 8)], range(7, 8)).await.unwrap(), Committed::Written(2));
         assert_eq!(t.stream_identity().await.unwrap(), Some(42));
+        assert_eq!(t.catalog_revision().await.unwrap(), Some(1), "the catalog revision of the range is recorded");
     }
 
     // Found in review: a second pipeline on the same data directory reopened its handle after a

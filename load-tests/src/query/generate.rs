@@ -272,7 +272,7 @@ pub(super) async fn commit_chunk(table: &mut SummaryTable, rows: &mut Vec<Summar
         r.revision = through_seq;
     }
     let after = table.committed_seq().await.context("reading the generated table's progress")?;
-    let range = meterflow_sink::CommitRange { after, through: through_seq, stream: None };
+    let range = meterflow_sink::CommitRange { after, through: through_seq, stream: None, catalog: None };
     table.commit(rows, range).await.context("committing generated rows")?;
     rows.clear();
     Ok(())

@@ -9,7 +9,7 @@ use meterflow_sink::sql::{render, Format};
 use meterflow_sink::{PeriodTable, SummaryTable};
 use std::path::PathBuf;
 
-use meterflow_pipeline::config::{Config, Reference};
+use meterflow_pipeline::config::Config;
 
 /// Appends one line of formatted text.
 fn line(s: &mut String, args: std::fmt::Arguments<'_>) {
@@ -137,7 +137,7 @@ pub struct InvoiceOptions {
 
 /// Computes (and finalizes, unless previewing) the invoices of a period.
 pub async fn invoice(config: &Config, opts: &InvoiceOptions) -> Result<String> {
-    let reference = Reference::load(config)?;
+    let (_, reference) = meterflow_pipeline::catalog::current_reference(config).await?;
     let request = InvoiceRequest {
         period: opts.period.clone(),
         customer: opts.customer.clone(),

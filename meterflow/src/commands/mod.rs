@@ -1,10 +1,12 @@
 //! The commands beyond `run`, each over the pipeline library and the stage crates:
 //!
+//! * [`catalog`]: `meterflow catalog apply`, `show`, `history`: the live catalog;
 //! * [`finance`]: `meterflow invoices`, `post`, `reconcile`;
 //! * [`rerate`]: `meterflow rerate`, price corrections as adjustment rows;
 //! * [`trace`]: `meterflow trace`, one event's lineage to its invoice lines and ERP postings;
 //! * [`demo`]: `meterflow demo`, a local broker, a workload and the whole pipeline end to end.
 
+pub mod catalog;
 pub mod demo;
 pub mod finance;
 pub mod rerate;

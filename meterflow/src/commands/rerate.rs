@@ -12,7 +12,7 @@ use meterflow_sink::sql::{render, Format, ReadOnlySql};
 use meterflow_sink::{RowKind, SummaryRow, SummaryTable};
 use rust_decimal::Decimal;
 
-use meterflow_pipeline::config::{Config, Reference};
+use meterflow_pipeline::config::Config;
 
 /// One adjustment and why.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub async fn rerate(config: &Config, period_label: &str) -> Result<Vec<Adjustmen
         )
     })?;
     let label = period.label();
-    let reference = Reference::load(config)?;
+    let (_, reference) = meterflow_pipeline::catalog::current_reference(config).await?;
     let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
     if sql.tables.is_empty() {
         bail!("no tables in {}: nothing to rerate", config.storage.data_dir.display());

@@ -144,7 +144,7 @@ pub async fn trace(config: &Config, q: &TraceQuery) -> Result<Vec<EventTrace>> {
         .await
         .with_context(|| format!("stream sequence {seq} is not in the usage stream (never published, or expired)"))?;
     let decoded = decode_message(&message.payload);
-    let reference = Reference::load(config)?;
+    let (_, reference) = meterflow_pipeline::catalog::current_reference(config).await?;
     let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
     let committed =
         meterflow_sink::SummaryTable::open_or_create(&config.storage.data_dir).await?.committed_seq().await?;

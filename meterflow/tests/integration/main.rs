@@ -3,6 +3,7 @@
 //!
 //! * [`pipeline_e2e`]: exact totals, restarts, late data, other engines reading the tables;
 //! * [`bad_input`]: every kind of bad input rejected with a reason, nothing else lost;
+//! * [`live_catalog`]: customers onboarded while the pipeline runs, replays across catalog changes;
 //! * [`billing_e2e`]: golden invoices, posting, reconcile, compaction and vacuum;
 //! * [`broker_and_disk_faults`]: broker restarts, disk faults, two writers, lost consumers;
 //! * [`nats_security`]: TLS, credentials and least-privilege permissions;
@@ -15,6 +16,7 @@ mod common;
 mod bad_input;
 mod billing_e2e;
 mod broker_and_disk_faults;
+mod live_catalog;
 mod nats_security;
 mod ops_page;
 mod pipeline_e2e;

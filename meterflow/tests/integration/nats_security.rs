@@ -43,10 +43,17 @@ const PIPELINE_PUBLISH: &[&str] = &[
     "$KV.meterflow_leases.USAGE.meterflow",
     // Asking the stream whether skipped sequences exist (only after a gap).
     "$JS.API.STREAM.MSG.GET.USAGE",
+    // The catalog: reading its revisions; creating the stream and importing the reference
+    // files as the first revision only while it does not exist yet.
+    "$JS.API.STREAM.INFO.METERFLOW_CATALOG",
+    "$JS.API.STREAM.MSG.GET.METERFLOW_CATALOG",
+    "$JS.API.STREAM.CREATE.METERFLOW_CATALOG",
+    "meterflow.catalog",
 ];
 /// Replies to the pipeline's requests and pulled messages arrive on its inbox. (An empty allow
 /// list would mean "everything" to nats-server, not "nothing".)
-const PIPELINE_SUBSCRIBE: &[&str] = &["_INBOX.>"];
+/// Catalog changes arrive as they are appended on the catalog subject.
+const PIPELINE_SUBSCRIBE: &[&str] = &["_INBOX.>", "meterflow.catalog"];
 
 fn quoted(subjects: &[&str]) -> String {
     subjects.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")

@@ -369,27 +369,19 @@ async fn rerate_after_a_price_correction_appends_the_difference_once() {
     let key = ("acme".to_string(), "api_calls".to_string());
     assert_eq!(totals(&env)[&key].1, d("21.50"));
 
-    // Finance corrects the first tier's price in place: 0.0002 -> 0.00025.
-    let examples = std::path::Path::new(
-        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
-    )
-    .join("../examples");
-    let corrected = env.dir.path().join("corrected");
-    std::fs::create_dir_all(corrected.join("reference")).unwrap();
-    std::fs::copy(examples.join("meterflow.toml"), corrected.join("meterflow.toml")).unwrap();
-    std::fs::copy(examples.join("reference/customers.toml"), corrected.join("reference/customers.toml")).unwrap();
-    let plans = std::fs::read_to_string(examples.join("reference/plans.toml")).unwrap();
+    // Finance corrects the first tier's price in place through the catalog: 0.0002 -> 0.00025.
+    let plans = std::fs::read_to_string(crate::common::examples_dir().join("reference/plans.toml")).unwrap();
     let fixed = plans
         .replace(r#"{ up_to = "100000", unit_price = "0.0002" }"#, r#"{ up_to = "100000", unit_price = "0.00025" }"#);
     assert_ne!(plans, fixed);
-    std::fs::write(corrected.join("reference/plans.toml"), fixed).unwrap();
+    let corrected = env.dir.path().join("corrected-plans.toml");
+    std::fs::write(&corrected, fixed).unwrap();
+    let applied = env.command("catalog").arg("apply").arg(&corrected).output().unwrap();
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    assert!(String::from_utf8_lossy(&applied.stdout).contains("~ plan growth-usd: versions"));
 
     let rerate = || {
-        let out = env
-            .command_with_config("rerate", &corrected.join("meterflow.toml"))
-            .args(["--period", "2026-11"])
-            .output()
-            .unwrap();
+        let out = env.command("rerate").args(["--period", "2026-11"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).to_string()
     };

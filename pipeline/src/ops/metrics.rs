@@ -46,6 +46,8 @@ pub struct Metrics {
     pub watermark_age: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Windows held in memory.
     pub open_windows: Gauge,
+    /// The catalog revision the pipeline decides under.
+    pub catalog_revision: Gauge,
     /// Duration of the commit protocol (DLQ publish, both Delta commits).
     pub commit_duration: Histogram,
     /// Time between two commits.
@@ -92,6 +94,7 @@ impl Metrics {
             stream_last_sequence: Gauge::default(),
             watermark_age: Family::default(),
             open_windows: Gauge::default(),
+            catalog_revision: Gauge::default(),
             // 1 ms to ~33 s.
             commit_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             // 10 ms to ~5.5 min.
@@ -151,6 +154,11 @@ impl Metrics {
             m.watermark_age.clone(),
         );
         r.register("open_windows", "Aggregation windows held in memory", m.open_windows.clone());
+        r.register(
+            "catalog_revision",
+            "The catalog revision the pipeline decides new messages under",
+            m.catalog_revision.clone(),
+        );
         r.register_with_unit(
             "commit_duration",
             "Duration of one commit (DLQ publish and the Delta commits)",

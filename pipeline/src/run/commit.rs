@@ -42,7 +42,7 @@ impl Pipeline {
         let outputs = self.prepare_outputs(last.seq)?;
         let version = self.commit_outputs(&outputs, shutdown).await?;
         self.after_commit(&last, &outputs, version).await?;
-        self.on_tick().await;
+        self.on_tick().await?;
         self.stats.commit_secs += commit_started.elapsed().as_secs_f64();
         Ok(())
     }
@@ -72,7 +72,12 @@ impl Pipeline {
         let mut stop_requested = false;
         let mut dlq_published = out.rejects.is_empty();
         let started = Instant::now();
-        let range = CommitRange { after: self.committed_seq, through: out.through, stream: Some(self.stream_id) };
+        let range = CommitRange {
+            after: self.committed_seq,
+            through: out.through,
+            stream: Some(self.stream_id),
+            catalog: Some(self.revision),
+        };
         let span = tracing::info_span!(
             "commit",
             through_seq = out.through,
@@ -191,9 +196,9 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The periodic steps after a commit: close due billing periods, compact every N commits.
-    /// Neither can stop metering: a failure is logged and tried again later.
-    async fn on_tick(&mut self) {
+    /// The periodic steps after a commit: close due billing periods, compact every N commits,
+    /// follow the catalog. None can stop metering: a failure is logged and tried again later.
+    async fn on_tick(&mut self) -> Result<()> {
         self.close_due_periods().await;
         let every = self.config.storage.compact_every_commits;
         if every > 0 && self.stats.commits.is_multiple_of(every) {
@@ -203,6 +208,7 @@ impl Pipeline {
                 Err(e) => tracing::warn!(error = %e, "compaction failed; will retry later"),
             }
         }
+        self.follow_catalog().await
     }
 
     /// Closes every billing period that holds usage and whose end plus the grace period all
@@ -235,8 +241,8 @@ impl Pipeline {
         Ok(())
     }
 
-    fn snapshot(&mut self) -> Result<()> {
-        let bytes = self.core.snapshot_bytes()?;
+    pub(super) fn snapshot(&mut self) -> Result<()> {
+        let bytes = self.core.snapshot_bytes(self.revision)?;
         match self.store.save(self.committed_seq, &bytes) {
             Ok(()) => {
                 self.commits_since_snapshot = 0;

@@ -31,9 +31,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+use crate::catalog;
 use crate::config::{Config, Reference};
 use crate::ops::metrics::label;
 use crate::ops::Ops;
+use meterflow_catalog::{check_change, Catalog, CatalogStore, Revision};
 
 use crate::checks::{check_retention, check_stream, StreamVerdict};
 use crate::events::{
@@ -44,6 +46,7 @@ use crate::stages::{Input, Stages};
 use crate::stats::{RunOptions, RunStats};
 
 mod commit;
+mod follow;
 
 /// How often an idle pipeline checks that its consumer still exists.
 const CONSUMER_CHECK_EVERY: Duration = Duration::from_secs(3);
@@ -90,6 +93,26 @@ pub struct Pipeline {
     lease: Option<Lease>,
     /// The identity of the stream being read (its creation time), recorded with every commit.
     stream_id: i64,
+    /// The catalog: its stream, and the revision the stages decide under (with the catalog as
+    /// of it).
+    catalog: CatalogStore,
+    revision: Revision,
+    catalog_now: Catalog,
+    /// When the catalog stream was last asked for a newer revision.
+    catalog_checked_at: Option<Instant>,
+    /// The newest revision that failed its checks (not tried again; a later one is).
+    catalog_refused: Option<Revision>,
+    /// A newer revision to move to as soon as the replay has rebuilt the committed state.
+    catalog_next: Option<(Revision, Catalog, Reference)>,
+    /// Every revision appended to the catalog stream, as the broker delivers it (a plain
+    /// subscription, so a change reaches the pipeline before any usage published after it);
+    /// `None` when the subscription is not allowed.
+    catalog_notices: Option<async_nats::Subscriber>,
+    /// A notice arrived that the pipeline has not acted on yet.
+    catalog_noticed: bool,
+    /// Whether a state snapshot was loaded at start (without one, the first turn live saves
+    /// one, naming the revision in force).
+    restored_snapshot: bool,
 }
 
 /// How a pipeline starts.
@@ -109,27 +132,41 @@ fn drained(stream_last: Option<u64>, next_seq: u64) -> bool {
     stream_last.is_some_and(|last| last < next_seq)
 }
 
+/// The state of the core stages as restored at start.
+struct Restored {
+    dedup: ShardedDedup,
+    agg: Aggregator,
+    totals: PeriodTotals,
+    /// The sequence to resume reading from.
+    resume_from: u64,
+    /// The catalog revision the snapshot names (`None`: no snapshot, or one from before
+    /// revisions were recorded).
+    revision: Option<Revision>,
+}
+
 /// The state of the core stages as of the newest snapshot at or below the committed sequence
 /// (empty when there is none or it cannot be read), and the sequence to resume reading from.
 fn restore_state(
     config: &Config,
-    reference: &Reference,
+    meters: &meterflow_aggregator::Meters,
     store: &StateStore,
     committed_seq: u64,
-) -> Result<(ShardedDedup, Aggregator, PeriodTotals, u64)> {
+) -> Result<Restored> {
     let dedup = ShardedDedup::new(config.pipeline.dedup_shards, config.pipeline.dedup_horizon_days)?;
-    let mut agg = Aggregator::with_policy(reference.meters.clone(), config.lateness.policy());
+    let mut agg = Aggregator::with_policy(meters.clone(), config.lateness.policy());
     let mut totals = PeriodTotals::default();
     let mut resume_from = 1;
+    let mut revision = None;
     if let Some((snap_seq, bytes)) = store.latest_at_or_below(committed_seq)? {
-        match decode_state(&bytes, &reference.meters).and_then(|(windows, t, dedup_bytes)| {
-            dedup.restore(dedup_bytes)?;
-            Ok((windows, t))
+        match decode_state(&bytes, meters).and_then(|d| {
+            dedup.restore(d.dedup)?;
+            Ok(d)
         }) {
-            Ok((windows, t)) => {
-                agg = Aggregator::restore(reference.meters.clone(), config.lateness.policy(), windows);
-                totals = t;
+            Ok(d) => {
+                agg = Aggregator::restore(meters.clone(), config.lateness.policy(), d.windows);
+                totals = d.totals;
                 resume_from = snap_seq + 1;
+                revision = d.revision;
             }
             Err(e) => {
                 // A snapshot that cannot be read is not fatal: rebuild from the stream.
@@ -144,7 +181,45 @@ fn restore_state(
     } else {
         dedup
     };
-    Ok((dedup, agg, totals, resume_from))
+    Ok(Restored { dedup, agg, totals, resume_from, revision })
+}
+
+/// The catalog revision the committed messages after the snapshot were decided under, and the
+/// catalog as of it: the snapshot's; for a snapshot from before revisions were recorded (or
+/// none), the one the last commit recorded; for a table without one, the newest.
+async fn replay_catalog(
+    config: &Config,
+    store: &CatalogStore,
+    (latest, latest_catalog): &(Revision, Catalog),
+    snapshot: Option<Revision>,
+    committed: Option<Revision>,
+) -> Result<(Revision, Catalog)> {
+    let revision = snapshot.or(committed).unwrap_or(*latest);
+    if revision > *latest {
+        anyhow::bail!(
+            "the state was decided under catalog revision {revision}, but the catalog stream {} holds {latest} \
+             revisions: it was re-created or is another server's; restore it (or start over with a new data \
+             directory)",
+            config.nats.catalog_stream
+        );
+    }
+    if snapshot.is_none() && committed.is_some() {
+        tracing::warn!(
+            revision,
+            "the state snapshot names no catalog revision; replaying under the revision of \
+            the last commit"
+        );
+    }
+    if revision == *latest {
+        return Ok((revision, latest_catalog.clone()));
+    }
+    Ok((revision, store.catalog_at(revision).await?))
+}
+
+/// A newer revision's reference data, if it passes its checks against the one in force.
+fn checked_revision(config: &Config, now: &Catalog, next: &Catalog, revision: Revision) -> Result<Reference> {
+    check_change(now, next)?;
+    catalog::reference_at(config, next, revision)
 }
 
 /// What the run loop carries from one turn to the next.
@@ -201,7 +276,6 @@ impl Pipeline {
         ops: std::sync::Arc<Ops>,
         options: StartOptions,
     ) -> Result<Option<Pipeline>> {
-        let reference = Reference::load(&config)?;
         std::fs::create_dir_all(&config.storage.data_dir)
             .with_context(|| format!("cannot create data directory {}", config.storage.data_dir.display()))?;
         let broker = Broker::connect(config.nats.clone()).await?;
@@ -223,7 +297,7 @@ impl Pipeline {
             Lease::acquire(broker.jetstream(), &config.nats, owner, || stop.as_ref().is_some_and(|s| *s.borrow()))
                 .await?;
         let Some(lease) = lease else { return Ok(None) };
-        match Pipeline::open(config, ops, reference, broker, options.adopt_stream).await {
+        match Pipeline::open(config, ops, broker, options.adopt_stream).await {
             Ok(mut pipeline) => {
                 pipeline.lease = Some(lease);
                 Ok(Some(pipeline))
@@ -242,11 +316,20 @@ impl Pipeline {
     async fn open(
         config: Config,
         ops: std::sync::Arc<Ops>,
-        reference: Reference,
         mut broker: Broker,
         adopt_stream: bool,
     ) -> Result<Pipeline> {
         let facts = broker.stream_facts().await?;
+        let catalog = catalog::open_store(&broker, &config).await?;
+        // Subscribed before the newest revision is read: no change can fall in between.
+        let catalog_notices = match broker.client().subscribe(config.nats.catalog_subject.clone()).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to catalog changes; asking for them every second instead");
+                None
+            }
+        };
+        let latest = catalog::bootstrap(&catalog, &config).await?;
         let mut table = SummaryTable::open_or_create(&config.storage.data_dir).await?;
         let store = StateStore::open(config.state_dir())?;
         let mut rejections = RejectionTable::open_or_create(&config.storage.data_dir).await?;
@@ -271,7 +354,27 @@ impl Pipeline {
             tracing::info!(stream = %config.nats.stream, created = %facts.created, "recording the stream's \
                 identity with the next commit");
         }
-        let (dedup, agg, totals, resume_from) = restore_state(&config, &reference, &store, committed_seq)?;
+        let meters =
+            meterflow_aggregator::Meters::new(config.meters.clone()).context("invalid [[meters]] in the config")?;
+        let restored = restore_state(&config, &meters, &store, committed_seq)?;
+        let resume_from = restored.resume_from;
+        let committed_revision = table.catalog_revision().await?;
+        let (revision, catalog_now) =
+            replay_catalog(&config, &catalog, &latest, restored.revision, committed_revision).await?;
+        let reference = catalog::reference_at(&config, &catalog_now, revision)?;
+        let catalog_next = if latest.0 == revision {
+            None
+        } else {
+            match checked_revision(&config, &catalog_now, &latest.1, latest.0) {
+                Ok(r) => Some((latest.0, latest.1.clone(), r)),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), revision = latest.0, "the newest catalog revision is \
+                        refused; deciding under revision {revision}");
+                    None
+                }
+            }
+        };
+        tracing::info!(revision, newest = latest.0, "catalog revision of the replay");
         // The operations page's usage totals: read from the tables once, then kept by commits.
         match crate::status::table_totals(&config.storage.data_dir).await {
             Ok(t) => ops.live.load_totals(t, table.version()),
@@ -283,8 +386,9 @@ impl Pipeline {
         let stats = RunStats { committed_seq, ..Default::default() };
         let mut periods = PeriodTable::open_or_create(&config.storage.data_dir).await?;
         let closed = periods.closed().await?;
-        let core = Stages::new(&config, reference, dedup, agg, totals);
-        Ok(Pipeline {
+        let core = Stages::new(&config, reference, restored.dedup, restored.agg, restored.totals);
+        let restored_snapshot = resume_from > 1;
+        let mut pipeline = Pipeline {
             config,
             core,
             broker,
@@ -311,7 +415,20 @@ impl Pipeline {
             gap_confirmed: None,
             lease: None,
             stream_id: facts.created_unix_micros,
-        })
+            catalog,
+            revision,
+            catalog_now,
+            catalog_checked_at: None,
+            catalog_refused: None,
+            catalog_next,
+            catalog_notices,
+            catalog_noticed: false,
+            restored_snapshot,
+        };
+        if !pipeline.replaying {
+            pipeline.enter_live()?;
+        }
+        Ok(pipeline)
     }
 
     /// Runs until `shutdown` flips to true (or the stream is drained and idle, when asked),
@@ -337,6 +454,14 @@ impl Pipeline {
                 Pulled::Stop => break,
             };
             let got_any = !fetched.is_empty();
+            if got_any && self.catalog_changed() {
+                // The messages in hand may have been published after the change: decide them
+                // under it. What is pending is committed under the revision it was decided in.
+                if self.pending_last.is_some() {
+                    self.commit_with_retry(&mut shutdown).await?;
+                }
+                self.follow_catalog_now().await?;
+            }
             if !got_any {
                 self.on_empty_pull(&mut turn).await;
             }
@@ -443,6 +568,9 @@ impl Pipeline {
             if self.pending_last.is_none() {
                 self.close_due_periods().await;
             }
+        }
+        if let Err(e) = self.follow_catalog().await {
+            tracing::warn!(error = %format!("{e:#}"), "following the catalog failed; trying again");
         }
     }
 
@@ -620,6 +748,7 @@ impl Pipeline {
             // flush are already in the table, so only the period totals take them in.
             self.core.finish_replay()?;
             self.replaying = false;
+            self.enter_live()?;
         }
         if !live.is_empty() {
             self.emit(MessagesProcessed { n: live.len() as u64 });

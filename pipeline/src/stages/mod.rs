@@ -90,27 +90,13 @@ impl Stages {
         agg: Aggregator,
         totals: PeriodTotals,
     ) -> Stages {
-        let customer_index: HashMap<String, usize> =
-            reference.directory.customers().iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
         let seen_periods = totals.entries().into_iter().map(|(k, _)| k.period).collect();
-        let mut pricing_index = HashMap::new();
-        let mut pricing_labels: HashMap<String, Vec<Arc<str>>> = HashMap::new();
-        for s in reference.subscriptions.iter().flatten() {
-            if let Some(plan) = reference.prices.plan(&s.plan) {
-                let labels = (0..plan.versions.len()).map(|v| Arc::from(plan.version_label(v))).collect();
-                for v in 0..plan.versions.len() {
-                    pricing_index.insert(plan.version_label(v), (plan.id.clone(), v));
-                }
-                pricing_labels.insert(plan.id.clone(), labels);
-            }
-        }
-        let capacity = Capacity::new(&reference, &pricing_labels, &customer_index, &totals);
-        Stages {
-            capacity,
+        let mut stages = Stages {
+            capacity: Capacity::default(),
             reference,
-            customer_index,
-            pricing_index,
-            pricing_labels,
+            customer_index: HashMap::new(),
+            pricing_index: HashMap::new(),
+            pricing_labels: HashMap::new(),
             bounds: config.lateness.bounds(),
             dedup,
             agg,
@@ -118,7 +104,38 @@ impl Stages {
             seen_periods,
             pending: Pending::default(),
             scratch: (Vec::new(), Vec::new()),
+        };
+        stages.index_reference();
+        stages
+    }
+
+    /// Decides the next messages under other reference data (a new catalog revision). Only
+    /// between commits: with everything flushed, the capacity check's running totals are the
+    /// committed period totals, which it is rebuilt from. The state (dedup, windows, totals)
+    /// is keyed by ids, not by positions in the reference data, and stays as it is.
+    pub fn set_reference(&mut self, reference: Reference) {
+        self.reference = reference;
+        self.index_reference();
+    }
+
+    /// The lookups built from the reference data: customer positions, plan version labels, and
+    /// the capacity check's limits and running totals.
+    fn index_reference(&mut self) {
+        let reference = &self.reference;
+        self.customer_index =
+            reference.directory.customers().iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
+        self.pricing_index.clear();
+        self.pricing_labels.clear();
+        for s in reference.subscriptions.iter().flatten() {
+            if let Some(plan) = reference.prices.plan(&s.plan) {
+                let labels = (0..plan.versions.len()).map(|v| Arc::from(plan.version_label(v))).collect();
+                for v in 0..plan.versions.len() {
+                    self.pricing_index.insert(plan.version_label(v), (plan.id.clone(), v));
+                }
+                self.pricing_labels.insert(plan.id.clone(), labels);
+            }
         }
+        self.capacity = Capacity::new(reference, &self.pricing_labels, &self.customer_index, &self.totals);
     }
 
     /// Fresh stages for `config` (reference data loaded from its files, empty state), as a
@@ -289,8 +306,9 @@ impl Stages {
         open.filter_map(|p| Period::parse(p)).filter(|p| watermark > p.end + grace).collect()
     }
 
-    /// The state to snapshot: windows, period totals and the dedup index.
-    pub fn snapshot_bytes(&self) -> Result<Vec<u8>> {
-        snapshot::encode_state(&self.agg, &self.totals, &self.dedup)
+    /// The state to snapshot: windows, period totals and the dedup index, decided under catalog
+    /// revision `revision`.
+    pub fn snapshot_bytes(&self, revision: u64) -> Result<Vec<u8>> {
+        snapshot::encode_state(&self.agg, &self.totals, &self.dedup, revision)
     }
 }

@@ -1,0 +1,153 @@
+//! The live catalog: customers onboarded while `meterflow run` keeps running, refused changes,
+//! and replays that decide as the first pass did whatever changed in the catalog since.
+
+use crate::common::{event, publish, sigterm, totals, wait_until, TestEnv};
+use std::time::Duration;
+
+/// A new customer's usage: api_calls of subject `newco`.
+fn newco_event(id: &str) -> String {
+    event(id, "newco", "api_calls", "2026-11-23T05:00:00Z", r#"{"requests":10,"region":"eu-west-1"}"#)
+}
+
+const NEWCO_TOML: &str = r#"
+[[customers]]
+id = "newco"
+name = "NewCo"
+subjects = ["newco"]
+currency = "USD"
+legal_entity = "meterflow-inc-us"
+erp_customer_id = "C-30003"
+plan = "growth-usd"
+"#;
+
+fn reasons(env: &TestEnv) -> Vec<Vec<String>> {
+    env.sql("SELECT reason, COUNT(*) FROM rejections GROUP BY reason ORDER BY reason").into_iter().skip(1).collect()
+}
+
+fn newco_events(env: &TestEnv) -> u64 {
+    totals(env).get(&("newco".to_string(), "api_calls".to_string())).map_or(0, |t| t.2)
+}
+
+fn catalog(env: &TestEnv, args: &[&str]) -> std::process::Output {
+    env.command("catalog").args(args).output().expect("meterflow catalog runs")
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_onboarded_from_a_crm_export_while_run_keeps_running_is_metered_within_seconds() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let mut run = env.spawn_run(&[("RUST_LOG", "warn,meterflow_pipeline=info")]);
+    publish(&js, "usage.api", newco_event("before-1"), None).await;
+    let rejected = wait_until(Duration::from_secs(30), || {
+        env.data_dir().join("rejections").exists() && reasons(&env) == [vec!["unknown_subject".to_string(), "1".into()]]
+    });
+    assert!(rejected, "usage of a customer not in the catalog is rejected as unknown_subject");
+
+    // Sales exports the new account from the CRM, with its own column names.
+    let csv = env.dir.path().join("accounts.csv");
+    std::fs::write(
+        &csv,
+        "Account ID,Account Name,Currency,Entity,ERP Number,Usage Subjects,plan\n\
+         newco,NewCo,USD,meterflow-inc-us,C-30003,newco,growth-usd\n",
+    )
+    .unwrap();
+    let csv_arg = csv.display().to_string();
+    let mapping = [
+        "--column",
+        "id=Account ID",
+        "--column",
+        "name=Account Name",
+        "--column",
+        "currency=Currency",
+        "--column",
+        "legal_entity=Entity",
+        "--column",
+        "erp_customer_id=ERP Number",
+        "--column",
+        "subjects=Usage Subjects",
+    ];
+    let dry = catalog(&env, &[&["apply", csv_arg.as_str(), "--dry-run"][..], &mapping[..]].concat());
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert_eq!(
+        String::from_utf8_lossy(&dry.stdout),
+        "+ customer newco\ndry run: nothing applied (the catalog stays at revision 1)\n"
+    );
+    let applied = catalog(&env, &[&["apply", csv_arg.as_str(), "--comment", "onboarding"][..], &mapping[..]].concat());
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert!(text(&applied).contains("applied as catalog revision 2 (was 1)"), "{}", text(&applied));
+
+    publish(&js, "usage.api", newco_event("after-1"), None).await;
+    let started = std::time::Instant::now();
+    if !wait_until(Duration::from_secs(30), || newco_events(&env) == 1) {
+        sigterm(&run);
+        let out = run.wait_with_output().unwrap();
+        panic!("usage published after the catalog change is not accepted:\n{}", text(&out));
+    }
+    eprintln!("new customer's usage counted {:?} after its publication", started.elapsed());
+
+    // A change that would give newco two plans at once is refused, naming the record and the
+    // rule; the pipeline keeps deciding under revision 2.
+    let overlapping = env.dir.path().join("overlap.toml");
+    std::fs::write(
+        &overlapping,
+        format!("{NEWCO_TOML}\n  [[customers.subscriptions]]\n  plan = \"growth-usd\"\n  start = \"2026-06-01\"\n"),
+    )
+    .unwrap();
+    let refused = catalog(&env, &["apply", overlapping.to_str().unwrap()]);
+    assert!(!refused.status.success(), "an overlapping subscription must be refused");
+    let message = text(&refused);
+    assert!(message.contains("customer `newco`") && message.contains("overlap"), "{message}");
+    assert!(message.contains("nothing applied (the catalog stays at revision 2)"), "{message}");
+    publish(&js, "usage.api", newco_event("after-2"), None).await;
+    assert!(wait_until(Duration::from_secs(30), || newco_events(&env) == 2), "metering goes on under revision 2");
+
+    sigterm(&run);
+    let status = run.wait().unwrap();
+    assert!(status.success(), "run stops cleanly");
+    let history = catalog(&env, &["history"]);
+    let history = String::from_utf8_lossy(&history.stdout).to_string();
+    assert!(history.contains("revision 1 ") && history.contains("revision 2 "), "{history}");
+    assert!(history.contains("(onboarding)") && history.contains("+ customer newco"), "{history}");
+    assert!(!history.contains("revision 3"), "the refused change is not a revision:\n{history}");
+    let shown = catalog(&env, &["show"]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("id = \"newco\""), "{}", text(&shown));
+    let _ = run.kill();
+}
+
+// The bug this guards against: a restart with changed reference data replayed the committed
+// messages under the new data. An event rejected live (unknown subject) was accepted into the
+// dedup state on the replay (without rows), so its re-publication after the fix was dropped as
+// a duplicate and the usage was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_catalog_change_replays_every_message_as_it_was_first_decided() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    // No snapshot after the first one: the restart replays every committed message.
+    let envs = [("METERFLOW_PIPELINE__SNAPSHOT_EVERY_COMMITS", "100000")];
+    let acme = event("a-1", "acme", "api_calls", "2026-11-23T05:00:00Z", r#"{"requests":5,"region":"eu-west-1"}"#);
+    publish(&js, "usage.api", acme, None).await;
+    publish(&js, "usage.api", newco_event("n-1"), None).await;
+    env.run_until_idle(&envs);
+    assert_eq!(reasons(&env), [vec!["unknown_subject".to_string(), "1".into()]]);
+
+    let file = env.dir.path().join("newco.toml");
+    std::fs::write(&file, NEWCO_TOML).unwrap();
+    let applied = catalog(&env, &["apply", file.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", text(&applied));
+
+    // The restart replays n-1 under revision 1 (rejected again, no second DLQ row), then moves
+    // to revision 2. The event published again (as a redrive does) is new to the dedup state.
+    let out = env.run_until_idle(&envs);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(2 replayed"), "{}", text(&out));
+    publish(&js, "usage.api", newco_event("n-1"), None).await;
+    env.run_until_idle(&envs);
+    assert_eq!(newco_events(&env), 1, "the re-published event counts once");
+    assert_eq!(reasons(&env), [vec!["unknown_subject".to_string(), "1".into()]], "the replay added no reject");
+    assert_eq!(totals(&env)[&("acme".to_string(), "api_calls".to_string())].2, 1);
+}

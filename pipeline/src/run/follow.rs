@@ -1,0 +1,111 @@
+//! Following the catalog: the pipeline moves to a newer catalog revision only between commits,
+//! and only after a state snapshot at the committed sequence names it (see `crate::catalog`).
+
+use anyhow::Result;
+use meterflow_catalog::{Catalog, Revision};
+use std::time::{Duration, Instant};
+
+use super::{checked_revision, Pipeline};
+use crate::config::Reference;
+
+/// How often a running pipeline asks the catalog stream for a newer revision.
+const CATALOG_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+impl Pipeline {
+    /// The first turn live (the replay, if any, has rebuilt the committed state): moves to the
+    /// newer revision found at start, or, without a snapshot to replay from next time, saves one
+    /// naming the revision in force.
+    pub(super) fn enter_live(&mut self) -> Result<()> {
+        if let Some((revision, catalog, reference)) = self.catalog_next.take() {
+            self.switch_catalog(revision, catalog, reference)?;
+        } else if !self.restored_snapshot {
+            self.snapshot()?;
+        }
+        Ok(())
+    }
+
+    /// Moves the stages to `revision`: first a snapshot at the committed sequence naming it
+    /// (a replay from there decides under it), then the new reference data. A snapshot that
+    /// cannot be saved leaves the revision as it is, to be tried again.
+    pub(super) fn switch_catalog(&mut self, revision: Revision, catalog: Catalog, reference: Reference) -> Result<()> {
+        let bytes = self.core.snapshot_bytes(revision)?;
+        if let Err(e) = self.store.save(self.committed_seq, &bytes) {
+            tracing::warn!(error = %e, revision, "cannot save the snapshot that moves to a new catalog revision; \
+                staying at revision {} and trying again", self.revision);
+            return Ok(());
+        }
+        self.commits_since_snapshot = 0;
+        tracing::info!(
+            from = self.revision,
+            to = revision,
+            committed_seq = self.committed_seq,
+            "catalog revision in force for the messages after the committed sequence"
+        );
+        self.core.set_reference(reference);
+        self.revision = revision;
+        self.catalog_now = catalog;
+        self.ops.metrics.catalog_revision.set(i64::try_from(revision).unwrap_or(i64::MAX));
+        Ok(())
+    }
+
+    /// Whether the catalog changed since the pipeline last looked (a notice arrived, or one
+    /// arrived earlier and was not acted on), without waiting.
+    pub(super) fn catalog_changed(&mut self) -> bool {
+        if let Some(notices) = self.catalog_notices.as_mut() {
+            while let Some(Some(_)) = futures::FutureExt::now_or_never(futures::StreamExt::next(notices)) {
+                self.catalog_noticed = true;
+            }
+        }
+        self.catalog_noticed && !self.replaying
+    }
+
+    /// Between commits, at most every second (or at once after a notice): asks the catalog
+    /// stream for a newer revision and moves to it if it passes its checks.
+    pub(super) async fn follow_catalog(&mut self) -> Result<()> {
+        if self.catalog_checked_at.is_some_and(|t| t.elapsed() < CATALOG_CHECK_EVERY) && !self.catalog_changed() {
+            return Ok(());
+        }
+        self.follow_catalog_now().await
+    }
+
+    /// Asks the catalog stream for a newer revision now and moves to it if it passes its
+    /// checks. A refused revision is logged once and the pipeline keeps the one in force; a
+    /// broker error is left for the next turn. Only between commits.
+    pub(super) async fn follow_catalog_now(&mut self) -> Result<()> {
+        if self.pending_last.is_some() || self.replaying {
+            return Ok(());
+        }
+        self.catalog_checked_at = Some(Instant::now());
+        let latest = match self.catalog.revision().await {
+            Ok(latest) => latest,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot ask the catalog stream for a newer revision; asking again");
+                return Ok(());
+            }
+        };
+        self.catalog_noticed = false;
+        if latest <= self.revision || self.catalog_refused == Some(latest) {
+            return Ok(());
+        }
+        let changes = match self.catalog.change_sets(self.revision, latest).await {
+            Ok(changes) => changes,
+            Err(e) => {
+                tracing::warn!(error = %e, latest, "cannot read the newer catalog revisions; asking again");
+                return Ok(());
+            }
+        };
+        let mut next = self.catalog_now.clone();
+        for (_, change) in &changes {
+            next.apply(&change.records);
+        }
+        match checked_revision(&self.config, &self.catalog_now, &next, latest) {
+            Ok(reference) => self.switch_catalog(latest, next, reference),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), refused = latest, "a catalog revision is refused; \
+                    deciding under revision {}", self.revision);
+                self.catalog_refused = Some(latest);
+                Ok(())
+            }
+        }
+    }
+}
