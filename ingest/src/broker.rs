@@ -28,6 +28,8 @@ pub struct Fetched {
 /// A pull request sent to the server whose messages have not been collected yet.
 pub struct PendingPull {
     batch: pull::Batch,
+    /// Messages on `<prefix>.<subject>` are redriven DLQ entries (see [`crate::dlq`]).
+    redrive_prefix: String,
 }
 
 impl std::fmt::Debug for PendingPull {
@@ -62,7 +64,7 @@ impl PendingPull {
             .messages()
             .await
             .map_err(|e| js_err("fetch")(e.to_string()))?;
-        Ok(PendingPull { batch })
+        Ok(PendingPull { batch, redrive_prefix: config.redrive_subject_prefix.clone() })
     }
 
     /// The pull's messages as delivered, in stream order, once the pull is complete (full in
@@ -88,6 +90,7 @@ impl PendingPull {
 
     /// The pull's messages with their stream sequences and publish times.
     pub async fn collect(self) -> Result<Vec<Fetched>> {
+        let prefix = self.redrive_prefix.clone();
         let messages = self.messages().await?;
         let mut out = Vec::with_capacity(messages.len());
         for message in messages {
@@ -98,13 +101,9 @@ impl PendingPull {
                 Ok(info) => (info.stream_sequence, info.published.unix_timestamp()),
                 Err(e) => return Err(js_err("message info")(e.to_string())),
             };
-            out.push(Fetched {
-                seq,
-                published_unix,
-                subject: message.subject.to_string(),
-                payload: message.payload.clone(),
-                message,
-            });
+            let (subject, published_unix) =
+                crate::dlq::as_arrived(&message.subject, published_unix, &prefix, message.headers.as_ref());
+            out.push(Fetched { seq, published_unix, subject, payload: message.payload.clone(), message });
         }
         Ok(out)
     }
@@ -133,6 +132,8 @@ pub struct RejectEnvelope {
     pub seq: u64,
     /// Subject of that message.
     pub subject: String,
+    /// When that message first arrived (Unix seconds; for a redriven one, its first arrival).
+    pub arrival_unix: i64,
     /// Position in a batch-mode array, if any.
     pub index: Option<usize>,
     /// Reason code.
@@ -237,9 +238,16 @@ impl Broker {
     /// pipeline could not re-read from its committed sequence after a crash).
     pub async fn ensure_streams(&self) -> Result<()> {
         let c = &self.config;
+        let redrive = format!("{}.>", c.redrive_subject_prefix);
+        if c.subjects.iter().any(|s| s.starts_with(&c.redrive_subject_prefix)) {
+            return Err(IngestError::StreamConfig {
+                stream: c.stream.clone(),
+                message: format!("redrive_subject_prefix {:?} overlaps the usage subjects", c.redrive_subject_prefix),
+            });
+        }
         let usage = stream::Config {
             name: c.stream.clone(),
-            subjects: c.subjects.clone(),
+            subjects: c.subjects.iter().cloned().chain([redrive]).collect(),
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             max_age: c.max_age(),
@@ -361,6 +369,7 @@ impl Broker {
             headers.insert("Meterflow-Stream", self.config.stream.as_str());
             headers.insert("Meterflow-Stream-Seq", r.seq.to_string().as_str());
             headers.insert("Meterflow-Subject", header_safe(&r.subject).as_str());
+            headers.insert(crate::dlq::ARRIVAL_HEADER, r.arrival_unix.to_string().as_str());
             if let Some(i) = r.index {
                 headers.insert("Meterflow-Event-Index", i.to_string().as_str());
             }

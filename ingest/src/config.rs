@@ -34,6 +34,9 @@ fn default_catalog_stream() -> String {
 fn default_catalog_subject() -> String {
     "meterflow.catalog".into()
 }
+fn default_redrive_subject_prefix() -> String {
+    "usage_redrive".into()
+}
 const fn default_ack_wait_s() -> u64 {
     60
 }
@@ -121,6 +124,12 @@ pub struct NatsConfig {
     /// Subject the catalog's revisions are published on.
     #[serde(default = "default_catalog_subject")]
     pub catalog_subject: String,
+    /// DLQ entries redriven into the usage stream (`meterflow dlq replay`) are published on
+    /// `<prefix>.<original subject>`, a subject of the usage stream that only operators may
+    /// publish to: the pipeline reads them as arrived on the original subject at the original
+    /// time. Must not overlap the usage subjects.
+    #[serde(default = "default_redrive_subject_prefix")]
+    pub redrive_subject_prefix: String,
 
     // Authentication: at most one of user/password, token, NKey seed, creds file. An empty value
     // counts as unset (so an empty environment variable does not switch a method on).
@@ -285,6 +294,7 @@ impl Default for NatsConfig {
             ack_wait_s: default_ack_wait_s(),
             catalog_stream: default_catalog_stream(),
             catalog_subject: default_catalog_subject(),
+            redrive_subject_prefix: default_redrive_subject_prefix(),
             user: None,
             password: None,
             password_file: None,

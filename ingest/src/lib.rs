@@ -25,6 +25,7 @@
 mod broker;
 mod config;
 mod dedup;
+pub mod dlq;
 mod enrich;
 mod lease;
 
@@ -32,6 +33,7 @@ pub use broker::StreamFacts;
 pub use broker::{Broker, Fetched, PendingPull, RejectEnvelope};
 pub use config::{NatsAuth, NatsConfig, Secret, DEFAULT_DLQ_STREAM, DEFAULT_STREAM};
 pub use dedup::{fingerprint, table, DedupIndex, ShardedDedup, BYTES_PER_SLOT};
+pub use dlq::{DlqEntry, Selection};
 pub use enrich::{subject_matches, Customer, CustomerConfig, Directory, SubscriptionConfig};
 pub use lease::{lease_key, Lease};
 

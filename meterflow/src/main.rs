@@ -6,7 +6,7 @@ mod commands;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use commands::demo::{self, DemoOptions};
-use commands::{catalog, finance, rerate, trace};
+use commands::{catalog, dlq, finance, rerate, trace};
 use meterflow_pipeline::config::{Config, LogFormat, Overrides};
 use meterflow_pipeline::ops::Ops;
 use meterflow_pipeline::{status, Pipeline, RunOptions, StartOptions};
@@ -244,6 +244,14 @@ enum Command {
         #[command(subcommand)]
         action: CatalogAction,
     },
+    /// The DLQ as an exception queue: rejected events by reason, and their redrive after the
+    /// catalog has been fixed.
+    Dlq {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Start a local nats-server with JetStream (unless --nats-url is given), publish a
     /// realistic workload with duplicates and bad events, run the pipeline until drained,
     /// check the totals against the workload's oracle and print them.
@@ -306,6 +314,41 @@ enum CatalogAction {
     },
     /// List every revision: when, by whom, from where, and what it changed.
     History,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// Entries by reason: count, oldest, and the usage subjects of the redrivable ones.
+    List,
+    /// One entry: why, where it came from, and its original bytes.
+    Show {
+        /// Its sequence in the DLQ stream (from `list`, `replay --dry-run` or the rejections
+        /// table's stream_seq).
+        #[arg(long)]
+        seq: u64,
+    },
+    /// Put entries back through the pipeline after the catalog has been fixed: each is judged
+    /// as of its first arrival (time bounds, dedup day) under the catalog in force, counted
+    /// once however often it is replayed, and put back with its new reason if it still fails.
+    /// Only reasons a catalog fix cures (unknown_subject, subject_not_allowed, no_subscription)
+    /// unless --technical.
+    Replay {
+        /// Only this reason.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only events naming this usage subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only entries queued at or after this time (YYYY-MM-DD or RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Also technical rejects (malformed events, bad values).
+        #[arg(long)]
+        technical: bool,
+        /// List what would be redriven; redrive nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
@@ -412,6 +455,31 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Vacuum { common, dry_run } => vacuum(common, dry_run).await,
+        Command::Dlq { common, action } => {
+            init_logging("warn");
+            let config = common.load()?;
+            let out = match action {
+                DlqAction::List => dlq::list(&config).await?,
+                DlqAction::Show { seq } => dlq::show(&config, seq).await?,
+                DlqAction::Replay { reason, subject, since, technical, dry_run } => {
+                    if let Some(r) = reason.as_deref() {
+                        if meterflow_schemas::RejectReason::parse(r).is_none() {
+                            bail!("--reason {r:?} is not a reject reason; `meterflow dlq list` shows the ones queued");
+                        }
+                    }
+                    let since = since
+                        .map(|t| {
+                            meterflow_rater::parse_instant(&t)
+                                .with_context(|| format!("--since {t:?} is not YYYY-MM-DD or an RFC 3339 time"))
+                        })
+                        .transpose()?;
+                    let selection = meterflow_ingest::Selection { reason, subject, since, technical };
+                    dlq::replay(&config, &dlq::ReplayOptions { selection, dry_run }).await?
+                }
+            };
+            print!("{out}");
+            Ok(())
+        }
         Command::Catalog { common, action } => {
             init_logging("warn");
             let config = common.load()?;

@@ -85,6 +85,18 @@ impl RejectReason {
         RejectReason::FutureTime,
     ];
 
+    /// The reason with this code.
+    pub fn parse(code: &str) -> Option<RejectReason> {
+        RejectReason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// Whether a catalog change can cure it (a customer, a subject's owner or a subscription
+    /// added): the exception queue that `meterflow dlq replay` redrives by default. The other
+    /// reasons are in the bytes and need the publisher to send a corrected event.
+    pub const fn is_business(self) -> bool {
+        matches!(self, RejectReason::UnknownSubject | RejectReason::SubjectNotAllowed | RejectReason::NoSubscription)
+    }
+
     /// The stable snake_case code of this reason.
     pub const fn code(self) -> &'static str {
         match self {

@@ -4,10 +4,12 @@
 //! * [`finance`]: `meterflow invoices`, `post`, `reconcile`;
 //! * [`rerate`]: `meterflow rerate`, price corrections as adjustment rows;
 //! * [`trace`]: `meterflow trace`, one event's lineage to its invoice lines and ERP postings;
+//! * [`dlq`]: `meterflow dlq list`, `show`, `replay`: the exception queue and its redrive;
 //! * [`demo`]: `meterflow demo`, a local broker, a workload and the whole pipeline end to end.
 
 pub mod catalog;
 pub mod demo;
+pub mod dlq;
 pub mod finance;
 pub mod rerate;
 pub mod trace;

@@ -90,6 +90,38 @@ async fn a_customer_onboarded_from_a_crm_export_while_run_keeps_running_is_meter
     }
     eprintln!("new customer's usage counted {:?} after its publication", started.elapsed());
 
+    // The exception queue: newco's early event, and one of a subject nobody owns yet.
+    publish(
+        &js,
+        "usage.api",
+        event("ghost-1", "ghost", "api_calls", "2026-11-23T05:00:00Z", r#"{"requests":1}"#),
+        None,
+    )
+    .await;
+    assert!(wait_until(Duration::from_secs(30), || reasons(&env) == [vec!["unknown_subject".to_string(), "2".into()]]));
+    let dlq = |args: &[&str]| {
+        let out = env.command("dlq").args(args).output().expect("meterflow dlq runs");
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let listed = dlq(&["list"]);
+    assert!(listed.contains("unknown_subject") && listed.contains("2 events"), "{listed}");
+    assert!(listed.contains("subject ghost: 1 events") && listed.contains("subject newco: 1 events"), "{listed}");
+    let dry = dlq(&["replay", "--reason", "unknown_subject", "--dry-run"]);
+    assert!(dry.contains("dry run: 2 entries would be redriven"), "{dry}");
+    let redriven = dlq(&["replay", "--reason", "unknown_subject"]);
+    assert!(redriven.contains("2 entries redriven"), "{redriven}");
+    // newco's early event is counted now; ghost's fails again and is back in the queue.
+    assert!(wait_until(Duration::from_secs(30), || newco_events(&env) == 2), "the redriven event is counted");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let listed = dlq(&["list"]);
+            listed.contains("1 events") && listed.contains("subject ghost") && !listed.contains("newco")
+        }),
+        "an event that still fails is back in the queue with its reason"
+    );
+    assert_eq!(dlq(&["replay", "--subject", "newco"]), "nothing to redrive: no DLQ entry matches\n");
+
     // A change that would give newco two plans at once is refused, naming the record and the
     // rule; the pipeline keeps deciding under revision 2.
     let overlapping = env.dir.path().join("overlap.toml");
@@ -104,7 +136,7 @@ async fn a_customer_onboarded_from_a_crm_export_while_run_keeps_running_is_meter
     assert!(message.contains("customer `newco`") && message.contains("overlap"), "{message}");
     assert!(message.contains("nothing applied (the catalog stays at revision 2)"), "{message}");
     publish(&js, "usage.api", newco_event("after-2"), None).await;
-    assert!(wait_until(Duration::from_secs(30), || newco_events(&env) == 2), "metering goes on under revision 2");
+    assert!(wait_until(Duration::from_secs(30), || newco_events(&env) == 3), "metering goes on under revision 2");
 
     sigterm(&run);
     let status = run.wait().unwrap();

@@ -51,6 +51,7 @@ impl Pending {
         self.rejects.push(RejectEnvelope {
             seq: msg.seq,
             subject: msg.subject.to_string(),
+            arrival_unix: msg.published_unix,
             index,
             reason,
             detail,
