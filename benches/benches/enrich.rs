@@ -30,7 +30,7 @@ fn large_directory() -> Directory {
         .map(|i| CustomerConfig {
             id: format!("cust-{i:05}"),
             name: None,
-            subjects: vec![format!("cust-{i:05}"), format!("cust-{i:05}-eu")],
+            subjects: vec![format!("cust-{i:05}").into(), format!("cust-{i:05}-eu").into()],
             currency: "USD".into(),
             legal_entity: "meterflow-inc-us".into(),
             erp_customer_id: format!("C-{i:05}"),
@@ -73,14 +73,14 @@ fn enrich(c: &mut Criterion) {
     group.bench_function("directory_lookup/example_3_subjects", |b| {
         b.iter(|| {
             for e in &sample {
-                black_box(reference.directory.lookup(black_box(&e.subject)));
+                black_box(reference.directory.lookup_at(black_box(&e.subject), e.time));
             }
         })
     });
     group.bench_function("directory_lookup/10k_customers", |b| {
         b.iter(|| {
             for s in &large_subjects {
-                black_box(large.lookup(black_box(s)));
+                black_box(large.lookup_at(black_box(s), chrono::DateTime::UNIX_EPOCH));
             }
         })
     });
@@ -101,7 +101,7 @@ fn enrich(c: &mut Criterion) {
     group.bench_function("all_three", |b| {
         b.iter(|| {
             for (e, (subs, _)) in sample.iter().zip(&subscriptions) {
-                black_box(reference.directory.lookup(&e.subject));
+                black_box(reference.directory.lookup_at(&e.subject, e.time));
                 black_box(pricing_at(&reference.prices, subs, e.time));
                 black_box(reference.meters.extract(e).expect("valid values"));
             }

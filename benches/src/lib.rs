@@ -199,7 +199,7 @@ pub fn with_tenants(reference: &Reference, tenants: usize) -> Reference {
         for (c, subs) in reference.directory.customers().iter().zip(&reference.subscriptions) {
             let mut copy = CustomerConfig::clone(c);
             copy.id = format!("{}-t{tenant:02}", c.id);
-            copy.subjects = c.subjects.iter().map(|s| format!("{s}-t{tenant:02}")).collect();
+            copy.subjects = c.subjects.iter().map(|s| format!("{}-t{tenant:02}", s.name()).into()).collect();
             customers.push(copy);
             subscriptions.push(subs.clone());
         }

@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use meterflow_ingest::CustomerConfig;
+use meterflow_ingest::{CustomerConfig, SubjectConfig};
 
 use crate::model::{Catalog, Records};
 use crate::{CatalogError, Result};
@@ -158,7 +158,7 @@ fn customer_of(
         None => CustomerConfig {
             id: id.to_string(),
             name: None,
-            subjects: list(&required("subjects")?),
+            subjects: list(&required("subjects")?).into_iter().map(SubjectConfig::Always).collect(),
             currency: required("currency")?,
             legal_entity: required("legal_entity")?,
             erp_customer_id: required("erp_customer_id")?,
@@ -173,7 +173,7 @@ fn customer_of(
         customer.name = Some(name);
     }
     if let Some(subjects) = text("subjects") {
-        customer.subjects = list(&subjects);
+        customer.subjects = list(&subjects).into_iter().map(SubjectConfig::Always).collect();
     }
     if let Some(publish) = text("publish_subjects") {
         customer.publish_subjects = list(&publish);
@@ -254,7 +254,7 @@ mod tests {
         let r = read_records(&path, &mapping, &known()).unwrap_or_else(|e| panic!("{e}"));
         let acme = &r.customers[0];
         assert_eq!(acme.name.as_deref(), Some("Acme Corp"));
-        assert_eq!(acme.subjects, ["acme", "acme-eu"]);
+        assert_eq!(acme.subjects, [SubjectConfig::from("acme"), SubjectConfig::from("acme-eu")]);
         assert_eq!(acme.currency, "USD", "an empty cell keeps the known value");
         assert_eq!(acme.subscriptions.len(), 1, "a CRM row keeps the subscriptions");
         let initech = &r.customers[1];

@@ -1,6 +1,7 @@
 //! Price plans from reference data: versions effective from a date, validated at load.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
+use meterflow_schemas::parse_instant;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -63,14 +64,6 @@ pub struct Plan {
     pub currency: Currency,
     /// Versions, ascending by `effective_from`.
     pub versions: Vec<PlanVersion>,
-}
-
-/// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time.
-pub fn parse_instant(value: &str) -> Option<DateTime<Utc>> {
-    if let Ok(d) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
-        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
-    }
-    DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// All plans, by id.

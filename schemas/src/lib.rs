@@ -22,4 +22,6 @@ mod value;
 
 pub use event::{check_decode_invariants, decode_message, Decoded, UsageEvent, MAX_ATTRIBUTE_BYTES};
 pub use reject::{Reject, RejectReason};
-pub use value::{lookup_property, parse_decimal, property_as_text, Properties, MAX_EVENT_VALUE, MAX_VALUE_SCALE};
+pub use value::{
+    lookup_property, parse_decimal, parse_instant, property_as_text, Properties, MAX_EVENT_VALUE, MAX_VALUE_SCALE,
+};

@@ -17,6 +17,14 @@ pub const MAX_VALUE_SCALE: u32 = 9;
 /// from what exact decimals (28 digits) and the DECIMAL(38, 9) column can hold.
 pub const MAX_EVENT_VALUE: Decimal = Decimal::from_parts(2_764_472_320, 232_830, 0, false, 0);
 
+/// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time, as reference data writes instants.
+pub fn parse_instant(value: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    }
+    chrono::DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&chrono::Utc))
+}
+
 /// Reads an exact decimal from the raw JSON text of a value: a JSON number (`12`, `0.5`,
 /// `1.5e3`) or a string holding a decimal (`"12.25"`). The text is parsed directly into a
 /// [`Decimal`]; it never passes through a float.

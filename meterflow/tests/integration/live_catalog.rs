@@ -182,3 +182,34 @@ async fn a_restart_after_a_catalog_change_replays_every_message_as_it_was_first_
     assert_eq!(reasons(&env), [vec!["unknown_subject".to_string(), "1".into()]], "the replay added no reject");
     assert_eq!(totals(&env)[&("acme".to_string(), "api_calls".to_string())].2, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_moved_to_another_customer_bills_each_owner_by_event_time_late_events_included() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let at = |id: &str, time: &str| event(id, "acme", "api_calls", time, r#"{"requests":10,"region":"eu-west-1"}"#);
+    publish(&js, "usage.api", at("before", "2026-11-23T05:00:00Z"), None).await;
+    env.run_until_idle(&[]);
+
+    // From 06:00 on, subject `acme` is NewCo's (a business unit sold to another company).
+    let moved = env.dir.path().join("move.toml");
+    let examples = std::fs::read_to_string(crate::common::examples_dir().join("reference/customers.toml")).unwrap();
+    let acme = examples.split("[[customers]]").nth(1).expect("acme is the first example customer");
+    let acme =
+        acme.replace(r#"subjects = ["acme"]"#, r#"subjects = [{ subject = "acme", until = "2026-11-23T06:00:00Z" }]"#);
+    let newco = NEWCO_TOML
+        .replace(r#"subjects = ["newco"]"#, r#"subjects = [{ subject = "acme", from = "2026-11-23T06:00:00Z" }]"#);
+    std::fs::write(&moved, format!("[[customers]]{acme}\n{newco}")).unwrap();
+    let applied = catalog(&env, &["apply", moved.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert!(text(&applied).contains("~ customer acme: subjects") && text(&applied).contains("+ customer newco"));
+
+    publish(&js, "usage.api", at("after", "2026-11-23T07:00:00Z"), None).await;
+    // A late event from before the move, arriving after it.
+    publish(&js, "usage.api", at("late", "2026-11-23T05:30:00Z"), None).await;
+    env.run_until_idle(&[]);
+    let t = totals(&env);
+    assert_eq!(t[&("acme".to_string(), "api_calls".to_string())].2, 2, "usage before the move bills acme");
+    assert_eq!(newco_events(&env), 1, "usage after the move bills newco");
+}

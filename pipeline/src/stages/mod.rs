@@ -220,7 +220,7 @@ impl Stages {
         if let Err(rejected) = self.bounds.check(event.time, arrival) {
             return Err((rejected, event));
         }
-        let customer = match self.reference.directory.enrich(&event.subject, msg.subject) {
+        let customer = match self.reference.directory.enrich(&event.subject, event.time, msg.subject) {
             Ok(c) => c,
             Err(rejected) => return Err((rejected, event)),
         };

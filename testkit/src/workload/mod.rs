@@ -205,7 +205,7 @@ impl Subjects {
                     .directory
                     .customers()
                     .iter()
-                    .flat_map(|c| c.subjects.iter().map(|s| (s.clone(), c.id.clone())))
+                    .flat_map(|c| c.subjects.iter().map(|s| (s.name().to_string(), c.id.clone())))
                     .collect();
                 let Some(first) = table.first() else { bail!("the reference data has no customers") };
                 let valid = first.0.clone();
