@@ -83,6 +83,19 @@ impl DlqEntry {
     }
 }
 
+/// The DLQ entries of one reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueuedReason {
+    /// The reason code.
+    pub reason: String,
+    /// Entries with it.
+    pub messages: u64,
+    /// When the oldest of them was queued (Unix seconds).
+    pub oldest_unix: Option<i64>,
+    /// Whether a catalog fix cures it (`meterflow dlq replay` takes it by default).
+    pub redrivable: bool,
+}
+
 /// Which entries a redrive takes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
@@ -139,6 +152,31 @@ impl Broker {
             if pending == 0 {
                 break;
             }
+        }
+        Ok(out)
+    }
+
+    /// The DLQ by reason: how many entries and the oldest (one request for the counts, one
+    /// per reason for its oldest entry).
+    pub async fn exception_queue(&self) -> Result<Vec<QueuedReason>> {
+        let c = self.config();
+        let err = |e: String| IngestError::JetStream { operation: "read the DLQ by reason", message: e };
+        let stream = self.jetstream().get_stream(&c.dlq_stream).await.map_err(|e| err(e.to_string()))?;
+        let prefix = format!("{}.", c.dlq_subject_prefix);
+        let mut subjects = stream.info_with_subjects(format!("{prefix}>")).await.map_err(|e| err(e.to_string()))?;
+        let mut counts = Vec::new();
+        while let Some(s) = subjects.next().await {
+            let (subject, n) = s.map_err(|e| err(e.to_string()))?;
+            counts.push((subject, n as u64));
+        }
+        counts.sort();
+        let mut out = Vec::with_capacity(counts.len());
+        for (subject, messages) in counts {
+            let oldest =
+                stream.get_first_raw_message_by_subject(&subject, 1).await.ok().map(|m| m.time.unix_timestamp());
+            let reason = subject.strip_prefix(&prefix).unwrap_or(&subject).to_string();
+            let redrivable = RejectReason::parse(&reason).is_some_and(RejectReason::is_business);
+            out.push(QueuedReason { reason, messages, oldest_unix: oldest, redrivable });
         }
         Ok(out)
     }

@@ -33,7 +33,7 @@ pub use broker::StreamFacts;
 pub use broker::{Broker, Fetched, PendingPull, RejectEnvelope};
 pub use config::{NatsAuth, NatsConfig, Secret, DEFAULT_DLQ_STREAM, DEFAULT_STREAM};
 pub use dedup::{fingerprint, table, DedupIndex, ShardedDedup, BYTES_PER_SLOT};
-pub use dlq::{DlqEntry, Selection};
+pub use dlq::{DlqEntry, QueuedReason, Selection};
 pub use enrich::{subject_matches, Customer, CustomerConfig, Directory, SubjectConfig, SubscriptionConfig};
 pub use lease::{lease_key, Lease};
 

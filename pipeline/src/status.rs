@@ -24,6 +24,8 @@ pub struct BrokerStatus {
     pub stream_last_seq: Option<u64>,
     /// Messages in the dead-letter stream.
     pub dlq_messages: Option<u64>,
+    /// The DLQ by reason (the exception queue): entries and the oldest.
+    pub exception_queue: Vec<meterflow_ingest::QueuedReason>,
     /// Why the broker could not be read, if it could not.
     pub error: Option<String>,
 }
@@ -117,6 +119,8 @@ pub struct Status {
     pub lag: Option<u64>,
     /// Current usage_summaries version.
     pub summaries_version: Option<u64>,
+    /// The catalog revision the last committed range was decided under.
+    pub catalog_revision: Option<u64>,
     /// Accepted events in the tables.
     pub events_accepted: u64,
     /// Events that arrived after their window closed (`late`) or their period closed
@@ -232,6 +236,7 @@ pub async fn status(config: &Config) -> Result<Status> {
     let table = SummaryTable::open_or_create(data_dir).await?;
     let committed_seq = table.committed_seq().await?;
     let summaries_version = table.version();
+    let catalog_revision = table.catalog_revision().await?;
     let broker = broker_status(config).await;
     let lag = broker.stream_last_seq.map(|l| l.saturating_sub(committed_seq));
     let totals = table_totals(data_dir).await?;
@@ -242,6 +247,7 @@ pub async fn status(config: &Config) -> Result<Status> {
         committed_seq,
         lag,
         summaries_version,
+        catalog_revision,
         events_accepted: totals.events_accepted,
         late_events: totals.late_events,
         rejects: totals.rejects,
@@ -251,8 +257,13 @@ pub async fn status(config: &Config) -> Result<Status> {
 
 /// The broker's side: the stream's last sequence and the DLQ depth, or why they are unknown.
 async fn broker_status(config: &Config) -> BrokerStatus {
-    let mut broker =
-        BrokerStatus { url: config.nats.url.clone(), stream_last_seq: None, dlq_messages: None, error: None };
+    let mut broker = BrokerStatus {
+        url: config.nats.url.clone(),
+        stream_last_seq: None,
+        dlq_messages: None,
+        exception_queue: Vec::new(),
+        error: None,
+    };
     match Broker::connect(config.nats.clone()).await {
         Ok(b) => {
             match b.last_sequence().await {
@@ -260,6 +271,7 @@ async fn broker_status(config: &Config) -> BrokerStatus {
                 Err(e) => broker.error = Some(e.to_string()),
             }
             broker.dlq_messages = b.dlq_depth().await.ok();
+            broker.exception_queue = b.exception_queue().await.unwrap_or_default();
         }
         Err(e) => broker.error = Some(e.to_string()),
     }
@@ -301,6 +313,19 @@ async fn period_statuses(sql: &ReadOnlySql, period_events: &BTreeMap<String, u64
     Ok(periods.into_values().collect())
 }
 
+/// The exception queue in one line: `reason count (oldest N min, redrivable)`.
+pub fn queue_line(queue: &[meterflow_ingest::QueuedReason], now_unix: i64) -> String {
+    if queue.is_empty() {
+        return "empty".into();
+    }
+    let entry = |q: &meterflow_ingest::QueuedReason| {
+        let age = q.oldest_unix.map(|t| format!(", oldest {} min", now_unix.saturating_sub(t).max(0) / 60));
+        let kind = if q.redrivable { ", redrivable" } else { "" };
+        format!("{} {} ({}{kind})", q.reason, q.messages, age.unwrap_or_default().trim_start_matches(", "))
+    };
+    queue.iter().map(entry).collect::<Vec<_>>().join(", ")
+}
+
 /// The status as text.
 pub fn render(s: &Status) -> String {
     let opt = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |v| v.to_string());
@@ -324,7 +349,12 @@ pub fn render(s: &Status) -> String {
             m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
         }
     };
-    out.push_str(&format!("late events     {}\nrejects         {}\nperiods\n", list(&s.late_events), list(&s.rejects)));
+    out.push_str(&format!("late events     {}\nrejects         {}\n", list(&s.late_events), list(&s.rejects)));
+    out.push_str(&format!(
+        "catalog         revision {} (of the last commit)\nDLQ by reason   {}\nperiods\n",
+        opt(s.catalog_revision),
+        queue_line(&s.broker.exception_queue, chrono::Utc::now().timestamp())
+    ));
     for p in &s.periods {
         let invoiced: Vec<String> = p.invoiced.iter().map(|(c, t)| format!("{c} {t}")).collect();
         out.push_str(&format!(

@@ -146,6 +146,10 @@ async fn a_customer_onboarded_from_a_crm_export_while_run_keeps_running_is_meter
     assert!(history.contains("revision 1 ") && history.contains("revision 2 "), "{history}");
     assert!(history.contains("(onboarding)") && history.contains("+ customer newco"), "{history}");
     assert!(!history.contains("revision 3"), "the refused change is not a revision:\n{history}");
+    let status = env.command("status").output().unwrap();
+    let status = text(&status);
+    assert!(status.contains("revision 2 (of the last commit)"), "{status}");
+    assert!(status.contains("DLQ by reason   unknown_subject 1 (oldest 0 min, redrivable)"), "{status}");
     let shown = catalog(&env, &["show"]);
     assert!(String::from_utf8_lossy(&shown.stdout).contains("id = \"newco\""), "{}", text(&shown));
 }

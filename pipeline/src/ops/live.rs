@@ -128,6 +128,8 @@ struct Inner {
     totals: Option<TableTotals>,
     /// The usage_summaries version of the last commit.
     summaries_version: Option<u64>,
+    /// The DLQ by reason, as last read.
+    exception_queue: Vec<meterflow_ingest::QueuedReason>,
 }
 
 /// Shared between the pipeline, the sampler and the HTTP server.
@@ -169,6 +171,7 @@ impl Live {
                 reconciliations: Vec::new(),
                 totals: None,
                 summaries_version: None,
+                exception_queue: Vec::new(),
             }),
         }
     }
@@ -198,6 +201,16 @@ impl Live {
     pub fn totals(&self) -> Option<(TableTotals, Option<u64>)> {
         let inner = self.lock();
         inner.totals.clone().map(|t| (t, inner.summaries_version))
+    }
+
+    /// Records the DLQ by reason (read by the pipeline every refresh).
+    pub fn set_exception_queue(&self, queue: Vec<meterflow_ingest::QueuedReason>) {
+        self.lock().exception_queue = queue;
+    }
+
+    /// The DLQ by reason as last read.
+    pub fn exception_queue(&self) -> Vec<meterflow_ingest::QueuedReason> {
+        self.lock().exception_queue.clone()
     }
 
     /// Records the meters' watermarks (called by the pipeline after each commit).

@@ -62,6 +62,10 @@ pub struct Metrics {
     pub parquet_bytes: Counter,
     /// Messages in the dead-letter stream.
     pub dlq_depth: Gauge,
+    /// DLQ entries by reason (the exception queue).
+    pub dlq_entries: Family<Labels, Gauge>,
+    /// Age of the oldest DLQ entry by reason.
+    pub dlq_oldest_age: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Times the consumer had vanished and was re-created.
     pub consumers_recreated: Counter,
     /// Billing periods by state (`open`, `closed`).
@@ -104,6 +108,8 @@ impl Metrics {
             parquet_files: Counter::default(),
             parquet_bytes: Counter::default(),
             dlq_depth: Gauge::default(),
+            dlq_entries: Family::default(),
+            dlq_oldest_age: Family::default(),
             consumers_recreated: Counter::default(),
             billing_periods: Family::default(),
             erp_documents: Family::default(),
@@ -176,6 +182,13 @@ impl Metrics {
             m.parquet_bytes.clone(),
         );
         r.register("dlq_depth_messages", "Messages in the dead-letter stream", m.dlq_depth.clone());
+        r.register("dlq_entries", "DLQ entries by reject reason (the exception queue)", m.dlq_entries.clone());
+        r.register_with_unit(
+            "dlq_oldest_age",
+            "Age of the oldest DLQ entry of a reject reason",
+            Unit::Seconds,
+            m.dlq_oldest_age.clone(),
+        );
         r.register(
             "consumers_recreated",
             "Times the vanished durable consumer was re-created",

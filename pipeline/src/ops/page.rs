@@ -140,6 +140,22 @@ fn breakdowns(o: &mut String, v: &View) {
     o.push_str("<div class=\"panel\"><div><h2>Rejects by reason</h2>");
     let rows: Vec<Vec<String>> = v.rejected.iter().map(|(k, n)| vec![k.clone(), n.to_string()]).collect();
     table(o, "rejects", &["reason", "events"], &rows, "no rejects since start");
+    o.push_str("</div><div><h2>Exception queue (DLQ)</h2>");
+    let now = chrono::Utc::now().timestamp();
+    let rows: Vec<Vec<String>> = v
+        .billing
+        .iter()
+        .flat_map(|b| b.broker.exception_queue.iter())
+        .map(|q| {
+            vec![
+                q.reason.clone(),
+                q.messages.to_string(),
+                q.oldest_unix.map_or_else(String::new, |t| format!("{} min", now.saturating_sub(t).max(0) / 60)),
+                if q.redrivable { "meterflow dlq replay".into() } else { "publisher fix".into() },
+            ]
+        })
+        .collect();
+    table(o, "exception-queue", &["reason", "entries", "oldest", "cure"], &rows, "empty");
     o.push_str("</div><div><h2>Late events by meter</h2>");
     let rows: Vec<Vec<String>> = v.late.iter().map(|(k, n)| vec![k.clone(), n.to_string()]).collect();
     table(o, "late-events", &["meter", "events"], &rows, "no late events since start");
@@ -255,11 +271,18 @@ mod tests {
                 url: "nats://x".into(),
                 stream_last_seq: None,
                 dlq_messages: None,
+                exception_queue: vec![meterflow_ingest::QueuedReason {
+                    reason: "unknown_subject".into(),
+                    messages: 2,
+                    oldest_unix: None,
+                    redrivable: true,
+                }],
                 error: None,
             },
             committed_seq: 12,
             lag: None,
             summaries_version: None,
+            catalog_revision: Some(3),
             events_accepted: 40,
             late_events: BTreeMap::new(),
             rejects: BTreeMap::new(),

@@ -637,6 +637,17 @@ impl Pipeline {
             if let Ok(depth) = self.broker.dlq_depth().await {
                 m.dlq_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
             }
+            if let Ok(queue) = self.broker.exception_queue().await {
+                let now = chrono::Utc::now().timestamp();
+                for reason in meterflow_schemas::RejectReason::ALL {
+                    let q = queue.iter().find(|q| q.reason == reason.code());
+                    let n = q.map_or(0, |q| i64::try_from(q.messages).unwrap_or(i64::MAX));
+                    m.dlq_entries.get_or_create(&label("reason", reason.code())).set(n);
+                    let age = q.and_then(|q| q.oldest_unix).map_or(0.0, |t| now.saturating_sub(t).max(0) as f64);
+                    m.dlq_oldest_age.get_or_create(&label("reason", reason.code())).set(age);
+                }
+                self.ops.live.set_exception_queue(queue);
+            }
         }
     }
 
