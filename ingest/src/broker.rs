@@ -180,6 +180,8 @@ impl Broker {
                         )
                     }
                     async_nats::Event::Connected => tracing::info!("connected to the NATS server"),
+                    // This process closed the connection itself.
+                    async_nats::Event::Closed => tracing::debug!("NATS connection closed"),
                     other => tracing::warn!(event = %other, "NATS connection event"),
                 }
             });

@@ -73,6 +73,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     let stats = run_pipeline(&config).await?;
     let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
     verify(&sql, &oracle, &stats).await?;
+    super::demo_onboard::run(&config, WorkloadSpec::default().base_time).await?;
     period_close(&config, &sql).await?;
     print_next_steps(&config, &options.config);
     Ok(())

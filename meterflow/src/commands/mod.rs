@@ -9,6 +9,7 @@
 
 pub mod catalog;
 pub mod demo;
+mod demo_onboard;
 pub mod dlq;
 pub mod finance;
 pub mod rerate;
