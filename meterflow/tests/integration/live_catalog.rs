@@ -217,3 +217,70 @@ async fn a_subject_moved_to_another_customer_bills_each_owner_by_event_time_late
     assert_eq!(t[&("acme".to_string(), "api_calls".to_string())].2, 2, "usage before the move bills acme");
     assert_eq!(newco_events(&env), 1, "usage after the move bills newco");
 }
+
+/// A customer with its own subject, on the USD plan.
+fn customer_toml(id: &str) -> String {
+    NEWCO_TOML.replace("\"newco\"", &format!("\"{id}\"")).replace("NewCo", id)
+}
+
+// Each commit-path fault point kills the run that takes in a catalog change and the redrive
+// of the new customer's rejected usage; the next run (without faults) recovers. At the end every
+// customer's usage is counted exactly once and the period invoices (a mismatch between the
+// rated rows and the plans would stop `invoice` with RatedAmountMismatch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_every_commit_path_point_around_a_catalog_change_and_a_redrive_loses_and_doubles_nothing() {
+    use meterflow_faults::Point;
+    use std::os::unix::process::ExitStatusExt;
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    let envs = [
+        ("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "5"),
+        ("METERFLOW_PIPELINE__SNAPSHOT_EVERY_COMMITS", "1"),
+        ("METERFLOW_NATS__LEASE_TTL_S", "3"),
+    ];
+    let points: Vec<Point> =
+        Point::ALL.iter().copied().filter(|p| p.is_on_commit_path() && *p != Point::CheckpointWrite).collect();
+    let usage = |id: &str, subject: &str| event(id, subject, "api_calls", "2026-11-23T05:00:00Z", r#"{"requests":7}"#);
+    for (i, _) in points.iter().enumerate() {
+        publish(&js, "usage.api", usage(&format!("early-{i}"), &format!("new-{i}")), None).await;
+    }
+    env.run_until_idle(&envs);
+    assert_eq!(reasons(&env), [vec!["unknown_subject".to_string(), points.len().to_string()]]);
+
+    for (i, point) in points.iter().enumerate() {
+        let file = env.dir.path().join(format!("new-{i}.toml"));
+        std::fs::write(&file, customer_toml(&format!("new-{i}"))).unwrap();
+        let applied = catalog(&env, &["apply", file.to_str().unwrap()]);
+        assert!(applied.status.success(), "{}", text(&applied));
+        let out = env.command("dlq").args(["replay", "--subject", &format!("new-{i}")]).output().unwrap();
+        assert!(out.status.success() && text(&out).contains("1 entries redriven"), "{}", text(&out));
+        publish(&js, "usage.api", usage(&format!("late-{i}"), &format!("new-{i}")), None).await;
+        publish(&js, "usage.api", usage(&format!("acme-{i}"), "acme"), None).await;
+        // A reject in the same range, so the DLQ and rejections steps of the commit run too.
+        publish(&js, "usage.api", usage(&format!("ghost-{i}"), "ghost"), None).await;
+        let fault = format!("{point}:kill@1");
+        let killed = env
+            .command("run")
+            .args(["--exit-when-idle", "1s"])
+            .envs(envs)
+            .env("METERFLOW_FAULTS", &fault)
+            .output()
+            .unwrap();
+        assert_eq!(killed.status.signal(), Some(9), "{fault}: expected death by SIGKILL: {}", text(&killed));
+        env.run_until_idle(&envs);
+    }
+    for i in 0..points.len() {
+        let t = totals(&env);
+        let events = t.get(&(format!("new-{i}"), "api_calls".to_string())).map_or(0, |t| t.2);
+        assert_eq!(events, 2, "new-{i}: its redriven and its fresh event, once each");
+    }
+    assert_eq!(totals(&env)[&("acme".to_string(), "api_calls".to_string())].2, points.len() as u64);
+    let close = env.command("close").args(["--period", "2026-11"]).output().unwrap();
+    assert!(close.status.success(), "{}", text(&close));
+    let invoice = env.command("invoice").args(["--period", "2026-11"]).output().unwrap();
+    assert!(invoice.status.success(), "invoicing after the kills: {}", text(&invoice));
+    assert!(text(&invoice).contains("new-0"), "{}", text(&invoice));
+    let queued = env.command("dlq").arg("list").output().unwrap();
+    assert!(text(&queued).contains(&format!("subject ghost: {} events", points.len())), "{}", text(&queued));
+}

@@ -35,6 +35,8 @@ impl Pipeline {
             return Ok(());
         }
         self.commits_since_snapshot = 0;
+        // A crash here restarts from the snapshot just saved, under the new revision.
+        meterflow_faults::hit(meterflow_faults::Point::AfterSnapshot);
         tracing::info!(
             from = self.revision,
             to = revision,
