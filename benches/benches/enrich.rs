@@ -38,6 +38,7 @@ fn large_directory() -> Directory {
             subscriptions: vec![],
             billing_anchor_day: 1,
             publish_subjects: vec![],
+            attributes: Default::default(),
         })
         .collect();
     Directory::new(customers, "bench").expect("a valid directory")

@@ -15,6 +15,9 @@
 //! | `billing_anchor_day` | no | day of the month its billing periods start (1 to 28, default 1) |
 //! | `publish_subjects` | no | NATS subjects its usage may arrive on, separated by `;` or spaces |
 //!
+//! Every other column is a free attribute of the customer (`segment`, `region`, ...), kept by
+//! its header name.
+//!
 //! A row for a customer the catalog already has updates the mapped columns whose cells are not
 //! empty and keeps everything else (subscriptions included): a CRM knows accounts, not plans.
 
@@ -118,6 +121,8 @@ fn read_csv(text: &str, mapping: &CsvMapping, current: &Catalog) -> std::result:
         }
     }
     let columns: Vec<(&str, Option<usize>)> = CSV_FIELDS.iter().map(|f| (*f, column(f))).collect();
+    let mapped: Vec<usize> = columns.iter().filter_map(|(_, i)| *i).collect();
+    let extra: Vec<(usize, &str)> = headers.iter().enumerate().filter(|(i, _)| !mapped.contains(i)).collect();
     let mut customers = Vec::new();
     for (row, record) in reader.records().enumerate() {
         // Line numbers as an editor shows them: the header is line 1.
@@ -128,7 +133,12 @@ fn read_csv(text: &str, mapping: &CsvMapping, current: &Catalog) -> std::result:
             .filter_map(|(field, i)| Some((*field, i.and_then(|i| record.get(i))?)))
             .filter(|(_, cell)| !cell.is_empty())
             .collect();
-        let customer = customer_of(&cells, mapping, current).map_err(|e| format!("line {line}: {e}"))?;
+        let mut customer = customer_of(&cells, mapping, current).map_err(|e| format!("line {line}: {e}"))?;
+        for (i, header) in &extra {
+            if let Some(value) = record.get(*i).filter(|v| !v.is_empty()) {
+                customer.attributes.insert(header.to_string(), value.to_string());
+            }
+        }
         customers.push(customer);
     }
     Ok(Records { customers, plans: Vec::new() })
@@ -166,6 +176,7 @@ fn customer_of(
             subscriptions: Vec::new(),
             billing_anchor_day: 1,
             publish_subjects: Vec::new(),
+            attributes: Default::default(),
         },
     };
     let known = current.customer(id).is_some();
@@ -238,9 +249,9 @@ mod tests {
         let path = write(
             dir.path(),
             "accounts.csv",
-            "Account ID,Account Name,Currency,Entity,ERP,Subjects,plan\n\
-             acme,Acme Corp,,,,acme; acme-eu,\n\
-             initech,Initech,EUR,de,C9,initech,std-eur\n",
+            "Account ID,Account Name,Currency,Entity,ERP,Subjects,plan,Segment\n\
+             acme,Acme Corp,,,,acme; acme-eu,,enterprise\n\
+             initech,Initech,EUR,de,C9,initech,std-eur,\n",
         );
         let mapping = CsvMapping::parse(&[
             "id=Account ID".into(),
@@ -257,6 +268,11 @@ mod tests {
         assert_eq!(acme.subjects, [SubjectConfig::from("acme"), SubjectConfig::from("acme-eu")]);
         assert_eq!(acme.currency, "USD", "an empty cell keeps the known value");
         assert_eq!(acme.subscriptions.len(), 1, "a CRM row keeps the subscriptions");
+        assert_eq!(
+            acme.attributes.get("Segment").map(String::as_str),
+            Some("enterprise"),
+            "other columns are attributes"
+        );
         let initech = &r.customers[1];
         assert_eq!((initech.currency.as_str(), initech.plan.as_deref()), ("EUR", Some("std-eur")));
     }

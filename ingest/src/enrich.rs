@@ -45,6 +45,10 @@ pub struct CustomerConfig {
     /// events that name another tenant's customer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish_subjects: Vec<String>,
+    /// Free attributes (segment, region, sales owner, ...), kept with the customer for
+    /// reporting; meterflow does not interpret them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// A usage subject a customer owns: for good, or over `[from, until)`.
@@ -303,6 +307,7 @@ mod tests {
             subscriptions: vec![],
             billing_anchor_day: 1,
             publish_subjects: vec![],
+            attributes: Default::default(),
         }
     }
 

@@ -80,6 +80,7 @@ pub async fn run(config: &Config, at: chrono::DateTime<chrono::Utc>) -> Result<(
         subscriptions: Vec::new(),
         billing_anchor_day: 1,
         publish_subjects: Vec::new(),
+        attributes: [("segment".to_string(), "mid-market".to_string())].into(),
     };
     let change = ChangeSet {
         author: "meterflow demo".into(),
