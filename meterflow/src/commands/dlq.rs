@@ -172,8 +172,8 @@ mod tests {
         let text = render_list(&entries, at(3_600));
         assert_eq!(
             text,
-            "invalid_json                   1 events  oldest 2026-11-18T07:47:10Z (59 min ago)  technical\n\
-             unknown_subject                3 events  oldest 2026-11-18T07:46:40Z (60 min ago)  redrivable\n    \
+            "invalid_json                   1 events  oldest 2026-11-18T11:07:10Z (59 min ago)  technical\n\
+             unknown_subject                3 events  oldest 2026-11-18T11:06:40Z (60 min ago)  redrivable\n    \
              subject newco: 2 events\n    subject ghost: 1 events\n"
         );
     }
