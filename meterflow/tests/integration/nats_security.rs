@@ -43,6 +43,8 @@ const PIPELINE_PUBLISH: &[&str] = &[
     "$KV.meterflow_leases.USAGE.meterflow",
     // Asking the stream whether skipped sequences exist (only after a gap).
     "$JS.API.STREAM.MSG.GET.USAGE",
+    // The age of the oldest DLQ entry of each reason (metrics and the operations page).
+    "$JS.API.STREAM.MSG.GET.USAGE_DLQ",
     // The catalog: reading its revisions; creating the stream and importing the reference
     // files as the first revision only while it does not exist yet.
     "$JS.API.STREAM.INFO.METERFLOW_CATALOG",
