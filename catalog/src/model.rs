@@ -208,11 +208,6 @@ impl Catalog {
     pub fn records(&self) -> Records {
         Records { customers: self.customers.clone(), plans: self.plans.clone() }
     }
-
-    /// True when it holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.customers.is_empty() && self.plans.is_empty()
-    }
 }
 
 fn rule(kind: Kind, id: &str, rule: String) -> CatalogError {

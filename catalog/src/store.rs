@@ -49,11 +49,11 @@ impl CatalogStore {
 
     /// The change sets of revisions `after + 1 ..= through`, in order.
     pub async fn change_sets(&self, after: Revision, through: Revision) -> Result<Vec<(Revision, ChangeSet)>> {
-        let latest = self.revision().await?;
+        let stream = self.js.get_stream(&self.stream).await.map_err(|e| self.broker("read a revision", e))?;
+        let latest = stream.cached_info().state.last_sequence;
         if through > latest {
             return Err(CatalogError::NoSuchRevision { revision: through, latest });
         }
-        let stream = self.js.get_stream(&self.stream).await.map_err(|e| self.broker("read a revision", e))?;
         let mut out = Vec::with_capacity(usize::try_from(through.saturating_sub(after)).unwrap_or(0));
         for revision in after.saturating_add(1)..=through {
             let message = stream.get_raw_message(revision).await.map_err(|e| CatalogError::Corrupt {

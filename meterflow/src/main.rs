@@ -455,54 +455,60 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Vacuum { common, dry_run } => vacuum(common, dry_run).await,
-        Command::Dlq { common, action } => {
-            init_logging("warn");
-            let config = common.load()?;
-            let out = match action {
-                DlqAction::List => dlq::list(&config).await?,
-                DlqAction::Show { seq } => dlq::show(&config, seq).await?,
-                DlqAction::Replay { reason, subject, since, technical, dry_run } => {
-                    if let Some(r) = reason.as_deref() {
-                        if meterflow_schemas::RejectReason::parse(r).is_none() {
-                            bail!("--reason {r:?} is not a reject reason; `meterflow dlq list` shows the ones queued");
-                        }
-                    }
-                    let since = since
-                        .map(|t| {
-                            meterflow_rater::parse_instant(&t)
-                                .with_context(|| format!("--since {t:?} is not YYYY-MM-DD or an RFC 3339 time"))
-                        })
-                        .transpose()?;
-                    let selection = meterflow_ingest::Selection { reason, subject, since, technical };
-                    dlq::replay(&config, &dlq::ReplayOptions { selection, dry_run }).await?
-                }
-            };
-            print!("{out}");
-            Ok(())
-        }
-        Command::Catalog { common, action } => {
-            init_logging("warn");
-            let config = common.load()?;
-            let out = match action {
-                CatalogAction::Apply { file, dry_run, author, comment, columns } => {
-                    let opts = catalog::ApplyOptions { file, dry_run, author, comment, columns };
-                    catalog::apply(&config, &opts).await?
-                }
-                CatalogAction::Show { revision, json } => {
-                    let format = if json { catalog::ShowFormat::Json } else { catalog::ShowFormat::Toml };
-                    catalog::show(&config, revision, format).await?
-                }
-                CatalogAction::History => catalog::history(&config).await?,
-            };
-            print!("{out}");
-            Ok(())
-        }
+        Command::Dlq { common, action } => dlq_command(common, action).await,
+        Command::Catalog { common, action } => catalog_command(common, action).await,
         Command::Demo { config, nats_url, data_dir, events, batch_events, batch_size } => {
             init_logging("warn");
             let overrides = Overrides { nats_url, data_dir };
             demo::run(DemoOptions { config, overrides, events, batch_events, batch_size }).await
         }
     }
+}
+
+/// `meterflow dlq`: the exception queue.
+async fn dlq_command(common: Common, action: DlqAction) -> Result<()> {
+    init_logging("warn");
+    let config = common.load()?;
+    let out = match action {
+        DlqAction::List => dlq::list(&config).await?,
+        DlqAction::Show { seq } => dlq::show(&config, seq).await?,
+        DlqAction::Replay { reason, subject, since, technical, dry_run } => {
+            if let Some(r) = reason.as_deref() {
+                if meterflow_schemas::RejectReason::parse(r).is_none() {
+                    bail!("--reason {r:?} is not a reject reason; `meterflow dlq list` shows the ones queued");
+                }
+            }
+            let since = since
+                .map(|t| {
+                    meterflow_rater::parse_instant(&t)
+                        .with_context(|| format!("--since {t:?} is not YYYY-MM-DD or an RFC 3339 time"))
+                })
+                .transpose()?;
+            let selection = meterflow_ingest::Selection { reason, subject, since, technical };
+            dlq::replay(&config, &dlq::ReplayOptions { selection, dry_run }).await?
+        }
+    };
+    print!("{out}");
+    Ok(())
+}
+
+/// `meterflow catalog`: the live catalog.
+async fn catalog_command(common: Common, action: CatalogAction) -> Result<()> {
+    init_logging("warn");
+    let config = common.load()?;
+    let out = match action {
+        CatalogAction::Apply { file, dry_run, author, comment, columns } => {
+            let opts = catalog::ApplyOptions { file, dry_run, author, comment, columns };
+            catalog::apply(&config, &opts).await?
+        }
+        CatalogAction::Show { revision, json } => {
+            let format = if json { catalog::ShowFormat::Json } else { catalog::ShowFormat::Toml };
+            catalog::show(&config, revision, format).await?
+        }
+        CatalogAction::History => catalog::history(&config).await?,
+    };
+    print!("{out}");
+    Ok(())
 }
 
 /// `meterflow run`: the pipeline until a signal (or idle, with `--exit-when-idle`).

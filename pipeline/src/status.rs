@@ -270,8 +270,11 @@ async fn broker_status(config: &Config) -> BrokerStatus {
                 Ok(v) => broker.stream_last_seq = Some(v),
                 Err(e) => broker.error = Some(e.to_string()),
             }
-            broker.dlq_messages = b.dlq_depth().await.ok();
-            broker.exception_queue = b.exception_queue().await.unwrap_or_default();
+            // One read gives the depth too: the DLQ's subjects are its reasons.
+            if let Ok(queue) = b.exception_queue().await {
+                broker.dlq_messages = Some(queue.iter().map(|q| q.messages).sum());
+                broker.exception_queue = queue;
+            }
         }
         Err(e) => broker.error = Some(e.to_string()),
     }

@@ -242,15 +242,24 @@ impl Pipeline {
     }
 
     pub(super) fn snapshot(&mut self) -> Result<()> {
-        let bytes = self.core.snapshot_bytes(self.revision)?;
+        self.save_snapshot(self.revision).map(|_saved| ())
+    }
+
+    /// Saves the state at the committed sequence, naming catalog revision `revision` for the
+    /// messages after it; false (logged) when the store failed. Not fatal: the next start
+    /// replays a little more, and a change of revision waits for a saved snapshot.
+    pub(super) fn save_snapshot(&mut self, revision: meterflow_catalog::Revision) -> Result<bool> {
+        let bytes = self.core.snapshot_bytes(revision)?;
         match self.store.save(self.committed_seq, &bytes) {
             Ok(()) => {
                 self.commits_since_snapshot = 0;
                 meterflow_faults::hit(Point::AfterSnapshot);
+                Ok(true)
             }
-            // Not fatal: the next start replays a little more.
-            Err(e) => tracing::warn!(error = %e, "state snapshot failed; will retry at the next commit"),
+            Err(e) => {
+                tracing::warn!(error = %e, revision, "state snapshot failed; will retry at the next commit");
+                Ok(false)
+            }
         }
-        Ok(())
     }
 }

@@ -11,6 +11,42 @@ use crate::config::Reference;
 /// How often a running pipeline asks the catalog stream for a newer revision.
 const CATALOG_CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// Subscribes to the catalog's change notices; `None` (logged) when the broker refuses, and
+/// changes are then asked for every second.
+pub(super) async fn subscribe_notices(
+    broker: &meterflow_ingest::Broker,
+    config: &crate::config::Config,
+) -> Option<async_nats::Subscriber> {
+    match broker.client().subscribe(config.nats.catalog_subject.clone()).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot subscribe to catalog changes; asking for them every second instead");
+            None
+        }
+    }
+}
+
+/// The newest revision, checked against the one the replay decides under, to move to once the
+/// replay is done; `None` when it is the same, or refused (logged).
+pub(super) fn next_after_replay(
+    config: &crate::config::Config,
+    (revision, now): (Revision, &Catalog),
+    (latest, newest): (Revision, Catalog),
+) -> Option<(Revision, Catalog, Reference)> {
+    tracing::info!(revision, newest = latest, "catalog revision of the replay");
+    if latest == revision {
+        return None;
+    }
+    match checked_revision(config, now, &newest, latest) {
+        Ok(reference) => Some((latest, newest, reference)),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), revision = latest, "the newest catalog revision is refused; \
+                deciding under revision {revision}");
+            None
+        }
+    }
+}
+
 impl Pipeline {
     /// The first turn live (the replay, if any, has rebuilt the committed state): moves to the
     /// newer revision found at start, or, without a snapshot to replay from next time, saves one
@@ -28,15 +64,10 @@ impl Pipeline {
     /// (a replay from there decides under it), then the new reference data. A snapshot that
     /// cannot be saved leaves the revision as it is, to be tried again.
     pub(super) fn switch_catalog(&mut self, revision: Revision, catalog: Catalog, reference: Reference) -> Result<()> {
-        let bytes = self.core.snapshot_bytes(revision)?;
-        if let Err(e) = self.store.save(self.committed_seq, &bytes) {
-            tracing::warn!(error = %e, revision, "cannot save the snapshot that moves to a new catalog revision; \
-                staying at revision {} and trying again", self.revision);
-            return Ok(());
+        // A crash after the save restarts from the snapshot just saved, under the new revision.
+        if !self.save_snapshot(revision)? {
+            return Ok(()); // staying at the revision in force; tried again on the next turn
         }
-        self.commits_since_snapshot = 0;
-        // A crash here restarts from the snapshot just saved, under the new revision.
-        meterflow_faults::hit(meterflow_faults::Point::AfterSnapshot);
         tracing::info!(
             from = self.revision,
             to = revision,

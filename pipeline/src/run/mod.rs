@@ -322,13 +322,7 @@ impl Pipeline {
         let facts = broker.stream_facts().await?;
         let catalog = catalog::open_store(&broker, &config).await?;
         // Subscribed before the newest revision is read: no change can fall in between.
-        let catalog_notices = match broker.client().subscribe(config.nats.catalog_subject.clone()).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot subscribe to catalog changes; asking for them every second instead");
-                None
-            }
-        };
+        let catalog_notices = follow::subscribe_notices(&broker, &config).await;
         let latest = catalog::bootstrap(&catalog, &config).await?;
         let mut table = SummaryTable::open_or_create(&config.storage.data_dir).await?;
         let store = StateStore::open(config.state_dir())?;
@@ -362,19 +356,7 @@ impl Pipeline {
         let (revision, catalog_now) =
             replay_catalog(&config, &catalog, &latest, restored.revision, committed_revision).await?;
         let reference = catalog::reference_at(&config, &catalog_now, revision)?;
-        let catalog_next = if latest.0 == revision {
-            None
-        } else {
-            match checked_revision(&config, &catalog_now, &latest.1, latest.0) {
-                Ok(r) => Some((latest.0, latest.1.clone(), r)),
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), revision = latest.0, "the newest catalog revision is \
-                        refused; deciding under revision {revision}");
-                    None
-                }
-            }
-        };
-        tracing::info!(revision, newest = latest.0, "catalog revision of the replay");
+        let catalog_next = follow::next_after_replay(&config, (revision, &catalog_now), latest);
         // The operations page's usage totals: read from the tables once, then kept by commits.
         match crate::status::table_totals(&config.storage.data_dir).await {
             Ok(t) => ops.live.load_totals(t, table.version()),
@@ -634,10 +616,10 @@ impl Pipeline {
         let every = Duration::from_secs(self.config.ops.refresh_s.max(1));
         if self.dlq_read_at.is_none_or(|t| t.elapsed() >= every) {
             self.dlq_read_at = Some(Instant::now());
-            if let Ok(depth) = self.broker.dlq_depth().await {
-                m.dlq_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
-            }
+            // One read gives the depth too: the DLQ's subjects are its reasons.
             if let Ok(queue) = self.broker.exception_queue().await {
+                let depth: u64 = queue.iter().map(|q| q.messages).sum();
+                m.dlq_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
                 let now = chrono::Utc::now().timestamp();
                 for reason in meterflow_schemas::RejectReason::ALL {
                     let q = queue.iter().find(|q| q.reason == reason.code());
