@@ -4,7 +4,9 @@
 # installs only what the demo needs and exports NATS_SERVER_BIN, the path of a nats-server
 # binary that supports JetStream; `need_test_tools` (called by scripts/test.sh) adds what only
 # the tests and benchmarks use and exports DELTA_READER_PYTHON, a Python with deltalake,
-# duckdb and pyarrow to cross-read the tables. Run as a command, it installs both.
+# duckdb and pyarrow to cross-read the tables, and with the API's real clients (openmeter,
+# schemathesis, psycopg; its bin/ has the `schemathesis` command). Run as a command, it
+# installs both.
 #
 # nats-server, in order of preference:
 # Order of preference:
@@ -79,14 +81,26 @@ need_test_tools() {
     echo "tools: installing ${readers[*]} into $TOOLS/venv" >&2
     "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${readers[@]}" >&2
   fi
+  # Real clients of the HTTP API and the Postgres-wire SQL endpoint (meterflow/tests/clients/):
+  # OpenMeter's own Python SDK (only pre-releases on PyPI: the exact pin selects one without
+  # `--pre`, which would also let the dependencies float to pre-releases), schemathesis to check
+  # every response against api/openapi.yaml, and psycopg 3 with its bundled libpq (SCRAM auth,
+  # simple and extended query protocols).
+  local clients=("openmeter==1.0.0b236" "schemathesis==4.32.5" "psycopg[binary]==3.3.9")
+  if ! "$TOOLS/venv/bin/python" -c "import openmeter, schemathesis, psycopg" >/dev/null 2>&1; then
+    echo "tools: installing ${clients[*]} into $TOOLS/venv" >&2
+    "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${clients[@]}" >&2
+  fi
   DELTA_READER_PYTHON="$TOOLS/venv/bin/python"
   export DELTA_READER_PYTHON
   apt_install_missing hledger hledger
   apt_install_missing chromium chromium
+  # psql, the reference Postgres client, for the SQL endpoint's tests.
+  apt_install_missing psql postgresql-client
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   need_test_tools
   echo "nats-server: $NATS_SERVER_BIN"
-  echo "python with deltalake and duckdb: $DELTA_READER_PYTHON"
+  echo "python with deltalake, duckdb, openmeter, schemathesis and psycopg: $DELTA_READER_PYTHON"
 fi

@@ -19,6 +19,7 @@
 //! [`query`] is the query benchmark (binary `meterflow-querybench`): the monthly invoice query on a
 //! month of hourly summaries, meterflow's DataFusion path against DuckDB on the same Parquet files.
 
+pub mod http;
 pub mod query;
 pub mod report;
 
@@ -70,6 +71,9 @@ pub struct LoadOptions {
     /// With `late_fraction`: mean lateness of the late events, in seconds (exponential, capped
     /// one day inside the config's backdating limit).
     pub lateness_mean_s: f64,
+    /// Ingest the throughput phase through the HTTP API instead of publishing it to JetStream
+    /// directly, and time month-to-date meter queries afterwards.
+    pub http: bool,
 }
 
 /// Seconds of event time each part of the workload (throughput, freshness) covers when event
@@ -181,6 +185,12 @@ pub struct RunReport {
     pub late_flagged: u64,
     /// True when every total equalled the oracle.
     pub exact: bool,
+    /// HTTP mode: the throughput phase posted through the API.
+    pub http_ingest: Option<Rate>,
+    /// HTTP mode: API events/s ÷ raw publish events/s.
+    pub http_ratio_to_publish: Option<f64>,
+    /// HTTP mode: month-to-date meter query latency for one customer.
+    pub query_latency: Option<http::QueryLatency>,
 }
 
 /// The pipeline's busy time in the throughput phase and its parts, in seconds (the rest is the
@@ -380,8 +390,16 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
     meterflow_ingest::Broker::connect(config.nats.clone()).await?.ensure_streams().await?;
     let (raw_publish, raw_consume) = ceiling(&js, throughput_msgs, events, &config.nats).await?;
 
-    // Throughput: the pipeline drains the pre-filled stream.
-    publish_as(&js, throughput_msgs, None).await?;
+    // Throughput: the pipeline drains the pre-filled stream (filled through the HTTP API in
+    // HTTP mode).
+    let server = if options.http { Some(http::start(&config).await?) } else { None };
+    let http_ingest = match &server {
+        Some(s) => Some(http::ingest(s, throughput_msgs, events).await?),
+        None => {
+            publish_as(&js, throughput_msgs, None).await?;
+            None
+        }
+    };
     let ops = Arc::new(Ops::new(&config));
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let pipeline = Pipeline::start_with_ops(config.clone(), ops.clone()).await?;
@@ -401,6 +419,19 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
         Some(f)
     };
 
+    let query_latency = match &server {
+        Some(s) => {
+            let subjects: Vec<String> = reference
+                .directory
+                .customers()
+                .iter()
+                .filter_map(|c| c.subjects.first().map(|x| x.name().to_string()))
+                .collect();
+            let meter = reference.meters.configs().first().map(|m| m.name.clone()).unwrap_or_default();
+            Some(http::query_latency(s, &meter, &subjects, main_base, 200).await?)
+        }
+        None => None,
+    };
     let differences = workload::differences(&config.storage.data_dir, &oracle).await?;
     for d in &differences {
         eprintln!("MISMATCH {d}");
@@ -410,6 +441,7 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
         let kept = dir.keep();
         eprintln!("kept the run's data directory and broker store for inspection: {}", kept.display());
     }
+    let http_ratio = http_ingest.as_ref().map(|h| h.events_per_s / raw_publish.events_per_s.max(1e-9));
     Ok(RunReport {
         batch_size: options.batch_size.max(1),
         workload: shape,
@@ -431,6 +463,9 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
         late_generated: oracle.late,
         late_flagged: late,
         exact: differences.is_empty(),
+        http_ratio_to_publish: http_ratio,
+        http_ingest,
+        query_latency,
     })
 }
 

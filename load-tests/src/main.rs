@@ -70,6 +70,12 @@ struct Cli {
     /// config's max_backdating_days; default 3600).
     #[arg(long)]
     lateness_mean_s: Option<f64>,
+    /// Post the throughput phase through the HTTP API (in process, loopback) instead of
+    /// publishing to JetStream directly; report its rate against the raw publish of the same
+    /// payloads, and the latency of month-to-date meter queries for one customer. Needs
+    /// --bad-every 0 (the API refuses malformed events with 400; they never reach the DLQ).
+    #[arg(long)]
+    http: bool,
     /// Folder for loadgen-<batch>.json / .md / .html.
     #[arg(long, default_value = "target/loadgen")]
     out: PathBuf,
@@ -77,6 +83,9 @@ struct Cli {
 
 /// The run's options from the command line, refusing combinations and values that make no sense.
 fn options(cli: &Cli) -> Result<LoadOptions> {
+    if cli.http && cli.bad_every != 0 {
+        bail!("--http needs --bad-every 0: the API refuses malformed events (400), so they never reach the DLQ");
+    }
     if cli.skew.is_some() && cli.customers.is_none() {
         bail!("--skew applies to synthetic customers: give --customers too");
     }
@@ -106,6 +115,7 @@ fn options(cli: &Cli) -> Result<LoadOptions> {
         skew: cli.skew.unwrap_or(1.0),
         late_fraction: cli.late_fraction,
         lateness_mean_s: cli.lateness_mean_s.unwrap_or(3_600.0),
+        http: cli.http,
     })
 }
 
@@ -131,6 +141,18 @@ fn print_run(r: &RunReport) {
         r.ratio_to_consume_ceiling,
         r.exact
     );
+    if let (Some(h), Some(ratio)) = (&r.http_ingest, r.http_ratio_to_publish) {
+        eprintln!(
+            "  HTTP ingest {:.0} ev/s ({:.0} requests/s), ratio to raw publish {ratio:.2}",
+            h.events_per_s, h.messages_per_s
+        );
+    }
+    if let Some(q) = &r.query_latency {
+        eprintln!(
+            "  month-to-date meter query, one customer of {}: p50 {:.1} ms, p99 {:.1} ms ({} queries)",
+            q.customers, q.p50_ms, q.p99_ms, q.samples
+        );
+    }
     let t = &r.time_split;
     eprintln!(
         "  pipeline busy {:.2} s: waiting for pulls {:.2} s, core stages {:.2} s, commits {:.2} s",
@@ -159,7 +181,8 @@ async fn main() -> Result<()> {
     let command = format!("meterflow-loadgen {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
     let summary = Summary::new(command, runs);
     std::fs::create_dir_all(&cli.out)?;
-    let base = cli.out.join(format!("loadgen-{}", cli.batch_size));
+    let mode = if cli.http { "-http" } else { "" };
+    let base = cli.out.join(format!("loadgen-{}{mode}", cli.batch_size));
     std::fs::write(base.with_extension("json"), serde_json::to_vec_pretty(&summary)?)?;
     std::fs::write(base.with_extension("md"), summary.markdown())?;
     std::fs::write(base.with_extension("html"), summary.html())?;

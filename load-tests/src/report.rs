@@ -118,6 +118,23 @@ impl Summary {
                 r.accepted, r.duplicates, r.rejected
             );
         }
+        let http: Vec<String> = self
+            .runs
+            .iter()
+            .filter_map(|r| {
+                let (h, ratio) = (r.http_ingest.as_ref()?, r.http_ratio_to_publish?);
+                let q = r.query_latency.as_ref().map_or(String::new(), |q| {
+                    format!(
+                        "; month-to-date meter query for one of {} customers p50 {:.1} ms / p99 {:.1} ms",
+                        q.customers, q.p50_ms, q.p99_ms
+                    )
+                });
+                Some(format!("HTTP ingest {:.0} ev/s = {ratio:.2} of the raw publish{q}", h.events_per_s))
+            })
+            .collect();
+        if !http.is_empty() {
+            let _w = writeln!(s, "\nHTTP API, per run: {}.", http.join("; "));
+        }
         if self.workload.late_fraction.is_some() {
             let per_run: Vec<String> = self
                 .runs

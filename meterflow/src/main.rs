@@ -6,7 +6,7 @@ mod commands;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use commands::demo::{self, DemoOptions};
-use commands::{catalog, dlq, finance, rerate, trace};
+use commands::{api, catalog, dlq, finance, rerate, trace};
 use meterflow_pipeline::config::{Config, LogFormat, Overrides};
 use meterflow_pipeline::ops::Ops;
 use meterflow_pipeline::{status, Pipeline, RunOptions, StartOptions};
@@ -252,6 +252,27 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Serve the HTTP API (OpenMeter-compatible events and meters, customer usage and invoice
+    /// previews, the OpenAPI document at /api/v1/openapi.yaml) and, with --pg-listen, SQL over
+    /// the Postgres protocol. Stateless: run as many as needed in front of the same broker and
+    /// tables. `meterflow run` serves the same HTTP API on [ops] listen.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// HTTP address (default [api] listen, 127.0.0.1:8888).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Postgres-protocol address (default [api] pg_listen; off when empty).
+        #[arg(long, value_name = "ADDR")]
+        pg_listen: Option<String>,
+    },
+    /// API keys of the HTTP API and the Postgres endpoint: bound to customers, or admin keys.
+    ApiKey {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: ApiKeyAction,
+    },
     /// Start a local nats-server with JetStream (unless --nats-url is given), publish a
     /// realistic workload with duplicates and bad events, run the pipeline until drained,
     /// check the totals against the workload's oracle and print them.
@@ -275,6 +296,31 @@ enum Command {
         /// Events per batch-mode message.
         #[arg(long, default_value_t = 50)]
         batch_size: usize,
+        /// Keep the demo's HTTP API and Postgres endpoint up this many seconds after its API
+        /// step, to try the printed curl and psql lines.
+        #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+        serve_for: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyAction {
+    /// Create a key and print it (once). With --customer (repeatable), the key publishes and
+    /// reads only those customers' usage; without, it is an admin key for every customer.
+    Create {
+        /// A customer the key is bound to.
+        #[arg(long = "customer", value_name = "ID")]
+        customers: Vec<String>,
+        /// A label.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the keys (ids, scope, state; never the keys).
+    List,
+    /// Revoke a key by id.
+    Revoke {
+        /// The key's id (the 12 hex digits after `mf_`).
+        id: String,
     },
 }
 
@@ -457,10 +503,27 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Vacuum { common, dry_run } => vacuum(common, dry_run).await,
         Command::Dlq { common, action } => dlq_command(common, action).await,
         Command::Catalog { common, action } => catalog_command(common, action).await,
-        Command::Demo { config, nats_url, data_dir, events, batch_events, batch_size } => {
+        Command::Serve { common, listen, pg_listen } => {
+            let config = common.load()?;
+            init_logging_as(&config.log.level, config.log.format);
+            api::serve(config, listen, pg_listen, shutdown_on_signals()?).await
+        }
+        Command::ApiKey { common, action } => {
+            init_logging("warn");
+            let config = common.load()?;
+            let out = match action {
+                ApiKeyAction::Create { customers, name } => api::create(&config, customers, name).await?,
+                ApiKeyAction::List => api::list(&config).await?,
+                ApiKeyAction::Revoke { id } => api::revoke(&config, &id).await?,
+            };
+            print!("{out}");
+            Ok(())
+        }
+        Command::Demo { config, nats_url, data_dir, events, batch_events, batch_size, serve_for } => {
             init_logging("warn");
             let overrides = Overrides { nats_url, data_dir };
-            demo::run(DemoOptions { config, overrides, events, batch_events, batch_size }).await
+            let serve_for = Duration::from_secs(serve_for);
+            demo::run(DemoOptions { config, overrides, events, batch_events, batch_size, serve_for }).await
         }
     }
 }
@@ -522,6 +585,7 @@ async fn run_pipeline(common: Common, exit_when_idle: Option<Duration>, adopt_st
     let shutdown = shutdown_on_signals()?;
     let ops = std::sync::Arc::new(Ops::new(&config));
     ops.start(&config).await;
+    api::embed(&config, ops.clone(), shutdown.clone()).await;
     let options = StartOptions { adopt_stream, shutdown: Some(shutdown.clone()) };
     let Some(pipeline) = Pipeline::start_with(config, ops, options).await? else {
         println!("stopped while waiting as a standby for the writer lease; nothing was committed");

@@ -257,6 +257,10 @@ pub struct Config {
     /// `[ops]`: metrics and the operations page of `meterflow run`.
     #[serde(default)]
     pub ops: OpsConfig,
+    /// `[api]`: the HTTP API and the Postgres-protocol SQL endpoint (`meterflow serve`, and
+    /// embedded in `meterflow run` on `[ops] listen`).
+    #[serde(default)]
+    pub api: ApiConfig,
     /// `[log]`: log format and level.
     #[serde(default)]
     pub log: LogConfig,
@@ -550,6 +554,52 @@ pub struct OpsConfig {
 impl Default for OpsConfig {
     fn default() -> Self {
         OpsConfig { listen: "127.0.0.1:9464".into(), refresh_s: 10, history_minutes: 10 }
+    }
+}
+
+/// The `[api]` section: the HTTP API and the Postgres-protocol SQL endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// HTTP address of `meterflow serve` (`meterflow run` serves the API on `[ops] listen`).
+    pub listen: String,
+    /// Postgres-protocol address of `meterflow serve`; empty: off.
+    pub pg_listen: String,
+    /// JetStream key-value bucket of the API keys.
+    pub keys_bucket: String,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Ingest requests handled at once; more wait up to `publish_timeout_ms`, then get 503.
+    pub max_concurrent_ingest: usize,
+    /// Longest an ingest request waits for JetStream to acknowledge its messages, in
+    /// milliseconds; then 503 with `Retry-After`.
+    pub publish_timeout_ms: u64,
+    /// Longest any other request may take, in seconds.
+    pub request_timeout_s: u64,
+    /// At most how old the tables a query reads may be, in milliseconds (the server re-reads the
+    /// Delta logs when its copy is older).
+    pub table_refresh_ms: u64,
+    /// PEM certificate chain for TLS on the Postgres endpoint (with `pg_tls_key`); then keys
+    /// are sent as cleartext passwords inside TLS, otherwise SCRAM-SHA-256 is used.
+    pub pg_tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS #8) for `pg_tls_cert`.
+    pub pg_tls_key: Option<PathBuf>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8888".into(),
+            pg_listen: String::new(),
+            keys_bucket: "METERFLOW_API_KEYS".into(),
+            max_body_bytes: 1 << 20,
+            max_concurrent_ingest: 256,
+            publish_timeout_ms: 5_000,
+            request_timeout_s: 60,
+            table_refresh_ms: 1_000,
+            pg_tls_cert: None,
+            pg_tls_key: None,
+        }
     }
 }
 

@@ -23,6 +23,7 @@ async fn a_short_load_run_measures_every_phase_and_its_totals_are_exact() {
             skew: 1.0,
             late_fraction: None,
             lateness_mean_s: 3_600.0,
+            http: false,
         };
         let run = run_once(&options).await.unwrap();
         assert!(run.exact, "totals differ from the oracle");
@@ -59,6 +60,7 @@ async fn fifty_skewed_customers_with_ten_percent_late_events_are_still_billed_ex
         skew: 1.1,
         late_fraction: Some(0.1),
         lateness_mean_s: 3_600.0,
+        http: false,
     };
     let run = run_once(&options).await.unwrap();
     // Late usage is never lost: late events land in open windows or in rows flagged late, and
@@ -80,4 +82,34 @@ async fn fifty_skewed_customers_with_ten_percent_late_events_are_still_billed_ex
     let md = summary.markdown();
     assert!(md.contains("50 synthetic customers") && md.contains("10.0 % late"), "{md}");
     assert!(summary.html().contains("Zipf"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_posted_through_the_http_api_are_counted_exactly_and_queries_are_timed() {
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()));
+    let options = LoadOptions {
+        config: root.join("../examples/meterflow.toml"),
+        events: 3_000,
+        batch_size: 100,
+        duplicate_every: 10,
+        bad_every: 0,
+        freshness_secs: 0,
+        freshness_fraction: 0.5,
+        commit_interval_ms: 200,
+        seed: 5,
+        customers: Some(20),
+        skew: 1.0,
+        late_fraction: None,
+        lateness_mean_s: 3_600.0,
+        http: true,
+    };
+    let run = run_once(&options).await.unwrap();
+    assert!(run.exact, "totals differ from the oracle");
+    let http = run.http_ingest.clone().expect("HTTP ingest measured");
+    assert!(http.events_per_s > 0.0 && run.http_ratio_to_publish.is_some());
+    let q = run.query_latency.clone().expect("query latency measured");
+    assert!(q.samples > 0 && q.p50_ms <= q.p99_ms, "{q:?}");
+    let md = Summary::new("smoke".into(), vec![run]).markdown();
+    assert!(md.contains("HTTP ingest"), "{md}");
 }

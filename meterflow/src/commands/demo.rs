@@ -30,6 +30,8 @@ pub struct DemoOptions {
     pub batch_events: usize,
     /// Events per batch-mode message.
     pub batch_size: usize,
+    /// How long the API stays up after the demo's API step (0: not at all).
+    pub serve_for: Duration,
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<()> {
@@ -74,6 +76,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
     verify(&sql, &oracle, &stats).await?;
     super::demo_onboard::run(&config, WorkloadSpec::default().base_time).await?;
+    super::demo_api::run(&config, WorkloadSpec::default().base_time, options.serve_for).await?;
     period_close(&config, &sql).await?;
     print_next_steps(&config, &options.config);
     Ok(())

@@ -185,3 +185,26 @@ pub fn totals(env: &TestEnv) -> BTreeMap<(String, String), (Decimal, Decimal, u6
         })
         .collect()
 }
+
+/// The test tools' Python (the OpenMeter SDK, psycopg, schemathesis, deltalake, duckdb):
+/// `$DELTA_READER_PYTHON` (set by scripts/tools.sh) or the project's `.tools/venv`.
+pub fn tools_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("DELTA_READER_PYTHON") {
+        return p.into();
+    }
+    let local = examples_dir().join("../.tools/venv/bin/python");
+    assert!(local.is_file(), "no test-tools Python: run `bash scripts/tools.sh` first");
+    local
+}
+
+/// A key made with `meterflow api-key create` (the key line it prints first).
+pub fn api_key(env: &TestEnv, customers: &[&str]) -> String {
+    let mut c = env.command("api-key");
+    c.arg("create");
+    for customer in customers {
+        c.args(["--customer", customer]);
+    }
+    let out = c.output().expect("meterflow api-key runs");
+    assert!(out.status.success(), "api-key create failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_string()
+}

@@ -6,6 +6,7 @@
 //! * [`live_catalog`]: customers onboarded while the pipeline runs, replays across catalog changes;
 //! * [`billing_e2e`]: golden invoices, posting, reconcile, compaction and vacuum;
 //! * [`broker_and_disk_faults`]: broker restarts, disk faults, two writers, lost consumers;
+//! * [`http_api`]: the HTTP API (OpenMeter SDK, schemathesis) and the Postgres endpoint (psql, psycopg);
 //! * [`nats_security`]: TLS, credentials and least-privilege permissions;
 //! * [`ops_page`]: the operations page and `/metrics` under a real workload;
 //! * [`torture`]: SIGKILL at every fault point of the commit path, under load.
@@ -16,6 +17,7 @@ mod common;
 mod bad_input;
 mod billing_e2e;
 mod broker_and_disk_faults;
+mod http_api;
 mod live_catalog;
 mod nats_security;
 mod ops_page;

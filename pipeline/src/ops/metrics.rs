@@ -220,6 +220,27 @@ impl Metrics {
         }
         out
     }
+
+    /// The OpenMetrics text of every metric and those of `extra` (another component's
+    /// registry, such as the HTTP API's), as one document.
+    pub fn encode_with(&self, extra: &Registry) -> String {
+        encode_registries(&[&self.registry, extra])
+    }
+}
+
+/// The OpenMetrics text of several registries, as one document.
+pub fn encode_registries(registries: &[&Registry]) -> String {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
+    let mut out = String::new();
+    for r in registries {
+        if let Err(e) = encode_registry(&mut out, r) {
+            return format!("# metrics could not be encoded: {e}\n# EOF\n");
+        }
+    }
+    if let Err(e) = encode_eof(&mut out) {
+        return format!("# metrics could not be encoded: {e}\n# EOF\n");
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Operability of `meterflow run`: Prometheus metrics, the operations page and its JSON, served
-//! read-only on `[ops] listen` (default `127.0.0.1:9464`; empty turns it off).
+//! Operability of `meterflow run`: Prometheus metrics, the operations page and its JSON (served
+//! by the HTTP API crate on `[ops] listen`, default `127.0.0.1:9464`; empty turns it off).
 //!
 //! ```text
 //!  Pipeline ──internal events (crate::events)──► Metrics ──► GET /metrics
@@ -17,7 +17,6 @@
 pub mod live;
 pub mod metrics;
 pub mod page;
-pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,8 +79,13 @@ impl Ops {
         self.live.view(&self.metrics, &self.reasons, &self.meters)
     }
 
-    /// Binds `[ops] listen` and starts the endpoint, the sampler and the billing refresher in
-    /// the background. A failure to bind is logged, not fatal: metering goes on without the page.
+    /// The operations page (HTML) now.
+    pub fn page(&self) -> String {
+        page::render(&self.view(), self.refresh_s)
+    }
+
+    /// Starts the sampler and the billing refresher in the background (the page, `/metrics`
+    /// and `/api/status` are served by the HTTP API, `meterflow_api`, on `[ops] listen`).
     pub async fn start(self: &Arc<Self>, config: &Config) {
         let ops = self.clone();
         tokio::spawn(async move {
@@ -99,22 +103,6 @@ impl Ops {
                 ops.refresh_billing(&refresher_config).await;
             }
         });
-        if config.ops.listen.trim().is_empty() {
-            return;
-        }
-        match tokio::net::TcpListener::bind(config.ops.listen.trim()).await {
-            Ok(listener) => {
-                let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                tracing::info!(%addr, "operations page on http://{addr}/ and metrics on http://{addr}/metrics");
-                tokio::spawn(server::serve(listener, self.clone()));
-            }
-            Err(e) => tracing::error!(
-                listen = %config.ops.listen,
-                error = %e,
-                "cannot serve the metrics and operations page; set [ops] listen (METERFLOW_OPS__LISTEN) to a \
-                    free address, or empty to turn it off. Metering continues"
-            ),
-        }
     }
 
     /// The billing periods: the billing tables' facts (re-read only when a Delta log of

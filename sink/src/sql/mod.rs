@@ -70,7 +70,12 @@ pub struct ReadOnlySql {
     limits: SqlLimits,
     /// Tables registered (those that exist on disk).
     pub tables: Vec<String>,
+    /// The Delta version each registered table was read at.
+    pub versions: std::collections::BTreeMap<String, u64>,
 }
+
+/// The column a table must have to be shown to a customer-bound session.
+pub const CUSTOMER_COLUMN: &str = "customer_id";
 
 impl std::fmt::Debug for ReadOnlySql {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,15 +97,44 @@ impl ReadOnlySql {
     /// them), with default limits: cheaper than [`ReadOnlySql::open`] when a reader needs a
     /// few small tables.
     pub async fn open_tables(data_dir: &Path, names: &[&str]) -> Result<Self> {
-        ReadOnlySql::open_some(data_dir, SqlLimits::default(), Some(names)).await
+        ReadOnlySql::open_some(data_dir, SqlLimits::default(), Some(names), None).await
     }
 
     /// Registers the committed tables found under `data_dir`, with these limits.
     pub async fn open_with_limits(data_dir: &Path, limits: SqlLimits) -> Result<Self> {
-        ReadOnlySql::open_some(data_dir, limits, None).await
+        ReadOnlySql::open_some(data_dir, limits, None, None).await
     }
 
-    async fn open_some(data_dir: &Path, limits: SqlLimits, only: Option<&[&str]>) -> Result<Self> {
+    /// Like [`ReadOnlySql::open_with_limits`], seen by someone who may read only `customers`'
+    /// rows (when `Some`): each table with a `customer_id` column is registered as a view
+    /// filtered to those customers, under the table's own name (so the filter cannot be
+    /// bypassed by naming the table), and tables without that column are not registered.
+    pub async fn open_for(data_dir: &Path, limits: SqlLimits, customers: Option<&[String]>) -> Result<Self> {
+        ReadOnlySql::open_some(data_dir, limits, None, customers).await
+    }
+
+    /// The DataFusion session (for a protocol front end that plans itself; it must apply
+    /// [`ReadOnlySql::options`] and the limits).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The statement options that make a session read-only.
+    pub fn options(&self) -> SQLOptions {
+        self.options
+    }
+
+    /// The session's limits.
+    pub fn limits(&self) -> SqlLimits {
+        self.limits
+    }
+
+    async fn open_some(
+        data_dir: &Path,
+        limits: SqlLimits,
+        only: Option<&[&str]>,
+        customers: Option<&[String]>,
+    ) -> Result<Self> {
         if !data_dir.is_dir() {
             return Err(SinkError::DataDir {
                 path: data_dir.display().to_string(),
@@ -113,6 +147,7 @@ impl ReadOnlySql {
             .map_err(sql_err)?;
         let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
         let mut tables = Vec::new();
+        let mut versions = std::collections::BTreeMap::new();
         for name in table_names(data_dir)? {
             if only.is_some_and(|only| !only.contains(&name.as_str())) {
                 continue;
@@ -120,14 +155,23 @@ impl ReadOnlySql {
             let table = deltalake::open_table(table_url(data_dir, &name)?)
                 .await
                 .map_err(|e| SinkError::Delta { table: name.clone(), source: e })?;
+            let version = table.version().and_then(|v| u64::try_from(v).ok());
             let provider = table.table_provider().await.map_err(sql_err)?;
+            let provider = match customers {
+                None => provider,
+                Some(_) if provider.schema().field_with_name(CUSTOMER_COLUMN).is_err() => continue,
+                Some(list) => customer_view(&name, provider, list)?,
+            };
             ctx.register_table(name.as_str(), provider).map_err(sql_err)?;
+            if let Some(v) = version {
+                versions.insert(name.clone(), v);
+            }
             tables.push(name);
         }
         let views = register_views(&ctx, &tables).await?;
         tables.extend(views);
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        Ok(ReadOnlySql { ctx, options, limits, tables })
+        Ok(ReadOnlySql { ctx, options, limits, tables, versions })
     }
 
     /// Plans and runs one read-only statement within the memory limit and timeout.
@@ -202,6 +246,23 @@ impl ReadOnlySql {
         }
         Ok((kept, true))
     }
+}
+
+/// `provider` seen through a filter on its customer column: only `customers`' rows.
+fn customer_view(
+    name: &str,
+    provider: std::sync::Arc<dyn deltalake::datafusion::catalog::TableProvider>,
+    customers: &[String],
+) -> Result<std::sync::Arc<dyn deltalake::datafusion::catalog::TableProvider>> {
+    use deltalake::datafusion::catalog::view::ViewTable;
+    use deltalake::datafusion::datasource::provider_as_source;
+    use deltalake::datafusion::logical_expr::{col, lit, LogicalPlanBuilder};
+    let list = customers.iter().map(|c| lit(c.clone())).collect();
+    let plan = LogicalPlanBuilder::scan(name, provider_as_source(provider), None)
+        .and_then(|b| b.filter(col(CUSTOMER_COLUMN).in_list(list, false)))
+        .and_then(|b| b.build())
+        .map_err(sql_err)?;
+    Ok(std::sync::Arc::new(ViewTable::new(plan, None)))
 }
 
 /// Output formats of query results.
