@@ -203,10 +203,13 @@ impl ReadOnlyHook {
     }
 }
 
+/// A session service and when its tables were read.
+type ServiceAt = (chrono::DateTime<chrono::Utc>, Arc<DfSessionService>);
+
 /// The DataFusion services, one per key scope and table read.
 pub struct Services {
     api: Arc<Api>,
-    cache: Mutex<HashMap<Vec<String>, (chrono::DateTime<chrono::Utc>, Arc<DfSessionService>)>>,
+    cache: Mutex<HashMap<Vec<String>, ServiceAt>>,
     /// Parameter and result types of a planned statement (they need no session).
     typing: Arc<DfSessionService>,
 }

@@ -21,6 +21,9 @@ use crate::keys::{ApiKey, KeyStore, Refusal, Scope};
 use crate::problem::Problem;
 use crate::{ApiError, Result};
 
+/// A catalog revision and its reference data.
+pub type CatalogView = Arc<(Revision, Reference)>;
+
 /// How often the catalog's revision is looked at, at most.
 const CATALOG_CHECK: Duration = Duration::from_secs(1);
 
@@ -48,7 +51,7 @@ pub struct Api {
     /// The API keys.
     pub keys: KeyStore,
     catalog_store: CatalogStore,
-    catalog: Mutex<Option<(Instant, Arc<(Revision, Reference)>)>>,
+    catalog: Mutex<Option<(Instant, CatalogView)>>,
     tables: Mutex<HashMap<Vec<String>, (Instant, Tables)>>,
     /// The operations page's state, when embedded in `meterflow run`.
     pub ops: Option<Arc<Ops>>,
@@ -111,7 +114,7 @@ impl Api {
     }
 
     /// The reference data of the catalog's newest revision.
-    pub async fn reference(&self) -> std::result::Result<Arc<(Revision, Reference)>, Problem> {
+    pub async fn reference(&self) -> std::result::Result<CatalogView, Problem> {
         let mut cached = self.catalog.lock().await;
         if let Some((at, r)) = cached.as_ref() {
             if at.elapsed() < CATALOG_CHECK {

@@ -17,7 +17,7 @@ fn an_hour_ago() -> DateTime<Utc> {
 fn wait_for_port(port: u16, what: &mut Child) {
     let up = wait_until(Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     if !up {
-        let _ = what.kill();
+        what.kill().ok();
         panic!("nothing listens on {port}");
     }
 }
@@ -226,7 +226,7 @@ async fn the_http_api_ingests_durably_answers_meter_queries_exactly_and_keeps_te
         .output()
         .expect("schemathesis runs (scripts/tools.sh installs it)");
     if !out.status.success() {
-        let _ = run.kill();
+        run.kill().ok();
         let logs = run.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).to_string()).unwrap_or_default();
         panic!(
             "schemathesis: {}{}\nserver log:\n{logs}",
@@ -241,8 +241,8 @@ async fn the_http_api_ingests_durably_answers_meter_queries_exactly_and_keeps_te
     let a = post(&base, Some(&acme), "application/json", tokens("h-13", "acme", &t, "1")).await;
     assert_eq!(a.status, 503, "{}", a.body);
     assert!(a.headers.contains_key("retry-after"));
-    let _ = run.kill();
-    let _ = run.wait();
+    run.kill().ok();
+    run.wait().ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,5 +306,5 @@ async fn bi_tools_read_the_tables_over_the_postgres_protocol_with_a_key_as_passw
         String::from_utf8_lossy(&out.stderr)
     );
     sigterm(&serve);
-    let _ = serve.wait();
+    serve.wait().ok();
 }

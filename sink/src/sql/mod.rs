@@ -155,7 +155,7 @@ impl ReadOnlySql {
             let table = deltalake::open_table(table_url(data_dir, &name)?)
                 .await
                 .map_err(|e| SinkError::Delta { table: name.clone(), source: e })?;
-            let version = table.version().and_then(|v| u64::try_from(v).ok());
+            let version = table.version();
             let provider = table.table_provider().await.map_err(sql_err)?;
             let provider = match customers {
                 None => provider,
