@@ -8,6 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use meterflow_api::Api;
 use meterflow_pipeline::config::Config;
 use meterflow_pipeline::{Pipeline, RunOptions};
+use rust_decimal::Decimal;
 use std::time::{Duration, Instant};
 
 /// The customer the demo's key is bound to.
@@ -18,6 +19,21 @@ fn event(i: usize, tokens: &str, at: DateTime<Utc>) -> String {
         r#"{{"specversion":"1.0","id":"demo-api-{i}","source":"demo/http","type":"llm_tokens","subject":"{CUSTOMER}","time":"{}","data":{{"tokens":"{tokens}","model":"large"}}}}"#,
         at.to_rfc3339_opts(SecondsFormat::Secs, true)
     )
+}
+
+/// The day's value in a meter query's answer (0 when it has no row), read exactly from the
+/// JSON number's text, and the answer.
+async fn day_value(client: &reqwest::Client, url: &str, token: &str) -> Result<(Decimal, String)> {
+    let r = client.get(url).bearer_auth(token).send().await?;
+    let status = r.status().as_u16();
+    let body = r.text().await?;
+    if status != 200 {
+        bail!("the meter query failed: {status} {body}");
+    }
+    let Some(rest) = body.split("\"value\":").nth(1) else { return Ok((Decimal::ZERO, body)) };
+    let text = rest.split([',', '}']).next().unwrap_or_default();
+    let value = text.parse::<Decimal>().with_context(|| format!("not an exact number: {text}"))?;
+    Ok((value, body))
 }
 
 /// Runs the step; `at` is an event time inside the workload's billing period; the API stays up
@@ -40,8 +56,15 @@ pub async fn run(config: &Config, at: DateTime<Utc>, hold: Duration) -> Result<(
     let base = format!("http://{http_addr}");
     println!("  key {} bound to {CUSTOMER} (created with `meterflow api-key create --customer {CUSTOMER}`)", key.id);
 
-    let batch = format!("[{},{},{}]", event(1, "1200.5", at), event(2, "800.25", at), event(3, "0.25", at));
+    let day = at.format("%Y-%m-%d").to_string();
+    let query = format!(
+        "/api/v1/meters/llm_tokens/query?subject={CUSTOMER}&windowSize=DAY&filterGroupBy%5Bmodel%5D=large\
+         &from={day}T00:00:00Z&to={day}T23:59:59Z"
+    );
     let client = reqwest::Client::new();
+    let (before, _) = day_value(&client, &format!("{base}{query}"), &token).await?;
+
+    let batch = format!("[{},{},{}]", event(1, "1200.5", at), event(2, "800.25", at), event(3, "0.25", at));
     let posted = client
         .post(format!("{base}/api/v1/events"))
         .bearer_auth(&token)
@@ -53,26 +76,17 @@ pub async fn run(config: &Config, at: DateTime<Utc>, hold: Duration) -> Result<(
     if posted.status().as_u16() != 204 {
         bail!("the API refused the demo's events: {} {}", posted.status(), posted.text().await.unwrap_or_default());
     }
-    println!("  POST /api/v1/events (3 events, one batch) -> 204 once JetStream acknowledged them");
+    println!("  POST /api/v1/events (3 events, 2001.00 tokens, one batch) -> 204 once JetStream acknowledged them");
 
-    let day = at.format("%Y-%m-%d").to_string();
-    let query = format!(
-        "/api/v1/meters/llm_tokens/query?subject={CUSTOMER}&windowSize=DAY&filterGroupBy%5Bmodel%5D=large\
-         &from={day}T00:00:00Z&to={day}T23:59:59Z"
-    );
+    let want = before + Decimal::new(200_100, 2);
     let started = Instant::now();
     let answer = loop {
-        let r = client.get(format!("{base}{query}")).bearer_auth(&token).send().await?;
-        let status = r.status().as_u16();
-        let body = r.text().await?;
-        if status != 200 {
-            bail!("the meter query failed: {status} {body}");
-        }
-        if body.contains("\"value\":") && body.contains("2001") {
+        let (value, body) = day_value(&client, &format!("{base}{query}"), &token).await?;
+        if value == want {
             break body;
         }
         if started.elapsed() > Duration::from_secs(30) {
-            bail!("the demo waited 30 s for its HTTP events in the meter query; last answer: {body}");
+            bail!("the demo waited 30 s for {want} in the meter query (was {before}); last answer: {body}");
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
