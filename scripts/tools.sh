@@ -97,6 +97,8 @@ need_test_tools() {
   apt_install_missing chromium chromium
   # psql, the reference Postgres client, for the SQL endpoint's tests.
   apt_install_missing psql postgresql-client
+  # openssl makes the throwaway certificate of the Postgres endpoint's TLS test.
+  apt_install_missing openssl openssl
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

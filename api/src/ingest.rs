@@ -321,6 +321,18 @@ pub async fn post_events(State(api): State<Arc<Api>>, headers: HeaderMap, body: 
 async fn handle(api: &Api, headers: &HeaderMap, body: Body) -> Result<(), Problem> {
     let key = api.authenticate(headers).await?;
     let kind = body_kind(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()))?;
+    // At most `max_concurrent_ingest` bodies are read and held at once; the rest wait a while,
+    // then get 503: memory stays bounded.
+    let timeout = Duration::from_millis(api.config.api.publish_timeout_ms.max(1));
+    let _permit = match tokio::time::timeout(timeout, api.ingest_permits.acquire()).await {
+        Ok(Ok(p)) => p,
+        _ => {
+            return Err(Problem::unavailable(
+                "too many ingest requests in progress ([api] max_concurrent_ingest): retry shortly",
+                1,
+            ))
+        }
+    };
     let limit = api.config.api.max_body_bytes;
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
         Problem::new(
@@ -333,16 +345,6 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body) -> Result<(), Proble
     let reference = api.reference().await?;
     let bounds = api.config.lateness.bounds();
     let messages = plan(&body, kind, &reference.1, &key.scope(), bounds, Utc::now())?;
-    let timeout = Duration::from_millis(api.config.api.publish_timeout_ms.max(1));
-    let _permit = match tokio::time::timeout(timeout, api.ingest_permits.acquire()).await {
-        Ok(Ok(p)) => p,
-        _ => {
-            return Err(Problem::unavailable(
-                "too many ingest requests in progress ([api] max_concurrent_ingest): retry shortly",
-                1,
-            ))
-        }
-    };
     let events: usize = messages.iter().map(|m| m.events).sum();
     publish(api, messages, timeout).await?;
     tracing::debug!(key = %key.id, events, "events ingested");

@@ -6,7 +6,8 @@
 //! (`numeric` for decimals, `timestamp` for times). meterflow adds:
 //!
 //! * **Authentication by API key**: user name = the key's id (the 12 hex digits after `mf_`),
-//!   password = the key. Without TLS the exchange is SCRAM-SHA-256 (the key never crosses the
+//!   password = the key; the session is the user name's key, so both methods check the key
+//!   against that name. Without TLS the exchange is SCRAM-SHA-256 (the key never crosses the
 //!   wire); with `[api] pg_tls_cert`/`pg_tls_key`, connections are TLS and the key is sent as a
 //!   cleartext password inside it and checked against its SHA-256.
 //! * **Scope**: a customer-bound key's session sees each table with a `customer_id` column
@@ -56,9 +57,6 @@ use tokio::sync::Mutex;
 use crate::keys::SCRAM_ITERATIONS;
 use crate::state::Api;
 use crate::{ApiError, Result};
-
-/// The client metadata entry naming the authenticated key.
-const KEY_METADATA: &str = "meterflow_key";
 
 fn user_error(code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)))
@@ -228,7 +226,8 @@ impl Services {
     }
 
     async fn service<C: ClientInfo + ?Sized>(&self, client: &C) -> PgWireResult<Arc<DfSessionService>> {
-        let id = client.metadata().get(KEY_METADATA).or_else(|| client.metadata().get("user")).cloned();
+        // The user name is the key's id; both authentications check the key against it.
+        let id = client.metadata().get("user").cloned();
         let denied = || user_error("28000", "not authenticated with a meterflow API key".into());
         let id = id.ok_or_else(denied)?;
         let key = self.api.keys.get(&id).await.map_err(|e| user_error("58000", e.to_string()))?;
@@ -386,6 +385,13 @@ impl CleartextKey {
         use futures::SinkExt;
         match message {
             PgWireFrontendMessage::Startup(ref startup) => {
+                // A key is never asked for in the clear: without TLS the connection ends here.
+                if !client.is_secure() {
+                    return Err(user_error(
+                        "28000",
+                        "this endpoint requires TLS: connect with sslmode=require (or verify-full)".into(),
+                    ));
+                }
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
@@ -397,11 +403,9 @@ impl CleartextKey {
                 let key =
                     self.api.keys.authenticate(&pwd.password).await.map_err(|e| user_error("58000", e.to_string()))?;
                 match key {
-                    Ok(key) => {
-                        client.metadata_mut().insert(KEY_METADATA.into(), key.id);
-                        finish_authentication(client, &self.parameters).await?;
-                    }
-                    Err(_) => return Err(PgWireError::InvalidPassword(user)),
+                    // The session's identity is the user name: it must name the key presented.
+                    Ok(key) if key.id == user => finish_authentication(client, &self.parameters).await?,
+                    _ => return Err(PgWireError::InvalidPassword(user)),
                 }
             }
             _ => {}

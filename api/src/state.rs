@@ -99,7 +99,10 @@ impl Api {
                 "no API key: send `Authorization: Bearer <key>` (create one with `meterflow api-key create`)",
             ));
         };
-        let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+        let token = value.to_str().ok().and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
         let Some(token) = token else {
             return Err(Problem::unauthorized("the Authorization header must be `Bearer <key>`"));
         };

@@ -307,4 +307,44 @@ async fn bi_tools_read_the_tables_over_the_postgres_protocol_with_a_key_as_passw
     );
     sigterm(&serve);
     serve.wait().ok();
+
+    // With TLS configured: the key travels as a cleartext password inside TLS, and a
+    // connection that will not use TLS is refused.
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs (scripts/tools.sh installs it)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let tls_port = free_port().unwrap();
+    let mut tls_serve = env
+        .command("serve")
+        .args(["--listen", &format!("127.0.0.1:{}", free_port().unwrap()), "--pg-listen"])
+        .arg(format!("127.0.0.1:{tls_port}"))
+        .env("METERFLOW_API__PG_TLS_CERT", &cert)
+        .env("METERFLOW_API__PG_TLS_KEY", &key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(tls_port, &mut tls_serve);
+    let psql_tls = |sslmode: &str| {
+        Command::new("psql")
+            .arg(format!("host=127.0.0.1 port={tls_port} user={} dbname=meterflow sslmode={sslmode}", user(&acme)))
+            .args(["-X", "-A", "-t", "-c", "SELECT COUNT(DISTINCT customer_id) FROM usage_summaries"])
+            .env("PGPASSWORD", &acme)
+            .output()
+            .unwrap()
+    };
+    let out = psql_tls("require");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    assert!(!psql_tls("disable").status.success(), "without TLS the TLS endpoint refuses the key");
+    sigterm(&tls_serve);
+    tls_serve.wait().ok();
 }
