@@ -26,6 +26,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
+use meterflow_pipeline::config::Config;
+use meterflow_pipeline::ops::Ops;
+
 use crate::problem::Problem;
 use crate::state::Api;
 use crate::{customers, ingest, meters, ApiError, Result, OPENAPI_YAML};
@@ -121,12 +124,13 @@ async fn openapi() -> Response {
 /// Everything `/metrics`, `/` and `/api/status` need.
 #[derive(Debug, Clone)]
 struct OpsState {
-    api: Arc<Api>,
+    config: Arc<Config>,
+    ops: Option<Arc<Ops>>,
     metrics: Arc<ApiMetrics>,
 }
 
 async fn metrics_text(State(s): State<OpsState>) -> Response {
-    let text = match &s.api.ops {
+    let text = match &s.ops {
         Some(ops) => ops.metrics.encode_with(&s.metrics.registry),
         None => meterflow_pipeline::ops::metrics::encode_registries(&[&s.metrics.registry]),
     };
@@ -135,7 +139,7 @@ async fn metrics_text(State(s): State<OpsState>) -> Response {
 }
 
 async fn page(State(s): State<OpsState>) -> Response {
-    match &s.api.ops {
+    match &s.ops {
         Some(ops) => ([(header::CACHE_CONTROL, "no-store")], Html(ops.page())).into_response(),
         None => Html(
             "<!doctype html><title>meterflow API</title><h1>meterflow API</h1>\
@@ -148,13 +152,34 @@ async fn page(State(s): State<OpsState>) -> Response {
 }
 
 async fn status(State(s): State<OpsState>) -> Response {
-    match &s.api.ops {
+    match &s.ops {
         Some(ops) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(ops.view())).into_response(),
-        None => match meterflow_pipeline::status::status(&s.api.config).await {
+        None => match meterflow_pipeline::status::status(&s.config).await {
             Ok(st) => axum::Json(st).into_response(),
             Err(e) => Problem::unavailable(format!("cannot gather the status: {e:#}"), 2).into_response(),
         },
     }
+}
+
+/// The operations routes (`/`, `/metrics`, `/api/status`, `/api/v1/openapi.yaml`).
+fn ops_routes(config: Arc<Config>, ops: Option<Arc<Ops>>, metrics: Arc<ApiMetrics>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/index.html", get(page))
+        .route("/metrics", get(metrics_text))
+        .route("/api/status", get(status))
+        .route("/api/v1/openapi.yaml", get(openapi))
+        .with_state(OpsState { config, ops, metrics })
+}
+
+/// The layers every route gets: problem documents for unknown paths and methods, request
+/// counters, tracing.
+fn finish(router: Router, metrics: Arc<ApiMetrics>) -> Router {
+    router
+        .fallback(not_found)
+        .layer(middleware::from_fn(method_not_allowed))
+        .layer(middleware::from_fn_with_state(metrics, count))
+        .layer(TraceLayer::new_for_http())
 }
 
 /// The whole router over `api`.
@@ -171,22 +196,21 @@ pub fn router(api: Arc<Api>) -> Router {
         .layer(middleware::from_fn_with_state(limit, deadline))
         .with_state(api.clone());
     let ingest = Router::new().route("/api/v1/events", post(ingest::post_events)).with_state(api.clone());
-    let ops_state = OpsState { api, metrics: metrics.clone() };
-    let ops = Router::new()
-        .route("/", get(page))
-        .route("/index.html", get(page))
-        .route("/metrics", get(metrics_text))
-        .route("/api/status", get(status))
-        .route("/api/v1/openapi.yaml", get(openapi))
-        .with_state(ops_state);
-    Router::new()
-        .merge(queries)
-        .merge(ingest)
-        .merge(ops)
-        .fallback(not_found)
-        .layer(middleware::from_fn(method_not_allowed))
-        .layer(middleware::from_fn_with_state(metrics, count))
-        .layer(TraceLayer::new_for_http())
+    let ops = ops_routes(Arc::new(api.config.clone()), api.ops.clone(), metrics.clone());
+    finish(Router::new().merge(queries).merge(ingest).merge(ops), metrics)
+}
+
+/// The operations routes alone, for a `meterflow run` whose API could not start (`why`): every
+/// other `/api/v1` path answers 503 with the reason, so the page and metrics stay up.
+pub fn ops_router(config: Config, ops: Arc<Ops>, why: String) -> Router {
+    let metrics = Arc::new(ApiMetrics::new());
+    let why = Arc::new(why);
+    let unavailable = move || {
+        let why = why.clone();
+        async move { Problem::unavailable(format!("the API is not available in this process: {why}"), 30) }
+    };
+    let api = Router::new().route("/api/v1/{*rest}", axum::routing::any(unavailable));
+    finish(Router::new().merge(api).merge(ops_routes(Arc::new(config), Some(ops), metrics.clone())), metrics)
 }
 
 /// Binds `addr`.
@@ -204,4 +228,41 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| ApiError::Listen(format!("HTTP server stopped: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    async fn get(router: &Router, path: &str) -> (StatusCode, String) {
+        let req = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let res = router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn without_the_api_the_page_and_metrics_are_served_and_api_paths_say_why_they_are_unavailable() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/meterflow.toml");
+        let config = Config::load(&path, &Default::default()).unwrap();
+        let ops = Arc::new(Ops::new(&config));
+        let router = ops_router(config, ops, "[api] in_run is false".into());
+        let (status, page) = get(&router, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("meterflow"), "{page}");
+        let (status, metrics) = get(&router, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(metrics.contains("meterflow_api_requests"), "{metrics}");
+        let (status, problem) = get(&router, "/api/v1/meters").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(problem.contains("[api] in_run is false"), "{problem}");
+        let (status, spec) = get(&router, "/api/v1/openapi.yaml").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(spec.starts_with("openapi: 3.1"), "{}", &spec[..spec.len().min(40)]);
+        let (status, _) = get(&router, "/nowhere").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
 }

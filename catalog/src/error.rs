@@ -28,7 +28,11 @@ pub enum CatalogError {
     /// applied: fix the record.
     #[error("{record}: {rule}")]
     Rule { record: String, rule: String },
-    /// The change set is larger than the broker takes in one message. Split the file.
-    #[error("the change is {size} bytes, more than the broker takes in one message ({limit}); split the file")]
+    /// The change set, even compressed, is larger than the broker takes in one message. Split
+    /// the file, or raise the server's `max_payload`.
+    #[error(
+        "the change is {size} bytes (compressed), more than the broker takes in one message ({limit}); split \
+         the file into several applies, or raise the server's max_payload"
+    )]
     TooLarge { size: usize, limit: String },
 }

@@ -565,6 +565,10 @@ pub struct ApiConfig {
     pub listen: String,
     /// Postgres-protocol address of `meterflow serve`; empty: off.
     pub pg_listen: String,
+    /// Whether `meterflow run` serves the API next to the operations page on `[ops] listen`
+    /// (it then also needs the API's broker permissions: the keys bucket, publishing usage);
+    /// false: only the page, `/metrics` and `/api/status`, and the API runs as `meterflow serve`.
+    pub in_run: bool,
     /// JetStream key-value bucket of the API keys.
     pub keys_bucket: String,
     /// Largest request body accepted, in bytes (larger: 413).
@@ -591,6 +595,7 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: "127.0.0.1:8888".into(),
             pg_listen: String::new(),
+            in_run: true,
             keys_bucket: "METERFLOW_API_KEYS".into(),
             max_body_bytes: 1 << 20,
             max_concurrent_ingest: 256,

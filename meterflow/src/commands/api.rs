@@ -66,17 +66,32 @@ pub async fn embed(config: &Config, ops: Arc<Ops>, shutdown: watch::Receiver<boo
             return;
         }
     };
-    let api = match Api::connect(config.clone(), Some(ops)).await {
-        Ok(api) => api,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the HTTP API; metering continues");
-            return;
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let router = if !config.api.in_run {
+        tracing::info!(%addr, "operations page on http://{addr}/, metrics on http://{addr}/metrics ([api] in_run = false: no API)");
+        meterflow_api::server::ops_router(
+            config.clone(),
+            ops,
+            "[api] in_run is false: the API is served by `meterflow serve`".into(),
+        )
+    } else {
+        match Api::connect(config.clone(), Some(ops.clone())).await {
+            Ok(api) => {
+                tracing::info!(%addr, "operations page on http://{addr}/, metrics on http://{addr}/metrics, API on http://{addr}/api/v1");
+                meterflow_api::router(api)
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "cannot start the HTTP API (the operations page and metrics are served without it; set [api] \
+                     in_run = false if the API runs as `meterflow serve`); metering continues"
+                );
+                meterflow_api::server::ops_router(config.clone(), ops, e.to_string())
+            }
         }
     };
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(%addr, "operations page on http://{addr}/, metrics on http://{addr}/metrics, API on http://{addr}/api/v1");
     tokio::spawn(async move {
-        if let Err(e) = meterflow_api::serve(listener, meterflow_api::router(api), stopped(shutdown)).await {
+        if let Err(e) = meterflow_api::serve(listener, router, stopped(shutdown)).await {
             tracing::error!(error = %e, "the HTTP endpoint stopped");
         }
     });

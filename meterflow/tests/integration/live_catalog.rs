@@ -318,3 +318,27 @@ async fn a_catalog_revision_appended_without_its_checks_is_refused_and_the_pipel
     let status = text(&env.command("status").output().unwrap());
     assert!(status.contains("revision 1 (of the last commit)"), "{status}");
 }
+
+// 10,000 customers in one change are ~2 MB of JSON, twice the broker's default message size:
+// the revision is stored compressed, read back by `catalog show` and by the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_customers_onboarded_in_one_apply_are_one_revision_and_metered() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let file = env.dir.path().join("crm.toml");
+    let many: String = (0..10_000).map(|i| customer_toml(&format!("cust-{i:05}")) + "\n").collect();
+    assert!(many.len() > 1 << 20, "more than one broker message as plain text");
+    std::fs::write(&file, many).unwrap();
+    let applied = catalog(&env, &["apply", file.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    let shown = catalog(&env, &["show", "--json"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(text(&shown).contains("\"cust-09999\""), "the last customer is in the stored revision");
+
+    let js = env.jetstream().await;
+    let e = event("c-1", "cust-09999", "api_calls", "2026-11-23T05:00:00Z", r#"{"requests":10,"region":"eu-west-1"}"#);
+    publish(&js, "usage.api", e, None).await;
+    env.run_until_idle(&[]);
+    assert_eq!(totals(&env)[&("cust-09999".to_string(), "api_calls".to_string())].2, 1);
+    assert!(reasons(&env).is_empty(), "{:?}", reasons(&env));
+}
