@@ -207,3 +207,61 @@ pub fn with_tenants(reference: &Reference, tenants: usize) -> Reference {
     let directory = Directory::new(customers, "tenant copies of the example customers").expect("valid copies");
     Reference { directory, subscriptions, ..reference.clone() }
 }
+
+/// The core stages' fixture, shared by `benches/core_stages.rs` (criterion, seconds) and the
+/// `meterflow-instructions` binary (callgrind, instructions per event).
+pub mod core {
+    use bytes::Bytes;
+    use meterflow_pipeline::config::{Config, Overrides, Reference};
+    use meterflow_pipeline::ops::Ops;
+    use meterflow_pipeline::{Input, Instruments, RunStats, Stages};
+    use meterflow_testkit::workload::{self, WorkloadSpec};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    /// Messages handed to the stages at once (a pull).
+    pub const PULL: usize = 2_000;
+
+    /// The example config with one dedup shard (one pipeline thread plus one dedup thread).
+    pub fn config() -> Config {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/meterflow.toml");
+        let data = std::env::temp_dir().join("meterflow-bench-core-stages");
+        let overrides = Overrides { nats_url: None, data_dir: Some(data) };
+        let mut config = Config::load(&path, &overrides).expect("examples/meterflow.toml loads");
+        config.pipeline.dedup_shards = 1;
+        config
+    }
+
+    /// The load generator's workload (10% duplicates, 2% malformed) as (subject, payload)
+    /// messages of `batch_size` events, and the number of events in them (accepted, duplicate
+    /// and rejected).
+    pub fn messages(config: &Config, events: usize, batch_size: usize) -> (Vec<(String, Bytes)>, u64) {
+        let reference = Reference::load(config).expect("reference data loads");
+        let spec = WorkloadSpec { events, batch_size, duplicate_every: 10, bad_every: 50, ..Default::default() };
+        let (out, oracle) = workload::generate(&spec, &reference).expect("workload");
+        let total = oracle.accepted + oracle.duplicates + oracle.rejected.values().sum::<u64>();
+        (out.into_iter().map(|m| (m.subject, Bytes::from(m.payload))).collect(), total)
+    }
+
+    /// Runs `messages` through fresh-state `stages` in pulls of [`PULL`], then rates the window
+    /// deltas (a commit's worth); returns the summary rows.
+    #[inline(never)]
+    pub fn run(stages: &mut Stages, ops: &Ops, messages: &[(String, Bytes)], now: i64) -> usize {
+        let mut stats = RunStats::default();
+        let mut to = Instruments::new(&mut stats, ops);
+        let closed = BTreeMap::new();
+        let mut rows = 0;
+        for (chunk_no, chunk) in messages.chunks(PULL).enumerate() {
+            let base = (chunk_no * PULL) as u64 + 1;
+            let inputs: Vec<Input<'_>> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (subject, payload))| Input { seq: base + i as u64, published_unix: now, subject, payload })
+                .collect();
+            stages.process(&inputs, true, &mut to).expect("stages");
+        }
+        rows += stages.flush_and_rate(messages.len() as u64, &closed).expect("rating").len();
+        assert!(stats.events_accepted > 0);
+        rows
+    }
+}
