@@ -364,11 +364,13 @@ async fn a_message_deleted_from_the_stream_is_passed_over_after_one_check() {
 async fn a_commit_whose_call_fails_after_its_log_entry_is_written_is_not_written_again() {
     let env = TestEnv::start();
     env.ensure_streams().await;
-    let (messages, oracle) = generate(3_000, 59);
+    let (messages, oracle) = generate(4_000, 59);
     workload::publish_all(&env.jetstream().await, &messages, 256).await.unwrap();
     let mut c = env.command("run");
+    // Small pulls and a 1 ms commit interval: well over the 50 commits a checkpoint needs even
+    // when a busy machine lets several pulls pile up behind one commit.
     c.args(["--exit-when-idle", "1s"]).envs([
-        ("METERFLOW_NATS__FETCH_BATCH", "20"),
+        ("METERFLOW_NATS__FETCH_BATCH", "5"),
         ("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "1"),
         ("METERFLOW_FAULTS", "after_log_entry:fail@5,checkpoint_write:fail@1"),
     ]);
