@@ -14,9 +14,9 @@
 //!   filtered to its customers (under the table's own name), and no other table.
 //! * **Read-only, bounded**: [`ReadOnlyHook`] lets through queries (and `EXPLAIN`), the session
 //!   statements above, and refuses everything else (SQLSTATE 25006) before it is planned; query
-//!   results are cut at `[sql] max_rows`; memory is bounded by `[sql] memory_limit_mb`; simple-
-//!   protocol queries stop at `[sql] timeout_s` (57014). Extended-protocol queries stream their
-//!   rows and are bounded by the row and memory limits only.
+//!   results are cut at `[sql] max_rows`; memory is bounded by `[sql] memory_limit_mb`; every
+//!   query stops at `[sql] timeout_s` (57014): simple-protocol queries are collected within it,
+//!   extended-protocol queries stream their rows and the stream ends with 57014 at the deadline.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -33,7 +33,7 @@ use deltalake::datafusion::common::ParamValues;
 use deltalake::datafusion::execution::context::{SQLOptions, SessionContext};
 use deltalake::datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
 use deltalake::datafusion::sql::sqlparser::ast::Statement;
-use futures::Sink;
+use futures::{Sink, StreamExt};
 use meterflow_sink::sql::SqlLimits;
 use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
@@ -43,11 +43,12 @@ use pgwire::api::auth::{
 };
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{Response, Tag};
+use pgwire::api::results::{Response, SendableRowStream, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
@@ -101,6 +102,31 @@ fn refused(statement: &Statement) -> PgWireError {
             "refused: meterflow SQL is read-only (queries only); `{head} ...` would change or read outside the tables"
         ),
     )
+}
+
+/// 57014 (query_canceled): the query ran past `[sql] timeout_s`.
+fn stopped_after(limit: std::time::Duration) -> PgWireError {
+    user_error(
+        "57014",
+        format!("query stopped after the {} s limit ([sql] timeout_s): narrow it with WHERE or LIMIT", limit.as_secs()),
+    )
+}
+
+/// `rows` until `deadline`; then one 57014 error and the end (the rows are produced lazily, as
+/// the client reads them, so the limit must hold while they stream).
+fn within(
+    rows: SendableRowStream,
+    deadline: tokio::time::Instant,
+    limit: std::time::Duration,
+) -> impl futures::Stream<Item = PgWireResult<DataRow>> + Send {
+    futures::stream::unfold(Some(rows), move |state| async move {
+        let mut rows = state?;
+        match tokio::time::timeout_at(deadline, rows.next()).await {
+            Ok(Some(row)) => Some((row, Some(rows))),
+            Ok(None) => None,
+            Err(_) => Some((Err(stopped_after(limit)), None)),
+        }
+    })
 }
 
 /// The hook that keeps sessions read-only and bounded.
@@ -184,15 +210,7 @@ impl ReadOnlyHook {
         let df = ctx.sql_with_options(&statement.to_string(), self.options).await.map_err(api_err)?;
         let df = df.limit(0, Some(self.limits.max_rows)).map_err(api_err)?;
         let batches = match tokio::time::timeout(self.limits.timeout, df.collect()).await {
-            Err(_) => {
-                return Err(user_error(
-                    "57014",
-                    format!(
-                        "query stopped after the {} s limit ([sql] timeout_s): narrow it with WHERE or LIMIT",
-                        self.limits.timeout.as_secs()
-                    ),
-                ))
-            }
+            Err(_) => return Err(stopped_after(self.limits.timeout)),
             Ok(r) => r.map_err(api_err)?,
         };
         let df = ctx.read_batches(batches).map_err(api_err)?;
@@ -324,7 +342,22 @@ impl ExtendedQueryHandler for Extended {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let service = self.services.service(client).await?;
-        ExtendedQueryHandler::do_query(service.as_ref(), client, portal, max_rows).await
+        let limit = self.services.api.config.sql.limits().timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        let response = tokio::time::timeout_at(
+            deadline,
+            ExtendedQueryHandler::do_query(service.as_ref(), client, portal, max_rows),
+        )
+        .await
+        .map_err(|_| stopped_after(limit))??;
+        Ok(match response {
+            Response::Query(mut query) => {
+                let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+                query.data_rows = Box::pin(within(rows, deadline, limit));
+                Response::Query(query)
+            }
+            other => other,
+        })
     }
 }
 

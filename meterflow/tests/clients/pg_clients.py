@@ -20,6 +20,9 @@ Checks (every one must pass; a libpq protocol trace proves which protocol each o
   view            `window_totals` answers for the customer, its quantities as `Decimal`;
   writes_refused  `CREATE TABLE`, `INSERT` and `COPY ... FROM STDIN` each fail with a server
                   error (an ErrorResponse, the connection stays up) and `SELECT 1` still works;
+  timeout         a parameterised (extended-protocol) query over ten billion generated rows
+                  stops with SQLSTATE 57014 at the server's `[sql] timeout_s`, and the
+                  connection stays usable;
   transaction     the default (non-autocommit) mode: psycopg sends `BEGIN` before the first
                   query, `COMMIT` works; a refused write inside a transaction is followed by
                   `ROLLBACK` (psycopg then sends `DEALLOCATE ALL` when it had prepared
@@ -316,6 +319,27 @@ def run_checks(dsn: str, customer: str, meter: str, expect_q: Decimal) -> int:
                 return
 
     check("writes_refused", writes_refused)
+
+    def timeout(found: dict[str, Any]) -> None:
+        # Ten billion rows: far past the server's [sql] timeout_s. With a parameter the query goes
+        # as Parse/Bind/Execute, whose rows stream; the limit must hold there too.
+        tracer.take()
+        try:
+            conn.execute("SELECT COUNT(*) FROM generate_series(1, 10000000000) WHERE value > %s", (0,))
+            problem(found, "a query past the time limit was answered")
+        except psycopg.Error as e:
+            found.update(sql_error(e))
+            if e.sqlstate != "57014":
+                problem(found, f"expected SQLSTATE 57014 (query_canceled), got {e.sqlstate}: {e}")
+        msgs = tracer.take()
+        found["protocol"] = "extended" if any(m.startswith("F Parse") for m in msgs) else "simple"
+        if found["protocol"] != "extended":
+            problem(found, f"the query did not go as the extended protocol: {frontend(msgs, '')}")
+        found["connection_usable"] = alive(conn)
+        if not found["connection_usable"]:
+            problem(found, "connection unusable after the time limit")
+
+    check("timeout", timeout)
     tracer.close()
     conn.close()
 

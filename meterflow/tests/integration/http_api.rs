@@ -261,6 +261,7 @@ async fn bi_tools_read_the_tables_over_the_postgres_protocol_with_a_key_as_passw
     let mut serve = env
         .command("serve")
         .args(["--listen", &format!("127.0.0.1:{http}"), "--pg-listen", &format!("127.0.0.1:{pg}")])
+        .env("METERFLOW_SQL__TIMEOUT_S", "3")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -286,6 +287,11 @@ async fn bi_tools_read_the_tables_over_the_postgres_protocol_with_a_key_as_passw
     let out = psql(&admin, "CREATE TABLE x (a INT)");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A query past `[sql] timeout_s` stops with query_canceled (simple protocol here; the
+    // psycopg script checks the extended protocol).
+    let out = psql(&admin, "SELECT COUNT(*) FROM generate_series(1, 10000000000)");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("query stopped after the 3 s limit"), "{err}");
     // A wrong key is refused.
     let mut wrong = admin.clone();
     wrong.replace_range(wrong.len() - 4.., "0000");
