@@ -28,6 +28,7 @@ mod dedup;
 pub mod dlq;
 mod enrich;
 mod lease;
+pub mod partition;
 
 pub use broker::StreamFacts;
 pub use broker::{Broker, Fetched, PendingPull, RejectEnvelope};

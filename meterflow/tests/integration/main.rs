@@ -9,6 +9,7 @@
 //! * [`http_api`]: the HTTP API (OpenMeter SDK, schemathesis) and the Postgres endpoint (psql, psycopg);
 //! * [`nats_security`]: TLS, credentials and least-privilege permissions;
 //! * [`ops_page`]: the operations page and `/metrics` under a real workload;
+//! * [`partitions`]: the stream's partitioning transform, computed alike by the server and meterflow;
 //! * [`torture`]: SIGKILL at every fault point of the commit path, under load.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by design
 
@@ -21,5 +22,6 @@ mod http_api;
 mod live_catalog;
 mod nats_security;
 mod ops_page;
+mod partitions;
 mod pipeline_e2e;
 mod torture;
