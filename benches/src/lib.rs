@@ -250,7 +250,6 @@ pub mod core {
         let mut stats = RunStats::default();
         let mut to = Instruments::new(&mut stats, ops);
         let closed = BTreeMap::new();
-        let mut rows = 0;
         for (chunk_no, chunk) in messages.chunks(PULL).enumerate() {
             let base = (chunk_no * PULL) as u64 + 1;
             let inputs: Vec<Input<'_>> = chunk
@@ -260,7 +259,7 @@ pub mod core {
                 .collect();
             stages.process(&inputs, true, &mut to).expect("stages");
         }
-        rows += stages.flush_and_rate(messages.len() as u64, &closed).expect("rating").len();
+        let rows = stages.flush_and_rate(messages.len() as u64, &closed).expect("rating").len();
         assert!(stats.events_accepted > 0);
         rows
     }

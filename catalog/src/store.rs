@@ -35,17 +35,21 @@ pub fn encode(changes: &ChangeSet) -> std::result::Result<(Vec<u8>, Option<&'sta
 
 /// The change set stored as `payload` with `encoding` (see [`encode`]).
 pub fn decode(payload: &[u8], encoding: Option<&str>) -> std::result::Result<ChangeSet, String> {
+    decode_at_most(payload, encoding, MAX_DECODED_BYTES)
+}
+
+fn decode_at_most(payload: &[u8], encoding: Option<&str>, max: u64) -> std::result::Result<ChangeSet, String> {
     match encoding {
         None => serde_json::from_slice(payload).map_err(|e| format!("not a change set: {e}")),
         Some("zstd") => {
             let mut json = Vec::new();
             zstd::stream::read::Decoder::new(payload)
                 .map_err(|e| format!("not zstd: {e}"))?
-                .take(MAX_DECODED_BYTES + 1)
+                .take(max.saturating_add(1))
                 .read_to_end(&mut json)
                 .map_err(|e| format!("not zstd: {e}"))?;
-            if json.len() as u64 > MAX_DECODED_BYTES {
-                return Err(format!("decompresses to more than {MAX_DECODED_BYTES} bytes"));
+            if json.len() as u64 > max {
+                return Err(format!("decompresses to more than {max} bytes"));
             }
             serde_json::from_slice(&json).map_err(|e| format!("not a change set: {e}"))
         }
@@ -203,5 +207,13 @@ mod tests {
     fn an_unknown_encoding_or_a_broken_payload_is_named() {
         assert!(decode(b"{}", Some("br")).unwrap_err().contains("unknown encoding \"br\""));
         assert!(decode(b"not zstd at all", Some("zstd")).unwrap_err().contains("not zstd"));
+    }
+
+    #[test]
+    fn a_payload_that_decompresses_past_the_limit_is_refused_not_read_whole() {
+        let (payload, encoding) = encode(&customers(2_000)).unwrap();
+        assert_eq!(encoding, Some("zstd"));
+        let err = decode_at_most(&payload, encoding, 4096).unwrap_err();
+        assert_eq!(err, "decompresses to more than 4096 bytes");
     }
 }

@@ -5,7 +5,7 @@
 //! bash scripts/instructions.sh            # both batch sizes, prints instructions per event
 //! ```
 //!
-//! The script runs `valgrind --tool=callgrind --toggle-collect='*core::run*'
+//! The script runs `valgrind --tool=callgrind --toggle-collect='meterflow_benches::core::run*'
 //! --toggle-collect='*shard_loop*'`: only the stages (the pipeline thread inside
 //! `meterflow_benches::core::run` and the dedup thread) are counted, not the workload's
 //! generation or the set-up. It divides the total by the event count this binary prints.
