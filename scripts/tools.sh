@@ -91,6 +91,12 @@ need_test_tools() {
     echo "tools: installing ${clients[*]} into $TOOLS/venv" >&2
     "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${clients[@]}" >&2
   fi
+  # moto's server mode: a real S3-compatible HTTP server on loopback (conditional puts, as Delta
+  # commits need) for the object-storage tests.
+  if [ ! -x "$TOOLS/venv/bin/moto_server" ]; then
+    echo "tools: installing moto[server]==5.2.6 into $TOOLS/venv" >&2
+    "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.2.6" >&2
+  fi
   DELTA_READER_PYTHON="$TOOLS/venv/bin/python"
   export DELTA_READER_PYTHON
   apt_install_missing hledger hledger

@@ -124,8 +124,11 @@ async fn preview(
         revise: false,
         out_dir: std::env::temp_dir(),
     };
-    let data_dir = &api.config.storage.data_dir;
-    match run_invoices(data_dir, &accounts, &reference.1.prices, &api.config.billing, &request).await {
+    let tables = match api.config.tables() {
+        Ok(t) => t,
+        Err(e) => return Err(Problem::unavailable(format!("{e:#}"), 1)),
+    };
+    match run_invoices(&tables, &accounts, &reference.1.prices, &api.config.billing, &request).await {
         Ok(run) => {
             let version = run.summary_version;
             Ok((run.invoices.into_iter().next().map(|(i, _)| i), label, currency, version))

@@ -199,8 +199,8 @@ fn kv_err(e: impl std::fmt::Display) -> ApiError {
 }
 
 impl KeyStore {
-    /// Opens bucket `bucket`, creating it when absent.
-    pub async fn open(js: &jetstream::Context, bucket: &str) -> Result<KeyStore> {
+    /// Opens bucket `bucket`, creating it when absent (with `replicas` replicas).
+    pub async fn open(js: &jetstream::Context, bucket: &str, replicas: usize) -> Result<KeyStore> {
         let kv = match js.get_key_value(bucket).await {
             Ok(kv) => kv,
             Err(_) => js
@@ -208,6 +208,7 @@ impl KeyStore {
                     bucket: bucket.to_string(),
                     description: "meterflow API keys (hashes, never the keys)".into(),
                     history: 5,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await

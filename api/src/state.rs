@@ -70,7 +70,7 @@ impl Api {
     pub async fn connect(config: Config, ops: Option<Arc<Ops>>) -> Result<Arc<Api>> {
         let broker = Broker::connect(config.nats.clone()).await.map_err(|e| ApiError::Broker(e.to_string()))?;
         let js = broker.jetstream().clone();
-        let keys = KeyStore::open(&js, &config.api.keys_bucket).await?;
+        let keys = KeyStore::open(&js, &config.api.keys_bucket, config.nats.replicas).await?;
         let catalog_store = meterflow_pipeline::catalog::open_store(&broker, &config)
             .await
             .map_err(|e| ApiError::Broker(format!("{e:#}")))?;
@@ -155,7 +155,7 @@ impl Api {
                 return Ok(t.clone());
             }
         }
-        let data_dir = &self.config.storage.data_dir;
+        let data_dir = &self.config.tables().map_err(|e| Problem::unavailable(format!("{e:#}"), 1))?;
         let customers = scope.customers().map(|_| key.as_slice());
         let read_at = chrono::Utc::now();
         let sql = ReadOnlySql::open_for(data_dir, self.config.sql.limits(), customers)

@@ -14,7 +14,7 @@
 
 use chrono::{Datelike, Utc};
 use meterflow_rater::{Period, PriceBook};
-use meterflow_sink::{ClosedPeriod, PeriodTable, SummaryTable, SUMMARIES_TABLE};
+use meterflow_sink::{ClosedPeriod, PeriodTable, SummaryTable, TableRoot, SUMMARIES_TABLE};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -121,13 +121,14 @@ pub fn window_totals_sql(table: &str) -> String {
 /// way `meterflow invoice` reads them: a fresh billing session, the table registered at that
 /// version (Delta time travel), [`usage_totals_sql`], the rows read into exact totals.
 pub async fn period_usage_totals(
-    data_dir: &Path,
+    root: impl Into<TableRoot>,
     version: u64,
     period: &str,
     customers: &[&str],
 ) -> Result<Vec<UsageTotal>, BillingError> {
+    let root = &root.into();
     let session = Session::new();
-    session.register_summaries_at(data_dir, version, SUMMARIES_NOW).await?;
+    session.register_summaries_at(root, version, SUMMARIES_NOW).await?;
     session.set_list(SELECTED_CUSTOMERS, "customer_id", customers.iter().copied())?;
     usage_totals(&session, period).await
 }
@@ -261,42 +262,43 @@ fn adjustment_windows(
 
 /// Computes (and unless previewing, finalizes) the invoices of one billing period.
 pub async fn run_invoices(
-    data_dir: &Path,
+    root: impl Into<TableRoot>,
     accounts: &[Account],
     prices: &PriceBook,
     config: &BillingConfig,
     request: &InvoiceRequest,
 ) -> Result<InvoiceRun, BillingError> {
+    let root = &root.into();
     let period = parse_period(&request.period)?;
     let label = period.label();
-    if !tables::exists(data_dir, SUMMARIES_TABLE) {
+    if !tables::exists(root, SUMMARIES_TABLE).await? {
         return Err(BillingError::Nothing(format!(
             "no usage_summaries table in {}: run the pipeline first (or pass the right --data-dir)",
-            data_dir.display()
+            root
         )));
     }
     // One writer at a time: everything below reads what earlier runs wrote.
-    let _lock = if request.preview { None } else { Some(tables::lock_billing(data_dir)?) };
+    let _lock = if request.preview { None } else { Some(tables::lock_billing(root)?) };
     let in_scope = accounts_in_scope(accounts, request, &period)?;
-    let closed = PeriodTable::open_or_create(data_dir).await?.closed().await?;
+    let closed = PeriodTable::open_or_create(root).await?.closed().await?;
     let sealed = closed.get(&label).map(|c| u64::try_from(c.sealed_version).unwrap_or(0));
     let version = match (sealed, request.preview) {
         (Some(v), _) => v,
-        (None, true) => SummaryTable::open_or_create(data_dir).await?.version().unwrap_or(0),
+        (None, true) => SummaryTable::open_or_create(root).await?.version().unwrap_or(0),
         (None, false) => return Err(BillingError::PeriodOpen(label)),
     };
 
     let session = Session::new();
-    session.register_summaries_at(data_dir, version, SUMMARIES_NOW).await?;
+    session.register_summaries_at(root, version, SUMMARIES_NOW).await?;
     let ids: Vec<&str> = in_scope.iter().map(|a| a.id.as_str()).collect();
     session.set_list(SELECTED_CUSTOMERS, "customer_id", ids.iter().copied())?;
     let usage = usage_totals(&session, &label).await?;
     let (base, windows) = adjustment_windows(&period, &closed);
-    let adjustments = adjustments(&session, data_dir, &windows, version).await?;
+    let adjustments = adjustments(&session, root, &windows, version).await?;
     if !request.preview {
         earlier_periods_closed(&session, &period, &closed).await?;
     }
-    let remaining = minimum_remaining(data_dir, &label, &adjustments).await?;
+    let remaining = minimum_remaining(root, &label, &adjustments).await?;
     let run = Run { period, prices, config, version, base, preview: request.preview };
     let invoices = build_invoices(&run, &in_scope, &usage, &adjustments, &remaining)?;
     if request.preview {
@@ -306,7 +308,7 @@ pub async fn run_invoices(
             files: Vec::new(),
         });
     }
-    finalize(data_dir, invoices, request, version).await
+    finalize(root, invoices, request, version).await
 }
 
 /// The customers an invoice run covers: those billed on `period` (one, with `--customer`).
@@ -343,7 +345,7 @@ fn accounts_in_scope<'a>(
 /// customers in [`SELECTED_CUSTOMERS`].
 async fn adjustments(
     session: &Session,
-    data_dir: &Path,
+    root: &TableRoot,
     windows: &[(u64, Vec<String>)],
     version: u64,
 ) -> Result<Vec<UsageTotal>, BillingError> {
@@ -353,7 +355,7 @@ async fn adjustments(
             continue;
         }
         let alias = format!("summaries_before_{i}");
-        session.register_summaries_at(data_dir, *lower, &alias).await?;
+        session.register_summaries_at(root, *lower, &alias).await?;
         session.set_list(SELECTED_PERIODS, "billing_period", periods.iter().map(String::as_str))?;
         let upper = to_totals(&session.rows(&window_totals_sql(SUMMARIES_NOW), &[]).await?)?;
         let lower_totals = to_totals(&session.rows(&window_totals_sql(&alias), &[]).await?)?;
@@ -449,15 +451,15 @@ FROM latest_invoice_lines WHERE line_kind = 'minimum_true_up' \
 AND source_period IN (SELECT billing_period FROM selected_periods) AND period < $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3";
 
 async fn minimum_remaining(
-    data_dir: &Path,
+    root: &TableRoot,
     period: &str,
     adjustments: &[UsageTotal],
 ) -> Result<BTreeMap<(String, String, String), rust_decimal::Decimal>, BillingError> {
     let session = Session::new();
-    if adjustments.is_empty() || !session.register(data_dir, INVOICES.name, "invoices").await? {
+    if adjustments.is_empty() || !session.register(root, INVOICES.name, "invoices").await? {
         return Ok(BTreeMap::new());
     }
-    session.register(data_dir, INVOICE_LINES.name, "invoice_lines").await?;
+    session.register(root, INVOICE_LINES.name, "invoice_lines").await?;
     session.set_list(SELECTED_PERIODS, "billing_period", adjustments.iter().map(|a| a.billing_period.as_str()))?;
     let rows = session.rows(MINIMUM_TRUE_UPS_SQL, &[text(period)]).await?;
     let mut out = BTreeMap::new();
@@ -468,9 +470,9 @@ async fn minimum_remaining(
 }
 
 /// Latest finalized revision of each invoice id: `(revision, content hash)`.
-async fn finalized(data_dir: &Path) -> Result<BTreeMap<String, (u32, String)>, BillingError> {
+async fn finalized(root: &TableRoot) -> Result<BTreeMap<String, (u32, String)>, BillingError> {
     let session = Session::new();
-    if !session.register(data_dir, INVOICES.name, "invoices").await? {
+    if !session.register(root, INVOICES.name, "invoices").await? {
         return Ok(BTreeMap::new());
     }
     let rows = session.rows("SELECT invoice_id, revision, content_hash FROM latest_invoices", &[]).await?;
@@ -482,9 +484,9 @@ async fn finalized(data_dir: &Path) -> Result<BTreeMap<String, (u32, String)>, B
 }
 
 /// `(invoice_id, revision)` pairs whose lines are already written.
-async fn lines_written(data_dir: &Path) -> Result<BTreeSet<(String, u32)>, BillingError> {
+async fn lines_written(root: &TableRoot) -> Result<BTreeSet<(String, u32)>, BillingError> {
     let session = Session::new();
-    if !session.register(data_dir, INVOICE_LINES.name, "invoice_lines").await? {
+    if !session.register(root, INVOICE_LINES.name, "invoice_lines").await? {
         return Ok(BTreeSet::new());
     }
     let rows = session.rows("SELECT DISTINCT invoice_id, revision FROM invoice_lines", &[]).await?;
@@ -575,12 +577,12 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BillingE
 }
 
 async fn finalize(
-    data_dir: &Path,
+    root: &TableRoot,
     invoices: Vec<Invoice>,
     request: &InvoiceRequest,
     version: u64,
 ) -> Result<InvoiceRun, BillingError> {
-    let existing = finalized(data_dir).await?;
+    let existing = finalized(root).await?;
     let mut planned = Vec::new();
     let mut changed = Vec::new();
     for mut inv in invoices {
@@ -616,14 +618,14 @@ async fn finalize(
     }
     // Lines first, then headers: an invoice exists for readers only once its header is
     // written, and a rerun after a crash in between writes only the missing part.
-    let written = lines_written(data_dir).await?;
+    let written = lines_written(root).await?;
     let new: Vec<&(Invoice, Outcome)> = planned.iter().filter(|(_, o)| *o != Outcome::Unchanged).collect();
     let lines: Vec<Vec<Cell>> = new
         .iter()
         .filter(|(i, _)| !written.contains(&(i.invoice_id.clone(), i.revision)))
         .flat_map(|(i, _)| line_rows(i))
         .collect();
-    tables::append(data_dir, &INVOICE_LINES, &lines).await?;
+    tables::append(root, &INVOICE_LINES, &lines).await?;
     let mut headers = Vec::new();
     let mut files = Vec::new();
     for (inv, _) in &planned {
@@ -635,7 +637,7 @@ async fn finalize(
             headers.push(header_row(inv, &json));
         }
     }
-    tables::append(data_dir, &INVOICES, &headers).await?;
+    tables::append(root, &INVOICES, &headers).await?;
     Ok(InvoiceRun { invoices: planned, summary_version: version, files })
 }
 
@@ -644,9 +646,10 @@ pub const FINALIZED_INVOICES_SQL: &str =
     "SELECT document FROM latest_invoices WHERE period = $1 ORDER BY customer_id, invoice_id";
 
 /// The finalized invoices of a period (latest revision of each), read back from `invoices`.
-pub async fn finalized_invoices(data_dir: &Path, period: &str) -> Result<Vec<Invoice>, BillingError> {
+pub async fn finalized_invoices(root: impl Into<TableRoot>, period: &str) -> Result<Vec<Invoice>, BillingError> {
+    let root = &root.into();
     let session = Session::new();
-    if !session.register(data_dir, INVOICES.name, "invoices").await? {
+    if !session.register(root, INVOICES.name, "invoices").await? {
         return Ok(Vec::new());
     }
     let rows = session.rows(FINALIZED_INVOICES_SQL, &[text(period)]).await?;

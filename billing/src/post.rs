@@ -13,6 +13,7 @@
 //! failures (HTTP 4xx other than 429) are recorded `failed` and not resent unless asked.
 
 use chrono::Utc;
+use meterflow_sink::TableRoot;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -141,9 +142,10 @@ pub const LEDGER_SQL: &str = "SELECT idempotency_key, status, attempts FROM post
 ORDER BY idempotency_key, recorded_at, attempts";
 
 /// The latest ledger status of each document key for `target`: `(status, attempts)`.
-pub async fn ledger(data_dir: &Path, target: &str) -> Result<BTreeMap<String, (Status, u64)>, BillingError> {
+pub async fn ledger(root: impl Into<TableRoot>, target: &str) -> Result<BTreeMap<String, (Status, u64)>, BillingError> {
+    let root = &root.into();
     let session = Session::new();
-    if !session.register(data_dir, POSTINGS.name, "postings").await? {
+    if !session.register(root, POSTINGS.name, "postings").await? {
         return Ok(BTreeMap::new());
     }
     let rows = session.rows(LEDGER_SQL, &[text(target)]).await?;
@@ -190,16 +192,17 @@ fn ledger_row(
 
 /// Posts the documents of `period`'s finalized invoices to `target`.
 pub async fn post_period(
-    data_dir: &Path,
+    root: impl Into<TableRoot>,
     period: &str,
     target: &Target,
     config: &BillingConfig,
     retry_failed: bool,
 ) -> Result<PostReport, BillingError> {
+    let root = &root.into();
     let period = meterflow_rater::Period::parse(period).ok_or_else(|| BillingError::BadPeriod(period.into()))?.label();
     let period = period.as_str();
-    let _lock = tables::lock_billing(data_dir)?;
-    let invoices = finalized_invoices(data_dir, period).await?;
+    let _lock = tables::lock_billing(root)?;
+    let invoices = finalized_invoices(root, period).await?;
     if invoices.is_empty() {
         return Err(BillingError::Nothing(format!(
             "no finalized invoices for {period}: run `meterflow invoice --period {period}` first"
@@ -210,7 +213,7 @@ pub async fn post_period(
         docs.extend(erp::documents(inv, config)?.into_iter().filter(|d| target.accepts(d)));
     }
     let label = target.label();
-    let known = ledger(data_dir, &label).await?;
+    let known = ledger(root, &label).await?;
     refuse_revisions_over_posted(&invoices, &known, &label)?;
     let mut report = PostReport { documents: docs.len(), ..PostReport::default() };
     let mut todo = Vec::new();
@@ -232,9 +235,9 @@ pub async fn post_period(
         .filter(|(_, d)| !known.contains_key(d.key()))
         .map(|(b, d)| ledger_row(d, &label, &b.id, Status::Pending, 0, None))
         .collect();
-    tables::append(data_dir, &POSTINGS, &pending).await?;
+    tables::append(root, &POSTINGS, &pending).await?;
 
-    deliver(data_dir, target, config, &batches, &known, &label, &mut report).await?;
+    deliver(root, target, config, &batches, &known, &label, &mut report).await?;
     Ok(report)
 }
 
@@ -271,7 +274,7 @@ fn refuse_revisions_over_posted(
 
 /// Sends each batch to the target and records every document's outcome in the postings ledger.
 async fn deliver(
-    data_dir: &Path,
+    root: &TableRoot,
     target: &Target,
     config: &BillingConfig,
     batches: &[Batch],
@@ -313,7 +316,7 @@ async fn deliver(
             };
             rows.push(ledger_row(doc, label, &batch.id, status, prior + attempts, Some(response)));
         }
-        tables::append(data_dir, &POSTINGS, &rows).await?;
+        tables::append(root, &POSTINGS, &rows).await?;
     }
     Ok(())
 }

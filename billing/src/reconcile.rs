@@ -20,7 +20,7 @@ use meterflow_sink::deltalake::arrow::record_batch::RecordBatch;
 use meterflow_sink::sql::Rows;
 use meterflow_sink::{PeriodTable, SUMMARIES_TABLE};
 use std::collections::BTreeMap;
-use std::path::Path;
+use meterflow_sink::TableRoot;
 
 use crate::invoicing::same_flavour;
 use crate::tables::{self, text, Session, INVOICES, INVOICE_LINES, POSTINGS};
@@ -217,7 +217,7 @@ async fn invoiced_versions(session: &Session) -> Result<Vec<(String, String, u64
 /// Registers the summaries as of each version of `through` and says which rows each gives.
 async fn register_billed(
     session: &Session,
-    data_dir: &Path,
+    root: &TableRoot,
     through: &BilledThrough,
 ) -> Result<Vec<BilledRows>, BillingError> {
     let mut by_version: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
@@ -246,7 +246,7 @@ async fn register_billed(
             Some(a) => a.clone(),
             None => {
                 let a = format!("summaries_at_{version}");
-                session.register_summaries_at(data_dir, version, &a).await?;
+                session.register_summaries_at(root, version, &a).await?;
                 aliases.insert(version, a.clone());
                 a
             }
@@ -256,27 +256,28 @@ async fn register_billed(
     Ok(billed)
 }
 
-/// Reconciles `period` over the tables in `data_dir`.
-pub async fn reconcile(data_dir: &Path, period: &str) -> Result<Reconciliation, BillingError> {
+/// Reconciles `period` over the tables in `root`.
+pub async fn reconcile(root: impl Into<TableRoot>, period: &str) -> Result<Reconciliation, BillingError> {
+    let root = &root.into();
     let parsed = Period::parse(period).ok_or_else(|| BillingError::BadPeriod(period.into()))?;
     let label = parsed.label();
     let period = label.as_str();
-    if !tables::exists(data_dir, SUMMARIES_TABLE) {
+    if !tables::exists(root, SUMMARIES_TABLE).await? {
         return Err(BillingError::Nothing(format!(
             "no usage_summaries table in {}: run the pipeline first (or pass the right --data-dir)",
-            data_dir.display()
+            root
         )));
     }
     // The billing tables may not exist yet: an empty one reconciles as "nothing invoiced".
-    tables::create_tables(data_dir).await?;
+    tables::create_tables(root).await?;
     let session = Session::new();
     for name in [SUMMARIES_TABLE, INVOICES.name, INVOICE_LINES.name, POSTINGS.name] {
-        session.register(data_dir, name, name).await?;
+        session.register(root, name, name).await?;
     }
-    let closed = PeriodTable::open_or_create(data_dir).await?.closed().await?;
+    let closed = PeriodTable::open_or_create(root).await?.closed().await?;
     let sealed = closed.get(period).map(|c| u64::try_from(c.sealed_version).unwrap_or(0));
     let through = billed_through(&parsed, sealed, &invoiced_versions(&session).await?);
-    let billed = register_billed(&session, data_dir, &through).await?;
+    let billed = register_billed(&session, root, &through).await?;
     let usage = session.rows(&usage_sql(&billed), &[text(period)]).await?;
     let posting = session.rows(POSTING_SQL, &[text(period)]).await?;
     if usage.is_empty() && posting.is_empty() {

@@ -14,9 +14,8 @@ use deltalake::kernel::{DataType, StructField};
 use deltalake::protocol::SaveMode;
 use meterflow_sink::deltalake;
 use meterflow_sink::sql::{Rows, ScalarValue};
-use meterflow_sink::{open_or_create_table, table_url, SUMMARIES_TABLE};
+use meterflow_sink::{open_or_create_table, TableRoot, SUMMARIES_TABLE};
 use rust_decimal::Decimal;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::BillingError;
@@ -214,12 +213,12 @@ fn encode(spec: &Spec, rows: &[Vec<Cell>]) -> Result<RecordBatch, BillingError> 
 }
 
 /// Appends `rows` to the table (created when absent) in one Delta commit.
-pub(crate) async fn append(data_dir: &Path, spec: &Spec, rows: &[Vec<Cell>]) -> Result<(), BillingError> {
+pub(crate) async fn append(root: &TableRoot, spec: &Spec, rows: &[Vec<Cell>]) -> Result<(), BillingError> {
     let mut fields = Vec::with_capacity(spec.columns.len());
     for (name, kind) in spec.columns {
         fields.push(StructField::new(*name, delta_type(spec.name, *kind)?, matches!(kind, Kind::OptText)));
     }
-    let table = open_or_create_table(data_dir, spec.name, spec.comment, fields, vec![]).await?;
+    let table = open_or_create_table(root, spec.name, spec.comment, fields, vec![]).await?;
     if rows.is_empty() {
         return Ok(());
     }
@@ -228,18 +227,19 @@ pub(crate) async fn append(data_dir: &Path, spec: &Spec, rows: &[Vec<Cell>]) -> 
     Ok(())
 }
 
-/// Creates the billing tables (`invoices`, `invoice_lines`, `postings`) under `data_dir`
+/// Creates the billing tables (`invoices`, `invoice_lines`, `postings`) under `root`
 /// where absent, empty.
-pub async fn create_tables(data_dir: &Path) -> Result<(), BillingError> {
+pub async fn create_tables(root: impl Into<TableRoot>) -> Result<(), BillingError> {
+    let root = &root.into();
     for spec in [&INVOICES, &INVOICE_LINES, &POSTINGS] {
-        append(data_dir, spec, &[]).await?;
+        append(root, spec, &[]).await?;
     }
     Ok(())
 }
 
-/// True when the table exists under `data_dir`.
-pub(crate) fn exists(data_dir: &Path, name: &str) -> bool {
-    data_dir.join(name).join("_delta_log").is_dir()
+/// True when the table exists under `root`.
+pub(crate) async fn exists(root: &TableRoot, name: &str) -> Result<bool, BillingError> {
+    Ok(root.exists(name).await?)
 }
 
 /// A SQL session over some of the tables. Values reach its queries as bound parameters
@@ -264,19 +264,18 @@ impl Session {
     }
 
     /// Registers table `name` (latest version) under `alias`; returns false when it does not exist.
-    pub async fn register(&self, data_dir: &Path, name: &str, alias: &str) -> Result<bool, BillingError> {
-        if !exists(data_dir, name) {
+    pub async fn register(&self, root: &TableRoot, name: &str, alias: &str) -> Result<bool, BillingError> {
+        if !exists(root, name).await? {
             return Ok(false);
         }
-        let table = deltalake::open_table(table_url(data_dir, name)?).await.map_err(|e| delta_err(name, e))?;
+        let table = root.open(name).await?;
         self.add(name, alias, table).await?;
         Ok(true)
     }
 
     /// Registers `usage_summaries` as of `version` under `alias`.
-    pub async fn register_summaries_at(&self, data_dir: &Path, version: u64, alias: &str) -> Result<(), BillingError> {
-        let url = table_url(data_dir, SUMMARIES_TABLE)?;
-        let table = deltalake::open_table_with_version(url, version).await.map_err(|e| {
+    pub async fn register_summaries_at(&self, root: &TableRoot, version: u64, alias: &str) -> Result<(), BillingError> {
+        let table = root.open_at(SUMMARIES_TABLE, version).await.map_err(|e| {
             delta_err(
                 SUMMARIES_TABLE,
                 format!("cannot read version {version} (its log may have expired: logs are kept 400 days): {e}"),
@@ -343,9 +342,17 @@ pub(crate) struct BillingLock {
 }
 
 /// Takes the billing lock, failing at once with a clear message when another run holds it.
-pub(crate) fn lock_billing(data_dir: &Path) -> Result<BillingLock, BillingError> {
-    let path = data_dir.join(".billing.lock");
-    std::fs::create_dir_all(data_dir).map_err(|e| BillingError::io(data_dir, e))?;
+/// Local tables: a lock file in the data directory. Tables on object storage: a lock file in
+/// the system's temporary folder named by the tables' URL, so billing runs on one machine take
+/// turns (run billing from one place at a time).
+pub(crate) fn lock_billing(root: &TableRoot) -> Result<BillingLock, BillingError> {
+    let dir = match root.local_dir() {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::temp_dir()
+            .join(format!("meterflow-billing-{:016x}", xxhash_rust::xxh3::xxh3_64(root.to_string().as_bytes()))),
+    };
+    let path = dir.join(".billing.lock");
+    std::fs::create_dir_all(&dir).map_err(|e| BillingError::io(&dir, e))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -355,9 +362,8 @@ pub(crate) fn lock_billing(data_dir: &Path) -> Result<BillingLock, BillingError>
     match file.try_lock() {
         Ok(()) => Ok(BillingLock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(BillingError::Nothing(format!(
-            "another `meterflow invoice` or `post` is writing the billing tables of {} (lock {}); run again \
+            "another `meterflow invoice` or `post` is writing the billing tables of {root} (lock {}); run again \
                 when it is done",
-            data_dir.display(),
             path.display()
         ))),
         Err(std::fs::TryLockError::Error(e)) => Err(BillingError::io(&path, e)),
@@ -371,10 +377,10 @@ mod tests {
     #[test]
     fn a_second_billing_run_on_the_same_data_dir_is_refused_while_the_first_holds_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let held = lock_billing(dir.path()).unwrap();
-        let e = lock_billing(dir.path()).err().unwrap().to_string();
+        let held = lock_billing(&TableRoot::local(dir.path())).unwrap();
+        let e = lock_billing(&TableRoot::local(dir.path())).err().unwrap().to_string();
         assert!(e.contains("another `meterflow invoice` or `post`"), "{e}");
         drop(held);
-        assert!(lock_billing(dir.path()).is_ok());
+        assert!(lock_billing(&TableRoot::local(dir.path())).is_ok());
     }
 }

@@ -72,7 +72,8 @@ pub struct CatalogStore {
 impl CatalogStore {
     /// Opens the catalog stream `stream` (revisions published on `subject`), creating it when
     /// absent: limits retention without limits, file storage, no deletes, no purges.
-    pub async fn open(js: jetstream::Context, stream: &str, subject: &str) -> Result<CatalogStore> {
+    /// `replicas`: the stream's replicas when it is created (3 on a cluster).
+    pub async fn open(js: jetstream::Context, stream: &str, subject: &str, replicas: usize) -> Result<CatalogStore> {
         let store = CatalogStore { js, stream: stream.to_string(), subject: subject.to_string() };
         store
             .js
@@ -82,6 +83,7 @@ impl CatalogStore {
                 subjects: vec![subject.to_string()],
                 retention: stream::RetentionPolicy::Limits,
                 storage: stream::StorageType::File,
+                num_replicas: replicas,
                 deny_delete: true,
                 deny_purge: true,
                 ..Default::default()

@@ -213,7 +213,17 @@ impl Broker {
         if async_nats::rustls::crypto::CryptoProvider::get_default().is_none() {
             let _already_installed = async_nats::rustls::crypto::ring::default_provider().install_default();
         }
-        let client = async_nats::connect_with_options(config.url.as_str(), options)
+        if !(1..=5).contains(&config.replicas) {
+            return Err(IngestError::NatsConfig(format!(
+                "replicas = {}: JetStream keeps 1 to 5 replicas (3 on a cluster of three servers)",
+                config.replicas
+            )));
+        }
+        let servers = config.servers();
+        if servers.is_empty() {
+            return Err(IngestError::NatsConfig("url is empty: give nats://host:port".into()));
+        }
+        let client = async_nats::connect_with_options(servers, options)
             .await
             .map_err(|e| connect_error(&config, &auth, &e))?;
         let js = jetstream::new(client.clone());
@@ -252,6 +262,7 @@ impl Broker {
             subjects: c.subjects.iter().cloned().chain([redrive]).collect(),
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
+            num_replicas: c.replicas,
             max_age: c.max_age(),
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
@@ -276,6 +287,7 @@ impl Broker {
             subjects: vec![format!("{}.>", c.dlq_subject_prefix)],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
+            num_replicas: c.replicas,
             max_age: c.max_age(),
             // Re-publishing after a crash uses the same Nats-Msg-Id: a long window absorbs it.
             duplicate_window: Duration::from_secs(3_600),

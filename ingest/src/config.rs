@@ -46,6 +46,9 @@ const fn default_max_age_days() -> u64 {
 fn default_url() -> String {
     "nats://127.0.0.1:4222".into()
 }
+fn default_replicas() -> usize {
+    1
+}
 fn default_stream() -> String {
     DEFAULT_STREAM.into()
 }
@@ -72,9 +75,16 @@ const fn default_lease_ttl_s() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
-    /// Server URL (`nats://host:port`).
+    /// Server URL (`nats://host:port`), or the URLs of a cluster's servers separated by commas
+    /// (`nats://a:4222,nats://b:4222,nats://c:4222`): the client connects to one and moves to
+    /// another when it fails (it also learns the cluster's other servers from the one it reached).
     #[serde(default = "default_url")]
     pub url: String,
+    /// Replicas of every stream and key-value bucket meterflow creates (usage, DLQ, catalog,
+    /// leases, API keys): 1 on a single server; 3 on a cluster of three or more, so the loss of
+    /// one server loses nothing and stops nothing. Streams that exist keep their own setting.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
     /// Usage stream name; created if absent.
     #[serde(default = "default_stream")]
     pub stream: String,
@@ -280,6 +290,7 @@ impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig {
             url: default_url(),
+            replicas: default_replicas(),
             stream: default_stream(),
             subjects: default_subjects(),
             max_age_days: default_max_age_days(),
@@ -338,6 +349,11 @@ fn read_secret(key: &str, path: &Path) -> Result<Secret> {
 }
 
 impl NatsConfig {
+    /// The server URLs of `url` (one, or a cluster's, separated by commas).
+    pub fn servers(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+    }
+
     /// Stream retention as a duration (zero: no age limit).
     pub fn max_age(&self) -> Duration {
         Duration::from_secs(self.max_age_days.saturating_mul(86_400))

@@ -59,6 +59,7 @@ async fn bucket(js: &jetstream::Context, config: &NatsConfig, ttl: Duration) -> 
         history: 1,
         max_age: ttl,
         storage: jetstream::stream::StorageType::File,
+        num_replicas: config.replicas,
         ..Default::default()
     })
     .await

@@ -29,7 +29,8 @@ use meterflow_ingest::PendingPull;
 use meterflow_pipeline::config::{Config, Overrides, Reference};
 use meterflow_pipeline::ops::Ops;
 use meterflow_pipeline::{Pipeline, RunOptions};
-use meterflow_testkit::local_nats::LocalNats;
+use meterflow_testkit::local_nats::{LocalCluster, LocalNats};
+use meterflow_testkit::local_s3::LocalS3;
 use meterflow_testkit::workload::{self, EventTimes, Lateness, OutMessage, Population, Traffic, WorkloadSpec};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -74,6 +75,42 @@ pub struct LoadOptions {
     /// Ingest the throughput phase through the HTTP API instead of publishing it to JetStream
     /// directly, and time month-to-date meter queries afterwards.
     pub http: bool,
+    /// Tables and snapshots on a local S3-compatible server (moto) instead of a directory.
+    pub object_storage: bool,
+    /// A cluster of three nats-servers with three replicas of every stream instead of one server.
+    pub cluster: bool,
+}
+
+/// The broker of a run: one server, or a cluster of three.
+enum Brokers {
+    One(LocalNats),
+    Three(LocalCluster),
+}
+
+impl Brokers {
+    fn start(options: &LoadOptions, dir: &std::path::Path) -> Result<Brokers> {
+        Ok(if options.cluster { Brokers::Three(LocalCluster::start(dir)?) } else { Brokers::One(LocalNats::start(dir)?) })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Brokers::One(n) => n.url(),
+            Brokers::Three(c) => c.url(),
+        }
+    }
+}
+
+/// Creates the pipeline's streams, waiting for a cluster to elect its JetStream leader.
+async fn ensure_streams(config: &Config) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async { meterflow_ingest::Broker::connect(config.nats.clone()).await?.ensure_streams().await };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
 }
 
 /// Seconds of event time each part of the workload (throughput, freshness) covers when event
@@ -251,6 +288,7 @@ async fn ceiling(
         name: "CEILING".into(),
         subjects: vec!["ceiling.>".into()],
         storage: stream::StorageType::File,
+        num_replicas: nats.replicas,
         ..Default::default()
     })
     .await
@@ -364,8 +402,26 @@ fn late_flagged(ops: &Ops, reference: &Reference) -> u64 {
 /// One full run on a fresh local nats-server and data directory.
 pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
     let dir = tempfile::tempdir()?;
-    let nats = LocalNats::start(&dir.path().join("nats"))?;
-    let (config, reference) = config_for(options, &nats.url(), dir.path())?;
+    let nats = Brokers::start(options, &dir.path().join("nats"))?;
+    let (mut config, reference) = config_for(options, &nats.url(), dir.path())?;
+    let s3 = if options.object_storage { Some(LocalS3::start("meterflow-load")?) } else { None };
+    if let Some(s3) = &s3 {
+        // moto takes any credentials; the pipeline reads them from the environment.
+        for (key, value) in s3.envs("run") {
+            if key.starts_with("AWS_") {
+                std::env::set_var(key, value);
+            }
+        }
+        config.storage.tables_url = Some(s3.url("run"));
+        config.storage.s3 = meterflow_pipeline::config::S3Config {
+            endpoint: Some(s3.endpoint()),
+            region: Some("us-east-1".into()),
+            allow_http: true,
+        };
+    }
+    if options.cluster {
+        config.nats.replicas = 3;
+    }
     let (traffic, main_base, fresh_base) = traffic_for(options, &config);
     let main = WorkloadSpec {
         events: options.events,
@@ -385,9 +441,9 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
     let shape = workload_shape(options, &reference, &traffic);
     let events = events_in(throughput_msgs);
 
-    let client = async_nats::connect(nats.url()).await?;
+    let client = async_nats::connect(config.nats.servers()).await?;
     let js = jetstream::new(client);
-    meterflow_ingest::Broker::connect(config.nats.clone()).await?.ensure_streams().await?;
+    ensure_streams(&config).await?;
     let (raw_publish, raw_consume) = ceiling(&js, throughput_msgs, events, &config.nats).await?;
 
     // Throughput: the pipeline drains the pre-filled stream (filled through the HTTP API in
@@ -432,7 +488,7 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
         }
         None => None,
     };
-    let differences = workload::differences(&config.storage.data_dir, &oracle).await?;
+    let differences = workload::differences(&config.tables()?, &oracle).await?;
     for d in &differences {
         eprintln!("MISMATCH {d}");
     }

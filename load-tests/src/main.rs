@@ -76,6 +76,14 @@ struct Cli {
     /// --bad-every 0 (the API refuses malformed events with 400; they never reach the DLQ).
     #[arg(long)]
     http: bool,
+    /// Keep the tables and state snapshots on a local S3-compatible server (moto, from
+    /// `scripts/tools.sh`) instead of a local directory.
+    #[arg(long)]
+    object_storage: bool,
+    /// Run against a cluster of three local nats-servers with three replicas of every stream,
+    /// instead of one server.
+    #[arg(long)]
+    cluster: bool,
     /// Folder for loadgen-<batch>.json / .md / .html.
     #[arg(long, default_value = "target/loadgen")]
     out: PathBuf,
@@ -116,6 +124,8 @@ fn options(cli: &Cli) -> Result<LoadOptions> {
         late_fraction: cli.late_fraction,
         lateness_mean_s: cli.lateness_mean_s.unwrap_or(3_600.0),
         http: cli.http,
+        object_storage: cli.object_storage,
+        cluster: cli.cluster,
     })
 }
 
@@ -127,6 +137,12 @@ fn shape(o: &LoadOptions) -> String {
     }
     if let Some(f) = o.late_fraction {
         shape += &format!(", {f} late (mean {} s)", o.lateness_mean_s);
+    }
+    if o.object_storage {
+        shape += ", tables on S3 (moto)";
+    }
+    if o.cluster {
+        shape += ", 3-server cluster, R3";
     }
     shape
 }

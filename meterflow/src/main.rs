@@ -614,12 +614,10 @@ async fn run_pipeline(common: Common, exit_when_idle: Option<Duration>, adopt_st
 async fn sql(common: Common, format: OutputFormat, query: &str) -> Result<()> {
     init_logging("warn");
     let config = common.load()?;
-    let sql = ReadOnlySql::open_with_limits(&config.storage.data_dir, config.sql.limits()).await?;
+    let tables = config.tables()?;
+    let sql = ReadOnlySql::open_with_limits(&tables, config.sql.limits()).await?;
     if sql.tables.is_empty() {
-        bail!(
-            "no tables in {} yet: run the pipeline first (or pass the right --data-dir)",
-            config.storage.data_dir.display()
-        );
+        bail!("no tables in {tables} yet: run the pipeline first (or pass the right --data-dir)");
     }
     let (batches, cut) = sql.query_limited(query).await?;
     let format: Format = format.into();
@@ -669,7 +667,7 @@ async fn rerate_period(common: Common, period: &str) -> Result<()> {
 async fn vacuum(common: Common, dry_run: bool) -> Result<()> {
     init_logging("warn");
     let config = common.load()?;
-    let done = meterflow_sink::vacuum_tables(&config.storage.data_dir, dry_run).await?;
+    let done = meterflow_sink::vacuum_tables(&config.tables()?, dry_run).await?;
     for table in &done {
         let verb = if table.dry_run { "would delete" } else { "deleted" };
         let secs = table.retention.as_secs();

@@ -154,17 +154,63 @@ impl LatenessConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Data directory: one folder per Delta table, plus `state/` for snapshots.
+    /// Data directory: one folder per Delta table, plus `_state/` for snapshots, and the
+    /// documents (invoices, ERP files); with `tables_url` set, only the documents.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// The tables and state snapshots on S3-compatible object storage instead of `data_dir`:
+    /// `s3://bucket/prefix`. Credentials come from the environment (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`) or the AWS profile files, never from this file.
+    #[serde(default)]
+    pub tables_url: Option<String>,
+    /// Connection settings of the object storage (none of them a secret).
+    #[serde(default)]
+    pub s3: S3Config,
     /// Compact the table's small files every this many commits (0 = never).
     #[serde(default = "default_compact_every_commits")]
     pub compact_every_commits: u64,
 }
 
+/// `[storage.s3]`: where the S3-compatible server is (absent: AWS, from the environment).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL of an S3-compatible server (`http://127.0.0.1:9000`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The bucket's region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Allow plain HTTP to the endpoint (a server on loopback; never across a network).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { data_dir: default_data_dir(), compact_every_commits: default_compact_every_commits() }
+        StorageConfig {
+            data_dir: default_data_dir(),
+            tables_url: None,
+            s3: S3Config::default(),
+            compact_every_commits: default_compact_every_commits(),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Where the tables and snapshots live: `tables_url` when set, else `data_dir`.
+    pub fn tables(&self) -> Result<meterflow_sink::TableRoot> {
+        match &self.tables_url {
+            None => Ok(meterflow_sink::TableRoot::local(&self.data_dir)),
+            Some(url) => {
+                let options = meterflow_sink::ObjectOptions {
+                    endpoint: self.s3.endpoint.clone(),
+                    region: self.s3.region.clone(),
+                    allow_http: self.s3.allow_http,
+                };
+                meterflow_sink::TableRoot::object(url, &options).context("[storage] tables_url")
+            }
+        }
     }
 }
 
@@ -301,27 +347,33 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
 }
 
-/// Applies `METERFLOW_<SECTION>__<KEY>=value` variables to the parsed TOML. Values are read as
-/// TOML when they parse (numbers, booleans, arrays), otherwise as plain strings.
+/// Applies `METERFLOW_<SECTION>__<KEY>=value` variables to the parsed TOML (a nested table's
+/// key as `METERFLOW_<SECTION>__<TABLE>__<KEY>`, for example `METERFLOW_STORAGE__S3__ENDPOINT`).
+/// Values are read as TOML when they parse (numbers, booleans, arrays), otherwise as plain
+/// strings.
 pub fn apply_env(doc: &mut toml::Table, vars: impl IntoIterator<Item = (String, String)>) -> Result<Vec<String>> {
     let mut applied = Vec::new();
     for (name, value) in vars {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
-        let Some((section, key)) = rest.split_once("__") else { continue };
-        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        if section.is_empty() || key.is_empty() {
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let [tables @ .., key] = path.as_slice() else { continue };
+        if tables.is_empty() || path.iter().any(String::is_empty) {
             continue;
         }
         let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.clone()));
-        let entry = doc.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let Some(table) = entry.as_table_mut() else {
-            bail!("{name}: [{section}] is not a table in the config file");
-        };
+        let mut table = &mut *doc;
+        for (depth, section) in tables.iter().enumerate() {
+            let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(inner) = entry.as_table_mut() else {
+                bail!("{name}: [{}] is not a table in the config file", tables[..=depth].join("."));
+            };
+            table = inner;
+        }
         table.insert(key.clone(), parsed);
-        applied.push(format!("{section}.{key}"));
+        applied.push(path.join("."));
     }
     Ok(applied)
 }
@@ -377,6 +429,7 @@ impl Config {
         if let Some(dir) = &overrides.data_dir {
             config.storage.data_dir = dir.clone();
         }
+        config.storage.tables().with_context(|| format!("config file {}", path.display()))?;
         if config.meters.is_empty() {
             bail!("config file {}: no [[meters]] defined", path.display());
         }
@@ -400,9 +453,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Folder of state snapshots.
-    pub fn state_dir(&self) -> PathBuf {
-        self.storage.data_dir.join("_state")
+    /// Where the tables and state snapshots live (see [`StorageConfig::tables`]).
+    pub fn tables(&self) -> Result<meterflow_sink::TableRoot> {
+        self.storage.tables()
     }
 }
 
@@ -630,6 +683,37 @@ mod tests {
         assert_eq!(doc["nats"]["url"].as_str(), Some("nats://b:2"));
         assert_eq!(doc["pipeline"]["commit_interval_ms"].as_integer(), Some(250));
         assert_eq!(doc["nats"]["subjects"].as_array().map(|a| a.len()), Some(1));
+    }
+
+    #[test]
+    fn a_nested_table_is_set_with_a_double_underscore_per_level() {
+        let mut doc: toml::Table = toml::from_str("[storage]\ndata_dir = \"d\"\n").unwrap();
+        let applied = apply_env(
+            &mut doc,
+            vec![
+                ("METERFLOW_STORAGE__S3__ENDPOINT".to_string(), "http://127.0.0.1:9000".to_string()),
+                ("METERFLOW_STORAGE__S3__ALLOW_HTTP".to_string(), "true".to_string()),
+                ("METERFLOW_STORAGE____X".to_string(), "ignored".to_string()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(applied, vec!["storage.s3.endpoint", "storage.s3.allow_http"]);
+        assert_eq!(doc["storage"]["s3"]["endpoint"].as_str(), Some("http://127.0.0.1:9000"));
+        assert_eq!(doc["storage"]["s3"]["allow_http"].as_bool(), Some(true));
+        assert_eq!(doc["storage"]["data_dir"].as_str(), Some("d"));
+    }
+
+    #[test]
+    fn a_tables_url_with_credentials_or_another_scheme_is_refused_with_what_to_do() {
+        let storage = |url: &str| StorageConfig { tables_url: Some(url.into()), ..StorageConfig::default() };
+        let err = |url: &str| format!("{:#}", storage(url).tables().err().unwrap());
+        assert!(err("s3://key:secret@bucket/p").contains("AWS_ACCESS_KEY_ID"), "{}", err("s3://key:secret@bucket/p"));
+        assert!(!err("s3://key:secret@bucket/p").contains("secret@"));
+        assert!(err("gs://bucket/p").contains("s3://bucket/prefix"));
+        assert!(err("s3:///p").contains("no bucket"));
+        let root = storage("s3://bucket/prod").tables().unwrap();
+        assert_eq!(root.table_url("usage_summaries").unwrap().as_str(), "s3://bucket/prod/usage_summaries/");
+        assert_eq!(root.local_dir(), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use anyhow::Result;
 use meterflow_ingest::Broker;
 use meterflow_sink::sql::ReadOnlySql;
-use meterflow_sink::{
+use meterflow_sink::{TableRoot, 
     RejectionRow, RowKind, SummaryRow, SummaryTable, PERIODS_TABLE, REJECTIONS_TABLE, SUMMARIES_TABLE,
 };
 use serde::Serialize;
@@ -201,9 +201,9 @@ impl TableTotals {
     }
 }
 
-/// The [`TableTotals`] of the tables under `data_dir`: full-table sums, read with SQL.
-pub async fn table_totals(data_dir: &std::path::Path) -> Result<TableTotals> {
-    let sql = ReadOnlySql::open_tables(data_dir, &[SUMMARIES_TABLE, REJECTIONS_TABLE]).await?;
+/// The [`TableTotals`] of the tables under `root`: full-table sums, read with SQL.
+pub async fn table_totals(root: &TableRoot) -> Result<TableTotals> {
+    let sql = ReadOnlySql::open_tables(root, &[SUMMARIES_TABLE, REJECTIONS_TABLE]).await?;
     let events_accepted = match sql.rows(EVENTS_ACCEPTED_SQL, &[]).await?.iter().next() {
         Some(r) => r.count(0)?,
         None => 0,
@@ -217,32 +217,32 @@ pub async fn table_totals(data_dir: &std::path::Path) -> Result<TableTotals> {
     })
 }
 
-/// The billing tables (`billing_periods`, `invoices`, `postings`) under `data_dir`: small,
+/// The billing tables (`billing_periods`, `invoices`, `postings`) under the table root: small,
 /// written by `meterflow close`, `invoice` and `post`.
 pub const BILLING_TABLES: [&str; 4] = [PERIODS_TABLE, "invoices", "invoice_lines", "postings"];
 
 /// Every billing period with usage (`period_events`) or with a close, invoices or postings.
 pub async fn billing_periods(
-    data_dir: &std::path::Path,
+    root: &TableRoot,
     period_events: &BTreeMap<String, u64>,
 ) -> Result<Vec<PeriodStatus>> {
-    let sql = ReadOnlySql::open_tables(data_dir, &BILLING_TABLES).await?;
+    let sql = ReadOnlySql::open_tables(root, &BILLING_TABLES).await?;
     period_statuses(&sql, period_events).await
 }
 
 /// Gathers the status.
 pub async fn status(config: &Config) -> Result<Status> {
-    let data_dir = &config.storage.data_dir;
-    let table = SummaryTable::open_or_create(data_dir).await?;
+    let root = &config.tables()?;
+    let table = SummaryTable::open_or_create(root).await?;
     let committed_seq = table.committed_seq().await?;
     let summaries_version = table.version();
     let catalog_revision = table.catalog_revision().await?;
     let broker = broker_status(config).await;
     let lag = broker.stream_last_seq.map(|l| l.saturating_sub(committed_seq));
-    let totals = table_totals(data_dir).await?;
-    let periods = billing_periods(data_dir, &totals.period_events).await?;
+    let totals = table_totals(root).await?;
+    let periods = billing_periods(root, &totals.period_events).await?;
     Ok(Status {
-        data_dir: data_dir.display().to_string(),
+        data_dir: root.to_string(),
         broker,
         committed_seq,
         lag,

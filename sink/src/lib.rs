@@ -11,6 +11,8 @@
 //!   StateStore: state snapshots (dedup + windows) named by the sequence they cover,
 //!               written only after the commit that covers that sequence.
 //!   sql::ReadOnlySql: DataFusion over the committed tables; DDL, DML and statements refused.
+//!   TableRoot: where the tables and snapshots live: a local directory, or a prefix in an
+//!               S3-compatible bucket (commits by conditional put).
 //!   SyncStore: the local store every table writer uses; each write is fsynced before it
 //!               returns, so a returned commit (and the ack after it) is on disk.
 //!   vacuum_tables: VACUUM that keeps every file a version still in the log needs.
@@ -37,8 +39,8 @@ pub use deltalake;
 pub use error::SinkError;
 pub use periods::{ClosedPeriod, PeriodTable, PERIODS_TABLE};
 pub use rejections::{RejectionRow, RejectionTable, DUPLICATES_TABLE, REJECTIONS_TABLE};
-pub use state::StateStore;
-pub use storage::{open_for_write, open_table_for_write, table_url};
+pub use state::{StateStore, STATE_FOLDER};
+pub use storage::{open_for_write, open_table_for_write, table_url, ObjectOptions, TableRoot};
 pub use sync_store::SyncStore;
 pub use vacuum::{vacuum_tables, Vacuumed};
 // The SummaryRow → Arrow step of every commit, public so `benches/benches/parquet_encode.rs`

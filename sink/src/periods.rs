@@ -18,10 +18,9 @@ use deltalake::kernel::{DataType, StructField, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::storage::table_url;
+use crate::storage::TableRoot;
 use crate::table::open_or_create_table;
 use crate::{Result, SinkError};
 
@@ -51,21 +50,22 @@ fn ts() -> ArrowType {
 
 /// The `billing_periods` table.
 pub struct PeriodTable {
-    data_dir: PathBuf,
+    root: TableRoot,
     table: Option<DeltaTable>,
 }
 
 impl std::fmt::Debug for PeriodTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeriodTable").field("data_dir", &self.data_dir).finish()
+        f.debug_struct("PeriodTable").field("root", &self.root).finish()
     }
 }
 
 impl PeriodTable {
-    /// Opens the table under `data_dir`, creating it when absent.
-    pub async fn open_or_create(data_dir: &Path) -> Result<Self> {
+    /// Opens the table under `root`, creating it when absent.
+    pub async fn open_or_create(root: impl Into<TableRoot>) -> Result<Self> {
+        let root = root.into();
         let table = open_or_create_table(
-            data_dir,
+            &root,
             PERIODS_TABLE,
             "meterflow billing periods: one row per close; closed periods are never reopened",
             vec![
@@ -79,13 +79,12 @@ impl PeriodTable {
             vec![],
         )
         .await?;
-        Ok(PeriodTable { data_dir: data_dir.to_path_buf(), table: Some(table) })
+        Ok(PeriodTable { root, table: Some(table) })
     }
 
     /// The closed periods, by `YYYY-MM` (the first close of each, should two race).
     pub async fn closed(&mut self) -> Result<BTreeMap<String, ClosedPeriod>> {
-        let url = table_url(&self.data_dir, PERIODS_TABLE)?;
-        let table = deltalake::open_table(url).await.map_err(err)?;
+        let table = crate::storage::open_table_for_write(&self.root, PERIODS_TABLE).await?;
         let ctx = SessionContext::new();
         let provider = table.table_provider().await.map_err(|e| SinkError::Sql(e.to_string()))?;
         ctx.register_table(PERIODS_TABLE, provider).map_err(|e| SinkError::Sql(e.to_string()))?;
@@ -180,7 +179,7 @@ impl PeriodTable {
             .map_err(|e| SinkError::Encode { table: PERIODS_TABLE.into(), message: e.to_string() })?;
         let table = match self.table.take() {
             Some(t) => t,
-            None => deltalake::open_table(table_url(&self.data_dir, PERIODS_TABLE)?).await.map_err(err)?,
+            None => crate::storage::open_table_for_write(&self.root, PERIODS_TABLE).await?,
         };
         let props = CommitProperties::default()
             .with_application_transaction(Transaction::new(format!("meterflow-close-{period}"), 1));

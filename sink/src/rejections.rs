@@ -17,10 +17,9 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{DataType, StructField, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::storage::table_url;
+use crate::storage::TableRoot;
 use crate::table::{app_transaction_version, open_or_create_table};
 use crate::{Result, SinkError};
 
@@ -48,7 +47,7 @@ pub struct RejectionRow {
 
 /// The `rejections` (or `duplicates`) table.
 pub struct RejectionTable {
-    data_dir: PathBuf,
+    root: TableRoot,
     table: Option<DeltaTable>,
     name: &'static str,
     app_id: &'static str,
@@ -56,19 +55,24 @@ pub struct RejectionTable {
 
 impl std::fmt::Debug for RejectionTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RejectionTable").field("data_dir", &self.data_dir).finish()
+        f.debug_struct("RejectionTable").field("root", &self.root).finish()
     }
 }
 
 impl RejectionTable {
+    /// A fresh writing handle (durable on a local directory).
+    async fn reopen(&self) -> Result<DeltaTable> {
+        crate::storage::open_table_for_write(&self.root, self.name).await
+    }
+
     fn err(&self, e: DeltaTableError) -> SinkError {
         SinkError::Delta { table: self.name.into(), source: e }
     }
 
-    /// Opens the `rejections` table under `data_dir`, creating it when absent.
-    pub async fn open_or_create(data_dir: &Path) -> Result<Self> {
+    /// Opens the `rejections` table under `root`, creating it when absent.
+    pub async fn open_or_create(root: impl Into<TableRoot>) -> Result<Self> {
         Self::open_named(
-            data_dir,
+            root.into(),
             REJECTIONS_TABLE,
             "meterflow-rejections",
             "meterflow rejected events by reason; original bytes are in the USAGE_DLQ stream",
@@ -76,10 +80,10 @@ impl RejectionTable {
         .await
     }
 
-    /// Opens the `duplicates` table under `data_dir`, creating it when absent.
-    pub async fn open_duplicates(data_dir: &Path) -> Result<Self> {
+    /// Opens the `duplicates` table under `root`, creating it when absent.
+    pub async fn open_duplicates(root: impl Into<TableRoot>) -> Result<Self> {
         Self::open_named(
-            data_dir,
+            root.into(),
             DUPLICATES_TABLE,
             "meterflow-duplicates",
             "meterflow events dropped as duplicates of an earlier (source, id); the first sighting was counted",
@@ -87,9 +91,9 @@ impl RejectionTable {
         .await
     }
 
-    async fn open_named(data_dir: &Path, name: &'static str, app_id: &'static str, comment: &str) -> Result<Self> {
+    async fn open_named(root: TableRoot, name: &'static str, app_id: &'static str, comment: &str) -> Result<Self> {
         let table = open_or_create_table(
-            data_dir,
+            &root,
             name,
             comment,
             vec![
@@ -104,7 +108,7 @@ impl RejectionTable {
             vec![],
         )
         .await?;
-        Ok(RejectionTable { data_dir: data_dir.to_path_buf(), table: Some(table), name, app_id })
+        Ok(RejectionTable { root, table: Some(table), name, app_id })
     }
 
     /// The last stream sequence whose rejections are committed (0 when none), read from the
@@ -112,8 +116,7 @@ impl RejectionTable {
     /// committed, so "no handle" never means "nothing committed").
     pub async fn committed_seq(&mut self) -> Result<u64> {
         if self.table.is_none() {
-            let url = table_url(&self.data_dir, self.name)?;
-            self.table = Some(deltalake::open_table(url).await.map_err(|e| self.err(e))?);
+            self.table = Some(self.reopen().await?);
         }
         let Some(t) = self.table.as_ref() else { return Ok(0) };
         app_transaction_version(t, self.app_id).await.map_err(|e| self.err(e))
@@ -124,7 +127,7 @@ impl RejectionTable {
     pub async fn start_over(&mut self) -> Result<()> {
         let table = match self.table.take() {
             Some(t) => t,
-            None => deltalake::open_table(table_url(&self.data_dir, self.name)?).await.map_err(|e| self.err(e))?,
+            None => self.reopen().await?,
         };
         let snapshot = table.snapshot().map_err(|e| self.err(e))?;
         let props = CommitProperties::default().with_application_transaction(Transaction::new(self.app_id, 0));
@@ -196,7 +199,7 @@ impl RejectionTable {
         ));
         let table = match self.table.take() {
             Some(t) => t,
-            None => deltalake::open_table(table_url(&self.data_dir, self.name)?).await.map_err(|e| self.err(e))?,
+            None => self.reopen().await?,
         };
         // Any failure below drops the handle: the next attempt reopens and re-reads.
         match table.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(props).await {

@@ -5,9 +5,9 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::storage::table_url;
+use crate::storage::TableRoot;
 use crate::summary_rows::{delta_columns, encode_rows, seq_i64, SummaryRow};
 use crate::{Result, SinkError};
 
@@ -28,7 +28,7 @@ const REOPEN_EVERY: u64 = 100;
 
 /// The `usage_summaries` table with its stream checkpoint.
 pub struct SummaryTable {
-    path: PathBuf,
+    root: TableRoot,
     table: Option<DeltaTable>,
     commits_since_open: u64,
     /// True while `table` is the handle this writer's own last commit returned (its snapshot
@@ -70,7 +70,7 @@ impl Committed {
 
 impl std::fmt::Debug for SummaryTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SummaryTable").field("path", &self.path).finish()
+        f.debug_struct("SummaryTable").field("root", &self.root).finish()
     }
 }
 
@@ -94,15 +94,14 @@ pub const SUMMARIES_RETENTION: &str = "interval 400 days";
 /// stays. This is how a table created by an older meterflow gets
 /// `delta.deletedFileRetentionDuration` (see [`SummaryTable::open_or_create`]).
 pub async fn open_or_create_table(
-    data_dir: &Path,
+    root: impl Into<TableRoot>,
     name: &str,
     comment: &str,
     columns: Vec<StructField>,
     properties: Vec<(TableProperty, &str)>,
 ) -> Result<DeltaTable> {
+    let root = root.into();
     let err = |e| SinkError::Delta { table: name.to_string(), source: e };
-    let url = table_url(data_dir, name)?;
-    let log = data_dir.join(name).join("_delta_log");
     // Another task or process may be creating the same table at this moment (the pipeline's
     // first start and its operations page's first refresh, or `meterflow status` beside a first
     // `meterflow run`): its log folder can exist before its first commit, and of two creators
@@ -116,8 +115,8 @@ pub async fn open_or_create_table(
     loop {
         attempts += 1;
         // Check for a commit first: opening a missing table makes the kernel log an error.
-        if has_commit(&log) {
-            match crate::storage::open_for_write(url.clone()).await {
+        if has_table_commit(&root, name).await {
+            match crate::storage::root_writer_builder(&root, name)?.load().await {
                 Ok(table) => return ensure_retention(table, name, &properties).await,
                 // has_commit saw a finished log entry, so this should not happen; should a
                 // listing still race a creator ("No files in log segment"), look again.
@@ -129,11 +128,11 @@ pub async fn open_or_create_table(
             }
         }
         let turn = CREATING.lock().await;
-        if has_commit(&log) {
+        if has_table_commit(&root, name).await {
             continue;
         }
-        let create = crate::storage::writer_builder(url.clone())
-            .and_then(|b| b.build())
+        let create = crate::storage::root_writer_builder(&root, name)?
+            .build()
             .map_err(err)?
             .create()
             .with_table_name(name)
@@ -147,11 +146,13 @@ pub async fn open_or_create_table(
             Ok(table) => {
                 // The table folder is new: make its name in the data directory durable too
                 // (SyncStore synced `_delta_log` and its entry).
-                crate::sync_store::sync_dir(data_dir)
-                    .map_err(|e| SinkError::DataDir { path: data_dir.display().to_string(), message: e.to_string() })?;
+                if let Some(dir) = root.local_dir() {
+                    crate::sync_store::sync_dir(dir)
+                        .map_err(|e| SinkError::DataDir { path: dir.display().to_string(), message: e.to_string() })?;
+                }
                 return Ok(table);
             }
-            Err(_) if has_commit(&log) => continue,
+            Err(_) if has_table_commit(&root, name).await => continue,
             Err(_) if attempts < CREATE_ATTEMPTS => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
             Err(e) => return Err(err(e)),
         }
@@ -220,6 +221,15 @@ fn interval(value: &str) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_secs(n.checked_mul(seconds)?))
 }
 
+/// True when the table `name` under `root` has a commit: on a local directory [`has_commit`];
+/// on object storage a listing of its log (where a put is atomic, so no staging file is seen).
+async fn has_table_commit(root: &TableRoot, name: &str) -> bool {
+    match root.local_dir() {
+        Some(dir) => has_commit(&dir.join(name).join("_delta_log")),
+        None => root.exists(name).await.unwrap_or(false),
+    }
+}
+
 /// True when the log folder `log` holds a commit (`<20-digit version>.json`) or a checkpoint
 /// (`<version>.checkpoint.parquet`, or a part or v2 checkpoint `<version>.checkpoint.….parquet`).
 /// Nothing else counts: object_store's `LocalFileSystem` writes each file through a staging file
@@ -247,11 +257,12 @@ pub(crate) async fn app_transaction_version(
 }
 
 impl SummaryTable {
-    /// Opens the table under `data_dir`, creating it (and the folder) when absent.
-    pub async fn open_or_create(data_dir: &Path) -> Result<Self> {
-        let path = data_dir.join(SUMMARIES_TABLE);
+    /// Opens the table under `root` (a data directory or an object-storage prefix), creating
+    /// it (and the folder) when absent.
+    pub async fn open_or_create(root: impl Into<TableRoot>) -> Result<Self> {
+        let root = root.into();
         let table = open_or_create_table(
-            data_dir,
+            &root,
             SUMMARIES_TABLE,
             "meterflow rated usage summaries: rows are deltas; SUM(quantity) per window gives its value",
             delta_columns()?,
@@ -264,7 +275,7 @@ impl SummaryTable {
             ],
         )
         .await?;
-        let mut t = SummaryTable { path, table: Some(table), commits_since_open: 0, own_handle: false };
+        let mut t = SummaryTable { root, table: Some(table), commits_since_open: 0, own_handle: false };
         if meterflow_faults::ENABLED {
             t.reopen().await?; // on the store with the Parquet fault points
         }
@@ -280,9 +291,7 @@ impl SummaryTable {
 
     /// Reopens the handle from storage (after a failed commit, or periodically).
     pub async fn reopen(&mut self) -> Result<()> {
-        let url = table_url(self.path.parent().unwrap_or(Path::new(".")), SUMMARIES_TABLE)?;
-        let table = crate::storage::open_summaries_for_write(url).await;
-        self.table = Some(table.map_err(delta_err)?);
+        self.table = Some(crate::storage::open_summaries_for_write(&self.root, SUMMARIES_TABLE).await?);
         self.commits_since_open = 0;
         Ok(())
     }
@@ -456,9 +465,10 @@ impl SummaryTable {
 
     /// Data files added by one commit and their total bytes, read from that commit's log entry
     /// (`(0, 0)` when the entry cannot be read; for metrics only).
-    pub fn files_added_in(&self, version: u64) -> (u64, u64) {
-        let entry = self.path.join("_delta_log").join(format!("{version:020}.json"));
-        let Ok(text) = std::fs::read_to_string(entry) else { return (0, 0) };
+    pub async fn files_added_in(&self, version: u64) -> (u64, u64) {
+        let Ok(table) = self.table() else { return (0, 0) };
+        let Ok(Some(entry)) = table.log_store().read_commit_entry(version).await else { return (0, 0) };
+        let text = String::from_utf8_lossy(&entry);
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter_map(|v| v.get("add").and_then(|a| a.get("size")).and_then(serde_json::Value::as_u64))
@@ -492,6 +502,7 @@ impl SummaryTable {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::table_url;
     use crate::summary_rows::RowKind;
     use chrono::DateTime;
 

@@ -15,10 +15,8 @@
 
 use chrono::Duration;
 use deltalake::table::config::TablePropertiesExt as _;
-use std::path::Path;
 
-use crate::sql::table_names;
-use crate::storage::open_table_for_write;
+use crate::storage::{open_table_for_write, TableRoot};
 use crate::{Result, SinkError};
 
 /// What a vacuum did to one table.
@@ -34,14 +32,15 @@ pub struct Vacuumed {
     pub dry_run: bool,
 }
 
-/// Vacuums every table under `data_dir` (those with a commit), each with its own retention
+/// Vacuums every table under `root` (those with a commit), each with its own retention
 /// (see the module comment). With `dry_run`, lists what would be deleted and deletes nothing.
 /// Safe while `meterflow run` runs: only files no current or retained version uses are touched.
-pub async fn vacuum_tables(data_dir: &Path, dry_run: bool) -> Result<Vec<Vacuumed>> {
+pub async fn vacuum_tables(root: impl Into<TableRoot>, dry_run: bool) -> Result<Vec<Vacuumed>> {
+    let root = root.into();
     let mut out = Vec::new();
-    for name in table_names(data_dir)? {
+    for name in root.table_names().await? {
         let err = |e| SinkError::Delta { table: name.clone(), source: e };
-        let table = open_table_for_write(data_dir, &name).await?;
+        let table = open_table_for_write(&root, &name).await?;
         let retention = {
             let config = table.snapshot().map_err(err)?.table_config();
             config.deleted_file_retention_duration().max(config.log_retention_duration())
@@ -67,6 +66,7 @@ pub async fn vacuum_tables(data_dir: &Path, dry_run: bool) -> Result<Vec<Vacuume
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use crate::table::tests::row;
     use crate::table::SummaryTable;
 

@@ -142,3 +142,115 @@ impl Drop for LocalNats {
         self.stop();
     }
 }
+
+/// A cluster of three nats-servers with JetStream on loopback (routes between them), each on
+/// its own free port and store; servers can be killed and restarted one by one. Stopped on
+/// drop.
+#[derive(Debug)]
+pub struct LocalCluster {
+    binary: PathBuf,
+    store_dir: PathBuf,
+    /// Client ports, one per server.
+    pub ports: Vec<u16>,
+    /// Route ports, one per server.
+    route_ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+impl LocalCluster {
+    /// Starts three servers storing under `store_dir/n<i>` and waits until JetStream has a
+    /// meta leader (a stream can be created).
+    pub fn start(store_dir: &Path) -> Result<LocalCluster> {
+        let binary = find_binary()?;
+        let mut ports = Vec::new();
+        let mut route_ports = Vec::new();
+        // Hold every listener until all ports are chosen, so no two are the same.
+        let listeners: Vec<TcpListener> =
+            (0..6).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
+        for (i, l) in listeners.iter().enumerate() {
+            let port = l.local_addr()?.port();
+            if i < 3 {
+                ports.push(port);
+            } else {
+                route_ports.push(port);
+            }
+        }
+        drop(listeners);
+        let mut c = LocalCluster {
+            binary,
+            store_dir: store_dir.to_path_buf(),
+            ports,
+            route_ports,
+            children: vec![None, None, None],
+        };
+        for i in 0..3 {
+            c.spawn(i)?;
+        }
+        Ok(c)
+    }
+
+    /// The client URLs of every server, comma-separated (as `[nats] url` takes them).
+    pub fn url(&self) -> String {
+        self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// The client URL of server `i`.
+    pub fn url_of(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[i])
+    }
+
+    /// The server name of server `i` (as JetStream reports leaders: `n0`, `n1`, `n2`).
+    pub fn name_of(i: usize) -> String {
+        format!("n{i}")
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let dir = self.store_dir.join(Self::name_of(i));
+        std::fs::create_dir_all(&dir)?;
+        let routes = self.route_ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let child = Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.ports[i].to_string(), "--server_name", &Self::name_of(i)])
+            .args(["--cluster_name", "meterflow", "--cluster", &format!("nats://127.0.0.1:{}", self.route_ports[i])])
+            .args(["--routes", &routes, "-sd"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))?;
+        self.children[i] = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.ports[i]));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.children[i].as_mut().map(Child::try_wait) {
+                bail!("nats-server {} exited at start-up with {status}", Self::name_of(i));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("nats-server {} did not listen on port {} within 15 s", Self::name_of(i), self.ports[i])
+    }
+
+    /// SIGKILLs server `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _killed = c.kill();
+            let _waited = c.wait();
+        }
+    }
+
+    /// Starts server `i` again on its port and store.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.kill(i);
+        self.spawn(i)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -24,6 +24,8 @@ async fn a_short_load_run_measures_every_phase_and_its_totals_are_exact() {
             late_fraction: None,
             lateness_mean_s: 3_600.0,
             http: false,
+            object_storage: false,
+            cluster: false,
         };
         let run = run_once(&options).await.unwrap();
         assert!(run.exact, "totals differ from the oracle");
@@ -61,6 +63,8 @@ async fn fifty_skewed_customers_with_ten_percent_late_events_are_still_billed_ex
         late_fraction: Some(0.1),
         lateness_mean_s: 3_600.0,
         http: false,
+        object_storage: false,
+        cluster: false,
     };
     let run = run_once(&options).await.unwrap();
     // Late usage is never lost: late events land in open windows or in rows flagged late, and
@@ -103,6 +107,8 @@ async fn batches_posted_through_the_http_api_are_counted_exactly_and_queries_are
         late_fraction: None,
         lateness_mean_s: 3_600.0,
         http: true,
+        object_storage: false,
+        cluster: false,
     };
     let run = run_once(&options).await.unwrap();
     assert!(run.exact, "totals differ from the oracle");

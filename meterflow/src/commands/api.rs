@@ -100,7 +100,7 @@ pub async fn embed(config: &Config, ops: Arc<Ops>, shutdown: watch::Receiver<boo
 async fn store(config: &Config) -> Result<meterflow_api::KeyStore> {
     let broker =
         meterflow_ingest::Broker::connect(config.nats.clone()).await.context("API keys are kept on the broker")?;
-    Ok(meterflow_api::KeyStore::open(broker.jetstream(), &config.api.keys_bucket).await?)
+    Ok(meterflow_api::KeyStore::open(broker.jetstream(), &config.api.keys_bucket, config.nats.replicas).await?)
 }
 
 fn describe(k: &ApiKey) -> String {

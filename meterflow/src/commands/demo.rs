@@ -73,7 +73,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     };
     let oracle = publish(&options, &config, &reference).await?;
     let stats = run_pipeline(&config).await?;
-    let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
+    let sql = ReadOnlySql::open(&config.tables()?).await?;
     verify(&sql, &oracle, &stats).await?;
     super::demo_onboard::run(&config, WorkloadSpec::default().base_time).await?;
     super::demo_api::run(&config, WorkloadSpec::default().base_time, options.serve_for).await?;
@@ -98,7 +98,7 @@ async fn publish(options: &DemoOptions, config: &Config, reference: &Reference) 
     let parts: Vec<WorkloadSpec> = if options.batch_events > 0 { vec![single, batched] } else { vec![single] };
     let (messages, oracle) = workload::generate_all(&parts, reference)?;
 
-    let client = async_nats::connect(config.nats.url.as_str())
+    let client = async_nats::connect(config.nats.servers())
         .await
         .with_context(|| format!("cannot connect to {}", config.nats.url))?;
     let js = async_nats::jetstream::new(client);

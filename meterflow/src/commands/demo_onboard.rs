@@ -24,7 +24,7 @@ fn usage(id: &str, time: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 async fn events_counted(config: &Config) -> Result<u64> {
-    let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
+    let sql = ReadOnlySql::open(&config.tables()?).await?;
     let rows = sql
         .rows(
             "SELECT COALESCE(SUM(event_count), 0) FROM usage_summaries WHERE customer_id = $1",

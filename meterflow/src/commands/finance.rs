@@ -34,8 +34,8 @@ pub async fn close(config: &Config, period: &str) -> Result<String> {
             "--period {period:?} is not YYYY-MM (for example 2026-11) or YYYY-MM-DD (an anchored period's first day)"
         )
     })?;
-    let mut table = SummaryTable::open_or_create(&config.storage.data_dir).await?;
-    let mut periods = PeriodTable::open_or_create(&config.storage.data_dir).await?;
+    let mut table = SummaryTable::open_or_create(&config.tables()?).await?;
+    let mut periods = PeriodTable::open_or_create(&config.tables()?).await?;
     if let Some(c) = periods.closed().await?.get(&p.label()) {
         return Ok(format!(
             "{} was already closed at {} ({}), sealing usage_summaries version {}; closed periods are never reopened",
@@ -146,7 +146,7 @@ pub async fn invoice(config: &Config, opts: &InvoiceOptions) -> Result<String> {
         out_dir: opts.out.clone().unwrap_or_else(|| invoice_dir(config)),
     };
     let run =
-        run_invoices(&config.storage.data_dir, &reference.accounts(), &reference.prices, &config.billing, &request)
+        run_invoices(&config.tables()?, &reference.accounts(), &reference.prices, &config.billing, &request)
             .await?;
     let mut s = String::new();
     if run.invoices.is_empty() {
@@ -183,7 +183,7 @@ pub async fn invoice(config: &Config, opts: &InvoiceOptions) -> Result<String> {
 pub async fn post(config: &Config, period: &str, target: Option<&str>, retry_failed: bool) -> Result<(String, bool)> {
     let spec = target.map_or_else(|| default_target(config), str::to_string);
     let target = Target::parse(&spec)?;
-    let r = post_period(&config.storage.data_dir, period, &target, &config.billing, retry_failed).await?;
+    let r = post_period(&config.tables()?, period, &target, &config.billing, retry_failed).await?;
     let mut s = format!(
         "{period} -> {}: {} documents, {} posted now in {} batches ({} requests), {} already posted, {} failed, \
             {} failed before (not resent; --retry-failed), {} still pending\n",
@@ -208,7 +208,7 @@ pub async fn post(config: &Config, period: &str, target: Option<&str>, retry_fai
 
 /// Reconciles a period; the flag is true when every variance is zero.
 pub async fn reconcile(config: &Config, period: &str, format: Format) -> Result<(String, bool)> {
-    let r = reconcile_period(&config.storage.data_dir, period).await?;
+    let r = reconcile_period(&config.tables()?, period).await?;
     // The operations page shows the last result of each period.
     let saved = meterflow_pipeline::ops::live::save_reconcile(
         &config.storage.data_dir,

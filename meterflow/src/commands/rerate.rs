@@ -41,9 +41,9 @@ pub async fn rerate(config: &Config, period_label: &str) -> Result<Vec<Adjustmen
     })?;
     let label = period.label();
     let (_, reference) = meterflow_pipeline::catalog::current_reference(config).await?;
-    let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
+    let sql = ReadOnlySql::open(&config.tables()?).await?;
     if sql.tables.is_empty() {
-        bail!("no tables in {}: nothing to rerate", config.storage.data_dir.display());
+        bail!("no tables in {}: nothing to rerate", config.tables()?);
     }
     let query = format!(
         "SELECT customer_id, meter, plan_version, plan_id, currency, SUM(quantity) AS quantity, SUM(amount) AS amount \
@@ -53,7 +53,7 @@ pub async fn rerate(config: &Config, period_label: &str) -> Result<Vec<Adjustmen
     let csv = render(&sql.query(&query).await?, Format::Csv)?;
     let mut adjustments = Vec::new();
     let mut rows = Vec::new();
-    let mut table = SummaryTable::open_or_create(&config.storage.data_dir).await?;
+    let mut table = SummaryTable::open_or_create(&config.tables()?).await?;
     let revision = table.committed_seq().await?;
     for line in csv.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();

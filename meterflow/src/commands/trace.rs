@@ -145,9 +145,9 @@ pub async fn trace(config: &Config, q: &TraceQuery) -> Result<Vec<EventTrace>> {
         .with_context(|| format!("stream sequence {seq} is not in the usage stream (never published, or expired)"))?;
     let decoded = decode_message(&message.payload);
     let (_, reference) = meterflow_pipeline::catalog::current_reference(config).await?;
-    let sql = ReadOnlySql::open(&config.storage.data_dir).await?;
+    let sql = ReadOnlySql::open(&config.tables()?).await?;
     let committed =
-        meterflow_sink::SummaryTable::open_or_create(&config.storage.data_dir).await?.committed_seq().await?;
+        meterflow_sink::SummaryTable::open_or_create(&config.tables()?).await?.committed_seq().await?;
 
     let mut out = Vec::new();
     let wanted = |i: Option<usize>| index.is_none() || i == index || (i.is_none() && index == Some(0));

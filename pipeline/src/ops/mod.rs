@@ -24,21 +24,19 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::status::{self, BrokerStatus, PeriodStatus, Status, TableTotals};
 use std::collections::BTreeMap;
-use std::path::Path;
+use meterflow_sink::TableRoot;
 
 /// The billing tables' periods, with the Delta log listing ([`log_listing`]) they were read at.
-type BillingFacts = (Vec<(String, usize)>, Vec<PeriodStatus>);
+type BillingFacts = (Vec<(String, Option<u64>)>, Vec<PeriodStatus>);
 
-/// The number of entries in each table's Delta log folder: it changes with every commit,
-/// checkpoint or log clean-up, so an unchanged listing means unchanged tables.
-fn log_listing(data_dir: &Path, tables: &[&str]) -> Vec<(String, usize)> {
-    tables
-        .iter()
-        .map(|t| {
-            let n = std::fs::read_dir(data_dir.join(t).join("_delta_log")).map_or(0, Iterator::count);
-            (t.to_string(), n)
-        })
-        .collect()
+/// The newest version of each table (from a listing of its Delta log): it changes with every
+/// commit, so an unchanged listing means unchanged tables.
+async fn log_listing(root: &TableRoot, tables: &[&str]) -> Vec<(String, Option<u64>)> {
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        out.push((t.to_string(), root.latest_version(t).await));
+    }
+    out
 }
 pub use live::{Live, ReconcileResult, View};
 pub use metrics::Metrics;
@@ -108,13 +106,13 @@ impl Ops {
     /// The billing periods: the billing tables' facts (re-read only when a Delta log of
     /// theirs changed) with the accepted events of each period.
     async fn billing_periods(&self, config: &Config, totals: &TableTotals) -> anyhow::Result<Vec<PeriodStatus>> {
-        let data_dir = &config.storage.data_dir;
-        let listing = log_listing(data_dir, &status::BILLING_TABLES);
+        let root = &config.tables()?;
+        let listing = log_listing(root, &status::BILLING_TABLES).await;
         let mut cache = self.billing_cache.lock().await;
         let facts = match cache.as_ref() {
             Some((seen, facts)) if *seen == listing => facts.clone(),
             _ => {
-                let facts = status::billing_periods(data_dir, &BTreeMap::new()).await?;
+                let facts = status::billing_periods(root, &BTreeMap::new()).await?;
                 *cache = Some((listing, facts.clone()));
                 facts
             }
@@ -135,7 +133,7 @@ impl Ops {
             Err(e) => return Some(Err(format!("{e:#}"))),
         };
         Some(Ok(Status {
-            data_dir: config.storage.data_dir.display().to_string(),
+            data_dir: config.tables().map_or_else(|_| config.storage.data_dir.display().to_string(), |r| r.to_string()),
             broker: BrokerStatus {
                 url: config.nats.url.clone(),
                 stream_last_seq: (stream_last > 0).then_some(stream_last),

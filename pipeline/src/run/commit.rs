@@ -117,7 +117,7 @@ impl Pipeline {
                             "the range was already committed by an earlier attempt; not written again"
                         );
                     }
-                    self.record_commit(started, out, committed);
+                    self.record_commit(started, out, committed).await;
                     return Ok(version);
                 }
                 Err(e) if is_fenced(&e) => {
@@ -146,7 +146,7 @@ impl Pipeline {
     }
 
     /// Metrics of one commit.
-    fn record_commit(&mut self, started: Instant, out: &Outputs, committed: meterflow_sink::Committed) {
+    async fn record_commit(&mut self, started: Instant, out: &Outputs, committed: meterflow_sink::Committed) {
         let version = committed.version();
         let ms = started.elapsed().as_millis() as u64;
         tracing::debug!(
@@ -157,8 +157,11 @@ impl Pipeline {
             ms,
             "committed"
         );
-        let added = (!out.rows.is_empty() && matches!(committed, meterflow_sink::Committed::Written(_)))
-            .then(|| self.table.files_added_in(version));
+        let added = if !out.rows.is_empty() && matches!(committed, meterflow_sink::Committed::Written(_)) {
+            Some(self.table.files_added_in(version).await)
+        } else {
+            None
+        };
         let since_previous = self.last_commit.map(|t| t.elapsed());
         self.last_commit = Some(Instant::now());
         self.emit(Committed {
@@ -191,7 +194,7 @@ impl Pipeline {
         }
         self.commits_since_snapshot += 1;
         if self.commits_since_snapshot >= self.config.pipeline.snapshot_every_commits.max(1) {
-            self.snapshot()?;
+            self.snapshot().await?;
         }
         Ok(())
     }
@@ -241,16 +244,16 @@ impl Pipeline {
         Ok(())
     }
 
-    pub(super) fn snapshot(&mut self) -> Result<()> {
-        self.save_snapshot(self.revision).map(|_saved| ())
+    pub(super) async fn snapshot(&mut self) -> Result<()> {
+        self.save_snapshot(self.revision).await.map(|_saved| ())
     }
 
     /// Saves the state at the committed sequence, naming catalog revision `revision` for the
     /// messages after it; false (logged) when the store failed. Not fatal: the next start
     /// replays a little more, and a change of revision waits for a saved snapshot.
-    pub(super) fn save_snapshot(&mut self, revision: meterflow_catalog::Revision) -> Result<bool> {
+    pub(super) async fn save_snapshot(&mut self, revision: meterflow_catalog::Revision) -> Result<bool> {
         let bytes = self.core.snapshot_bytes(revision)?;
-        match self.store.save(self.committed_seq, &bytes) {
+        match self.store.save(self.committed_seq, &bytes).await {
             Ok(()) => {
                 self.commits_since_snapshot = 0;
                 meterflow_faults::hit(Point::AfterSnapshot);

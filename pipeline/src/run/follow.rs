@@ -51,11 +51,11 @@ impl Pipeline {
     /// The first turn live (the replay, if any, has rebuilt the committed state): moves to the
     /// newer revision found at start, or, without a snapshot to replay from next time, saves one
     /// naming the revision in force.
-    pub(super) fn enter_live(&mut self) -> Result<()> {
+    pub(super) async fn enter_live(&mut self) -> Result<()> {
         if let Some((revision, catalog, reference)) = self.catalog_next.take() {
-            self.switch_catalog(revision, catalog, reference)?;
+            self.switch_catalog(revision, catalog, reference).await?;
         } else if !self.restored_snapshot {
-            self.snapshot()?;
+            self.snapshot().await?;
         }
         Ok(())
     }
@@ -63,9 +63,9 @@ impl Pipeline {
     /// Moves the stages to `revision`: first a snapshot at the committed sequence naming it
     /// (a replay from there decides under it), then the new reference data. A snapshot that
     /// cannot be saved leaves the revision as it is, to be tried again.
-    pub(super) fn switch_catalog(&mut self, revision: Revision, catalog: Catalog, reference: Reference) -> Result<()> {
+    pub(super) async fn switch_catalog(&mut self, revision: Revision, catalog: Catalog, reference: Reference) -> Result<()> {
         // A crash after the save restarts from the snapshot just saved, under the new revision.
-        if !self.save_snapshot(revision)? {
+        if !self.save_snapshot(revision).await? {
             return Ok(()); // staying at the revision in force; tried again on the next turn
         }
         tracing::info!(
@@ -132,7 +132,7 @@ impl Pipeline {
             next.apply(&change.records);
         }
         match checked_revision(&self.config, &self.catalog_now, &next, latest) {
-            Ok(reference) => self.switch_catalog(latest, next, reference),
+            Ok(reference) => self.switch_catalog(latest, next, reference).await,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), refused = latest, "a catalog revision is refused; \
                     deciding under revision {}", self.revision);

@@ -146,7 +146,7 @@ struct Restored {
 
 /// The state of the core stages as of the newest snapshot at or below the committed sequence
 /// (empty when there is none or it cannot be read), and the sequence to resume reading from.
-fn restore_state(
+async fn restore_state(
     config: &Config,
     meters: &meterflow_aggregator::Meters,
     store: &StateStore,
@@ -157,7 +157,7 @@ fn restore_state(
     let mut totals = PeriodTotals::default();
     let mut resume_from = 1;
     let mut revision = None;
-    if let Some((snap_seq, bytes)) = store.latest_at_or_below(committed_seq)? {
+    if let Some((snap_seq, bytes)) = store.latest_at_or_below(committed_seq).await? {
         match decode_state(&bytes, meters).and_then(|d| {
             dedup.restore(d.dedup)?;
             Ok(d)
@@ -290,7 +290,7 @@ impl Pipeline {
             "{}:{} ({})",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
             std::process::id(),
-            config.storage.data_dir.display()
+            config.tables()?
         );
         let stop = options.shutdown.clone();
         let lease =
@@ -324,12 +324,13 @@ impl Pipeline {
         // Subscribed before the newest revision is read: no change can fall in between.
         let catalog_notices = follow::subscribe_notices(&broker, &config).await;
         let latest = catalog::bootstrap(&catalog, &config).await?;
-        let mut table = SummaryTable::open_or_create(&config.storage.data_dir).await?;
-        let store = StateStore::open(config.state_dir())?;
-        let mut rejections = RejectionTable::open_or_create(&config.storage.data_dir).await?;
-        let mut duplicates = RejectionTable::open_duplicates(&config.storage.data_dir).await?;
+        let tables = config.tables()?;
+        let mut table = SummaryTable::open_or_create(&tables).await?;
+        let store = StateStore::open_at(&tables)?;
+        let mut rejections = RejectionTable::open_or_create(&tables).await?;
+        let mut duplicates = RejectionTable::open_duplicates(&tables).await?;
         if adopt_stream {
-            let set_aside = store.set_aside_all()?;
+            let set_aside = store.set_aside_all().await?;
             table.adopt_stream(facts.created_unix_micros).await?;
             rejections.start_over().await?;
             duplicates.start_over().await?;
@@ -350,7 +351,7 @@ impl Pipeline {
         }
         let meters =
             meterflow_aggregator::Meters::new(config.meters.clone()).context("invalid [[meters]] in the config")?;
-        let restored = restore_state(&config, &meters, &store, committed_seq)?;
+        let restored = restore_state(&config, &meters, &store, committed_seq).await?;
         let resume_from = restored.resume_from;
         let committed_revision = table.catalog_revision().await?;
         let (revision, catalog_now) =
@@ -358,7 +359,7 @@ impl Pipeline {
         let reference = catalog::reference_at(&config, &catalog_now, revision)?;
         let catalog_next = follow::next_after_replay(&config, (revision, &catalog_now), latest);
         // The operations page's usage totals: read from the tables once, then kept by commits.
-        match crate::status::table_totals(&config.storage.data_dir).await {
+        match crate::status::table_totals(&tables).await {
             Ok(t) => ops.live.load_totals(t, table.version()),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read the tables' totals for the operations \
                 page; its billing side stays empty"),
@@ -366,7 +367,7 @@ impl Pipeline {
         broker.position_consumer(resume_from).await?;
         tracing::info!(committed_seq, resume_from, "pipeline started; replaying committed messages to rebuild state");
         let stats = RunStats { committed_seq, ..Default::default() };
-        let mut periods = PeriodTable::open_or_create(&config.storage.data_dir).await?;
+        let mut periods = PeriodTable::open_or_create(&tables).await?;
         let closed = periods.closed().await?;
         let core = Stages::new(&config, reference, restored.dedup, restored.agg, restored.totals);
         let restored_snapshot = resume_from > 1;
@@ -408,7 +409,7 @@ impl Pipeline {
             restored_snapshot,
         };
         if !pipeline.replaying {
-            pipeline.enter_live()?;
+            pipeline.enter_live().await?;
         }
         Ok(pipeline)
     }
@@ -448,7 +449,7 @@ impl Pipeline {
                 self.on_empty_pull(&mut turn).await;
             }
             let process_started = Instant::now();
-            let gap = self.process(fetched)?;
+            let gap = self.process(fetched).await?;
             self.stats.process_secs += process_started.elapsed().as_secs_f64();
             if let Some((from, to)) = gap {
                 turn.next_pull = None;
@@ -702,7 +703,7 @@ impl Pipeline {
     /// Handles one fetched batch: drops redeliveries, replays what is already committed, and
     /// processes the rest live. Returns the skipped sequences `(from, to)` when the batch has a
     /// gap (the messages from the gap on are left for a re-fetch).
-    fn process(&mut self, fetched: Vec<Fetched>) -> Result<Option<(u64, u64)>> {
+    async fn process(&mut self, fetched: Vec<Fetched>) -> Result<Option<(u64, u64)>> {
         let mut fresh = Vec::with_capacity(fetched.len());
         let mut gap = None;
         for msg in fetched {
@@ -741,7 +742,7 @@ impl Pipeline {
             // flush are already in the table, so only the period totals take them in.
             self.core.finish_replay()?;
             self.replaying = false;
-            self.enter_live()?;
+            self.enter_live().await?;
         }
         if !live.is_empty() {
             self.emit(MessagesProcessed { n: live.len() as u64 });

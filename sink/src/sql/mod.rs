@@ -1,6 +1,6 @@
 //! Read-only SQL over the committed tables, for billing teams and the CLI.
 //!
-//! Every Delta table folder under the data directory is registered under its name, plus the
+//! Every Delta table folder under the data directory (or object-storage prefix) is registered under its name, plus the
 //! [`views`] whose tables exist (`window_totals`, `late_usage`, `latest_invoices`,
 //! `latest_invoice_lines`). Results read back typed through [`Rows`]. Statements are planned with DDL,
 //! DML and statements (`SET`, transactions) disallowed, so `CREATE`, `INSERT`, `COPY`, `SET`
@@ -14,7 +14,6 @@ use deltalake::arrow::util::pretty::pretty_format_batches;
 use deltalake::datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 pub use deltalake::datafusion::scalar::ScalarValue;
-use std::path::Path;
 use std::time::Duration;
 
 mod rows;
@@ -23,28 +22,8 @@ pub mod views;
 pub use rows::{Row, Rows};
 pub use views::{register_views, View, VIEWS};
 
-use crate::storage::table_url;
-use crate::table::has_commit;
+use crate::storage::TableRoot;
 use crate::{Result, SinkError};
-
-/// The Delta tables under `data_dir` (folders whose `_delta_log` holds a commit, named as plain
-/// SQL identifiers), sorted: the pipeline's tables and the billing tables alike. A table another
-/// process is still creating (a log folder without its first commit) is not one yet.
-pub(crate) fn table_names(data_dir: &Path) -> Result<Vec<String>> {
-    let err = |e: std::io::Error| SinkError::DataDir { path: data_dir.display().to_string(), message: e.to_string() };
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(data_dir).map_err(err)? {
-        let entry = entry.map_err(err)?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        let plain = name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if plain && has_commit(&entry.path().join("_delta_log")) {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
-}
 
 /// Resource limits of a SQL session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,29 +67,30 @@ fn sql_err(e: impl std::fmt::Display) -> SinkError {
 }
 
 impl ReadOnlySql {
-    /// Registers the committed tables found under `data_dir`, with default limits.
-    pub async fn open(data_dir: &Path) -> Result<Self> {
-        ReadOnlySql::open_with_limits(data_dir, SqlLimits::default()).await
+    /// Registers the committed tables found under `root` (a data directory or an
+    /// object-storage prefix), with default limits.
+    pub async fn open(root: impl Into<TableRoot>) -> Result<Self> {
+        ReadOnlySql::open_with_limits(root, SqlLimits::default()).await
     }
 
     /// Registers only the tables `names` that exist under `data_dir` (and the views over
     /// them), with default limits: cheaper than [`ReadOnlySql::open`] when a reader needs a
     /// few small tables.
-    pub async fn open_tables(data_dir: &Path, names: &[&str]) -> Result<Self> {
-        ReadOnlySql::open_some(data_dir, SqlLimits::default(), Some(names), None).await
+    pub async fn open_tables(root: impl Into<TableRoot>, names: &[&str]) -> Result<Self> {
+        ReadOnlySql::open_some(&root.into(), SqlLimits::default(), Some(names), None).await
     }
 
     /// Registers the committed tables found under `data_dir`, with these limits.
-    pub async fn open_with_limits(data_dir: &Path, limits: SqlLimits) -> Result<Self> {
-        ReadOnlySql::open_some(data_dir, limits, None, None).await
+    pub async fn open_with_limits(root: impl Into<TableRoot>, limits: SqlLimits) -> Result<Self> {
+        ReadOnlySql::open_some(&root.into(), limits, None, None).await
     }
 
     /// Like [`ReadOnlySql::open_with_limits`], seen by someone who may read only `customers`'
     /// rows (when `Some`): each table with a `customer_id` column is registered as a view
     /// filtered to those customers, under the table's own name (so the filter cannot be
     /// bypassed by naming the table), and tables without that column are not registered.
-    pub async fn open_for(data_dir: &Path, limits: SqlLimits, customers: Option<&[String]>) -> Result<Self> {
-        ReadOnlySql::open_some(data_dir, limits, None, customers).await
+    pub async fn open_for(root: impl Into<TableRoot>, limits: SqlLimits, customers: Option<&[String]>) -> Result<Self> {
+        ReadOnlySql::open_some(&root.into(), limits, None, customers).await
     }
 
     /// The DataFusion session (for a protocol front end that plans itself; it must apply
@@ -130,17 +110,12 @@ impl ReadOnlySql {
     }
 
     async fn open_some(
-        data_dir: &Path,
+        root: &TableRoot,
         limits: SqlLimits,
         only: Option<&[&str]>,
         customers: Option<&[String]>,
     ) -> Result<Self> {
-        if !data_dir.is_dir() {
-            return Err(SinkError::DataDir {
-                path: data_dir.display().to_string(),
-                message: "does not exist: run the pipeline first, or pass the right --data-dir".into(),
-            });
-        }
+        let names = root.table_names().await?;
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory_limit_bytes.max(1 << 20), 1.0)
             .build_arc()
@@ -148,13 +123,11 @@ impl ReadOnlySql {
         let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
         let mut tables = Vec::new();
         let mut versions = std::collections::BTreeMap::new();
-        for name in table_names(data_dir)? {
+        for name in names {
             if only.is_some_and(|only| !only.contains(&name.as_str())) {
                 continue;
             }
-            let table = deltalake::open_table(table_url(data_dir, &name)?)
-                .await
-                .map_err(|e| SinkError::Delta { table: name.clone(), source: e })?;
+            let table = root.open(&name).await?;
             let version = table.version();
             let provider = table.table_provider().await.map_err(sql_err)?;
             let provider = match customers {

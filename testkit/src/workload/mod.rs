@@ -35,7 +35,7 @@ mod publish;
 mod reference;
 use oracle::compute_totals;
 pub use oracle::{differences, Oracle};
-pub use publish::publish_all;
+pub use publish::{publish_all, publish_retrying};
 pub use reference::{synthetic_customers, use_synthetic_reference};
 
 /// What to generate.

@@ -96,9 +96,9 @@ pub(super) fn compute_totals(
 
 /// Compares the committed summaries with the oracle, exactly: quantity and amount per customer
 /// and meter, and the number of accepted events. Returns every difference (empty = exact).
-pub async fn differences(data_dir: &std::path::Path, oracle: &Oracle) -> Result<Vec<String>> {
+pub async fn differences(tables: impl Into<meterflow_sink::TableRoot>, oracle: &Oracle) -> Result<Vec<String>> {
     use meterflow_sink::sql::ReadOnlySql;
-    let sql = ReadOnlySql::open(data_dir).await?;
+    let sql = ReadOnlySql::open(tables).await?;
     let q = "SELECT customer_id, meter, SUM(quantity), SUM(amount), SUM(event_count) \
              FROM usage_summaries GROUP BY customer_id, meter";
     let mut got: BTreeMap<(String, String), (Decimal, Decimal)> = BTreeMap::new();

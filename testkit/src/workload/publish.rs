@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
+use std::time::Duration;
 
 use super::OutMessage;
 
@@ -32,4 +33,36 @@ pub async fn publish_all(js: &jetstream::Context, messages: &[OutMessage], windo
         }
     }
     Ok(broker_duplicates)
+}
+
+/// Publishes `messages` one at a time, each retried until the stream acknowledges it (a
+/// cluster electing a new stream leader answers with errors or not at all for a few seconds).
+/// A retry of a message whose first attempt landed is a duplicate the broker drops (same
+/// `Nats-Msg-Id`) or the pipeline drops (same event id), so the oracle still holds. Returns
+/// how many attempts failed and were retried.
+pub async fn publish_retrying(js: &jetstream::Context, messages: &[OutMessage], give_up_after: Duration) -> Result<u64> {
+    let mut retried = 0;
+    for m in messages {
+        let started = std::time::Instant::now();
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(id) = &m.msg_id {
+                headers.insert("Nats-Msg-Id", id.as_str());
+            }
+            let attempt = js.publish_with_headers(m.subject.clone(), headers, m.payload.clone().into()).await;
+            let acked = match attempt {
+                Ok(ack) => tokio::time::timeout(Duration::from_secs(5), ack).await.is_ok_and(|a| a.is_ok()),
+                Err(_) => false,
+            };
+            if acked {
+                break;
+            }
+            retried += 1;
+            if started.elapsed() > give_up_after {
+                anyhow::bail!("no acknowledgement for a message on {} within {give_up_after:?}", m.subject);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(retried)
 }
