@@ -56,14 +56,15 @@ impl PendingPull {
         max: usize,
         max_bytes: usize,
     ) -> Result<PendingPull> {
-        let batch = consumer
-            .fetch()
-            .max_messages(max.max(1))
-            .max_bytes(max_bytes)
-            .expires(config.fetch_wait())
-            .messages()
-            .await
-            .map_err(|e| js_err("fetch")(e.to_string()))?;
+        let fetch = consumer.fetch().max_messages(max.max(1)).expires(config.fetch_wait());
+        // A replicated consumer (a stream with replicas on a cluster) answers a pull with a
+        // byte cap by sending its end-of-pull status ("409 Batch Completed") ahead of the
+        // messages (nats-server 2.15.1), and the client ends the pull there: every pull would
+        // lose its messages. Such pulls go without the byte cap; a pull that outgrows the
+        // client's buffer loses messages the gap check then fetches again.
+        let replicated = consumer.cached_info().cluster.as_ref().is_some_and(|c| !c.replicas.is_empty());
+        let fetch = if replicated { fetch } else { fetch.max_bytes(max_bytes) };
+        let batch = fetch.messages().await.map_err(|e| js_err("fetch")(e.to_string()))?;
         Ok(PendingPull { batch, redrive_prefix: config.redrive_subject_prefix.clone() })
     }
 
@@ -434,6 +435,25 @@ impl Broker {
         let mut s = self.js.get_stream(&self.config.stream).await.map_err(|e| js_err("get stream")(e.to_string()))?;
         let info = s.info().await.map_err(|e| js_err("stream info")(e.to_string()))?;
         Ok(info.state.last_sequence)
+    }
+
+    /// Where the usage stream lives on a cluster: its leader and each replica as `name` or
+    /// `name (behind N)` / `name (offline)`; `None` on a single server.
+    pub async fn stream_placement(&self) -> Result<Option<String>> {
+        let mut s = self.js.get_stream(&self.config.stream).await.map_err(|e| js_err("get stream")(e.to_string()))?;
+        let info = s.info().await.map_err(|e| js_err("stream info")(e.to_string()))?;
+        let Some(cluster) = info.cluster.as_ref().filter(|c| !c.replicas.is_empty()) else { return Ok(None) };
+        let leader = cluster.leader.clone().unwrap_or_else(|| "none (electing)".into());
+        let replicas: Vec<String> = cluster
+            .replicas
+            .iter()
+            .map(|r| match (r.current, r.offline) {
+                (_, true) => format!("{} (offline)", r.name),
+                (true, false) => r.name.clone(),
+                (false, false) => format!("{} (behind {})", r.name, r.lag.unwrap_or_default()),
+            })
+            .collect();
+        Ok(Some(format!("leader {leader}, replicas {}", replicas.join(", "))))
     }
 
     /// Messages currently in the dead-letter stream.

@@ -26,6 +26,8 @@ pub struct BrokerStatus {
     pub dlq_messages: Option<u64>,
     /// The DLQ by reason (the exception queue): entries and the oldest.
     pub exception_queue: Vec<meterflow_ingest::QueuedReason>,
+    /// On a cluster: the usage stream's leader and replicas (`None` on a single server).
+    pub placement: Option<String>,
     /// Why the broker could not be read, if it could not.
     pub error: Option<String>,
 }
@@ -262,6 +264,7 @@ async fn broker_status(config: &Config) -> BrokerStatus {
         stream_last_seq: None,
         dlq_messages: None,
         exception_queue: Vec::new(),
+        placement: None,
         error: None,
     };
     match Broker::connect(config.nats.clone()).await {
@@ -270,6 +273,7 @@ async fn broker_status(config: &Config) -> BrokerStatus {
                 Ok(v) => broker.stream_last_seq = Some(v),
                 Err(e) => broker.error = Some(e.to_string()),
             }
+            broker.placement = b.stream_placement().await.ok().flatten();
             // One read gives the depth too: the DLQ's subjects are its reasons.
             if let Ok(queue) = b.exception_queue().await {
                 broker.dlq_messages = Some(queue.iter().map(|q| q.messages).sum());
@@ -339,7 +343,8 @@ pub fn render(s: &Status) -> String {
         s.broker.url,
         opt(s.broker.stream_last_seq),
         opt(s.broker.dlq_messages),
-        s.broker.error.as_deref().map(|e| format!("\n                unreachable: {e}")).unwrap_or_default(),
+        s.broker.placement.as_deref().map(|p| format!("\n                stream on {p}")).unwrap_or_default()
+            + &s.broker.error.as_deref().map(|e| format!("\n                unreachable: {e}")).unwrap_or_default(),
         s.committed_seq,
         opt(s.lag),
         opt(s.summaries_version),

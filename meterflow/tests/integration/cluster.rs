@@ -96,7 +96,9 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_under_load_loses_and_
     };
     let (messages, oracle) = workload::generate(&spec, &reference()).unwrap();
     let (first, rest) = messages.split_at(messages.len() / 3);
-    workload::publish_all(&js, first, 256).await.unwrap();
+    // One at a time: a replicated stream answers a second publish of a message id still in
+    // flight with 409 ("duplicate message id is in process"), and the workload repeats ids.
+    workload::publish_retrying(&js, first, Duration::from_secs(60)).await.unwrap();
 
     let urls = cluster.url();
     let mut run = command(&urls, &data_dir, "run")
@@ -113,7 +115,12 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_under_load_loses_and_
         tokio::spawn(async move { workload::publish_retrying(&js, &rest, Duration::from_secs(60)).await })
     };
     let committed = || totals(&urls, &data_dir).values().map(|v| v.2).sum::<u64>();
-    assert!(wait_until(Duration::from_secs(60), || committed() > 0), "nothing committed on the cluster");
+    let started = wait_until(Duration::from_secs(60), || committed() > 0 || run.try_wait().unwrap().is_some());
+    if !started || run.try_wait().unwrap().is_some() {
+        let _killed = run.kill();
+        let out = run.wait_with_output().unwrap();
+        panic!("nothing committed on the cluster: {}", String::from_utf8_lossy(&out.stderr));
+    }
 
     let leader = leader_of(&js, "USAGE").await;
     cluster.kill(leader);

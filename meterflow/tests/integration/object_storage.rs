@@ -172,9 +172,10 @@ async fn of_two_writers_racing_for_one_version_on_object_storage_exactly_one_com
     let mut a = SummaryTable::open_or_create(&root).await.unwrap();
     let mut b = SummaryTable::open_or_create(&root).await.unwrap();
     // A commits 1..=10; B, which never committed, reads the recorded progress first and is
-    // fenced out of the same range.
+    // fenced out of its own range 1..=12.
     assert!(matches!(a.commit(&[row(10)], range(0, 10)).await.unwrap(), Committed::Written(_)));
-    assert!(matches!(b.commit(&[row(10)], range(0, 10)).await, Err(SinkError::Fenced { recorded: 10, .. })));
+    let fenced = b.commit(&[row(12)], range(0, 12)).await;
+    assert!(matches!(fenced, Err(SinkError::Fenced { recorded: 10, .. })), "{fenced:?}");
     // B takes over and commits 11..=20; A, whose handle still holds its own last commit,
     // writes without reading first: its log entry races B's for the same version, the
     // conditional put refuses it, and delta-rs's conflict check (the same application id)

@@ -139,6 +139,7 @@ impl Ops {
                 stream_last_seq: (stream_last > 0).then_some(stream_last),
                 dlq_messages: Some(count(m.dlq_depth.get())),
                 exception_queue: self.live.exception_queue(),
+                placement: None,
                 error: None,
             },
             committed_seq,

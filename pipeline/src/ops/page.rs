@@ -277,6 +277,7 @@ mod tests {
                     oldest_unix: None,
                     redrivable: true,
                 }],
+                placement: None,
                 error: None,
             },
             committed_seq: 12,
