@@ -18,9 +18,9 @@
 use meterflow_rater::Period;
 use meterflow_sink::deltalake::arrow::record_batch::RecordBatch;
 use meterflow_sink::sql::Rows;
+use meterflow_sink::TableRoot;
 use meterflow_sink::{PeriodTable, SUMMARIES_TABLE};
 use std::collections::BTreeMap;
-use meterflow_sink::TableRoot;
 
 use crate::invoicing::same_flavour;
 use crate::tables::{self, text, Session, INVOICES, INVOICE_LINES, POSTINGS};

@@ -224,9 +224,8 @@ impl Broker {
         if servers.is_empty() {
             return Err(IngestError::NatsConfig("url is empty: give nats://host:port".into()));
         }
-        let client = async_nats::connect_with_options(servers, options)
-            .await
-            .map_err(|e| connect_error(&config, &auth, &e))?;
+        let client =
+            async_nats::connect_with_options(servers, options).await.map_err(|e| connect_error(&config, &auth, &e))?;
         let js = jetstream::new(client.clone());
         Ok(Broker { client, js, config, consumer: None })
     }

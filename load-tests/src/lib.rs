@@ -89,7 +89,11 @@ enum Brokers {
 
 impl Brokers {
     fn start(options: &LoadOptions, dir: &std::path::Path) -> Result<Brokers> {
-        Ok(if options.cluster { Brokers::Three(LocalCluster::start(dir)?) } else { Brokers::One(LocalNats::start(dir)?) })
+        Ok(if options.cluster {
+            Brokers::Three(LocalCluster::start(dir)?)
+        } else {
+            Brokers::One(LocalNats::start(dir)?)
+        })
     }
 
     fn url(&self) -> String {

@@ -19,14 +19,13 @@ use crate::config::{Config, Reference};
 
 /// Opens (creating when absent) the catalog stream named in the config.
 pub async fn open_store(broker: &Broker, config: &Config) -> Result<CatalogStore> {
-    let store =
-        CatalogStore::open(
-            broker.jetstream().clone(),
-            &config.nats.catalog_stream,
-            &config.nats.catalog_subject,
-            config.nats.replicas,
-        )
-            .await?;
+    let store = CatalogStore::open(
+        broker.jetstream().clone(),
+        &config.nats.catalog_stream,
+        &config.nats.catalog_subject,
+        config.nats.replicas,
+    )
+    .await?;
     Ok(store)
 }
 

@@ -7,8 +7,8 @@
 use anyhow::Result;
 use meterflow_ingest::Broker;
 use meterflow_sink::sql::ReadOnlySql;
-use meterflow_sink::{TableRoot, 
-    RejectionRow, RowKind, SummaryRow, SummaryTable, PERIODS_TABLE, REJECTIONS_TABLE, SUMMARIES_TABLE,
+use meterflow_sink::{
+    RejectionRow, RowKind, SummaryRow, SummaryTable, TableRoot, PERIODS_TABLE, REJECTIONS_TABLE, SUMMARIES_TABLE,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -224,10 +224,7 @@ pub async fn table_totals(root: &TableRoot) -> Result<TableTotals> {
 pub const BILLING_TABLES: [&str; 4] = [PERIODS_TABLE, "invoices", "invoice_lines", "postings"];
 
 /// Every billing period with usage (`period_events`) or with a close, invoices or postings.
-pub async fn billing_periods(
-    root: &TableRoot,
-    period_events: &BTreeMap<String, u64>,
-) -> Result<Vec<PeriodStatus>> {
+pub async fn billing_periods(root: &TableRoot, period_events: &BTreeMap<String, u64>) -> Result<Vec<PeriodStatus>> {
     let sql = ReadOnlySql::open_tables(root, &BILLING_TABLES).await?;
     period_statuses(&sql, period_events).await
 }

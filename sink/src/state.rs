@@ -269,7 +269,10 @@ mod tests {
         match &store.at {
             Backend::Local(dir) => fs::write(dir.join(file_name(seq)), b"twenty-corrupted").unwrap(),
             Backend::Object { store, .. } => {
-                store.put(&ObjectPath::from(file_name(seq)), PutPayload::from_static(b"twenty-corrupted")).await.unwrap();
+                store
+                    .put(&ObjectPath::from(file_name(seq)), PutPayload::from_static(b"twenty-corrupted"))
+                    .await
+                    .unwrap();
             }
         }
     }

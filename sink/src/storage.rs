@@ -107,9 +107,9 @@ impl TableRoot {
     pub fn url_of(&self, rel: &str) -> Result<url::Url> {
         match &self.kind {
             RootKind::Local(dir) => local_url(&dir.join(rel.trim_end_matches('/'))),
-            RootKind::Object { url, .. } => url
-                .join(rel)
-                .map_err(|e| SinkError::DataDir { path: format!("{url}{rel}"), message: e.to_string() }),
+            RootKind::Object { url, .. } => {
+                url.join(rel).map_err(|e| SinkError::DataDir { path: format!("{url}{rel}"), message: e.to_string() })
+            }
         }
     }
 
@@ -127,10 +127,7 @@ impl TableRoot {
     }
 
     /// The object store at `rel` under the root (a folder, ending with `/`): state snapshots.
-    pub(crate) fn store_at(
-        &self,
-        rel: &str,
-    ) -> Result<Arc<dyn deltalake::logstore::object_store::ObjectStore>> {
+    pub(crate) fn store_at(&self, rel: &str) -> Result<Arc<dyn deltalake::logstore::object_store::ObjectStore>> {
         let url = self.url_of(rel)?;
         let shown = url.to_string();
         let store = self

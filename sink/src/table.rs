@@ -502,8 +502,8 @@ impl SummaryTable {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::table_url;
     use crate::summary_rows::RowKind;
+    use crate::table_url;
     use chrono::DateTime;
 
     /// A usage row of acme's api_calls in the hour window starting at 2026-11-18T07:00Z.

@@ -66,9 +66,9 @@ pub async fn vacuum_tables(root: impl Into<TableRoot>, dry_run: bool) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
     use crate::table::tests::row;
     use crate::table::SummaryTable;
+    use std::path::Path;
 
     /// Rewrites the deletion time of every file removed in the log of `table` to `days` ago: the
     /// clock a vacuum reads. Compacting "a month ago" without waiting a month.

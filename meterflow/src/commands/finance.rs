@@ -146,8 +146,7 @@ pub async fn invoice(config: &Config, opts: &InvoiceOptions) -> Result<String> {
         out_dir: opts.out.clone().unwrap_or_else(|| invoice_dir(config)),
     };
     let run =
-        run_invoices(&config.tables()?, &reference.accounts(), &reference.prices, &config.billing, &request)
-            .await?;
+        run_invoices(&config.tables()?, &reference.accounts(), &reference.prices, &config.billing, &request).await?;
     let mut s = String::new();
     if run.invoices.is_empty() {
         line(&mut s, format_args!("{}: no customer has anything to bill", opts.period));

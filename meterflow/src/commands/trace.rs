@@ -146,8 +146,7 @@ pub async fn trace(config: &Config, q: &TraceQuery) -> Result<Vec<EventTrace>> {
     let decoded = decode_message(&message.payload);
     let (_, reference) = meterflow_pipeline::catalog::current_reference(config).await?;
     let sql = ReadOnlySql::open(&config.tables()?).await?;
-    let committed =
-        meterflow_sink::SummaryTable::open_or_create(&config.tables()?).await?.committed_seq().await?;
+    let committed = meterflow_sink::SummaryTable::open_or_create(&config.tables()?).await?.committed_seq().await?;
 
     let mut out = Vec::new();
     let wanted = |i: Option<usize>| index.is_none() || i == index || (i.is_none() && index == Some(0));

@@ -43,7 +43,10 @@ fn totals(urls: &str, data_dir: &Path) -> BTreeMap<(String, String), (Decimal, D
         .map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
         .map(|r| {
             let n = |i: usize| r.get(i).cloned().unwrap_or_default();
-            ((n(0), n(1)), (n(2).parse().unwrap_or_default(), n(3).parse().unwrap_or_default(), n(4).parse().unwrap_or(0)))
+            (
+                (n(0), n(1)),
+                (n(2).parse().unwrap_or_default(), n(3).parse().unwrap_or_default(), n(4).parse().unwrap_or(0)),
+            )
         })
         .collect()
 }
@@ -73,7 +76,8 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_under_load_loses_and_
     let data_dir = dir.path().join("data");
     // The streams, as the pipeline creates them, with three replicas (JetStream needs a moment
     // to elect its meta leader after the servers start).
-    let config = meterflow_ingest::NatsConfig { url: cluster.url(), replicas: 3, max_age_days: 0, ..Default::default() };
+    let config =
+        meterflow_ingest::NatsConfig { url: cluster.url(), replicas: 3, max_age_days: 0, ..Default::default() };
     let deadline = Instant::now() + Duration::from_secs(30);
     let broker = loop {
         match meterflow_ingest::Broker::connect(config.clone()).await {

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::status::{self, BrokerStatus, PeriodStatus, Status, TableTotals};
-use std::collections::BTreeMap;
 use meterflow_sink::TableRoot;
+use std::collections::BTreeMap;
 
 /// The billing tables' periods, with the Delta log listing ([`log_listing`]) they were read at.
 type BillingFacts = (Vec<(String, Option<u64>)>, Vec<PeriodStatus>);

@@ -63,7 +63,12 @@ impl Pipeline {
     /// Moves the stages to `revision`: first a snapshot at the committed sequence naming it
     /// (a replay from there decides under it), then the new reference data. A snapshot that
     /// cannot be saved leaves the revision as it is, to be tried again.
-    pub(super) async fn switch_catalog(&mut self, revision: Revision, catalog: Catalog, reference: Reference) -> Result<()> {
+    pub(super) async fn switch_catalog(
+        &mut self,
+        revision: Revision,
+        catalog: Catalog,
+        reference: Reference,
+    ) -> Result<()> {
         // A crash after the save restarts from the snapshot just saved, under the new revision.
         if !self.save_snapshot(revision).await? {
             return Ok(()); // staying at the revision in force; tried again on the next turn

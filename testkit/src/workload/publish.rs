@@ -40,7 +40,11 @@ pub async fn publish_all(js: &jetstream::Context, messages: &[OutMessage], windo
 /// A retry of a message whose first attempt landed is a duplicate the broker drops (same
 /// `Nats-Msg-Id`) or the pipeline drops (same event id), so the oracle still holds. Returns
 /// how many attempts failed and were retried.
-pub async fn publish_retrying(js: &jetstream::Context, messages: &[OutMessage], give_up_after: Duration) -> Result<u64> {
+pub async fn publish_retrying(
+    js: &jetstream::Context,
+    messages: &[OutMessage],
+    give_up_after: Duration,
+) -> Result<u64> {
     let mut retried = 0;
     for m in messages {
         let started = std::time::Instant::now();
