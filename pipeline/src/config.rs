@@ -160,7 +160,7 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// The tables and state snapshots on S3-compatible object storage instead of `data_dir`:
     /// `s3://bucket/prefix`. Credentials come from the environment (`AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`) or the AWS profile files, never from this file.
+    /// `AWS_SECRET_ACCESS_KEY`; on AWS also the profile files), never from this file.
     #[serde(default)]
     pub tables_url: Option<String>,
     /// Connection settings of the object storage (none of them a secret).
@@ -708,7 +708,7 @@ mod tests {
         let storage = |url: &str| StorageConfig { tables_url: Some(url.into()), ..StorageConfig::default() };
         let err = |url: &str| format!("{:#}", storage(url).tables().err().unwrap());
         assert!(err("s3://key:secret@bucket/p").contains("AWS_ACCESS_KEY_ID"), "{}", err("s3://key:secret@bucket/p"));
-        assert!(!err("s3://key:secret@bucket/p").contains("secret@"));
+        assert!(!err("s3://key:secret@bucket/p").contains("secret"));
         assert!(err("gs://bucket/p").contains("s3://bucket/prefix"));
         assert!(err("s3:///p").contains("no bucket"));
         let root = storage("s3://bucket/prod").tables().unwrap();

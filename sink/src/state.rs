@@ -232,7 +232,12 @@ impl StateStore {
                     fs::read(&path).map_err(io_err(&path))?
                 }
                 Backend::Object { store, shown } => {
-                    let got = store.get(&ObjectPath::from(file_name(seq))).await.map_err(Self::object_err(shown))?;
+                    let got = match store.get(&ObjectPath::from(file_name(seq))).await {
+                        Ok(got) => got,
+                        // Removed since the listing (another writer pruning): try an older one.
+                        Err(deltalake::logstore::object_store::Error::NotFound { .. }) => continue,
+                        Err(e) => return Err(Self::object_err(shown)(e)),
+                    };
                     got.into_stream()
                         .try_fold(Vec::new(), |mut acc, chunk| async move {
                             acc.extend_from_slice(&chunk);

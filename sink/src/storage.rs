@@ -17,8 +17,8 @@ use crate::{Result, SinkError};
 ///
 /// Object storage is configured by URL (`s3://bucket/prefix`) and options without secrets
 /// (endpoint, region, plain HTTP for a local server); credentials come from the environment
-/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) or the AWS profile files,
-/// never from this value, so printing it never shows one.
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; on AWS without an endpoint
+/// also the AWS profile files), never from this value, so printing it never shows one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableRoot {
     kind: RootKind,
@@ -50,10 +50,13 @@ impl TableRoot {
     /// Tables under `url` (`s3://bucket/prefix`, or `s3a://`). Refused: another scheme, a URL
     /// without a bucket, and a URL carrying credentials (they belong in the environment).
     pub fn object(url: &str, options: &ObjectOptions) -> Result<TableRoot> {
-        // Never repeat credentials given in the URL, not even in the error that refuses them.
-        let shown = match (url.find("://"), url.find('@')) {
-            (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
-            _ => url.to_string(),
+        // Never repeat credentials given in the URL, not even in the error that refuses them:
+        // show it rebuilt from its parts without the user information, or not at all.
+        let shown = match url::Url::parse(url) {
+            Ok(u) if u.host_str().is_some() => {
+                format!("{}://{}{}", u.scheme(), u.host_str().unwrap_or_default(), u.path())
+            }
+            _ => "[storage] tables_url".to_string(),
         };
         let refuse = |message: String| SinkError::DataDir { path: shown.clone(), message };
         let mut parsed = url::Url::parse(url).map_err(|e| refuse(format!("not a URL: {e}")))?;
@@ -158,18 +161,33 @@ impl TableRoot {
         }
     }
 
-    /// The newest version of the table `name`, `None` when it does not exist yet: a cheap
-    /// change marker (a listing of its log).
+    /// The newest version of the table `name` from a listing of its log (commits and
+    /// checkpoints; old entries may have been cleaned up), `None` when it has none yet: a cheap
+    /// change marker.
     pub async fn latest_version(&self, name: &str) -> Option<u64> {
-        if !self.exists(name).await.ok()? {
-            return None;
+        let version = |file: &str| {
+            let (v, rest) = file.split_at_checked(20)?;
+            let entry = rest == ".json" || (rest.starts_with(".checkpoint.") && rest.ends_with(".parquet"));
+            if entry {
+                v.parse::<u64>().ok()
+            } else {
+                None
+            }
+        };
+        match &self.kind {
+            RootKind::Local(dir) => std::fs::read_dir(dir.join(name).join("_delta_log"))
+                .ok()?
+                .flatten()
+                .filter_map(|e| version(&e.file_name().to_string_lossy()))
+                .max(),
+            RootKind::Object { .. } => {
+                let store = self.store_at(&format!("{name}/_delta_log/")).ok()?;
+                let listing = store.list_with_delimiter(None).await.ok()?;
+                listing.objects.iter().filter_map(|o| o.location.filename().and_then(version)).max()
+            }
         }
-        let store = self.builder(name).ok()?.build_storage().ok()?;
-        store.get_latest_version(0).await.ok()
     }
-}
 
-impl TableRoot {
     /// The Delta tables under the root (folders whose log holds a commit, named as plain SQL
     /// identifiers), sorted. A table another process is still creating (a log folder without
     /// its first commit) is not one yet. A missing local directory is an error that says to
@@ -385,3 +403,36 @@ macro_rules! object_store_reading_through {
     };
 }
 pub(crate) use object_store_reading_through;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_latest_version_is_read_from_the_log_listing_even_after_old_entries_were_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = TableRoot::local(dir.path());
+        assert_eq!(root.latest_version("t").await, None);
+        let log = dir.path().join("t").join("_delta_log");
+        std::fs::create_dir_all(&log).unwrap();
+        for name in [
+            "00000000000000000005.json",
+            "00000000000000000010.checkpoint.parquet",
+            "00000000000000000011.json#1",
+            "_last_checkpoint",
+        ] {
+            std::fs::write(log.join(name), b"").unwrap();
+        }
+        assert_eq!(root.latest_version("t").await, Some(10));
+    }
+
+    #[test]
+    fn credentials_in_a_refused_table_url_are_never_repeated() {
+        for url in ["s3://key:p@ss@bucket/p", "s3:key:secret@bucket", "gs://key:secret@bucket/p", "s3://user:pw@/x"] {
+            let e = TableRoot::object(url, &ObjectOptions::default()).err().unwrap().to_string();
+            for secret in ["p@ss", "secret", "key:", "user:pw"] {
+                assert!(!e.contains(secret), "{url}: {e}");
+            }
+        }
+    }
+}

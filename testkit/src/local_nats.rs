@@ -158,8 +158,9 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Starts three servers storing under `store_dir/n<i>` and waits until JetStream has a
-    /// meta leader (a stream can be created).
+    /// Starts three servers storing under `store_dir/n<i>` and waits until each listens for
+    /// clients (JetStream elects its meta leader a moment later: creating the first stream may
+    /// need a retry).
     pub fn start(store_dir: &Path) -> Result<LocalCluster> {
         let binary = find_binary()?;
         let mut ports = Vec::new();

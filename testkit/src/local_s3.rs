@@ -66,6 +66,11 @@ impl LocalS3 {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                // Listening, unless another process took the port first and this one exited.
+                std::thread::sleep(Duration::from_millis(100));
+                if let Some(Ok(Some(status))) = s.child.as_mut().map(Child::try_wait) {
+                    bail!("moto_server exited at start-up with {status} (port {port} taken?)");
+                }
                 break;
             }
             if let Some(c) = s.child.as_mut() {

@@ -51,6 +51,16 @@ fn totals(urls: &str, data_dir: &Path) -> BTreeMap<(String, String), (Decimal, D
         .collect()
 }
 
+/// A child process killed when dropped (a failing test leaves nothing running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _killed = self.0.kill();
+        let _waited = self.0.wait();
+    }
+}
+
 /// The index of the server leading `stream`, once the cluster reports one.
 async fn leader_of(js: &async_nats::jetstream::Context, stream: &str) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -105,13 +115,19 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_under_load_loses_and_
     workload::publish_retrying(&js, first, Duration::from_secs(60)).await.unwrap();
 
     let urls = cluster.url();
-    let mut run = command(&urls, &data_dir, "run")
-        .env("METERFLOW_NATS__FETCH_BATCH", "50")
-        .env("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "50")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // The log goes to a file (a pipe nobody reads while it runs could fill and stall it); the
+    // process is killed if the test fails half-way.
+    let log_path = dir.path().join("run.log");
+    let mut run = KillOnDrop(
+        command(&urls, &data_dir, "run")
+            .env("METERFLOW_NATS__FETCH_BATCH", "50")
+            .env("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "50")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     // The rest arrives while the pipeline runs, one message at a time, each retried until acked.
     let publisher = {
         let js = js.clone();
@@ -119,12 +135,9 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_under_load_loses_and_
         tokio::spawn(async move { workload::publish_retrying(&js, &rest, Duration::from_secs(60)).await })
     };
     let committed = || totals(&urls, &data_dir).values().map(|v| v.2).sum::<u64>();
-    let started = wait_until(Duration::from_secs(60), || committed() > 0 || run.try_wait().unwrap().is_some());
-    if !started || run.try_wait().unwrap().is_some() {
-        let _killed = run.kill();
-        let out = run.wait_with_output().unwrap();
-        panic!("nothing committed on the cluster: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let started = wait_until(Duration::from_secs(60), || committed() > 0 || run.0.try_wait().unwrap().is_some());
+    assert!(started && run.0.try_wait().unwrap().is_none(), "nothing committed on the cluster: {}", log());
+    assert!(!publisher.is_finished(), "the publisher finished before the kill; make the workload larger");
 
     let leader = leader_of(&js, "USAGE").await;
     cluster.kill(leader);
@@ -135,15 +148,10 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_under_load_loses_and_
     cluster.restart(leader).unwrap();
 
     let all = wait_until(Duration::from_secs(120), || committed() >= oracle.accepted);
-    sigterm(&run);
-    let status = run.wait().unwrap();
-    let mut stderr = String::new();
-    if let Some(mut e) = run.stderr.take() {
-        use std::io::Read;
-        let _read = e.read_to_string(&mut stderr);
-    }
-    assert!(all, "not every accepted event was committed after the failover: {}", stderr);
-    assert!(status.success(), "meterflow run failed: {stderr}");
+    sigterm(&run.0);
+    let status = run.0.wait().unwrap();
+    assert!(all, "not every accepted event was committed after the failover: {}", log());
+    assert!(status.success(), "meterflow run failed: {}", log());
     eprintln!("publishes retried during the failover: {retried}");
 
     let got = totals(&urls, &data_dir);
