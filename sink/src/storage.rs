@@ -165,15 +165,7 @@ impl TableRoot {
     /// checkpoints; old entries may have been cleaned up), `None` when it has none yet: a cheap
     /// change marker.
     pub async fn latest_version(&self, name: &str) -> Option<u64> {
-        let version = |file: &str| {
-            let (v, rest) = file.split_at_checked(20)?;
-            let entry = rest == ".json" || (rest.starts_with(".checkpoint.") && rest.ends_with(".parquet"));
-            if entry {
-                v.parse::<u64>().ok()
-            } else {
-                None
-            }
-        };
+        use crate::table::log_entry_version as version;
         match &self.kind {
             RootKind::Local(dir) => std::fs::read_dir(dir.join(name).join("_delta_log"))
                 .ok()?

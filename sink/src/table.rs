@@ -242,9 +242,19 @@ pub(crate) fn has_commit(log: &Path) -> bool {
 
 /// A finished commit or checkpoint file name (see [`has_commit`]).
 fn is_log_entry(name: &str) -> bool {
-    let Some((version, rest)) = name.split_at_checked(20) else { return false };
-    version.bytes().all(|b| b.is_ascii_digit())
-        && (rest == ".json" || (rest.starts_with(".checkpoint.") && rest.ends_with(".parquet")))
+    log_entry_version(name).is_some()
+}
+
+/// The version a finished commit or checkpoint file names (`<20-digit version>.json`,
+/// `<version>.checkpoint[.…].parquet`); `None` for anything else in a log folder.
+pub(crate) fn log_entry_version(name: &str) -> Option<u64> {
+    let (version, rest) = name.split_at_checked(20)?;
+    let entry = rest == ".json" || (rest.starts_with(".checkpoint.") && rest.ends_with(".parquet"));
+    if entry && version.bytes().all(|b| b.is_ascii_digit()) {
+        version.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// The version a table's application transaction `app_id` records (0 when none).

@@ -59,32 +59,8 @@ fn stop_cleanly(child: &mut Child) {
     assert!(status.success(), "exit status {status}");
 }
 
-/// Publishes each message until the broker acknowledges it, retrying through outages with the
-/// message's own `Nats-Msg-Id` (or none, when the publisher sets none). Returns the retries.
-/// Publishes each message until the broker acknowledges it, `pace` apart; the number of retries.
-async fn publish_with_retries(js: &async_nats::jetstream::Context, messages: &[OutMessage], pace: Duration) -> u64 {
-    let mut retries = 0;
-    for m in messages {
-        tokio::time::sleep(pace).await;
-        loop {
-            let mut headers = async_nats::HeaderMap::new();
-            if let Some(id) = &m.msg_id {
-                headers.insert("Nats-Msg-Id", id.as_str());
-            }
-            let sent = js.publish_with_headers(m.subject.clone(), headers, m.payload.clone().into()).await;
-            let acked = match sent {
-                Ok(ack) => tokio::time::timeout(Duration::from_secs(2), ack).await.is_ok_and(|a| a.is_ok()),
-                Err(_) => false,
-            };
-            if acked {
-                break;
-            }
-            retries += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    retries
-}
+/// Longest a publisher retries one message through the broker outage.
+const OUTAGE_GIVE_UP: Duration = Duration::from_secs(60);
 
 async fn consumer_info(env: &TestEnv) -> Option<async_nats::jetstream::consumer::Info> {
     let js = env.jetstream().await;
@@ -105,20 +81,22 @@ async fn the_pipeline_rides_out_a_broker_restart_and_publisher_retries_through_i
     let log = capture_stderr(&mut child);
     let js = env.jetstream().await;
     let (first, second) = messages.split_at(messages.len() / 2);
-    publish_with_retries(&js, first, Duration::ZERO).await;
+    workload::publish_retrying(&js, first, Duration::ZERO, OUTAGE_GIVE_UP).await.unwrap();
     assert!(wait_until(Duration::from_secs(60), || accepted(&env) > 0), "nothing committed before the outage");
 
     // Publishers keep going through the outage; the broker is down for three seconds. Paced, so
     // publishing takes longer than the outage however fast the machine is (at least 3 s).
     let publisher = {
         let (js, second) = (js.clone(), second.to_vec());
-        tokio::spawn(async move { publish_with_retries(&js, &second, Duration::from_millis(2)).await })
+        tokio::spawn(
+            async move { workload::publish_retrying(&js, &second, Duration::from_millis(2), OUTAGE_GIVE_UP).await },
+        )
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     env.nats.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     env.nats.restart().unwrap();
-    let retries = publisher.await.unwrap();
+    let retries = publisher.await.unwrap().unwrap();
 
     let expected = oracle.accepted;
     let caught_up = wait_until(Duration::from_secs(90), || accepted(&env) == expected);

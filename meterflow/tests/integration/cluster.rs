@@ -1,7 +1,7 @@
 //! A JetStream cluster of three real nats-servers (R3 streams): the pipeline keeps counting
 //! exactly when the server leading the usage stream is SIGKILLed under a steady publish load.
 
-use crate::common::{examples_dir, reference, sigterm, wait_until, WIDE_BOUNDS};
+use crate::common::{examples_dir, reference, sigterm, totals_with, wait_until, WIDE_BOUNDS};
 use meterflow_testkit::local_nats::LocalCluster;
 use meterflow_testkit::workload::{self, WorkloadSpec};
 use rust_decimal::Decimal;
@@ -25,30 +25,7 @@ fn command(urls: &str, data_dir: &Path, sub: &str) -> Command {
 
 /// Accepted events committed so far, per (customer, meter): (quantity, amount, events).
 fn totals(urls: &str, data_dir: &Path) -> BTreeMap<(String, String), (Decimal, Decimal, u64)> {
-    let out = command(urls, data_dir, "sql")
-        .args([
-            "--format",
-            "csv",
-            "SELECT customer_id, meter, CAST(SUM(quantity) AS VARCHAR), CAST(SUM(amount) AS VARCHAR), \
-             SUM(event_count) FROM usage_summaries GROUP BY customer_id, meter",
-        ])
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return BTreeMap::new();
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
-        .map(|r| {
-            let n = |i: usize| r.get(i).cloned().unwrap_or_default();
-            (
-                (n(0), n(1)),
-                (n(2).parse().unwrap_or_default(), n(3).parse().unwrap_or_default(), n(4).parse().unwrap_or(0)),
-            )
-        })
-        .collect()
+    totals_with(command(urls, data_dir, "sql"))
 }
 
 /// A child process killed when dropped (a failing test leaves nothing running).
@@ -112,7 +89,7 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_under_load_loses_and_
     let (first, rest) = messages.split_at(messages.len() / 3);
     // One at a time: a replicated stream answers a second publish of a message id still in
     // flight with 409 ("duplicate message id is in process"), and the workload repeats ids.
-    workload::publish_retrying(&js, first, Duration::from_secs(60)).await.unwrap();
+    workload::publish_retrying(&js, first, Duration::ZERO, Duration::from_secs(60)).await.unwrap();
 
     let urls = cluster.url();
     // The log goes to a file (a pipe nobody reads while it runs could fill and stall it); the
@@ -132,7 +109,9 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_under_load_loses_and_
     let publisher = {
         let js = js.clone();
         let rest = rest.to_vec();
-        tokio::spawn(async move { workload::publish_retrying(&js, &rest, Duration::from_secs(60)).await })
+        tokio::spawn(
+            async move { workload::publish_retrying(&js, &rest, Duration::ZERO, Duration::from_secs(60)).await },
+        )
     };
     let committed = || totals(&urls, &data_dir).values().map(|v| v.2).sum::<u64>();
     let started = wait_until(Duration::from_secs(60), || committed() > 0 || run.0.try_wait().unwrap().is_some());

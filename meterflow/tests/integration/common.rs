@@ -159,8 +159,12 @@ pub fn reference() -> Reference {
 
 /// (customer, meter) -> (quantity, amount, events) from SQL; empty while no table exists.
 pub fn totals(env: &TestEnv) -> BTreeMap<(String, String), (Decimal, Decimal, u64)> {
-    let out = env
-        .command("sql")
+    totals_with(env.command("sql"))
+}
+
+/// [`totals`] read by `sql`, a `meterflow sql` command set up for another environment.
+pub fn totals_with(mut sql: Command) -> BTreeMap<(String, String), (Decimal, Decimal, u64)> {
+    let out = sql
         .args([
             "--format",
             "csv",

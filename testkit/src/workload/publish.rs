@@ -35,18 +35,21 @@ pub async fn publish_all(js: &jetstream::Context, messages: &[OutMessage], windo
     Ok(broker_duplicates)
 }
 
-/// Publishes `messages` one at a time, each retried until the stream acknowledges it (a
-/// cluster electing a new stream leader answers with errors or not at all for a few seconds).
-/// A retry of a message whose first attempt landed is a duplicate the broker drops (same
-/// `Nats-Msg-Id`) or the pipeline drops (same event id), so the oracle still holds. Returns
-/// how many attempts failed and were retried.
+/// Publishes `messages` one at a time, `pace` apart, each retried until the stream
+/// acknowledges it (a broker restarting, or a cluster electing a new stream leader, answers
+/// with errors or not at all for a few seconds). A retry of a message whose first attempt
+/// landed is a duplicate the broker drops (same `Nats-Msg-Id`) or the pipeline drops (same
+/// event id), so the oracle still holds. Returns how many attempts failed and were retried;
+/// fails when one message goes unacknowledged for `give_up_after`.
 pub async fn publish_retrying(
     js: &jetstream::Context,
     messages: &[OutMessage],
+    pace: Duration,
     give_up_after: Duration,
 ) -> Result<u64> {
     let mut retried = 0;
     for m in messages {
+        tokio::time::sleep(pace).await;
         let started = std::time::Instant::now();
         loop {
             let mut headers = async_nats::HeaderMap::new();
@@ -55,7 +58,7 @@ pub async fn publish_retrying(
             }
             let attempt = js.publish_with_headers(m.subject.clone(), headers, m.payload.clone().into()).await;
             let acked = match attempt {
-                Ok(ack) => tokio::time::timeout(Duration::from_secs(5), ack).await.is_ok_and(|a| a.is_ok()),
+                Ok(ack) => tokio::time::timeout(Duration::from_secs(2), ack).await.is_ok_and(|a| a.is_ok()),
                 Err(_) => false,
             };
             if acked {
