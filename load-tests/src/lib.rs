@@ -403,26 +403,70 @@ fn late_flagged(ops: &Ops, reference: &Reference) -> u64 {
         .sum()
 }
 
+/// Month-to-date query latency of the first meter, for each customer's first subject in turn.
+async fn query_latency(
+    server: &http::Server,
+    reference: &Reference,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<http::QueryLatency> {
+    let subjects: Vec<String> = reference
+        .directory
+        .customers()
+        .iter()
+        .filter_map(|c| c.subjects.first().map(|x| x.name().to_string()))
+        .collect();
+    let meter = reference.meters.configs().first().map(|m| m.name.clone()).unwrap_or_default();
+    http::query_latency(server, &meter, &subjects, since, 200).await
+}
+
+/// Whether the committed tables equal the oracle; a run that is not exact prints each
+/// difference and keeps its data directory and broker store for inspection.
+async fn check_exact(
+    config: &Config,
+    oracle: &workload::Oracle,
+    nats: Brokers,
+    dir: tempfile::TempDir,
+) -> Result<bool> {
+    let differences = workload::differences(&config.tables()?, oracle).await?;
+    for d in &differences {
+        eprintln!("MISMATCH {d}");
+    }
+    if !differences.is_empty() {
+        drop(nats);
+        let kept = dir.keep();
+        eprintln!("kept the run's data directory and broker store for inspection: {}", kept.display());
+    }
+    Ok(differences.is_empty())
+}
+
+/// With `--object-storage`: a local S3 server (kept alive by the caller) holding the run's
+/// tables and snapshots, pointed at by `config`.
+fn place_tables(options: &LoadOptions, config: &mut Config) -> Result<Option<LocalS3>> {
+    if !options.object_storage {
+        return Ok(None);
+    }
+    let s3 = LocalS3::start("meterflow-load")?;
+    // moto takes any credentials; the pipeline reads them from the environment.
+    for (key, value) in s3.envs("run") {
+        if key.starts_with("AWS_") {
+            std::env::set_var(key, value);
+        }
+    }
+    config.storage.tables_url = Some(s3.url("run"));
+    config.storage.s3 = meterflow_pipeline::config::S3Config {
+        endpoint: Some(s3.endpoint()),
+        region: Some("us-east-1".into()),
+        allow_http: true,
+    };
+    Ok(Some(s3))
+}
+
 /// One full run on a fresh local nats-server and data directory.
 pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
     let dir = tempfile::tempdir()?;
     let nats = Brokers::start(options, &dir.path().join("nats"))?;
     let (mut config, reference) = config_for(options, &nats.url(), dir.path())?;
-    let s3 = if options.object_storage { Some(LocalS3::start("meterflow-load")?) } else { None };
-    if let Some(s3) = &s3 {
-        // moto takes any credentials; the pipeline reads them from the environment.
-        for (key, value) in s3.envs("run") {
-            if key.starts_with("AWS_") {
-                std::env::set_var(key, value);
-            }
-        }
-        config.storage.tables_url = Some(s3.url("run"));
-        config.storage.s3 = meterflow_pipeline::config::S3Config {
-            endpoint: Some(s3.endpoint()),
-            region: Some("us-east-1".into()),
-            allow_http: true,
-        };
-    }
+    let _s3 = place_tables(options, &mut config)?;
     if options.cluster {
         config.nats.replicas = 3;
     }
@@ -480,27 +524,10 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
     };
 
     let query_latency = match &server {
-        Some(s) => {
-            let subjects: Vec<String> = reference
-                .directory
-                .customers()
-                .iter()
-                .filter_map(|c| c.subjects.first().map(|x| x.name().to_string()))
-                .collect();
-            let meter = reference.meters.configs().first().map(|m| m.name.clone()).unwrap_or_default();
-            Some(http::query_latency(s, &meter, &subjects, main_base, 200).await?)
-        }
+        Some(s) => Some(query_latency(s, &reference, main_base).await?),
         None => None,
     };
-    let differences = workload::differences(&config.tables()?, &oracle).await?;
-    for d in &differences {
-        eprintln!("MISMATCH {d}");
-    }
-    if !differences.is_empty() {
-        drop(nats);
-        let kept = dir.keep();
-        eprintln!("kept the run's data directory and broker store for inspection: {}", kept.display());
-    }
+    let exact = check_exact(&config, &oracle, nats, dir).await?;
     let http_ratio = http_ingest.as_ref().map(|h| h.events_per_s / raw_publish.events_per_s.max(1e-9));
     Ok(RunReport {
         batch_size: options.batch_size.max(1),
@@ -522,7 +549,7 @@ pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
         rejected: oracle.rejected.values().sum(),
         late_generated: oracle.late,
         late_flagged: late,
-        exact: differences.is_empty(),
+        exact,
         http_ratio_to_publish: http_ratio,
         http_ingest,
         query_latency,
