@@ -70,17 +70,7 @@ pub fn body_kind(content_type: Option<&str>) -> Result<BodyKind, Problem> {
     }
 }
 
-/// A NATS subject token made of `s`: characters other than letters, digits, `-` and `_`
-/// become `_`.
-pub fn token(s: &str) -> String {
-    let t: String =
-        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    if t.is_empty() {
-        "_".into()
-    } else {
-        t
-    }
-}
+pub use meterflow_ingest::partition::token;
 
 /// The NATS subject an event of `event_type` owned by `customer` is published on.
 pub fn publish_subject(customer: Option<&Customer>, event_type: &str) -> String {

@@ -15,6 +15,11 @@ use crate::{IngestError, Result};
 pub struct Fetched {
     /// Stream sequence.
     pub seq: u64,
+    /// The consumer's delivery sequence: consecutive for every delivery of one consumer
+    /// (including redeliveries), from 1 after the consumer is (re)created. A jump means a
+    /// delivery was lost on the way; on a partition's consumer (whose stream sequences are not
+    /// consecutive) it is the gap check.
+    pub delivery: u64,
     /// Publish time at the broker, seconds since the epoch (deterministic across redeliveries).
     pub published_unix: i64,
     /// The message subject.
@@ -30,6 +35,8 @@ pub struct PendingPull {
     batch: pull::Batch,
     /// Messages on `<prefix>.<subject>` are redriven DLQ entries (see [`crate::dlq`]).
     redrive_prefix: String,
+    /// The partition the consumer reads (its subjects are read back as published).
+    partition: Option<u32>,
 }
 
 impl std::fmt::Debug for PendingPull {
@@ -65,7 +72,7 @@ impl PendingPull {
         let replicated = consumer.cached_info().cluster.as_ref().is_some_and(|c| !c.replicas.is_empty());
         let fetch = if replicated { fetch } else { fetch.max_bytes(max_bytes) };
         let batch = fetch.messages().await.map_err(|e| js_err("fetch")(e.to_string()))?;
-        Ok(PendingPull { batch, redrive_prefix: config.redrive_subject_prefix.clone() })
+        Ok(PendingPull { batch, redrive_prefix: config.redrive_subject_prefix.clone(), partition: config.partition })
     }
 
     /// The pull's messages as delivered, in stream order, once the pull is complete (full in
@@ -92,19 +99,24 @@ impl PendingPull {
     /// The pull's messages with their stream sequences and publish times.
     pub async fn collect(self) -> Result<Vec<Fetched>> {
         let prefix = self.redrive_prefix.clone();
+        let partition = self.partition;
         let messages = self.messages().await?;
         let mut out = Vec::with_capacity(messages.len());
         for message in messages {
             if meterflow_faults::fires(meterflow_faults::Point::DropDelivery) {
                 continue; // the test build loses this message on the way, as a slow consumer would
             }
-            let (seq, published_unix) = match message.info() {
-                Ok(info) => (info.stream_sequence, info.published.unix_timestamp()),
+            let (seq, delivery, published_unix) = match message.info() {
+                Ok(info) => (info.stream_sequence, info.consumer_sequence, info.published.unix_timestamp()),
                 Err(e) => return Err(js_err("message info")(e.to_string())),
             };
+            let stored = match partition {
+                Some(p) => crate::partition::as_published(&message.subject, p, &prefix),
+                None => message.subject.to_string(),
+            };
             let (subject, published_unix) =
-                crate::dlq::as_arrived(&message.subject, published_unix, &prefix, message.headers.as_ref());
-            out.push(Fetched { seq, published_unix, subject, payload: message.payload.clone(), message });
+                crate::dlq::as_arrived(&stored, published_unix, &prefix, message.headers.as_ref());
+            out.push(Fetched { seq, delivery, published_unix, subject, payload: message.payload.clone(), message });
         }
         Ok(out)
     }
@@ -257,9 +269,19 @@ impl Broker {
                 message: format!("redrive_subject_prefix {:?} overlaps the usage subjects", c.redrive_subject_prefix),
             });
         }
+        let (subjects, subject_transform) = if c.partitions > 0 {
+            let transform = stream::SubjectTransform {
+                source: crate::partition::TRANSFORM_SOURCE.into(),
+                destination: crate::partition::transform_destination(c.partitions),
+            };
+            (vec![crate::partition::TRANSFORM_SOURCE.to_string()], Some(transform))
+        } else {
+            (c.subjects.clone(), None)
+        };
         let usage = stream::Config {
             name: c.stream.clone(),
-            subjects: c.subjects.iter().cloned().chain([redrive]).collect(),
+            subjects: subjects.into_iter().chain([redrive]).collect(),
+            subject_transform: subject_transform.clone(),
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             num_replicas: c.replicas,
@@ -274,6 +296,24 @@ impl Broker {
             return Err(IngestError::StreamConfig {
                 stream: c.stream.clone(),
                 message: "retention must be `limits` so that committed ranges can be re-read after a crash".into(),
+            });
+        }
+        let found = info.config.subject_transform.as_ref().map(|t| t.destination.as_str());
+        let wanted = subject_transform.as_ref().map(|t| t.destination.as_str());
+        if found != wanted {
+            let describe = |d: Option<&str>| match d {
+                Some(d) => format!("partitioned (subject transform to {d})"),
+                None => "not partitioned".to_string(),
+            };
+            return Err(IngestError::StreamConfig {
+                stream: c.stream.clone(),
+                message: format!(
+                    "the stream is {}, but [nats] partitions = {} wants it {}: partitions are fixed when the stream \
+                     is created; set partitions to match, or create a new stream",
+                    describe(found),
+                    c.partitions,
+                    describe(wanted)
+                ),
             });
         }
         if c.subjects.iter().any(|s| s.starts_with(&c.dlq_subject_prefix)) {
@@ -318,6 +358,7 @@ impl Broker {
                 ack_policy: AckPolicy::All,
                 ack_wait: Duration::from_secs(c.ack_wait_s.max(1)),
                 max_ack_pending: -1,
+                filter_subjects: c.partition.map(|p| c.partition_filters(p)).unwrap_or_default(),
                 ..Default::default()
             })
             .await
@@ -429,11 +470,29 @@ impl Broker {
         (&self.config.consumer, &self.config.stream)
     }
 
-    /// Last sequence currently in the usage stream.
+    /// Last sequence currently in the usage stream; for a partition's reader, the last one of
+    /// that partition (0 when it holds none).
     pub async fn last_sequence(&self) -> Result<u64> {
+        if let Some(p) = self.config.partition {
+            return self.last_sequence_of(p).await;
+        }
         let mut s = self.js.get_stream(&self.config.stream).await.map_err(|e| js_err("get stream")(e.to_string()))?;
         let info = s.info().await.map_err(|e| js_err("stream info")(e.to_string()))?;
         Ok(info.state.last_sequence)
+    }
+
+    /// The last stream sequence of partition `p`'s subjects (0 when it holds none).
+    pub async fn last_sequence_of(&self, p: u32) -> Result<u64> {
+        let s = self.js.get_stream(&self.config.stream).await.map_err(|e| js_err("get stream")(e.to_string()))?;
+        let mut last = 0;
+        for filter in self.config.partition_filters(p) {
+            match s.get_last_raw_message_by_subject(&filter).await {
+                Ok(m) => last = last.max(m.sequence),
+                Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(js_err("last message of a partition")(e.to_string())),
+            }
+        }
+        Ok(last)
     }
 
     /// Where the usage stream lives on a cluster: its leader and each replica as `name` or

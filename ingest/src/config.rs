@@ -85,6 +85,18 @@ pub struct NatsConfig {
     /// one server loses nothing and stops nothing. Streams that exist keep their own setting.
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// Partitions of the usage stream (0: not partitioned, one worker reads it all). With P > 0
+    /// the stream is created with a subject transform filing `usage.<customer>.<type>` under
+    /// `usage.<p>.<customer>.<type>` (p: FNV-1a of the customer token, modulo P), each
+    /// partition has its own consumer, lease and progress, and any number of `meterflow run`
+    /// workers share the partitions. Fixed when the stream is created: choose more partitions
+    /// than the most workers you will run (for example 32).
+    #[serde(default)]
+    pub partitions: u32,
+    /// The one partition this configuration reads (set by a worker for each partition it owns;
+    /// not read from the config file).
+    #[serde(skip)]
+    pub partition: Option<u32>,
     /// Usage stream name; created if absent.
     #[serde(default = "default_stream")]
     pub stream: String,
@@ -291,6 +303,8 @@ impl Default for NatsConfig {
         NatsConfig {
             url: default_url(),
             replicas: default_replicas(),
+            partitions: 0,
+            partition: None,
             stream: default_stream(),
             subjects: default_subjects(),
             max_age_days: default_max_age_days(),
@@ -364,8 +378,37 @@ impl NatsConfig {
         Duration::from_millis(self.fetch_wait_ms.max(1))
     }
 
-    /// Checks the authentication and TLS settings fit together (no file is read).
+    /// The configuration of partition `p`'s reader: its own durable consumer
+    /// (`<consumer>-p<p>`), hence its own writer lease.
+    pub fn for_partition(&self, p: u32) -> NatsConfig {
+        NatsConfig { partition: Some(p), consumer: format!("{}-p{p}", self.consumer), ..self.clone() }
+    }
+
+    /// The subjects partition `p` reads: its usage and the DLQ entries redriven to it.
+    pub fn partition_filters(&self, p: u32) -> Vec<String> {
+        vec![format!("usage.{p}.>"), format!("{}.{p}.>", self.redrive_subject_prefix)]
+    }
+
+    /// Checks the partitioning, authentication and TLS settings fit together (no file is read).
     pub fn validate(&self) -> Result<()> {
+        if self.partitions > crate::partition::MAX_PARTITIONS {
+            return Err(config_err(format!(
+                "partitions = {} is more than {}: a partition is a consumer and a lease each",
+                self.partitions,
+                crate::partition::MAX_PARTITIONS
+            )));
+        }
+        if self.partitions > 0
+            && !self.subjects.iter().all(|s| s == "usage.>" || s == crate::partition::TRANSFORM_SOURCE)
+        {
+            return Err(config_err(format!(
+                "with partitions = {}, the usage stream's subjects are {} (usage.<customer>.<type>, the \
+                 customer token deciding the partition); remove `subjects` = {:?}",
+                self.partitions,
+                crate::partition::TRANSFORM_SOURCE,
+                self.subjects
+            )));
+        }
         for (key, inline, file) in [
             ("password", some_secret(&self.password).is_some(), some_path(&self.password_file).is_some()),
             ("token", some_secret(&self.token).is_some(), some_path(&self.token_file).is_some()),

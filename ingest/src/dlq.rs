@@ -234,7 +234,7 @@ impl Broker {
         headers.insert("Nats-Msg-Id", id.as_str());
         headers.insert(ARRIVAL_HEADER, arrival_unix.to_string().as_str());
         headers.insert("Meterflow-Redrive-Of", format!("{}:{}", c.dlq_stream, entry.dlq_seq).as_str());
-        let subject = format!("{}.{}", c.redrive_subject_prefix, entry.subject);
+        let subject = crate::partition::redrive_subject(&c.redrive_subject_prefix, &entry.subject, c.partitions);
         let err = |op: &'static str| move |e: String| IngestError::JetStream { operation: op, message: e };
         let ack = self
             .jetstream()

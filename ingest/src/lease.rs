@@ -49,7 +49,7 @@ fn lease_err(operation: &'static str) -> impl Fn(String) -> IngestError {
 }
 
 /// The lease bucket, created when absent.
-async fn bucket(js: &jetstream::Context, config: &NatsConfig, ttl: Duration) -> Result<kv::Store> {
+pub(crate) async fn bucket(js: &jetstream::Context, config: &NatsConfig, ttl: Duration) -> Result<kv::Store> {
     if let Ok(store) = js.get_key_value(&config.lease_bucket).await {
         return Ok(store);
     }
@@ -130,6 +130,28 @@ impl Lease {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+
+    /// One attempt at the writer lease of `config`'s stream and consumer: `Ok(None)` when
+    /// another process holds it (a worker then tries another partition).
+    pub async fn try_acquire(js: &jetstream::Context, config: &NatsConfig, owner: String) -> Result<Option<Lease>> {
+        let ttl = Duration::from_secs(config.lease_ttl_s.max(2));
+        let store = bucket(js, config, ttl).await?;
+        let key = lease_key(config);
+        let sent = Instant::now();
+        match store.create(&key, owner.clone().into()).await {
+            Ok(revision) => {
+                let held = Arc::new(Held {
+                    revision: AtomicU64::new(revision),
+                    renewed_at: Mutex::new(sent),
+                    lost: AtomicBool::new(false),
+                });
+                let renewer = tokio::spawn(renew(store.clone(), key.clone(), owner.clone(), ttl, held.clone()));
+                Ok(Some(Lease { store, key, owner, ttl, held, renewer }))
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(lease_err("acquire writer lease")(e.to_string())),
         }
     }
 

@@ -22,6 +22,7 @@
 //! * [`Directory`] maps usage subjects to customers from reference data files; [`Directory::enrich`]
 //!   is the enrichment rule (unknown subjects and the publish-subject restriction rejected).
 
+pub mod board;
 mod broker;
 mod config;
 mod dedup;
@@ -30,6 +31,7 @@ mod enrich;
 mod lease;
 pub mod partition;
 
+pub use board::{Board, PartitionRecord};
 pub use broker::StreamFacts;
 pub use broker::{Broker, Fetched, PendingPull, RejectEnvelope};
 pub use config::{NatsAuth, NatsConfig, Secret, DEFAULT_DLQ_STREAM, DEFAULT_STREAM};

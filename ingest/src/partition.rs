@@ -10,6 +10,58 @@
 /// The subjects the transform applies to: a customer token, then anything.
 pub const TRANSFORM_SOURCE: &str = "usage.*.>";
 
+/// The most partitions a stream may have.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// A customer id as one NATS subject token: letters, digits, `-` and `_` kept, anything else
+/// (dots, spaces, wildcards) as `_`; never empty. The HTTP API publishes a customer's usage on
+/// `usage.<token(id)>.<type>`.
+pub fn token(s: &str) -> String {
+    let t: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    if t.is_empty() {
+        "_".into()
+    } else {
+        t
+    }
+}
+
+/// The customer token of a usage subject as published (`usage.<customer>.<type>...`).
+pub fn customer_token(subject: &str) -> Option<&str> {
+    let mut tokens = subject.split('.');
+    tokens.next()?;
+    let t = tokens.next()?;
+    tokens.next().map(|_| t)
+}
+
+/// Whether usage of `customer_id`, arriving on `subject` (as published), is in the partition
+/// the customer's own usage lands in: everything one decision needs (dedup, windows, period
+/// totals) must sit in one partition.
+pub fn in_customer_partition(subject: &str, customer_id: &str, partitions: u32) -> bool {
+    customer_token(subject)
+        .is_some_and(|t| partition_of(t, partitions) == partition_of(&token(customer_id), partitions))
+}
+
+/// A subject as stored in partition `p` back as it was published: `usage.<p>.rest` is
+/// `usage.rest`, `<redrive prefix>.<p>.rest` is `<redrive prefix>.rest`; any other as it is.
+pub fn as_published(subject: &str, p: u32, redrive_prefix: &str) -> String {
+    let strip = |head: &str| {
+        let rest = subject.strip_prefix(head)?.strip_prefix('.')?;
+        let after = rest.strip_prefix(p.to_string().as_str())?.strip_prefix('.')?;
+        Some(format!("{head}.{after}"))
+    };
+    strip("usage").or_else(|| strip(redrive_prefix)).unwrap_or_else(|| subject.to_string())
+}
+
+/// The subject a DLQ entry first published on `subject` is redriven on: the redrive prefix,
+/// then (on a partitioned stream) the partition of its customer token, then the subject.
+pub fn redrive_subject(prefix: &str, subject: &str, partitions: u32) -> String {
+    match customer_token(subject) {
+        Some(t) if partitions > 0 => format!("{prefix}.{}.{subject}", partition_of(t, partitions)),
+        _ => format!("{prefix}.{subject}"),
+    }
+}
+
 /// The destination of the partitioning transform for `partitions` partitions.
 pub fn transform_destination(partitions: u32) -> String {
     format!("usage.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}.>")
@@ -35,6 +87,29 @@ mod tests {
         assert_eq!(fnv1a_32(b""), 0x811c_9dc5);
         assert_eq!(fnv1a_32(b"a"), 0xe40c_292c);
         assert_eq!(fnv1a_32(b"foobar"), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn a_stored_subject_reads_as_published_and_a_redrive_goes_to_the_customers_partition() {
+        assert_eq!(as_published("usage.3.acme.api", 3, "redrive"), "usage.acme.api");
+        assert_eq!(as_published("redrive.3.usage.acme.api", 3, "redrive"), "redrive.usage.acme.api");
+        assert_eq!(as_published("usage.acme.api", 3, "redrive"), "usage.acme.api");
+        let p = partition_of("acme", 8);
+        assert_eq!(redrive_subject("redrive", "usage.acme.api", 8), format!("redrive.{p}.usage.acme.api"));
+        assert_eq!(redrive_subject("redrive", "usage.acme.api", 0), "redrive.usage.acme.api");
+    }
+
+    #[test]
+    fn usage_is_in_its_customers_partition_only_on_the_customers_own_token() {
+        assert!(in_customer_partition("usage.acme.api", "acme", 8));
+        assert!(in_customer_partition("usage.a_b.api", "a.b", 8));
+        let other = (0..100).map(|i| format!("c{i}")).find(|c| partition_of(c, 8) != partition_of("acme", 8));
+        let other = other.unwrap_or_default();
+        assert!(!in_customer_partition(&format!("usage.{other}.api"), "acme", 8));
+        assert!(!in_customer_partition("usage.api", "acme", 8), "no customer token");
+        assert_eq!(customer_token("usage.acme"), None);
+        assert_eq!(token("x>y z"), "x_y_z");
+        assert_eq!(token(""), "_");
     }
 
     #[test]

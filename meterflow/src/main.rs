@@ -586,6 +586,28 @@ async fn run_pipeline(common: Common, exit_when_idle: Option<Duration>, adopt_st
     let ops = std::sync::Arc::new(Ops::new(&config));
     ops.start(&config).await;
     api::embed(&config, ops.clone(), shutdown.clone()).await;
+    if config.nats.partitions > 0 {
+        if adopt_stream {
+            bail!("--adopt-stream is not available on a partitioned stream ([nats] partitions > 0)");
+        }
+        let stats = meterflow_pipeline::run_worker(config, ops, shutdown, RunOptions { exit_when_idle }).await?;
+        for (p, s) in &stats.partitions {
+            println!(
+                "partition {p}: committed through stream sequence {}: {} messages ({} replayed, {} redeliveries \
+                    dropped, {} gaps re-fetched), {} events accepted, {} duplicates, {} rejected, {} commits",
+                s.committed_seq,
+                s.messages,
+                s.replayed_messages,
+                s.redeliveries,
+                s.gaps_refetched,
+                s.events_accepted,
+                s.duplicates,
+                s.rejected_total(),
+                s.commits
+            );
+        }
+        return Ok(());
+    }
     let options = StartOptions { adopt_stream, shutdown: Some(shutdown.clone()) };
     let Some(pipeline) = Pipeline::start_with(config, ops, options).await? else {
         println!("stopped while waiting as a standby for the writer lease; nothing was committed");

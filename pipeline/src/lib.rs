@@ -13,7 +13,9 @@
 //!   statistics, the metrics and the page's totals in one place;
 //! * [`stages`]: the core stages over a batch of messages (decode, enrich, dedup, aggregate,
 //!   rate), pure apart from the internal events they emit;
-//! * [`run`]: the [`Pipeline`]: start-up, the run loop and the commit protocol.
+//! * [`partitions`]: cluster-wide facts of a partitioned stream (period closes, shares);
+//! * [`run`]: the [`Pipeline`]: start-up, the run loop and the commit protocol;
+//! * [`workers`]: a worker of a partitioned stream, one pipeline per partition it owns.
 
 pub mod catalog;
 pub mod checks;
@@ -22,13 +24,16 @@ pub mod events;
 #[cfg(test)]
 mod golden_sql;
 pub mod ops;
+pub mod partitions;
 pub mod run;
 pub mod stages;
 pub mod stats;
 pub mod status;
+pub mod workers;
 
 pub use checks::{check_retention, check_stream, StreamVerdict};
 pub use events::Instruments;
 pub use run::{Pipeline, StartOptions};
 pub use stages::{Input, Stages};
 pub use stats::{RunOptions, RunStats};
+pub use workers::{run_worker, WorkerStats};

@@ -132,6 +132,32 @@ pub struct Status {
     pub rejects: BTreeMap<String, u64>,
     /// Billing periods, oldest first.
     pub periods: Vec<PeriodStatus>,
+    /// On a partitioned stream, every partition (empty otherwise).
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// One partition of a partitioned stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    /// The partition.
+    pub partition: u32,
+    /// Its owner as its record on the board says (`None`: no live owner).
+    pub owner: Option<String>,
+    /// The last stream sequence of the partition committed, as the table records it.
+    pub committed_seq: u64,
+    /// The partition's last stream sequence in the stream (`None`: the broker did not answer).
+    pub last_seq: Option<u64>,
+    /// The partition's lowest watermark as its owner last published it.
+    pub watermark: Option<String>,
+}
+
+impl PartitionStatus {
+    /// Messages of the partition not committed yet: those after the committed sequence up to
+    /// its last one (a sequence gap between them holds other partitions' messages, so this is
+    /// 0 or "some", exact only as "caught up").
+    pub fn behind(&self) -> Option<bool> {
+        self.last_seq.map(|l| l > self.committed_seq)
+    }
 }
 
 /// Accepted events in the tables.
@@ -240,6 +266,17 @@ pub async fn status(config: &Config) -> Result<Status> {
     let lag = broker.stream_last_seq.map(|l| l.saturating_sub(committed_seq));
     let totals = table_totals(root).await?;
     let periods = billing_periods(root, &totals.period_events).await?;
+    let partitions = match config.nats.partitions {
+        0 => Vec::new(),
+        n => partition_statuses(config, Some(&table.partition_progress(n).await?)).await,
+    };
+    // On a partitioned stream the progress is the partitions': lag 0 once each caught up.
+    let (committed_seq, lag) = if partitions.is_empty() {
+        (committed_seq, lag)
+    } else {
+        let caught_up = partitions.iter().all(|p| p.behind() == Some(false));
+        (partitions.iter().map(|p| p.committed_seq).max().unwrap_or(0), caught_up.then_some(0))
+    };
     Ok(Status {
         data_dir: root.to_string(),
         broker,
@@ -251,7 +288,42 @@ pub async fn status(config: &Config) -> Result<Status> {
         late_events: totals.late_events,
         rejects: totals.rejects,
         periods,
+        partitions,
     })
+}
+
+/// Every partition of a partitioned stream: its committed sequence (from the table when given,
+/// else as its owner last published it), owner and watermark (from the board) and last
+/// sequence (from the stream); what the broker cannot tell stays unknown.
+pub async fn partition_statuses(config: &Config, committed: Option<&[u64]>) -> Vec<PartitionStatus> {
+    let mut out: Vec<PartitionStatus> = (0..config.nats.partitions)
+        .map(|p| PartitionStatus {
+            partition: p,
+            owner: None,
+            committed_seq: committed.and_then(|c| c.get(p as usize)).copied().unwrap_or(0),
+            last_seq: None,
+            watermark: None,
+        })
+        .collect();
+    let Ok(broker) = Broker::connect(config.nats.clone()).await else { return out };
+    let records = match meterflow_ingest::Board::open(broker.jetstream(), &config.nats).await {
+        Ok(board) => board.records(config.nats.partitions).await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    for (p, status) in out.iter_mut().enumerate() {
+        status.last_seq = broker.last_sequence_of(p as u32).await.ok();
+        if let Some(Some(r)) = records.get(p) {
+            status.owner = Some(r.owner.clone());
+            if committed.is_none() {
+                status.committed_seq = r.committed_seq;
+            }
+            status.watermark = r
+                .watermark_micros
+                .and_then(chrono::DateTime::from_timestamp_micros)
+                .map(|w| w.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        }
+    }
+    out
 }
 
 /// The broker's side: the stream's last sequence and the DLQ depth, or why they are unknown.
@@ -374,6 +446,24 @@ pub fn render(s: &Status) -> String {
             p.invoices,
             if invoiced.is_empty() { String::new() } else { format!("({})", invoiced.join(", ")) },
             list(&p.documents),
+        ));
+    }
+    if !s.partitions.is_empty() {
+        out.push_str("partitions\n");
+    }
+    for p in &s.partitions {
+        out.push_str(&format!(
+            "  p{:<4} committed seq {:>9}  last seq {:>9}  {:<10} watermark {:<20}  owner {}\n",
+            p.partition,
+            p.committed_seq,
+            opt(p.last_seq),
+            match p.behind() {
+                Some(true) => "behind",
+                Some(false) => "caught up",
+                None => "?",
+            },
+            p.watermark.as_deref().unwrap_or("none"),
+            p.owner.as_deref().unwrap_or("none (waiting for a worker)"),
         ));
     }
     out

@@ -47,7 +47,8 @@ pub use vacuum::{vacuum_tables, Vacuumed};
 // can measure it on its own.
 pub use summary_rows::{encode_rows, summaries_schema, unscaled, RowKind, SummaryRow, AMOUNT_SCALE, QUANTITY_SCALE};
 pub use table::{
-    open_or_create_table, CommitRange, Committed, SummaryTable, APP_ID, CATALOG_APP_ID, STREAM_APP_ID, SUMMARIES_TABLE,
+    open_or_create_table, CommitRange, Committed, ProgressIds, SummaryTable, APP_ID, CATALOG_APP_ID, STREAM_APP_ID,
+    SUMMARIES_TABLE,
 };
 
 pub use table::SUMMARIES_RETENTION;

@@ -50,7 +50,7 @@ pub struct RejectionTable {
     root: TableRoot,
     table: Option<DeltaTable>,
     name: &'static str,
-    app_id: &'static str,
+    app_id: String,
 }
 
 impl std::fmt::Debug for RejectionTable {
@@ -108,7 +108,16 @@ impl RejectionTable {
             vec![],
         )
         .await?;
-        Ok(RejectionTable { root, table: Some(table), name, app_id })
+        Ok(RejectionTable { root, table: Some(table), name, app_id: app_id.to_string() })
+    }
+
+    /// The same table, recording the progress of partition `p` of the usage stream (its own
+    /// application transaction, `<app id>-p<p>`); `None` keeps the unpartitioned one.
+    pub fn in_partition(mut self, p: Option<u32>) -> Self {
+        if let Some(p) = p {
+            self.app_id = format!("{}-p{p}", self.app_id);
+        }
+        self
     }
 
     /// The last stream sequence whose rejections are committed (0 when none), read from the
@@ -119,7 +128,7 @@ impl RejectionTable {
             self.table = Some(self.reopen().await?);
         }
         let Some(t) = self.table.as_ref() else { return Ok(0) };
-        app_transaction_version(t, self.app_id).await.map_err(|e| self.err(e))
+        app_transaction_version(t, &self.app_id).await.map_err(|e| self.err(e))
     }
 
     /// Starts the recorded progress over at sequence 0 (`meterflow run --adopt-stream`: the
@@ -130,7 +139,7 @@ impl RejectionTable {
             None => self.reopen().await?,
         };
         let snapshot = table.snapshot().map_err(|e| self.err(e))?;
-        let props = CommitProperties::default().with_application_transaction(Transaction::new(self.app_id, 0));
+        let props = CommitProperties::default().with_application_transaction(Transaction::new(&self.app_id, 0));
         let operation =
             deltalake::protocol::DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
         deltalake::kernel::transaction::CommitBuilder::from(props)
@@ -194,7 +203,7 @@ impl RejectionTable {
         let batch = RecordBatch::try_new(schema, columns)
             .map_err(|e| SinkError::Encode { table: self.name.into(), message: e.to_string() })?;
         let props = CommitProperties::default().with_application_transaction(Transaction::new(
-            self.app_id,
+            &self.app_id,
             i64::try_from(through_seq).unwrap_or(i64::MAX),
         ));
         let table = match self.table.take() {

@@ -96,10 +96,21 @@ impl StateStore {
 
     /// The snapshots beside the tables of `root`: `<dir>/_state` or `<prefix>/_state/`.
     pub fn open_at(root: &TableRoot) -> Result<Self> {
+        StateStore::open_for(root, None)
+    }
+
+    /// The snapshots of the reader of the whole stream (`None`, as [`StateStore::open_at`]) or
+    /// of partition `p` of it: `<dir>/_state/p<p>` or `<prefix>/_state/p<p>/`. Partitions move
+    /// between workers with their snapshots.
+    pub fn open_for(root: &TableRoot, partition: Option<u32>) -> Result<Self> {
+        let folder = match partition {
+            None => STATE_FOLDER.to_string(),
+            Some(p) => format!("{STATE_FOLDER}/p{p}"),
+        };
         match root.local_dir() {
-            Some(dir) => StateStore::open(dir.join(STATE_FOLDER)),
+            Some(dir) => StateStore::open(dir.join(&folder)),
             None => {
-                let rel = format!("{STATE_FOLDER}/");
+                let rel = format!("{folder}/");
                 let shown = root.url_of(&rel)?.to_string();
                 Ok(StateStore::on_store(root.store_at(&rel)?, shown))
             }

@@ -26,8 +26,35 @@ pub const CATALOG_APP_ID: &str = "meterflow-catalog";
 /// lifetime of one handle.
 const REOPEN_EVERY: u64 = 100;
 
+/// The application transactions one writer records its progress in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressIds {
+    /// The last stream sequence committed ([`APP_ID`], or `meterflow-p<p>` for partition p).
+    pub seq: String,
+    /// The stream's identity ([`STREAM_APP_ID`], or `meterflow-p<p>-stream`).
+    pub stream: String,
+    /// The catalog revision ([`CATALOG_APP_ID`], or `meterflow-p<p>-catalog`).
+    pub catalog: String,
+}
+
+impl ProgressIds {
+    /// The ids of the reader of the whole stream (`None`) or of partition `p`.
+    pub fn of(partition: Option<u32>) -> ProgressIds {
+        match partition {
+            None => ProgressIds { seq: APP_ID.into(), stream: STREAM_APP_ID.into(), catalog: CATALOG_APP_ID.into() },
+            Some(p) => ProgressIds {
+                seq: format!("meterflow-p{p}"),
+                stream: format!("meterflow-p{p}-stream"),
+                catalog: format!("meterflow-p{p}-catalog"),
+            },
+        }
+    }
+}
+
 /// The `usage_summaries` table with its stream checkpoint.
 pub struct SummaryTable {
+    /// Whose progress this handle records and reads.
+    ids: ProgressIds,
     root: TableRoot,
     table: Option<DeltaTable>,
     commits_since_open: u64,
@@ -285,11 +312,35 @@ impl SummaryTable {
             ],
         )
         .await?;
-        let mut t = SummaryTable { root, table: Some(table), commits_since_open: 0, own_handle: false };
+        let mut t = SummaryTable {
+            ids: ProgressIds::of(None),
+            root,
+            table: Some(table),
+            commits_since_open: 0,
+            own_handle: false,
+        };
         if meterflow_faults::ENABLED {
             t.reopen().await?; // on the store with the Parquet fault points
         }
         Ok(t)
+    }
+
+    /// The same table, reading and recording the progress of partition `p` of the usage stream
+    /// (`None`: of the whole stream). Writers of different partitions commit to the one table
+    /// side by side, each fenced by its own application transaction.
+    pub fn in_partition(mut self, p: Option<u32>) -> Self {
+        self.ids = ProgressIds::of(p);
+        self
+    }
+
+    /// The progress of every partition `0..partitions` as recorded (0 where none is).
+    pub async fn partition_progress(&self, partitions: u32) -> Result<Vec<u64>> {
+        let table = self.table()?;
+        let mut out = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            out.push(app_transaction_version(table, &ProgressIds::of(Some(p)).seq).await.map_err(delta_err)?);
+        }
+        Ok(out)
     }
 
     fn table(&self) -> Result<&DeltaTable> {
@@ -308,7 +359,7 @@ impl SummaryTable {
 
     /// The last stream sequence committed (0 when nothing has been).
     pub async fn committed_seq(&self) -> Result<u64> {
-        app_transaction_version(self.table()?, APP_ID).await.map_err(delta_err)
+        app_transaction_version(self.table()?, &self.ids.seq).await.map_err(delta_err)
     }
 
     /// The identity of the stream the committed progress belongs to (its creation time in Unix
@@ -317,7 +368,7 @@ impl SummaryTable {
     pub async fn stream_identity(&self) -> Result<Option<i64>> {
         let table = self.table()?;
         let snapshot = table.snapshot().map_err(delta_err)?;
-        snapshot.transaction_version(table.log_store().as_ref(), STREAM_APP_ID).await.map_err(delta_err)
+        snapshot.transaction_version(table.log_store().as_ref(), &self.ids.stream).await.map_err(delta_err)
     }
 
     /// The catalog revision the last committed range was decided under, or `None` for a table
@@ -325,7 +376,7 @@ impl SummaryTable {
     pub async fn catalog_revision(&self) -> Result<Option<u64>> {
         let table = self.table()?;
         let snapshot = table.snapshot().map_err(delta_err)?;
-        let v = snapshot.transaction_version(table.log_store().as_ref(), CATALOG_APP_ID).await.map_err(delta_err)?;
+        let v = snapshot.transaction_version(table.log_store().as_ref(), &self.ids.catalog).await.map_err(delta_err)?;
         Ok(v.map(|v| v.max(0) as u64))
     }
 
@@ -376,12 +427,12 @@ impl SummaryTable {
             }
         }
         let seq = seq_i64(range.through, "through_seq")?;
-        let mut txns = vec![Transaction::new(APP_ID, seq)];
+        let mut txns = vec![Transaction::new(&self.ids.seq, seq)];
         if let Some(stream) = range.stream {
-            txns.push(Transaction::new(STREAM_APP_ID, stream));
+            txns.push(Transaction::new(&self.ids.stream, stream));
         }
         if let Some(revision) = range.catalog {
-            txns.push(Transaction::new(CATALOG_APP_ID, seq_i64(revision, "catalog revision")?));
+            txns.push(Transaction::new(&self.ids.catalog, seq_i64(revision, "catalog revision")?));
         }
         let props = CommitProperties::default().with_application_transactions(txns);
         let result = if rows.is_empty() {
@@ -422,8 +473,10 @@ impl SummaryTable {
     /// already in the table stay; nothing of the old stream is read again.
     pub async fn adopt_stream(&mut self, stream: i64) -> Result<u64> {
         self.reopen().await?;
-        let props = CommitProperties::default()
-            .with_application_transactions(vec![Transaction::new(APP_ID, 0), Transaction::new(STREAM_APP_ID, stream)]);
+        let props = CommitProperties::default().with_application_transactions(vec![
+            Transaction::new(&self.ids.seq, 0),
+            Transaction::new(&self.ids.stream, stream),
+        ]);
         let t = self.commit_progress_only(props).await?;
         let v = t.version().unwrap_or_default();
         self.table = Some(t);

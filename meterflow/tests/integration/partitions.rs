@@ -1,10 +1,19 @@
 //! Partitions of the usage stream: nats-server's `partition()` subject transform and
-//! `meterflow_ingest::partition::partition_of` put every customer in the same partition.
+//! `meterflow_ingest::partition::partition_of` put every customer in the same partition; three
+//! workers share six partitions on a three-server cluster with tables on object storage, and
+//! count exactly through a worker's SIGKILL, the stream leader's SIGKILL and a paused worker.
 
 use async_nats::jetstream::stream;
 use meterflow_ingest::partition::{partition_of, transform_destination, TRANSFORM_SOURCE};
 
-use crate::common::TestEnv;
+use crate::common::{examples_dir, totals_with, wait_until, TestEnv, WIDE_BOUNDS};
+use meterflow_testkit::local_nats::LocalCluster;
+use meterflow_testkit::local_s3::LocalS3;
+use meterflow_testkit::workload::{self, WorkloadSpec};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_files_each_customers_usage_under_the_partition_meterflow_computes() {
@@ -38,4 +47,211 @@ async fn the_server_files_each_customers_usage_under_the_partition_meterflow_com
         seen.insert(p);
     }
     assert_eq!(seen.len(), PARTITIONS as usize, "300 customers cover every partition");
+}
+
+/// `meterflow <sub>` as one worker of a partitioned stream: six partitions of R3 streams on the
+/// cluster at `urls`, tables on `s3` under `prefix`, short leases (a takeover within seconds).
+fn worker_command(urls: &str, data_dir: &Path, s3: &LocalS3, sub: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_meterflow"));
+    c.arg(sub).arg("--config").arg(examples_dir().join("meterflow.toml")).arg("--data-dir").arg(data_dir);
+    c.arg("--nats-url").arg(urls);
+    c.env("RUST_LOG", "info")
+        .env("METERFLOW_OPS__LISTEN", "")
+        .env("METERFLOW_NATS__REPLICAS", "3")
+        .env("METERFLOW_NATS__PARTITIONS", PARTITIONS_OF_TEST.to_string())
+        .env("METERFLOW_NATS__LEASE_TTL_S", LEASE_TTL_S.to_string())
+        .env("METERFLOW_NATS__FETCH_BATCH", "50")
+        .env("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "100")
+        .env("METERFLOW_PIPELINE__SNAPSHOT_EVERY_COMMITS", "5")
+        .env("METERFLOW_LATENESS__PERIOD_GRACE_S", "315360000")
+        .env("AWS_ACCESS_KEY_ID", "meterflow-test")
+        .env("AWS_SECRET_ACCESS_KEY", "meterflow-test")
+        .envs(s3.envs("tables"))
+        .envs(WIDE_BOUNDS.iter().copied());
+    c
+}
+
+const PARTITIONS_OF_TEST: u32 = 6;
+const LEASE_TTL_S: u64 = 3;
+
+/// A worker process, killed when dropped (a failing test leaves nothing running), logging to a
+/// file (a pipe nobody reads while it runs could fill and stall it).
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(mut command: Command, log: PathBuf) -> Worker {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command.stdout(Stdio::null()).stderr(file).spawn().unwrap();
+        Worker { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill {signal}");
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _killed = self.child.kill();
+        let _waited = self.child.wait();
+    }
+}
+
+/// The index of the server leading `stream`, once the cluster reports one.
+async fn leader_of(js: &async_nats::jetstream::Context, stream: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = js.get_stream(stream).await {
+            if let Ok(info) = s.info().await {
+                if let Some(name) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                    if let Some(i) = (0..3).find(|i| LocalCluster::name_of(*i) == name) {
+                        return i;
+                    }
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "the cluster elected no leader for {stream} within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_over_six_partitions_count_exactly_through_a_worker_kill_a_leader_kill_and_a_paused_worker() {
+    std::env::set_var("AWS_ACCESS_KEY_ID", "meterflow-test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "meterflow-test");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(&dir.path().join("nats")).expect("three nats-servers start");
+    let s3 = LocalS3::start("meterflow-workers").expect("moto_server starts (run scripts/tools.sh to install it)");
+    let data_dir = dir.path().join("data");
+    let urls = cluster.url();
+    let config = meterflow_ingest::NatsConfig {
+        url: urls.clone(),
+        replicas: 3,
+        partitions: PARTITIONS_OF_TEST,
+        max_age_days: 0,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let broker = loop {
+        match meterflow_ingest::Broker::connect(config.clone()).await {
+            Ok(b) if b.ensure_streams().await.is_ok() => break b,
+            _ => assert!(Instant::now() < deadline, "the cluster did not accept the streams within 30 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let js = broker.jetstream().clone();
+
+    let reference = crate::common::reference();
+    let spec = WorkloadSpec {
+        events: 6_000,
+        batch_size: 1,
+        duplicate_every: 8,
+        bad_every: 40,
+        seed: 29,
+        base_time: "2026-11-23T00:00:00Z".parse().unwrap(),
+    };
+    let (messages, oracle) = workload::generate(&spec, &reference).unwrap();
+    let messages = workload::on_customer_subjects(&messages, &reference);
+    let (first, rest) = messages.split_at(messages.len() / 4);
+    workload::publish_retrying(&js, first, Duration::ZERO, Duration::from_secs(60)).await.unwrap();
+
+    let workers: Vec<Worker> = (0..3)
+        .map(|i| Worker::start(worker_command(&urls, &data_dir, &s3, "run"), dir.path().join(format!("w{i}.log"))))
+        .collect();
+    let logs = |workers: &[Worker]| workers.iter().map(|w| w.log()).collect::<Vec<_>>().join("\n-----\n");
+    let publisher = {
+        let (js, rest) = (js.clone(), rest.to_vec());
+        tokio::spawn(async move {
+            workload::publish_retrying(&js, &rest, Duration::from_micros(300), Duration::from_secs(60)).await
+        })
+    };
+    let committed = || totals_with(worker_command(&urls, &data_dir, &s3, "sql")).values().map(|v| v.2).sum::<u64>();
+    let took = |w: &Worker| w.log().contains("took partition");
+    let started = wait_until(Duration::from_secs(90), || committed() > 0 && workers.iter().all(took));
+    assert!(started, "the workers did not share the partitions and commit: {}", logs(&workers));
+
+    // 1. SIGKILL one worker: its partitions move once their leases lapse.
+    let mut workers = workers.into_iter();
+    let mut killed = workers.next().unwrap();
+    killed.child.kill().unwrap();
+    let _reaped = killed.child.wait();
+    let workers: Vec<Worker> = workers.collect();
+    eprintln!("SIGKILLed worker 0");
+
+    // 2. SIGKILL the server leading the usage stream: publishes and pulls resume on the others.
+    let leader = leader_of(&js, "USAGE").await;
+    cluster.kill(leader);
+    eprintln!("SIGKILLed {} (the USAGE stream's leader)", LocalCluster::name_of(leader));
+    assert_ne!(leader_of(&js, "USAGE").await, leader);
+    cluster.restart(leader).unwrap();
+
+    // 3. Pause a worker past its leases: the other takes its partitions; resumed, the paused
+    // one must not commit what it held.
+    let paused = &workers[0];
+    paused.signal("-STOP");
+    std::thread::sleep(Duration::from_secs(LEASE_TTL_S * 3));
+    paused.signal("-CONT");
+    eprintln!("paused worker 1 for {} s", LEASE_TTL_S * 3);
+
+    let retried = publisher.await.unwrap().expect("every message acknowledged by the cluster");
+    eprintln!("publishes retried: {retried}");
+    let all = wait_until(Duration::from_secs(150), || committed() >= oracle.accepted);
+    assert!(all, "not every accepted event was committed: {}", logs(&workers));
+    // Everything committed; let the partitions settle before stopping.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut workers = workers;
+    for w in &workers {
+        w.signal("-TERM");
+    }
+    for w in &mut workers {
+        let status = w.child.wait().unwrap();
+        assert!(status.success(), "a worker failed: {}", w.log());
+    }
+    let paused_log = workers[0].log();
+    assert!(
+        paused_log.contains("took over"),
+        "the paused worker never noticed its partitions moved (was it paused past its leases?): {paused_log}"
+    );
+
+    let got = totals_with(worker_command(&urls, &data_dir, &s3, "sql"));
+    for (key, q) in &oracle.quantity {
+        let (gq, ga, _) = got.get(key).copied().unwrap_or_default();
+        assert_eq!(gq, *q, "quantity of {key:?}");
+        assert_eq!(ga, oracle.amount[key], "amount of {key:?}");
+    }
+    assert_eq!(got.values().map(|v| v.2).sum::<u64>(), oracle.accepted, "events counted once each");
+    let out = worker_command(&urls, &data_dir, &s3, "sql")
+        .args(["--format", "csv", "SELECT reason, COUNT(*) FROM rejections GROUP BY reason ORDER BY reason"])
+        .output()
+        .unwrap();
+    let rejected: BTreeMap<String, u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(',').map(|(r, n)| (r.to_string(), n.parse().unwrap_or(0))))
+        .collect();
+    assert_eq!(rejected, oracle.rejected, "rejections, each once");
+
+    // Every partition caught up, as `meterflow status` shows them.
+    let status = worker_command(&urls, &data_dir, &s3, "status").output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert_eq!(status.matches("caught up").count(), PARTITIONS_OF_TEST as usize, "{status}");
+
+    // The finance steps read the one table: zero variance.
+    let run = |sub: &str, args: &[&str]| {
+        let out = worker_command(&urls, &data_dir, &s3, sub).args(args).output().unwrap();
+        assert!(out.status.success(), "{sub} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    run("close", &["--period", "2026-11"]);
+    run("invoice", &["--period", "2026-11"]);
+    run("post", &["--period", "2026-11"]);
+    run("reconcile", &["--period", "2026-11"]);
 }

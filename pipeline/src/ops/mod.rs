@@ -150,6 +150,10 @@ impl Ops {
             late_events: totals.late_events,
             rejects: totals.rejects,
             periods,
+            partitions: match config.nats.partitions {
+                0 => Vec::new(),
+                _ => status::partition_statuses(config, None).await,
+            },
         }))
     }
 

@@ -116,6 +116,7 @@ pub fn render(v: &View, refresh_s: u64) -> String {
     o.push_str("</div>");
     breakdowns(&mut o, v);
     billing_periods(&mut o, v);
+    partitions(&mut o, v);
     o.push_str("</body></html>\n");
     o
 }
@@ -189,6 +190,33 @@ fn billing_periods(o: &mut String, v: &View) {
         &rows,
         "no billing periods yet",
     );
+}
+
+/// On a partitioned stream, every partition: owner, committed and last sequence, watermark.
+fn partitions(o: &mut String, v: &View) {
+    let parts: Vec<&crate::status::PartitionStatus> = v.billing.iter().flat_map(|b| b.partitions.iter()).collect();
+    if parts.is_empty() {
+        return;
+    }
+    o.push_str("<h2>Partitions</h2>");
+    let rows: Vec<Vec<String>> = parts
+        .iter()
+        .map(|p| {
+            vec![
+                format!("p{}", p.partition),
+                p.owner.clone().map_or_else(|| badge(false, "no owner"), |w| w),
+                p.committed_seq.to_string(),
+                p.last_seq.map_or_else(|| "?".into(), |l| l.to_string()),
+                match p.behind() {
+                    Some(false) => badge(true, "caught up"),
+                    Some(true) => badge(false, "behind"),
+                    None => "?".into(),
+                },
+                p.watermark.clone().unwrap_or_else(|| "none".into()),
+            ]
+        })
+        .collect();
+    table(o, "partitions", &["partition", "owner", "committed seq", "last seq", "state", "watermark"], &rows, "");
 }
 
 /// One billing period's row.
@@ -288,6 +316,13 @@ mod tests {
             late_events: BTreeMap::new(),
             rejects: BTreeMap::new(),
             periods: vec![p, PeriodStatus::open("2026-11")],
+            partitions: vec![crate::status::PartitionStatus {
+                partition: 3,
+                owner: None,
+                committed_seq: 40,
+                last_seq: Some(41),
+                watermark: None,
+            }],
         });
         v.reconciliations = vec![super::super::live::ReconcileResult {
             period: "2026-10".into(),
@@ -295,6 +330,13 @@ mod tests {
             at: "2026-11-02T00:00:00Z".into(),
         }];
         let page = render(&v, 5);
+        assert!(
+            page.contains(
+                "<tr><td>p3</td><td><span class=\"bad\">no owner</span></td><td>40</td><td>41</td>\
+                 <td><span class=\"bad\">behind</span></td><td>none</td></tr>"
+            ),
+            "a partition without an owner, behind: {page}"
+        );
         assert!(
             page.contains(
                 "<tr><td>2026-10</td><td>closed (watermark)</td><td>40</td><td>2 (USD 12.500000000)</td>\

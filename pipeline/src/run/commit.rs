@@ -196,6 +196,7 @@ impl Pipeline {
         if self.commits_since_snapshot >= self.config.pipeline.snapshot_every_commits.max(1) {
             self.snapshot().await?;
         }
+        self.publish_partition(true).await;
         Ok(())
     }
 
@@ -204,7 +205,9 @@ impl Pipeline {
     async fn on_tick(&mut self) -> Result<()> {
         self.close_due_periods().await;
         let every = self.config.storage.compact_every_commits;
-        if every > 0 && self.stats.commits.is_multiple_of(every) {
+        // On a partitioned stream the owner of partition 0 is the maintenance role.
+        let maintains = matches!(self.config.nats.partition, None | Some(0));
+        if maintains && every > 0 && self.stats.commits.is_multiple_of(every) {
             match self.table.compact().await {
                 Ok((removed, added)) => tracing::info!(removed, added, "compacted usage_summaries"),
                 // Not fatal: compaction only keeps reads and commits fast.
@@ -233,7 +236,17 @@ impl Pipeline {
             }
             self.closed_read_at = Instant::now();
         }
-        let due = self.core.due_periods(&self.closed, self.config.lateness.period_grace());
+        let grace = self.config.lateness.period_grace();
+        let due = match (self.config.nats.partition, &self.board) {
+            (None, _) => self.core.due_periods(&self.closed, grace),
+            // The whole table's periods close where every partition's watermark says so, by the
+            // owner of partition 0 alone.
+            (Some(0), Some(board)) => {
+                let records = board.records(self.config.nats.partitions).await?;
+                crate::partitions::due_everywhere(&records, &self.closed, grace)
+            }
+            _ => Vec::new(),
+        };
         let watermark = self.core.min_watermark();
         for p in due {
             let sealed = self.table.current_version().await?;

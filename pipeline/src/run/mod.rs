@@ -24,7 +24,7 @@
 use anyhow::{Context, Result};
 use meterflow_aggregator::Aggregator;
 use meterflow_faults::Point;
-use meterflow_ingest::{Broker, Fetched, IngestError, Lease, PendingPull, ShardedDedup};
+use meterflow_ingest::{Board, Broker, Fetched, IngestError, Lease, PartitionRecord, PendingPull, ShardedDedup};
 use meterflow_rater::PeriodTotals;
 use meterflow_sink::{ClosedPeriod, PeriodTable, RejectionTable, StateStore, SummaryTable};
 use std::collections::BTreeMap;
@@ -113,6 +113,13 @@ pub struct Pipeline {
     /// Whether a state snapshot was loaded at start (without one, the first turn live saves
     /// one, naming the revision in force).
     restored_snapshot: bool,
+    /// On a partition's consumer: the delivery sequence expected next (its stream sequences
+    /// are not consecutive, so a lost delivery shows as a jump here instead).
+    next_delivery: Option<u64>,
+    /// On a partitioned stream: the board this partition's record is published on, and when
+    /// it last was.
+    board: Option<Board>,
+    board_published_at: Option<Instant>,
 }
 
 /// How a pipeline starts.
@@ -310,6 +317,27 @@ impl Pipeline {
         }
     }
 
+    /// Connects and starts the reader of partition `config.nats.partition` under `lease` (the
+    /// partition's writer lease, taken by a worker): like [`Pipeline::start_with`] after the
+    /// lease. The lease is released when the start fails.
+    pub async fn start_partition(config: Config, ops: std::sync::Arc<Ops>, lease: Lease) -> Result<Pipeline> {
+        let opened = async {
+            let broker = Broker::connect(config.nats.clone()).await?;
+            Pipeline::open(config, ops, broker, false).await
+        };
+        match opened.await {
+            Ok(mut pipeline) => {
+                pipeline.lease = Some(lease);
+                pipeline.publish_partition(true).await;
+                Ok(pipeline)
+            }
+            Err(e) => {
+                lease.release().await;
+                Err(e)
+            }
+        }
+    }
+
     /// The start-up steps taken while holding the writer lease: everything read here is what
     /// the previous writer left. The stream's facts are read here too, not before the lease: a
     /// standby that waited has seen the stream grow and the tables commit meanwhile.
@@ -325,10 +353,15 @@ impl Pipeline {
         let catalog_notices = follow::subscribe_notices(&broker, &config).await;
         let latest = catalog::bootstrap(&catalog, &config).await?;
         let tables = config.tables()?;
-        let mut table = SummaryTable::open_or_create(&tables).await?;
-        let store = StateStore::open_at(&tables)?;
-        let mut rejections = RejectionTable::open_or_create(&tables).await?;
-        let mut duplicates = RejectionTable::open_duplicates(&tables).await?;
+        let partition = config.nats.partition;
+        let mut table = SummaryTable::open_or_create(&tables).await?.in_partition(partition);
+        let store = StateStore::open_for(&tables, partition)?;
+        let mut rejections = RejectionTable::open_or_create(&tables).await?.in_partition(partition);
+        let mut duplicates = RejectionTable::open_duplicates(&tables).await?.in_partition(partition);
+        let board = match partition {
+            Some(_) => Some(Board::open(broker.jetstream(), &config.nats).await?),
+            None => None,
+        };
         if adopt_stream {
             let set_aside = store.set_aside_all().await?;
             table.adopt_stream(facts.created_unix_micros).await?;
@@ -407,6 +440,9 @@ impl Pipeline {
             catalog_notices,
             catalog_noticed: false,
             restored_snapshot,
+            next_delivery: partition.map(|_| 1),
+            board,
+            board_published_at: None,
         };
         if !pipeline.replaying {
             pipeline.enter_live().await?;
@@ -552,6 +588,9 @@ impl Pipeline {
                 self.close_due_periods().await;
             }
         }
+        if !self.replaying {
+            self.publish_partition(false).await;
+        }
         if let Err(e) = self.follow_catalog().await {
             tracing::warn!(error = %format!("{e:#}"), "following the catalog failed; trying again");
         }
@@ -651,7 +690,10 @@ impl Pipeline {
                 next sequence the pipeline needs"
         );
         match self.broker.position_consumer(self.next_seq).await {
-            Ok(()) => self.emit(ConsumerRecreated),
+            Ok(()) => {
+                self.reset_delivery();
+                self.emit(ConsumerRecreated)
+            }
             Err(e) => tracing::error!(error = %e, consumer, "cannot re-create the consumer; will retry"),
         }
     }
@@ -663,7 +705,11 @@ impl Pipeline {
     /// sequence (a direct read); only sequences it confirms absent are passed over. A failed
     /// re-position is retried on the next sighting, never assumed.
     async fn refetch_from_gap(&mut self, from: u64, to: u64) {
-        if self.gap_refetched_at == Some(from) {
+        if self.next_delivery.is_some() {
+            // A partition's consumer: the re-created consumer delivers the partition's next
+            // message at or after `from` first, whatever sequence it has.
+            tracing::warn!(from_seq = from, "a pull lost deliveries; asking for them again");
+        } else if self.gap_refetched_at == Some(from) {
             match self.confirm_absent(from, to).await {
                 Ok(true) => self.gap_confirmed = Some(from),
                 Ok(false) => tracing::warn!(from_seq = from, "skipped stream sequences exist; asking for them again"),
@@ -682,6 +728,7 @@ impl Pipeline {
         };
         match positioned {
             Ok(()) => {
+                self.reset_delivery();
                 self.emit(GapRefetched);
                 self.gap_refetched_at = Some(from);
             }
@@ -707,6 +754,22 @@ impl Pipeline {
         let mut fresh = Vec::with_capacity(fetched.len());
         let mut gap = None;
         for msg in fetched {
+            if let Some(expected) = self.next_delivery {
+                if msg.delivery > expected {
+                    // A delivery was lost on the way (or a redelivery of something in hand: the
+                    // re-fetch is then merely redundant).
+                    gap = Some((self.next_seq, msg.seq));
+                    break;
+                }
+                self.next_delivery = Some(expected.max(msg.delivery.saturating_add(1)));
+                if msg.seq < self.next_seq {
+                    self.emit(Redelivered);
+                    continue;
+                }
+                self.next_seq = msg.seq + 1;
+                fresh.push(msg);
+                continue;
+            }
             if msg.seq > self.next_seq {
                 if self.gap_confirmed == Some(self.next_seq) {
                     // The stream confirmed that nothing exists in between.
@@ -751,6 +814,38 @@ impl Pipeline {
             self.process_part(live, true)?;
         }
         Ok(gap)
+    }
+
+    /// After the consumer was (re)created: on a partition's consumer, deliveries count from 1.
+    fn reset_delivery(&mut self) {
+        if self.next_delivery.is_some() {
+            self.next_delivery = Some(1);
+        }
+    }
+
+    /// On a partitioned stream, publishes this partition's record on the board (at most every
+    /// second unless `now`): only with nothing pending, so the watermark it shows is that of
+    /// committed usage. Not fatal: logged, tried again.
+    pub(super) async fn publish_partition(&mut self, now: bool) {
+        let (Some(board), Some(partition)) = (&self.board, self.config.nats.partition) else { return };
+        if self.pending_last.is_some()
+            || (!now && self.board_published_at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)))
+        {
+            return;
+        }
+        self.board_published_at = Some(Instant::now());
+        let record = PartitionRecord {
+            partition,
+            owner: self.lease.as_ref().map_or_else(String::new, |l| l.owner().to_string()),
+            committed_seq: self.committed_seq,
+            last_seq: self.broker.last_sequence().await.unwrap_or(self.committed_seq),
+            watermark_micros: self.core.min_watermark().map(|w| w.timestamp_micros()),
+            open_periods: self.core.open_periods(&self.closed),
+            at_unix: chrono::Utc::now().timestamp(),
+        };
+        if let Err(e) = board.publish(&record).await {
+            tracing::warn!(error = %e, partition, "cannot publish the partition's record; trying again");
+        }
     }
 
     /// Counts one internal event.

@@ -77,6 +77,9 @@ pub struct Stages {
     pending: Pending,
     /// Buffers of [`Stages::process`], kept between calls so that a pull reuses their memory.
     scratch: (Vec<Candidate>, Vec<(u128, u16)>),
+    /// Partitions of the usage stream (0: not partitioned): a customer's usage must arrive in
+    /// its own partition.
+    partitions: u32,
     /// The capacity check of every billing-period total.
     capacity: Capacity,
 }
@@ -104,6 +107,7 @@ impl Stages {
             seen_periods,
             pending: Pending::default(),
             scratch: (Vec::new(), Vec::new()),
+            partitions: config.nats.partitions,
         };
         stages.index_reference();
         stages
@@ -224,6 +228,20 @@ impl Stages {
             Ok(c) => c,
             Err(rejected) => return Err((rejected, event)),
         };
+        if self.partitions > 0 {
+            if let Some(c) = self.reference.directory.customers().get(customer) {
+                if !meterflow_ingest::partition::in_customer_partition(msg.subject, &c.id, self.partitions) {
+                    let detail = format!(
+                        "on a partitioned stream, usage of customer {} must arrive on usage.{}.<type> (its own \
+                         partition); this message came on {}",
+                        c.id,
+                        meterflow_ingest::partition::token(&c.id),
+                        msg.subject
+                    );
+                    return Err(((RejectReason::SubjectNotAllowed, detail), event));
+                }
+            }
+        }
         let subs = self.reference.subscriptions.get(customer).map_or(&[][..], Vec::as_slice);
         let Some((plan, version)) = pricing_at(&self.reference.prices, subs, event.time) else {
             let detail = format!("no subscription or plan version in force at {}", event.time.to_rfc3339());
@@ -304,6 +322,11 @@ impl Stages {
         let Some(watermark) = self.min_watermark() else { return Vec::new() };
         let open = self.seen_periods.iter().filter(|p| !closed.contains_key(*p));
         open.filter_map(|p| Period::parse(p)).filter(|p| watermark > p.end + grace).collect()
+    }
+
+    /// The billing periods holding usage that are not closed.
+    pub fn open_periods(&self, closed: &BTreeMap<String, ClosedPeriod>) -> Vec<String> {
+        self.seen_periods.iter().filter(|p| !closed.contains_key(*p)).cloned().collect()
     }
 
     /// The state to snapshot: windows, period totals and the dedup index, decided under catalog

@@ -391,6 +391,32 @@ fn bad_message(rng: &mut Rng, base: DateTime<Utc>, n: usize, subject: &str) -> (
     }
 }
 
+/// The same messages, each on its customer's own subject, `usage.<customer token>.<kind>`, as
+/// the HTTP API publishes them (a partitioned stream files usage by that token): the customer
+/// owning the first event's subject at its time; `usage.unassigned.<kind>` when the message
+/// holds no such event (undecodable bytes, an unknown subject).
+pub fn on_customer_subjects(messages: &[OutMessage], reference: &Reference) -> Vec<OutMessage> {
+    let customer_of = |payload: &[u8]| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        let first = if v.is_array() { v.get(0)? } else { &v };
+        let subject = first.get("subject")?.as_str()?;
+        let time: DateTime<Utc> = first.get("time")?.as_str()?.parse().ok()?;
+        reference.directory.lookup_at(subject, time).map(|c| meterflow_ingest::partition::token(&c.id))
+    };
+    messages
+        .iter()
+        .map(|m| {
+            let kind = m.subject.strip_prefix("usage.").unwrap_or(&m.subject);
+            let customer = customer_of(&m.payload).unwrap_or_else(|| "unassigned".into());
+            OutMessage {
+                subject: format!("usage.{customer}.{kind}"),
+                payload: m.payload.clone(),
+                msg_id: m.msg_id.clone(),
+            }
+        })
+        .collect()
+}
+
 /// Generates the messages and the oracle.
 pub fn generate(spec: &WorkloadSpec, reference: &Reference) -> Result<(Vec<OutMessage>, Oracle)> {
     generate_all(std::slice::from_ref(spec), reference)
