@@ -22,6 +22,7 @@
 pub mod http;
 pub mod query;
 pub mod report;
+pub mod workers;
 
 use anyhow::{bail, Context, Result};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, stream};

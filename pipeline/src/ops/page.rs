@@ -204,7 +204,7 @@ fn partitions(o: &mut String, v: &View) {
         .map(|p| {
             vec![
                 format!("p{}", p.partition),
-                p.owner.clone().map_or_else(|| badge(false, "no owner"), |w| w),
+                p.owner.clone().unwrap_or_else(|| badge(false, "no owner")),
                 p.committed_seq.to_string(),
                 p.last_seq.map_or_else(|| "?".into(), |l| l.to_string()),
                 match p.behind() {
