@@ -2,10 +2,10 @@
 //! lease bucket (entries live as long as a lease: a worker that stops renewing them vanishes).
 //!
 //! ```text
-//!   <stream>.<consumer>.workers.<worker id>   a live worker (heartbeat every second)
-//!   <stream>.<consumer>.partitions.p<p>       partition p's owner, committed sequence,
-//!                                             watermark and open billing periods (after each
-//!                                             commit, and when idle)
+//!   <stream>.board.workers.<worker id>   a live worker (heartbeat every second)
+//!   <stream>.board.partitions.p<p>       partition p's owner, committed sequence,
+//!                                        watermark and open billing periods (after each
+//!                                        commit, and when idle)
 //! ```
 //!
 //! Workers size their share of the partitions from the live workers; the owner of partition 0
@@ -56,11 +56,13 @@ fn board_err(operation: &'static str) -> impl Fn(String) -> IngestError {
 }
 
 impl Board {
-    /// The board of `config`'s stream and consumer (the lease bucket, created when absent).
+    /// The board of `config`'s stream (in the lease bucket, created when absent).
     pub async fn open(js: &jetstream::Context, config: &NatsConfig) -> Result<Board> {
         let ttl = Duration::from_secs(config.lease_ttl_s.max(2));
         let store = crate::lease::bucket(js, config, ttl).await?;
-        Ok(Board { store, prefix: format!("{}.{}", config.stream, config.consumer) })
+        // The stream's name alone: the readers of every partition (each with its own consumer)
+        // and the workers share one board.
+        Ok(Board { store, prefix: format!("{}.board", config.stream) })
     }
 
     /// Says worker `id` is alive (a key-safe id: letters, digits, `-`, `_`).

@@ -4,14 +4,15 @@
 //! count exactly through a worker's SIGKILL, the stream leader's SIGKILL and a paused worker.
 
 use async_nats::jetstream::stream;
-use meterflow_ingest::partition::{partition_of, transform_destination, TRANSFORM_SOURCE};
+use meterflow_ingest::partition::{customer_token, partition_of, transform_destination, TRANSFORM_SOURCE};
+use meterflow_pipeline::config::{Config, Overrides};
 
 use crate::common::{examples_dir, totals_with, wait_until, TestEnv, WIDE_BOUNDS};
 use meterflow_testkit::local_nats::LocalCluster;
 use meterflow_testkit::local_s3::LocalS3;
-use meterflow_testkit::workload::{self, WorkloadSpec};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use meterflow_testkit::workload::{self, EventTimes, Population, Traffic, WorkloadSpec};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,26 +50,39 @@ async fn the_server_files_each_customers_usage_under_the_partition_meterflow_com
     assert_eq!(seen.len(), PARTITIONS as usize, "300 customers cover every partition");
 }
 
-/// `meterflow <sub>` as one worker of a partitioned stream: six partitions of R3 streams on the
-/// cluster at `urls`, tables on `s3` under `prefix`, short leases (a takeover within seconds).
-fn worker_command(urls: &str, data_dir: &Path, s3: &LocalS3, sub: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_meterflow"));
-    c.arg(sub).arg("--config").arg(examples_dir().join("meterflow.toml")).arg("--data-dir").arg(data_dir);
-    c.arg("--nats-url").arg(urls);
-    c.env("RUST_LOG", "info")
-        .env("METERFLOW_OPS__LISTEN", "")
-        .env("METERFLOW_NATS__REPLICAS", "3")
-        .env("METERFLOW_NATS__PARTITIONS", PARTITIONS_OF_TEST.to_string())
-        .env("METERFLOW_NATS__LEASE_TTL_S", LEASE_TTL_S.to_string())
-        .env("METERFLOW_NATS__FETCH_BATCH", "50")
-        .env("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "100")
-        .env("METERFLOW_PIPELINE__SNAPSHOT_EVERY_COMMITS", "5")
-        .env("METERFLOW_LATENESS__PERIOD_GRACE_S", "315360000")
-        .env("AWS_ACCESS_KEY_ID", "meterflow-test")
-        .env("AWS_SECRET_ACCESS_KEY", "meterflow-test")
-        .envs(s3.envs("tables"))
-        .envs(WIDE_BOUNDS.iter().copied());
-    c
+/// Where the workers of a test run: the cluster's URLs, a data directory, tables on S3 and
+/// the reference files of the synthetic customers.
+struct Setup<'a> {
+    urls: String,
+    data_dir: PathBuf,
+    s3: &'a LocalS3,
+    reference: meterflow_pipeline::config::ReferenceConfig,
+}
+
+impl Setup<'_> {
+    /// `meterflow <sub>` as one worker of a partitioned stream: six partitions of R3 streams on
+    /// the cluster, tables on S3, short leases (a takeover within seconds).
+    fn command(&self, sub: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_meterflow"));
+        c.arg(sub).arg("--config").arg(examples_dir().join("meterflow.toml")).arg("--data-dir").arg(&self.data_dir);
+        c.arg("--nats-url").arg(&self.urls);
+        c.env("RUST_LOG", "info")
+            .env("METERFLOW_OPS__LISTEN", "")
+            .env("METERFLOW_NATS__REPLICAS", "3")
+            .env("METERFLOW_NATS__PARTITIONS", PARTITIONS_OF_TEST.to_string())
+            .env("METERFLOW_NATS__LEASE_TTL_S", LEASE_TTL_S.to_string())
+            .env("METERFLOW_NATS__FETCH_BATCH", "50")
+            .env("METERFLOW_PIPELINE__COMMIT_INTERVAL_MS", "100")
+            .env("METERFLOW_PIPELINE__SNAPSHOT_EVERY_COMMITS", "5")
+            .env("METERFLOW_LATENESS__PERIOD_GRACE_S", "315360000")
+            .env("METERFLOW_REFERENCE__CUSTOMERS", format!("{:?}", self.reference.customers))
+            .env("METERFLOW_REFERENCE__PLANS", format!("{:?}", self.reference.plans))
+            .env("AWS_ACCESS_KEY_ID", "meterflow-test")
+            .env("AWS_SECRET_ACCESS_KEY", "meterflow-test")
+            .envs(self.s3.envs("tables"))
+            .envs(WIDE_BOUNDS.iter().copied());
+        c
+    }
 }
 
 const PARTITIONS_OF_TEST: u32 = 6;
@@ -130,10 +144,13 @@ async fn three_workers_over_six_partitions_count_exactly_through_a_worker_kill_a
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = LocalCluster::start(&dir.path().join("nats")).expect("three nats-servers start");
     let s3 = LocalS3::start("meterflow-workers").expect("moto_server starts (run scripts/tools.sh to install it)");
-    let data_dir = dir.path().join("data");
-    let urls = cluster.url();
+    let mut config = Config::load(&examples_dir().join("meterflow.toml"), &Overrides::default()).unwrap();
+    // Forty customers, so that every partition holds usage.
+    let reference = workload::use_synthetic_reference(&mut config, &dir.path().join("reference"), 40).unwrap();
+    let setup =
+        Setup { urls: cluster.url(), data_dir: dir.path().join("data"), s3: &s3, reference: config.reference.clone() };
     let config = meterflow_ingest::NatsConfig {
-        url: urls.clone(),
+        url: setup.urls.clone(),
         replicas: 3,
         partitions: PARTITIONS_OF_TEST,
         max_age_days: 0,
@@ -149,7 +166,6 @@ async fn three_workers_over_six_partitions_count_exactly_through_a_worker_kill_a
     };
     let js = broker.jetstream().clone();
 
-    let reference = crate::common::reference();
     let spec = WorkloadSpec {
         events: 6_000,
         batch_size: 1,
@@ -158,14 +174,20 @@ async fn three_workers_over_six_partitions_count_exactly_through_a_worker_kill_a
         seed: 29,
         base_time: "2026-11-23T00:00:00Z".parse().unwrap(),
     };
-    let (messages, oracle) = workload::generate(&spec, &reference).unwrap();
+    let traffic = Traffic { population: Population::Skewed { skew: 0.5 }, times: EventTimes::Shuffled };
+    let (messages, oracle) = workload::generate_with(&[spec], &traffic, &reference).unwrap();
     let messages = workload::on_customer_subjects(&messages, &reference);
+    let busy: BTreeSet<u32> = messages
+        .iter()
+        .filter_map(|m| customer_token(&m.subject))
+        .map(|t| partition_of(t, PARTITIONS_OF_TEST))
+        .collect();
+    assert_eq!(busy.len(), PARTITIONS_OF_TEST as usize, "every partition holds usage");
     let (first, rest) = messages.split_at(messages.len() / 4);
     workload::publish_retrying(&js, first, Duration::ZERO, Duration::from_secs(60)).await.unwrap();
 
-    let workers: Vec<Worker> = (0..3)
-        .map(|i| Worker::start(worker_command(&urls, &data_dir, &s3, "run"), dir.path().join(format!("w{i}.log"))))
-        .collect();
+    let workers: Vec<Worker> =
+        (0..3).map(|i| Worker::start(setup.command("run"), dir.path().join(format!("w{i}.log")))).collect();
     let logs = |workers: &[Worker]| workers.iter().map(|w| w.log()).collect::<Vec<_>>().join("\n-----\n");
     let publisher = {
         let (js, rest) = (js.clone(), rest.to_vec());
@@ -173,7 +195,7 @@ async fn three_workers_over_six_partitions_count_exactly_through_a_worker_kill_a
             workload::publish_retrying(&js, &rest, Duration::from_micros(300), Duration::from_secs(60)).await
         })
     };
-    let committed = || totals_with(worker_command(&urls, &data_dir, &s3, "sql")).values().map(|v| v.2).sum::<u64>();
+    let committed = || totals_with(setup.command("sql")).values().map(|v| v.2).sum::<u64>();
     let took = |w: &Worker| w.log().contains("took partition");
     let started = wait_until(Duration::from_secs(90), || committed() > 0 && workers.iter().all(took));
     assert!(started, "the workers did not share the partitions and commit: {}", logs(&workers));
@@ -215,20 +237,30 @@ async fn three_workers_over_six_partitions_count_exactly_through_a_worker_kill_a
         let status = w.child.wait().unwrap();
         assert!(status.success(), "a worker failed: {}", w.log());
     }
+    for (i, w) in workers.iter().enumerate() {
+        let log = w.log();
+        eprintln!(
+            "worker {}: took a partition {} times, handed one back {} times",
+            i + 1,
+            log.matches("took partition").count(),
+            log.matches("handing a partition back").count()
+        );
+    }
     let paused_log = workers[0].log();
     assert!(
         paused_log.contains("took over"),
         "the paused worker never noticed its partitions moved (was it paused past its leases?): {paused_log}"
     );
 
-    let got = totals_with(worker_command(&urls, &data_dir, &s3, "sql"));
+    let got = totals_with(setup.command("sql"));
     for (key, q) in &oracle.quantity {
         let (gq, ga, _) = got.get(key).copied().unwrap_or_default();
         assert_eq!(gq, *q, "quantity of {key:?}");
         assert_eq!(ga, oracle.amount[key], "amount of {key:?}");
     }
     assert_eq!(got.values().map(|v| v.2).sum::<u64>(), oracle.accepted, "events counted once each");
-    let out = worker_command(&urls, &data_dir, &s3, "sql")
+    let out = setup
+        .command("sql")
         .args(["--format", "csv", "SELECT reason, COUNT(*) FROM rejections GROUP BY reason ORDER BY reason"])
         .output()
         .unwrap();
@@ -240,13 +272,13 @@ async fn three_workers_over_six_partitions_count_exactly_through_a_worker_kill_a
     assert_eq!(rejected, oracle.rejected, "rejections, each once");
 
     // Every partition caught up, as `meterflow status` shows them.
-    let status = worker_command(&urls, &data_dir, &s3, "status").output().unwrap();
+    let status = setup.command("status").output().unwrap();
     let status = String::from_utf8_lossy(&status.stdout).to_string();
     assert_eq!(status.matches("caught up").count(), PARTITIONS_OF_TEST as usize, "{status}");
 
     // The finance steps read the one table: zero variance.
     let run = |sub: &str, args: &[&str]| {
-        let out = worker_command(&urls, &data_dir, &s3, sub).args(args).output().unwrap();
+        let out = setup.command(sub).args(args).output().unwrap();
         assert!(out.status.success(), "{sub} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).to_string()
     };
@@ -254,4 +286,77 @@ async fn three_workers_over_six_partitions_count_exactly_through_a_worker_kill_a
     run("invoice", &["--period", "2026-11"]);
     run("post", &["--period", "2026-11"]);
     run("reconcile", &["--period", "2026-11"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_partitioned_stream_a_period_closes_by_watermark_and_usage_on_another_customers_token_is_rejected() {
+    const PARTITIONS: u32 = 4;
+    let mut env = TestEnv::start();
+    env.envs.push(("METERFLOW_NATS__PARTITIONS", "4"));
+    env.envs.push(("METERFLOW_NATS__LEASE_TTL_S", "3"));
+    let nats = meterflow_ingest::NatsConfig {
+        url: env.nats.url(),
+        partitions: PARTITIONS,
+        max_age_days: 0,
+        ..Default::default()
+    };
+    meterflow_ingest::Broker::connect(nats).await.unwrap().ensure_streams().await.unwrap();
+    let js = env.jetstream().await;
+    let reference = crate::common::reference();
+    let spec = WorkloadSpec {
+        events: 800,
+        batch_size: 1,
+        duplicate_every: 8,
+        bad_every: 0,
+        seed: 31,
+        base_time: "2026-11-23T00:00:00Z".parse().unwrap(),
+    };
+    let (messages, oracle) = workload::generate(&spec, &reference).unwrap();
+    let messages = workload::on_customer_subjects(&messages, &reference);
+    workload::publish_all(&js, &messages, 64).await.unwrap();
+    // acme's usage published on a token of another partition: rejected, naming the subject to use.
+    let acme = partition_of("acme", PARTITIONS);
+    let other = (0..100).map(|i| format!("t{i}")).find(|t| partition_of(t, PARTITIONS) != acme).unwrap();
+    let stray = crate::common::event("stray-1", "acme", "api_calls", "2026-11-24T00:00:00Z", r#"{"endpoint":"/x"}"#);
+    crate::common::publish(&js, &format!("usage.{other}.api_calls"), stray, None).await;
+
+    // Two workers with the example's grace: the period closes once every partition is past it.
+    let mut workers: Vec<Worker> = (0..2)
+        .map(|i| {
+            let mut c = env.command("run");
+            c.env("RUST_LOG", "info");
+            Worker::start(c, env.dir.path().join(format!("w{i}.log")))
+        })
+        .collect();
+    let closed = || {
+        env.sql("SELECT period, closed_by FROM billing_periods").iter().any(|r| {
+            r.first().map(String::as_str) == Some("2026-11") && r.get(1).map(String::as_str) == Some("watermark")
+        })
+    };
+    let logs = |workers: &[Worker]| workers.iter().map(|w| w.log()).collect::<Vec<_>>().join("\n-----\n");
+    let done = wait_until(Duration::from_secs(90), || {
+        crate::common::totals(&env).values().map(|v| v.2).sum::<u64>() >= oracle.accepted && closed()
+    });
+    assert!(done, "not everything committed, or 2026-11 not closed by watermark: {}", logs(&workers));
+    // While the workers run, `meterflow status` names every partition's owner.
+    let status = env.command("status").output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    let owned = status
+        .lines()
+        .filter(|l| l.contains("committed seq") && l.contains(" owner ") && !l.contains("waiting for a worker"))
+        .count();
+    assert_eq!(owned, PARTITIONS as usize, "{status}");
+    for w in &workers {
+        w.signal("-TERM");
+    }
+    for w in &mut workers {
+        assert!(w.child.wait().unwrap().success(), "a worker failed: {}", w.log());
+    }
+    let got = crate::common::totals(&env);
+    for (key, q) in &oracle.quantity {
+        assert_eq!(got.get(key).map(|v| v.0), Some(*q), "quantity of {key:?}");
+    }
+    let rejected = env.sql("SELECT reason, strpos(detail, 'usage.acme.<type>') > 0 FROM rejections");
+    assert_eq!(rejected.len(), 2, "one rejection: {rejected:?}");
+    assert_eq!(rejected[1], ["subject_not_allowed", "true"], "the detail names the subject to use");
 }
