@@ -462,15 +462,32 @@ fn place_tables(options: &LoadOptions, config: &mut Config) -> Result<Option<Loc
     Ok(Some(s3))
 }
 
+/// What a run starts with: a temporary directory, the broker, the config and reference data,
+/// and the S3 server of `--object-storage` (kept alive as long as this).
+struct Setup {
+    dir: tempfile::TempDir,
+    nats: Brokers,
+    config: Config,
+    reference: Reference,
+    s3: Option<LocalS3>,
+}
+
+impl Setup {
+    fn start(options: &LoadOptions) -> Result<Setup> {
+        let dir = tempfile::tempdir()?;
+        let nats = Brokers::start(options, &dir.path().join("nats"))?;
+        let (mut config, reference) = config_for(options, &nats.url(), dir.path())?;
+        let s3 = place_tables(options, &mut config)?;
+        if options.cluster {
+            config.nats.replicas = 3;
+        }
+        Ok(Setup { dir, nats, config, reference, s3 })
+    }
+}
+
 /// One full run on a fresh local nats-server and data directory.
 pub async fn run_once(options: &LoadOptions) -> Result<RunReport> {
-    let dir = tempfile::tempdir()?;
-    let nats = Brokers::start(options, &dir.path().join("nats"))?;
-    let (mut config, reference) = config_for(options, &nats.url(), dir.path())?;
-    let _s3 = place_tables(options, &mut config)?;
-    if options.cluster {
-        config.nats.replicas = 3;
-    }
+    let Setup { dir, nats, config, reference, s3: _s3 } = Setup::start(options)?;
     let (traffic, main_base, fresh_base) = traffic_for(options, &config);
     let main = WorkloadSpec {
         events: options.events,

@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::{check_exact, config_for, ensure_streams, place_tables, publish_as, traffic_for, Brokers, LoadOptions};
+use crate::{check_exact, ensure_streams, publish_as, traffic_for, LoadOptions, Setup};
 
 /// One run of N workers.
 #[derive(Debug, Clone, Serialize)]
@@ -42,13 +42,7 @@ pub async fn workers_once(options: &LoadOptions, workers: usize, partitions: u32
     if partitions == 0 || workers == 0 {
         bail!("--workers and --partitions must be at least 1");
     }
-    let dir = tempfile::tempdir()?;
-    let nats = Brokers::start(options, &dir.path().join("nats"))?;
-    let (mut config, reference) = config_for(options, &nats.url(), dir.path())?;
-    let _s3 = place_tables(options, &mut config)?;
-    if options.cluster {
-        config.nats.replicas = 3;
-    }
+    let Setup { dir, nats, mut config, reference, s3: _s3 } = Setup::start(options)?;
     config.nats.partitions = partitions;
     let (traffic, base, _) = traffic_for(options, &config);
     let spec = WorkloadSpec {

@@ -16,15 +16,14 @@
 //! the lease check refuses it, and behind that the Delta conflict check on its partition's
 //! transaction.
 
-use anyhow::{Context, Result};
-use meterflow_ingest::{Board, Broker, Lease};
+use anyhow::Result;
+use meterflow_ingest::{Board, Lease};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::checks::check_retention;
 use crate::config::Config;
 use crate::ops::Ops;
 use crate::partitions::share;
@@ -87,16 +86,7 @@ pub async fn run_worker(
     options: RunOptions,
 ) -> Result<WorkerStats> {
     let partitions = config.nats.partitions;
-    std::fs::create_dir_all(&config.storage.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.storage.data_dir.display()))?;
-    let broker = Broker::connect(config.nats.clone()).await?;
-    broker.ensure_streams().await?;
-    let max_age = broker.stream_facts().await?.max_age;
-    let snapshot_every = Duration::from_millis(
-        config.pipeline.commit_interval_ms.saturating_mul(config.pipeline.snapshot_every_commits.max(1)),
-    );
-    check_retention(&config.nats.stream, max_age, config.pipeline.dedup_horizon_days, snapshot_every)
-        .map_err(anyhow::Error::msg)?;
+    let broker = crate::run::connect_checked(&config).await?;
     let board = Board::open(broker.jetstream(), &config.nats).await?;
     let id = worker_id();
     let owner = format!("{id} ({})", config.tables()?);

@@ -39,7 +39,7 @@ impl Drop for KillOnDrop {
 }
 
 /// The index of the server leading `stream`, once the cluster reports one.
-async fn leader_of(js: &async_nats::jetstream::Context, stream: &str) -> usize {
+pub(crate) async fn leader_of(js: &async_nats::jetstream::Context, stream: &str) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut s) = js.get_stream(stream).await {

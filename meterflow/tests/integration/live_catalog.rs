@@ -44,7 +44,9 @@ async fn a_customer_onboarded_from_a_crm_export_while_run_keeps_running_is_meter
     let mut run = env.spawn_run(&[("RUST_LOG", "warn,meterflow_pipeline=info")]);
     publish(&js, "usage.api", newco_event("before-1"), None).await;
     let rejected = wait_until(Duration::from_secs(30), || {
-        env.data_dir().join("rejections").exists() && reasons(&env) == [vec!["unknown_subject".to_string(), "1".into()]]
+        // The table's first commit, not only its folder: SQL finds no table before it.
+        env.data_dir().join("rejections/_delta_log/00000000000000000000.json").exists()
+            && reasons(&env) == [vec!["unknown_subject".to_string(), "1".into()]]
     });
     assert!(rejected, "usage of a customer not in the catalog is rejected as unknown_subject");
 

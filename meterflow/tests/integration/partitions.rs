@@ -7,6 +7,7 @@ use async_nats::jetstream::stream;
 use meterflow_ingest::partition::{customer_token, partition_of, transform_destination, TRANSFORM_SOURCE};
 use meterflow_pipeline::config::{Config, Overrides};
 
+use crate::cluster::leader_of;
 use crate::common::{examples_dir, totals_with, wait_until, TestEnv, WIDE_BOUNDS};
 use meterflow_testkit::local_nats::LocalCluster;
 use meterflow_testkit::local_s3::LocalS3;
@@ -116,24 +117,6 @@ impl Drop for Worker {
     fn drop(&mut self) {
         let _killed = self.child.kill();
         let _waited = self.child.wait();
-    }
-}
-
-/// The index of the server leading `stream`, once the cluster reports one.
-async fn leader_of(js: &async_nats::jetstream::Context, stream: &str) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut s) = js.get_stream(stream).await {
-            if let Ok(info) = s.info().await {
-                if let Some(name) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
-                    if let Some(i) = (0..3).find(|i| LocalCluster::name_of(*i) == name) {
-                        return i;
-                    }
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "the cluster elected no leader for {stream} within 30 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -247,8 +230,9 @@ async fn three_workers_over_six_partitions_count_exactly_through_a_worker_kill_a
         );
     }
     let paused_log = workers[0].log();
+    // Its lease renewals found the leases taken, or its next commit was refused.
     assert!(
-        paused_log.contains("took over"),
+        paused_log.contains("taken over") || paused_log.contains("took over"),
         "the paused worker never noticed its partitions moved (was it paused past its leases?): {paused_log}"
     );
 

@@ -139,6 +139,23 @@ fn drained(stream_last: Option<u64>, next_seq: u64) -> bool {
     stream_last.is_some_and(|last| last < next_seq)
 }
 
+/// Creates the data directory, connects, creates the streams when absent and checks the usage
+/// stream's retention covers the dedup horizon and the time between snapshots: the first steps
+/// of a pipeline and of a worker.
+pub(crate) async fn connect_checked(config: &Config) -> Result<Broker> {
+    std::fs::create_dir_all(&config.storage.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.storage.data_dir.display()))?;
+    let broker = Broker::connect(config.nats.clone()).await?;
+    broker.ensure_streams().await?;
+    let max_age = broker.stream_facts().await?.max_age;
+    let snapshot_every = Duration::from_millis(
+        config.pipeline.commit_interval_ms.saturating_mul(config.pipeline.snapshot_every_commits.max(1)),
+    );
+    check_retention(&config.nats.stream, max_age, config.pipeline.dedup_horizon_days, snapshot_every)
+        .map_err(anyhow::Error::msg)?;
+    Ok(broker)
+}
+
 /// The state of the core stages as restored at start.
 struct Restored {
     dedup: ShardedDedup,
@@ -283,16 +300,7 @@ impl Pipeline {
         ops: std::sync::Arc<Ops>,
         options: StartOptions,
     ) -> Result<Option<Pipeline>> {
-        std::fs::create_dir_all(&config.storage.data_dir)
-            .with_context(|| format!("cannot create data directory {}", config.storage.data_dir.display()))?;
-        let broker = Broker::connect(config.nats.clone()).await?;
-        broker.ensure_streams().await?;
-        let max_age = broker.stream_facts().await?.max_age;
-        let snapshot_every = Duration::from_millis(
-            config.pipeline.commit_interval_ms.saturating_mul(config.pipeline.snapshot_every_commits.max(1)),
-        );
-        check_retention(&config.nats.stream, max_age, config.pipeline.dedup_horizon_days, snapshot_every)
-            .map_err(anyhow::Error::msg)?;
+        let broker = connect_checked(&config).await?;
         let owner = format!(
             "{}:{} ({})",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
