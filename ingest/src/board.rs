@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   <stream>.board.workers.<worker id>   a live worker (heartbeat every second)
-//!   <stream>.board.partitions.p<p>       partition p's owner, committed sequence,
+//!   <stream>.board.partitions.p<p>       partition p's owner, committed sequence, lowest
 //!                                        watermark and open billing periods (after each
 //!                                        commit, and when idle)
 //! ```
@@ -28,8 +28,6 @@ pub struct PartitionRecord {
     pub owner: String,
     /// The last stream sequence of the partition committed.
     pub committed_seq: u64,
-    /// The last stream sequence of the partition in the stream when it was published.
-    pub last_seq: u64,
     /// The lowest watermark over all meters, Unix microseconds (`None`: nothing seen yet).
     pub watermark_micros: Option<i64>,
     /// Billing periods holding this partition's usage that are not closed.

@@ -564,6 +564,18 @@ mod tests {
         try_parse(toml_text).unwrap()
     }
 
+    #[test]
+    fn partitions_are_refused_with_other_subjects_or_past_the_maximum_and_each_gets_its_own_consumer() {
+        assert!(parse("partitions = 8").validate().is_ok());
+        let e = parse("partitions = 8\nsubjects = [\"events.>\"]").validate().unwrap_err().to_string();
+        assert!(e.contains("usage.*.>") && e.contains("events.>"), "{e}");
+        let e = parse("partitions = 5000").validate().unwrap_err().to_string();
+        assert!(e.contains("5000") && e.contains("1024"), "{e}");
+        let p3 = parse("partitions = 8").for_partition(3);
+        assert_eq!((p3.consumer.as_str(), p3.partition), ("meterflow-p3", Some(3)));
+        assert_eq!(p3.partition_filters(3), ["usage.3.>", "usage_redrive.3.>"]);
+    }
+
     fn invalid(toml_text: &str) -> String {
         match parse(toml_text).validate() {
             Err(IngestError::NatsConfig(m)) => m,

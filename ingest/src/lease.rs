@@ -94,13 +94,7 @@ impl Lease {
                         // A warning: an operator wants to see a failover in a quiet log.
                         tracing::warn!(key, "writer lease acquired; the standby takes over");
                     }
-                    let held = Arc::new(Held {
-                        revision: AtomicU64::new(revision),
-                        renewed_at: Mutex::new(sent),
-                        lost: AtomicBool::new(false),
-                    });
-                    let renewer = tokio::spawn(renew(store.clone(), key.clone(), owner.clone(), ttl, held.clone()));
-                    return Ok(Some(Lease { store, key, owner, ttl, held, renewer }));
+                    return Ok(Some(Lease::held(store, key, owner, ttl, revision, sent)));
                 }
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                     if !told {
@@ -133,6 +127,18 @@ impl Lease {
         }
     }
 
+    /// The lease just created at KV revision `revision` (the create sent at `sent`), renewed
+    /// from now on in the background.
+    fn held(store: kv::Store, key: String, owner: String, ttl: Duration, revision: u64, sent: Instant) -> Lease {
+        let held = Arc::new(Held {
+            revision: AtomicU64::new(revision),
+            renewed_at: Mutex::new(sent),
+            lost: AtomicBool::new(false),
+        });
+        let renewer = tokio::spawn(renew(store.clone(), key.clone(), owner.clone(), ttl, held.clone()));
+        Lease { store, key, owner, ttl, held, renewer }
+    }
+
     /// One attempt at the writer lease of `config`'s stream and consumer: `Ok(None)` when
     /// another process holds it (a worker then tries another partition).
     pub async fn try_acquire(js: &jetstream::Context, config: &NatsConfig, owner: String) -> Result<Option<Lease>> {
@@ -141,15 +147,7 @@ impl Lease {
         let key = lease_key(config);
         let sent = Instant::now();
         match store.create(&key, owner.clone().into()).await {
-            Ok(revision) => {
-                let held = Arc::new(Held {
-                    revision: AtomicU64::new(revision),
-                    renewed_at: Mutex::new(sent),
-                    lost: AtomicBool::new(false),
-                });
-                let renewer = tokio::spawn(renew(store.clone(), key.clone(), owner.clone(), ttl, held.clone()));
-                Ok(Some(Lease { store, key, owner, ttl, held, renewer }))
-            }
+            Ok(revision) => Ok(Some(Lease::held(store, key, owner, ttl, revision, sent))),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(lease_err("acquire writer lease")(e.to_string())),
         }

@@ -45,7 +45,6 @@ mod tests {
             partition: p,
             owner: "w".into(),
             committed_seq: 1,
-            last_seq: 1,
             watermark_micros: watermark
                 .map(|w| DateTime::parse_from_rfc3339(w).map(|t| t.timestamp_micros()).unwrap_or_default()),
             open_periods: open.iter().map(|s| s.to_string()).collect(),

@@ -106,23 +106,7 @@ pub async fn run_worker(
             // Workers started together see each other before sizing their shares.
             tokio::time::sleep(TICK).await;
         }
-        // Partitions whose pipeline stopped: by a hand-back, idle, fenced or failed.
-        let finished: Vec<u32> = owned.iter().filter(|(_, o)| o.task.is_finished()).map(|(p, _)| *p).collect();
-        for p in finished {
-            let Some(o) = owned.remove(&p) else { continue };
-            match o.task.await {
-                Ok(Ok(s)) => {
-                    if options.exit_when_idle.is_some() && !o.handing_back {
-                        drained.insert(p);
-                    }
-                    tracing::info!(partition = p, committed_seq = s.committed_seq, "partition stopped");
-                    stats.add(p, s);
-                }
-                Ok(Err(e)) => tracing::error!(partition = p, error = %format!("{e:#}"), "partition stopped; it \
-                    is free for any worker to take"),
-                Err(e) => tracing::error!(partition = p, error = %e, "partition task ended abnormally"),
-            }
-        }
+        reap(&mut owned, &mut stats, &mut drained, options.exit_when_idle.is_some()).await;
         if *shutdown.borrow() || failure.is_some() {
             break;
         }
@@ -152,7 +136,8 @@ pub async fn run_worker(
                 }
             }
         } else if running > want {
-            // Hand back the partition held longest past the minimum (the newest workers take it).
+            // Hand back the highest-numbered partition held past the minimum (a newer worker
+            // takes it).
             let extra = owned.iter_mut().filter(|(_, o)| !o.handing_back && o.since.elapsed() >= HOLD_AT_LEAST).last();
             if let Some((p, o)) = extra {
                 tracing::info!(partition = p, live, want, "handing a partition back to share the stream");
@@ -184,6 +169,27 @@ pub async fn run_worker(
     match failure {
         Some(e) => Err(e),
         None => Ok(stats),
+    }
+}
+
+/// Collects the partitions whose pipeline stopped (handed back, idle, fenced or failed): their
+/// statistics, and with `exit_when_idle` the ones drained. A failed one is free for any worker.
+async fn reap(owned: &mut BTreeMap<u32, Owned>, stats: &mut WorkerStats, drained: &mut BTreeSet<u32>, idle_exit: bool) {
+    let finished: Vec<u32> = owned.iter().filter(|(_, o)| o.task.is_finished()).map(|(p, _)| *p).collect();
+    for p in finished {
+        let Some(o) = owned.remove(&p) else { continue };
+        match o.task.await {
+            Ok(Ok(s)) => {
+                if idle_exit && !o.handing_back {
+                    drained.insert(p);
+                }
+                tracing::info!(partition = p, committed_seq = s.committed_seq, "partition stopped");
+                stats.add(p, s);
+            }
+            Ok(Err(e)) => tracing::error!(partition = p, error = %format!("{e:#}"), "partition stopped; it is free \
+                for any worker to take"),
+            Err(e) => tracing::error!(partition = p, error = %e, "partition task ended abnormally"),
+        }
     }
 }
 

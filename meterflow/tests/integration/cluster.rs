@@ -38,6 +38,19 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Connects and creates the streams as the pipeline does, once the cluster has elected its
+/// JetStream leader (a moment after the servers start).
+pub(crate) async fn streams_on_cluster(config: &meterflow_ingest::NatsConfig) -> meterflow_ingest::Broker {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match meterflow_ingest::Broker::connect(config.clone()).await {
+            Ok(b) if b.ensure_streams().await.is_ok() => return b,
+            _ => assert!(Instant::now() < deadline, "the cluster did not accept the streams within 30 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// The index of the server leading `stream`, once the cluster reports one.
 pub(crate) async fn leader_of(js: &async_nats::jetstream::Context, stream: &str) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -65,14 +78,7 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_under_load_loses_and_
     // to elect its meta leader after the servers start).
     let config =
         meterflow_ingest::NatsConfig { url: cluster.url(), replicas: 3, max_age_days: 0, ..Default::default() };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let broker = loop {
-        match meterflow_ingest::Broker::connect(config.clone()).await {
-            Ok(b) if b.ensure_streams().await.is_ok() => break b,
-            _ => assert!(Instant::now() < deadline, "the cluster did not accept the streams within 30 s"),
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let broker = streams_on_cluster(&config).await;
     let js = broker.jetstream().clone();
     let info = js.get_stream("USAGE").await.unwrap().info().await.unwrap().clone();
     assert_eq!(info.config.num_replicas, 3, "the usage stream is not replicated");

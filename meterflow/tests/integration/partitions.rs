@@ -7,7 +7,7 @@ use async_nats::jetstream::stream;
 use meterflow_ingest::partition::{customer_token, partition_of, transform_destination, TRANSFORM_SOURCE};
 use meterflow_pipeline::config::{Config, Overrides};
 
-use crate::cluster::leader_of;
+use crate::cluster::{leader_of, streams_on_cluster};
 use crate::common::{examples_dir, totals_with, wait_until, TestEnv, WIDE_BOUNDS};
 use meterflow_testkit::local_nats::LocalCluster;
 use meterflow_testkit::local_s3::LocalS3;
@@ -15,7 +15,7 @@ use meterflow_testkit::workload::{self, EventTimes, Population, Traffic, Workloa
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_files_each_customers_usage_under_the_partition_meterflow_computes() {
@@ -139,14 +139,7 @@ async fn three_workers_over_six_partitions_count_exactly_through_a_worker_kill_a
         max_age_days: 0,
         ..Default::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let broker = loop {
-        match meterflow_ingest::Broker::connect(config.clone()).await {
-            Ok(b) if b.ensure_streams().await.is_ok() => break b,
-            _ => assert!(Instant::now() < deadline, "the cluster did not accept the streams within 30 s"),
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let broker = streams_on_cluster(&config).await;
     let js = broker.jetstream().clone();
 
     let spec = WorkloadSpec {
@@ -340,6 +333,11 @@ async fn on_a_partitioned_stream_a_period_closes_by_watermark_and_usage_on_anoth
     for (key, q) in &oracle.quantity {
         assert_eq!(got.get(key).map(|v| v.0), Some(*q), "quantity of {key:?}");
     }
+    // A setting that does not match the stream is refused, saying what to do.
+    let unpartitioned = meterflow_ingest::NatsConfig { url: env.nats.url(), max_age_days: 0, ..Default::default() };
+    let refused = meterflow_ingest::Broker::connect(unpartitioned).await.unwrap().ensure_streams().await;
+    let message = refused.expect_err("an unpartitioned reader of a partitioned stream is refused").to_string();
+    assert!(message.contains("partitions are fixed when the stream is created"), "{message}");
     let rejected = env.sql("SELECT reason, strpos(detail, 'usage.acme.<type>') > 0 FROM rejections");
     assert_eq!(rejected.len(), 2, "one rejection: {rejected:?}");
     assert_eq!(rejected[1], ["subject_not_allowed", "true"], "the detail names the subject to use");

@@ -846,7 +846,6 @@ impl Pipeline {
             partition,
             owner: self.lease.as_ref().map_or_else(String::new, |l| l.owner().to_string()),
             committed_seq: self.committed_seq,
-            last_seq: self.broker.last_sequence().await.unwrap_or(self.committed_seq),
             watermark_micros: self.core.min_watermark().map(|w| w.timestamp_micros()),
             open_periods: self.core.open_periods(&self.closed),
             at_unix: chrono::Utc::now().timestamp(),
