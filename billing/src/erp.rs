@@ -1,10 +1,14 @@
 //! ERP documents, the pure part: each finalized invoice becomes an AR invoice and a balanced
-//! journal entry in a canonical, ERP-neutral JSON shape; documents are grouped into batches;
-//! journal entries render as a CSV journal import and as an hledger journal.
+//! journal entry in a canonical, ERP-neutral JSON shape; a revision of a posted invoice first
+//! reverses the posted revision (an AR credit memo referencing it and a reversing journal
+//! entry); a credit note issued against an invoice line becomes a credit memo and its journal
+//! entry. Documents are grouped into batches; journal entries render as a CSV journal import
+//! and as an hledger journal.
 //!
-//! Idempotency keys are `<invoice id>.r<revision>.ar` and `.je`: the same invoice revision
-//! always gives the same keys, so an ERP that honours them books each document once however
-//! often it is sent.
+//! Idempotency keys: `<invoice id>.r<revision>.ar` and `.je` for an invoice revision,
+//! `<invoice id>.r<revision>.cm` and `.rev` for its reversal, `<credit note id>.cm` and `.je`
+//! for a credit note. The same revision or note always gives the same keys, so an ERP that
+//! honours them books each document once however often it is sent.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -101,13 +105,48 @@ pub struct JournalEntry {
     pub lines: Vec<JournalLine>,
 }
 
+/// An AR credit memo: lowers what the customer owes on an AR invoice it references.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditMemo {
+    /// `<invoice id>.r<revision>.cm` (a revision's reversal) or `<credit note id>.cm`.
+    pub idempotency_key: String,
+    /// The credit memo's number: `<invoice id>-R<revision>` or the credit note id.
+    pub credit_memo_id: String,
+    /// The invoice it credits.
+    pub invoice_id: String,
+    /// The revision of that invoice it credits.
+    pub revision: u32,
+    /// Idempotency key of the AR invoice it credits.
+    pub credits_document: String,
+    /// Customer in the ERP.
+    pub erp_customer_id: String,
+    /// Customer id in meterflow.
+    pub customer_id: String,
+    /// Billing legal entity.
+    pub legal_entity: String,
+    /// Currency.
+    pub currency: String,
+    /// Issue date.
+    pub date: String,
+    /// Billing period of the invoice it credits.
+    pub period: String,
+    /// Why: `revised` (the invoice was re-issued) or the reason given with the credit note.
+    pub reason: String,
+    /// Lines credited (positive amounts: what is taken off).
+    pub lines: Vec<ArLine>,
+    /// Total credited (positive).
+    pub total: Decimal,
+}
+
 /// A document for the ERP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "document_type", rename_all = "snake_case")]
 pub enum ErpDocument {
     /// An AR invoice.
     ArInvoice(ArInvoice),
-    /// A journal entry.
+    /// An AR credit memo.
+    CreditMemo(CreditMemo),
+    /// A journal entry (also a reversing entry, or a credit note's entry).
     JournalEntry(JournalEntry),
 }
 
@@ -116,37 +155,67 @@ impl ErpDocument {
     pub fn key(&self) -> &str {
         match self {
             ErpDocument::ArInvoice(d) => &d.idempotency_key,
+            ErpDocument::CreditMemo(d) => &d.idempotency_key,
             ErpDocument::JournalEntry(d) => &d.idempotency_key,
         }
     }
 
-    /// `ar_invoice` or `journal_entry`.
+    /// `ar_invoice`, `credit_memo` or `journal_entry`.
     pub fn kind(&self) -> &'static str {
         match self {
             ErpDocument::ArInvoice(_) => "ar_invoice",
+            ErpDocument::CreditMemo(_) => "credit_memo",
             ErpDocument::JournalEntry(_) => "journal_entry",
         }
+    }
+
+    /// Whether it is an accounts-receivable document (an AR invoice or a credit memo).
+    pub fn is_receivable(&self) -> bool {
+        !matches!(self, ErpDocument::JournalEntry(_))
     }
 
     /// The invoice behind it.
     pub fn invoice(&self) -> (&str, u32, &str, &str) {
         match self {
             ErpDocument::ArInvoice(d) => (&d.invoice_id, d.revision, &d.customer_id, &d.period),
+            ErpDocument::CreditMemo(d) => (&d.invoice_id, d.revision, &d.customer_id, &d.period),
             ErpDocument::JournalEntry(d) => (&d.invoice_id, d.revision, &d.customer_id, &d.period),
         }
     }
 
-    /// Amount and currency (the invoice total, for both documents).
+    /// Amount and currency: what the document adds to the customer's receivable (an invoice
+    /// its total, a credit memo minus its total, a journal entry its receivable line net).
     pub fn amount(&self) -> (Decimal, &str) {
         match self {
             ErpDocument::ArInvoice(d) => (d.total, &d.currency),
+            ErpDocument::CreditMemo(d) => (-d.total, &d.currency),
             // The receivable line (the first), net: the invoice total, also for credits.
             ErpDocument::JournalEntry(d) => {
                 (d.lines.first().map_or(Decimal::ZERO, |l| l.debit - l.credit), &d.currency)
             }
         }
     }
+
+    /// Where it goes in a posting run: reversals of earlier revisions first, then invoices,
+    /// then credit notes (each after the invoice it credits). Read from the key's form.
+    fn rank(&self) -> u8 {
+        let key = self.key();
+        if key.contains(CREDIT_NOTE_MARK) {
+            2
+        } else if key.ends_with(".rev") || key.ends_with(".cm") {
+            0
+        } else {
+            1
+        }
+    }
 }
+
+/// What separates an invoice id from a credit note's number (`<invoice id>-CN<n>`); invoice
+/// ids are `INV-<period>-<hex>` and never contain it.
+pub const CREDIT_NOTE_MARK: &str = "-CN";
+
+/// The reason of a credit memo that reverses a revision of an invoice re-issued since.
+pub const REVISED: &str = "revised";
 
 /// Checks that a journal entry balances.
 pub fn check_balanced(entry: &JournalEntry) -> Result<(), BillingError> {
@@ -228,6 +297,113 @@ pub fn documents(inv: &Invoice, config: &BillingConfig) -> Result<Vec<ErpDocumen
     Ok(vec![ErpDocument::ArInvoice(ar), ErpDocument::JournalEntry(je)])
 }
 
+/// The documents reversing revision `inv` of an invoice re-issued since: an AR credit memo
+/// crediting its AR invoice in full (when `receivable`: the target took that invoice) and a
+/// reversing journal entry, its journal entry with debits and credits swapped (when
+/// `journal`). Dated `date`, the new revision's issue date.
+pub fn reversal(
+    inv: &Invoice,
+    receivable: bool,
+    journal: bool,
+    date: &str,
+    config: &BillingConfig,
+) -> Result<Vec<ErpDocument>, BillingError> {
+    let mut out = Vec::new();
+    let original = documents(inv, config)?;
+    for doc in original {
+        match doc {
+            ErpDocument::ArInvoice(ar) if receivable => out.push(ErpDocument::CreditMemo(CreditMemo {
+                idempotency_key: format!("{}.r{}.cm", inv.invoice_id, inv.revision),
+                credit_memo_id: format!("{}-R{}", inv.invoice_id, inv.revision),
+                invoice_id: ar.invoice_id,
+                revision: ar.revision,
+                credits_document: ar.idempotency_key,
+                erp_customer_id: ar.erp_customer_id,
+                customer_id: ar.customer_id,
+                legal_entity: ar.legal_entity,
+                currency: ar.currency,
+                date: date.to_string(),
+                period: ar.period,
+                reason: REVISED.into(),
+                lines: ar.lines,
+                total: ar.total,
+            })),
+            ErpDocument::JournalEntry(je) if journal => {
+                let lines = je
+                    .lines
+                    .into_iter()
+                    .map(|l| JournalLine {
+                        account: l.account,
+                        debit: l.credit,
+                        credit: l.debit,
+                        memo: format!("reversal of {}: {}", je.idempotency_key, l.memo),
+                    })
+                    .collect();
+                let rev = JournalEntry {
+                    idempotency_key: format!("{}.r{}.rev", inv.invoice_id, inv.revision),
+                    date: date.to_string(),
+                    lines,
+                    ..je
+                };
+                check_balanced(&rev)?;
+                out.push(ErpDocument::JournalEntry(rev));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The credit memo and journal entry of a credit note issued against an invoice line: the
+/// memo credits the line's item by the note's amount, the entry debits the line's revenue
+/// account and credits receivables.
+pub fn credit_note_documents(
+    note: &crate::credit_note::CreditNote,
+    config: &BillingConfig,
+) -> Result<Vec<ErpDocument>, BillingError> {
+    let memo = CreditMemo {
+        idempotency_key: format!("{}.cm", note.credit_note_id),
+        credit_memo_id: note.credit_note_id.clone(),
+        invoice_id: note.invoice_id.clone(),
+        revision: note.revision,
+        credits_document: format!("{}.r{}.ar", note.invoice_id, note.revision),
+        erp_customer_id: note.erp_customer_id.clone(),
+        customer_id: note.customer_id.clone(),
+        legal_entity: note.legal_entity.clone(),
+        currency: note.currency.clone(),
+        date: note.issue_date.clone(),
+        period: note.period.clone(),
+        reason: note.reason.clone(),
+        lines: vec![ArLine {
+            line_no: note.line_no,
+            item: note.item.clone(),
+            description: note.description.clone(),
+            quantity: Decimal::ZERO,
+            amount: note.amount,
+            revenue_account: note.revenue_account.clone(),
+        }],
+        total: note.amount,
+    };
+    let text = format!("credit note {} on {} line {}", note.credit_note_id, note.invoice_id, note.line_no);
+    let je = JournalEntry {
+        idempotency_key: format!("{}.je", note.credit_note_id),
+        invoice_id: note.invoice_id.clone(),
+        revision: note.revision,
+        erp_customer_id: note.erp_customer_id.clone(),
+        customer_id: note.customer_id.clone(),
+        legal_entity: note.legal_entity.clone(),
+        currency: note.currency.clone(),
+        date: note.issue_date.clone(),
+        period: note.period.clone(),
+        lines: vec![
+            side(&config.receivable_account, -note.amount, true, text.clone()),
+            side(&note.revenue_account, -note.amount, false, format!("{text}: {}", note.reason)),
+        ],
+    };
+    check_balanced(&je)?;
+    Ok(vec![ErpDocument::CreditMemo(memo), ErpDocument::JournalEntry(je)])
+}
+
 /// A posting batch.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -239,7 +415,7 @@ pub struct Batch {
 
 /// Groups documents into batches of at most `max` (in key order).
 pub fn batches(mut docs: Vec<ErpDocument>, max: usize) -> Vec<Batch> {
-    docs.sort_by(|a, b| a.key().cmp(b.key()));
+    docs.sort_by(|a, b| (a.rank(), a.key()).cmp(&(b.rank(), b.key())));
     let mut out = Vec::new();
     let mut docs = docs.into_iter().peekable();
     while docs.peek().is_some() {
@@ -326,56 +502,11 @@ pub fn hledger_journal(entries: &[&JournalEntry], config: &BillingConfig) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::invoice::InvoiceLine;
+    use crate::invoice::sample::{invoice, line};
     use chrono::{TimeZone, Utc};
 
     fn d(s: &str) -> Decimal {
         s.parse().unwrap()
-    }
-
-    fn line(no: u32, amount: &str, account: &str) -> InvoiceLine {
-        InvoiceLine {
-            line_no: no,
-            kind: crate::invoice::LineKind::Usage,
-            description: "x".into(),
-            meter: None,
-            plan_version: None,
-            source_period: "2026-11".into(),
-            quantity: d("1"),
-            tiers: vec![],
-            amount_unrounded: d(amount),
-            amount: d(amount),
-            item: "i".into(),
-            revenue_account: account.into(),
-            event_count: 0,
-            first_seq: 0,
-            last_seq: 0,
-        }
-    }
-
-    fn invoice(lines: Vec<InvoiceLine>) -> Invoice {
-        let total = lines.iter().map(|l| l.amount).sum();
-        Invoice {
-            invoice_id: "INV-202611-1".into(),
-            revision: 1,
-            status: "final".into(),
-            customer_id: "acme".into(),
-            customer_name: "Acme".into(),
-            erp_customer_id: "C-1".into(),
-            legal_entity: "us".into(),
-            currency: "USD".into(),
-            period: "2026-11".into(),
-            period_start: Utc.timestamp_opt(0, 0).unwrap(),
-            period_end: Utc.timestamp_opt(0, 0).unwrap(),
-            issue_date: "2026-12-01".into(),
-            due_date: "2026-12-31".into(),
-            payment_terms_days: 30,
-            summary_version: 1,
-            adjustments_after_version: None,
-            lines,
-            total,
-            content_hash: String::new(),
-        }
     }
 
     #[test]
@@ -400,6 +531,47 @@ mod tests {
         let ErpDocument::JournalEntry(je) = &docs[1] else { panic!("second document is the entry") };
         assert_eq!((je.lines[2].debit, je.lines[2].credit), (d("3.00"), d("0")));
         check_balanced(je).unwrap();
+    }
+
+    #[test]
+    fn reversals_go_first_and_credit_notes_after_the_invoice_they_credit() {
+        let r1 = invoice(vec![line(1, "10.00", "4010")]);
+        let r2 = Invoice { revision: 2, ..r1.clone() };
+        let config = BillingConfig::default();
+        let note = crate::credit_note::CreditNote::issue(
+            &r2,
+            &crate::credit_note::CreditNoteRequest {
+                invoice_id: r2.invoice_id.clone(),
+                line_no: 1,
+                amount: Some(d("2.5")),
+                reason: "goodwill".into(),
+            },
+            &[],
+            Utc.timestamp_opt(1_796_000_000, 0).unwrap(),
+        )
+        .unwrap();
+        let mut docs = credit_note_documents(&note, &config).unwrap();
+        docs.extend(documents(&r2, &config).unwrap());
+        docs.extend(reversal(&r1, true, true, "2026-12-01", &config).unwrap());
+        let order: Vec<String> = batches(docs, 10)[0].documents.iter().map(|d| d.key().to_string()).collect();
+        assert_eq!(
+            order,
+            [
+                "INV-202611-1.r1.cm",
+                "INV-202611-1.r1.rev",
+                "INV-202611-1.r2.ar",
+                "INV-202611-1.r2.je",
+                "INV-202611-1-CN1.cm",
+                "INV-202611-1-CN1.je"
+            ]
+        );
+        let docs = credit_note_documents(&note, &config).unwrap();
+        let ErpDocument::JournalEntry(je) = &docs[1] else { panic!("the second is the entry") };
+        check_balanced(je).unwrap();
+        let sides: Vec<(&str, Decimal, Decimal)> =
+            je.lines.iter().map(|l| (l.account.as_str(), l.debit, l.credit)).collect();
+        assert_eq!(sides, vec![("1200", d("0"), d("2.50")), ("4010", d("2.50"), d("0"))], "revenue debited");
+        assert_eq!((docs[0].amount().0, docs[1].amount().0), (d("-2.50"), d("-2.50")));
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub enum BillingError {
         /// What is wrong with it.
         message: String,
     },
+    /// A credit note that cannot be issued (the message says why and what is allowed).
+    #[error("credit note refused: {0}")]
+    CreditNote(String),
     /// Nothing to work on.
     #[error("{0}")]
     Nothing(String),

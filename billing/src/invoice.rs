@@ -616,6 +616,62 @@ fn assemble(ctx: &Ctx<'_>, input: &InvoiceInput<'_>, lines: Vec<InvoiceLine>) ->
     Ok(invoice)
 }
 
+/// Invoices for the unit tests of the billing crate.
+#[cfg(test)]
+pub(crate) mod sample {
+    use super::*;
+    use chrono::TimeZone;
+
+    /// A usage line of `amount` (USD) on revenue account `account`.
+    pub(crate) fn line(no: u32, amount: &str, account: &str) -> InvoiceLine {
+        let amount: Decimal = amount.parse().unwrap_or_default();
+        InvoiceLine {
+            line_no: no,
+            kind: LineKind::Usage,
+            description: format!("line {no}"),
+            meter: None,
+            plan_version: None,
+            source_period: "2026-11".into(),
+            quantity: Decimal::ONE,
+            tiers: vec![],
+            amount_unrounded: amount,
+            amount,
+            item: "i".into(),
+            revenue_account: account.into(),
+            event_count: 0,
+            first_seq: 0,
+            last_seq: 0,
+        }
+    }
+
+    /// acme's November invoice, revision 1, with `lines`.
+    pub(crate) fn invoice(lines: Vec<InvoiceLine>) -> Invoice {
+        let total = lines.iter().map(|l| l.amount).sum();
+        let epoch = Utc.timestamp_opt(0, 0).single().unwrap_or_default();
+        Invoice {
+            invoice_id: "INV-202611-1".into(),
+            revision: 1,
+            status: "final".into(),
+            customer_id: "acme".into(),
+            customer_name: "Acme".into(),
+            erp_customer_id: "C-1".into(),
+            legal_entity: "us".into(),
+            currency: "USD".into(),
+            period: "2026-11".into(),
+            period_start: epoch,
+            period_end: epoch,
+            issue_date: "2026-12-01".into(),
+            due_date: "2026-12-31".into(),
+            payment_terms_days: 30,
+            summary_version: 1,
+            adjustments_after_version: None,
+            lines,
+            total,
+            content_hash: String::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

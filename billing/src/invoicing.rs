@@ -656,6 +656,36 @@ pub async fn finalized_invoices(root: impl Into<TableRoot>, period: &str) -> Res
     rows.iter().map(|r| Invoice::from_json(&r.text(0)?)).collect()
 }
 
+/// The latest revision of invoice `invoice_id`, if it was finalized.
+pub(crate) async fn latest_revision(root: &TableRoot, invoice_id: &str) -> Result<Option<Invoice>, BillingError> {
+    let session = Session::new();
+    if !session.register(root, INVOICES.name, "invoices").await? {
+        return Ok(None);
+    }
+    let rows = session.rows("SELECT document FROM latest_invoices WHERE invoice_id = $1", &[text(invoice_id)]).await?;
+    let Some(first) = rows.iter().next() else { return Ok(None) };
+    let json = first.text(0)?;
+    Invoice::from_json(&json).map(Some)
+}
+
+/// Every finalized revision of the invoices of `period`, by invoice id and revision.
+pub(crate) async fn all_revisions(
+    root: &TableRoot,
+    period: &str,
+) -> Result<BTreeMap<(String, u32), Invoice>, BillingError> {
+    let session = Session::new();
+    if !session.register(root, INVOICES.name, "invoices").await? {
+        return Ok(BTreeMap::new());
+    }
+    let rows = session.rows("SELECT document FROM invoices WHERE period = $1", &[text(period)]).await?;
+    let mut out = BTreeMap::new();
+    for r in rows.iter() {
+        let inv = Invoice::from_json(&r.text(0)?)?;
+        out.insert((inv.invoice_id.clone(), inv.revision), inv);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,8 @@
 //!   reference: customers, plans      ─┘                                    │
 //!                                                                          ▼
 //!   finalized invoices ─► erp::documents (AR invoice + balanced journal entry) ─► batches
+//!     (a revision of a posted invoice: erp::reversal first, credit memo + reversing entry;
+//!      credit_notes ─► erp::credit_note_documents: credit memo + journal entry)
 //!        ─► post::Target (file: JSONL + CSV journal | http(s): POST with retries | hledger journal)
 //!        ─► postings ledger (pending / posted / failed per document)
 //!   reconcile: summaries vs invoice lines vs postings ─► variances (zero when clean)
@@ -15,6 +17,7 @@
 //! money logic; the rest is SQL and I/O at the edges.
 
 mod config;
+pub mod credit_note;
 pub mod erp;
 mod error;
 pub mod invoice;
@@ -24,6 +27,7 @@ pub mod reconcile;
 mod tables;
 
 pub use config::{BillingConfig, Secret};
+pub use credit_note::{credit_notes, issue_credit_note, CreditNote, CreditNoteRequest};
 pub use error::BillingError;
 pub use invoice::{Account, Invoice, InvoiceLine, LineKind};
 pub use invoicing::{

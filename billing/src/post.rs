@@ -73,8 +73,8 @@ impl Target {
     }
 
     /// Whether the target takes this kind of document (hledger takes journal entries only).
-    fn accepts(&self, doc: &ErpDocument) -> bool {
-        !matches!((self, doc), (Target::Hledger(_), ErpDocument::ArInvoice(_)))
+    pub fn accepts(&self, doc: &ErpDocument) -> bool {
+        !(matches!(self, Target::Hledger(_)) && doc.is_receivable())
     }
 }
 
@@ -128,6 +128,9 @@ pub struct PostReport {
     pub batches: usize,
     /// HTTP requests made (including retries).
     pub requests: usize,
+    /// Documents of earlier revisions of re-issued invoices that were still pending here, sent
+    /// again alone this run: the next run reverses what the target took and posts the rest.
+    pub settled_first: usize,
 }
 
 /// Per-document result of delivering one batch.
@@ -208,14 +211,27 @@ pub async fn post_period(
             "no finalized invoices for {period}: run `meterflow invoice --period {period}` first"
         )));
     }
-    let mut docs = Vec::new();
-    for inv in &invoices {
-        docs.extend(erp::documents(inv, config)?.into_iter().filter(|d| target.accepts(d)));
-    }
     let label = target.label();
     let known = ledger(root, &label).await?;
-    refuse_revisions_over_posted(&invoices, &known, &label)?;
-    let mut report = PostReport { documents: docs.len(), ..PostReport::default() };
+    let revisions = crate::invoicing::all_revisions(root, period).await?;
+    let reversals = reversals_due(&invoices, &revisions, &known, &label, config)?;
+    let settled_first = reversals.resend.len();
+    let mut docs = if reversals.resend.is_empty() {
+        let mut docs = reversals.docs;
+        for inv in &invoices {
+            docs.extend(erp::documents(inv, config)?);
+        }
+        for note in crate::credit_note::credit_notes(root.clone(), Some(period)).await? {
+            docs.extend(erp::credit_note_documents(&note, config)?);
+        }
+        docs
+    } else {
+        // Settle first whether the target took the earlier revisions; the next run reverses
+        // what it took and posts the rest.
+        reversals.resend
+    };
+    docs.retain(|d| target.accepts(d));
+    let mut report = PostReport { documents: docs.len(), settled_first, ..PostReport::default() };
     let mut todo = Vec::new();
     for d in docs {
         match known.get(d.key()) {
@@ -241,35 +257,54 @@ pub async fn post_period(
     Ok(report)
 }
 
-/// A new revision must not be booked on top of a posted earlier one: that needs a reversal in
-/// the ERP first, which meterflow does not generate.
-fn refuse_revisions_over_posted(
+/// What earlier revisions of re-issued invoices need at this target.
+#[derive(Debug, Default)]
+struct Reversals {
+    /// Credit memos and reversing entries of what the target took (posted).
+    docs: Vec<ErpDocument>,
+    /// Documents of earlier revisions still pending here (sent, unconfirmed): sent again, alone,
+    /// until the target confirms or refuses them (it recognises their keys), since whether to
+    /// reverse them is unknown until then.
+    resend: Vec<ErpDocument>,
+}
+
+/// The documents reversing what this target took of earlier revisions of re-issued invoices:
+/// for each earlier revision whose AR invoice or journal entry the ledger records as posted
+/// here, a credit memo and a reversing entry (already-posted reversals are skipped by the
+/// caller like any posted document).
+fn reversals_due(
     invoices: &[crate::invoice::Invoice],
+    revisions: &BTreeMap<(String, u32), crate::invoice::Invoice>,
     known: &BTreeMap<String, (Status, u64)>,
     label: &str,
-) -> Result<(), BillingError> {
-    let replaced: Vec<String> = invoices
-        .iter()
-        .filter(|i| i.revision > 1)
-        .filter(|i| {
-            ["ar", "je"].iter().any(|k| {
-                let key = format!("{}.r{}.{k}", i.invoice_id, i.revision - 1);
-                matches!(known.get(&key), Some((Status::Posted, _)))
-            })
-        })
-        .map(|i| format!("{} r{} replaces r{}", i.invoice_id, i.revision, i.revision - 1))
-        .collect();
-    if !replaced.is_empty() {
-        return Err(BillingError::Target {
-            target: label.to_string(),
-            message: format!(
-                "revised invoices whose earlier revision is already posted here: {}. Reverse the earlier \
-                    revision in the ERP (credit note and reversing entry) and record it, then post again; nothing was sent",
-                replaced.join("; ")
-            ),
-        });
+    config: &BillingConfig,
+) -> Result<Reversals, BillingError> {
+    let mut out = Reversals::default();
+    for inv in invoices {
+        for k in 1..inv.revision {
+            let status = |kind: &str| known.get(&format!("{}.r{k}.{kind}", inv.invoice_id)).map(|(s, _)| *s);
+            let (ar, je) = (status("ar"), status("je"));
+            if ar.is_none() && je.is_none() {
+                continue;
+            }
+            let earlier = revisions.get(&(inv.invoice_id.clone(), k)).ok_or_else(|| {
+                BillingError::Nothing(format!(
+                    "{} r{k} is in the posting ledger of {label} but not in the invoices table: cannot reverse it",
+                    inv.invoice_id
+                ))
+            })?;
+            if ar == Some(Status::Pending) || je == Some(Status::Pending) {
+                let pending = |d: &ErpDocument| matches!(known.get(d.key()), Some((Status::Pending, _)));
+                out.resend.extend(erp::documents(earlier, config)?.into_iter().filter(pending));
+                continue;
+            }
+            let (ar, je) = (ar == Some(Status::Posted), je == Some(Status::Posted));
+            if ar || je {
+                out.docs.extend(erp::reversal(earlier, ar, je, &inv.issue_date, config)?);
+            }
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Sends each batch to the target and records every document's outcome in the postings ledger.
@@ -570,6 +605,38 @@ mod tests {
                 Delivery::Pending(_) => "pending",
             })
             .collect()
+    }
+
+    #[test]
+    fn a_revision_reverses_exactly_what_the_target_took_of_the_earlier_one() {
+        use crate::invoice::sample::{invoice, line};
+        let r1 = invoice(vec![line(1, "10.00", "4010"), line(2, "5.00", "4100")]);
+        let r2 = crate::invoice::Invoice { revision: 2, ..invoice(vec![line(1, "12.00", "4010")]) };
+        let revisions = BTreeMap::from([(("INV-202611-1".to_string(), 1), r1.clone())]);
+        let config = BillingConfig::default();
+        let posted = |keys: &[(&str, Status)]| -> BTreeMap<String, (Status, u64)> {
+            keys.iter().map(|(k, s)| (k.to_string(), (*s, 1))).collect()
+        };
+        let keys = |docs: &[ErpDocument]| docs.iter().map(|d| d.key().to_string()).collect::<Vec<_>>();
+
+        let both = posted(&[("INV-202611-1.r1.ar", Status::Posted), ("INV-202611-1.r1.je", Status::Posted)]);
+        let due = reversals_due(std::slice::from_ref(&r2), &revisions, &both, "erp", &config).unwrap();
+        assert_eq!(keys(&due.docs), ["INV-202611-1.r1.cm", "INV-202611-1.r1.rev"]);
+        assert!(due.resend.is_empty());
+        let (memo, entry) = (due.docs[0].amount().0, due.docs[1].amount().0);
+        assert_eq!((memo, entry), (Decimal::new(-1500, 2), Decimal::new(-1500, 2)), "the whole of r1, taken off");
+
+        let journal_only = posted(&[("INV-202611-1.r1.je", Status::Posted)]);
+        let due = reversals_due(std::slice::from_ref(&r2), &revisions, &journal_only, "hledger", &config).unwrap();
+        assert_eq!(keys(&due.docs), ["INV-202611-1.r1.rev"], "an hledger journal took no AR invoice");
+
+        let unsure = posted(&[("INV-202611-1.r1.ar", Status::Posted), ("INV-202611-1.r1.je", Status::Pending)]);
+        let due = reversals_due(std::slice::from_ref(&r2), &revisions, &unsure, "erp", &config).unwrap();
+        assert!(due.docs.is_empty(), "nothing reversed while r1's entry is unconfirmed");
+        assert_eq!(keys(&due.resend), ["INV-202611-1.r1.je"], "r1's entry is sent again first");
+
+        let none = reversals_due(&[r2], &revisions, &BTreeMap::new(), "erp", &config).unwrap();
+        assert!(none.docs.is_empty() && none.resend.is_empty(), "r1 never posted here: nothing to reverse");
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //!   Per figure, `summary = invoiced + pending + variance`; `billed_on` names the invoices that
 //!   carry the lines. A row that disappeared from the table (the table is append-only) is
 //!   expected but no longer summed, so it shows as a variance, never as pending;
-//! - posting, per invoice *of* the period: invoice total against the posted AR invoice and
-//!   journal entry in the posting ledger.
+//! - posting, per invoice *of* the period and per target it was posted to: the invoice total
+//!   less its credit notes against what the target took, net of credit memos and reversing
+//!   entries ([`POSTING_SQL`]); a target that takes journal entries only is compared on them
+//!   only.
 
 use meterflow_rater::Period;
 use meterflow_sink::deltalake::arrow::record_batch::RecordBatch;
@@ -22,6 +24,7 @@ use meterflow_sink::TableRoot;
 use meterflow_sink::{PeriodTable, SUMMARIES_TABLE};
 use std::collections::BTreeMap;
 
+use crate::credit_note::CREDIT_NOTES;
 use crate::invoicing::same_flavour;
 use crate::tables::{self, text, Session, INVOICES, INVOICE_LINES, POSTINGS};
 use crate::BillingError;
@@ -177,16 +180,34 @@ pub fn usage_sql(billed: &[BilledRows]) -> String {
     )
 }
 
-/// SQL of the posting comparison of period `$1`.
+/// SQL of the posting comparison of period `$1`: per invoice (latest revision) and per target
+/// the period was posted to, what the invoice less its credit notes should leave in the
+/// customer's receivable against what the target took, net: AR invoices less credit memos
+/// (reversals of earlier revisions and credit notes), and the receivable lines of the journal
+/// entries (reversing entries and credit note entries included). A target that takes no AR
+/// documents (`hledger:`) has no AR figure and no AR variance. An invoice of a period nothing
+/// was posted for yet shows under `(not posted)` with its whole total as the variance.
 pub const POSTING_SQL: &str = "WITH \
-posted AS (SELECT idempotency_key, MAX(amount) AS amount FROM postings WHERE status = 'posted' GROUP BY 1) \
-SELECT i.invoice_id, i.revision, i.customer_id, i.currency, i.total AS invoiced_total, \
-COALESCE(ar.amount, 0) AS posted_ar_invoice, i.total - COALESCE(ar.amount, 0) AS ar_variance, \
-COALESCE(je.amount, 0) AS posted_journal, i.total - COALESCE(je.amount, 0) AS journal_variance \
-FROM latest_invoices i \
-LEFT JOIN posted ar ON ar.idempotency_key = concat(i.invoice_id, '.r', CAST(i.revision AS VARCHAR), '.ar') \
-LEFT JOIN posted je ON je.idempotency_key = concat(i.invoice_id, '.r', CAST(i.revision AS VARCHAR), '.je') \
-WHERE i.period = $1 ORDER BY i.customer_id, i.invoice_id";
+posted AS (SELECT target, invoice_id, idempotency_key, document_type, MAX(amount) AS amount FROM postings \
+  WHERE status = 'posted' GROUP BY 1, 2, 3, 4), \
+net AS (SELECT target, invoice_id, \
+  SUM(CASE WHEN document_type = 'journal_entry' THEN 0 ELSE amount END) AS ar, \
+  SUM(CASE WHEN document_type = 'journal_entry' THEN amount ELSE 0 END) AS je \
+  FROM posted GROUP BY 1, 2), \
+targets AS (SELECT DISTINCT target FROM postings WHERE period = $1), \
+t AS (SELECT target, target NOT LIKE 'hledger:%' AS takes_ar FROM targets \
+  UNION ALL SELECT '(not posted)' AS target, TRUE AS takes_ar FROM (SELECT COUNT(*) AS n FROM targets) c WHERE c.n = 0), \
+cn AS (SELECT invoice_id, SUM(amount) AS credited FROM credit_notes GROUP BY 1) \
+SELECT i.invoice_id, i.revision, i.customer_id, i.currency, t.target, i.total AS invoiced_total, \
+COALESCE(cn.credited, 0) AS credit_notes, i.total - COALESCE(cn.credited, 0) AS receivable, \
+CASE WHEN t.takes_ar THEN COALESCE(n.ar, 0) END AS posted_ar_net, \
+CASE WHEN t.takes_ar THEN i.total - COALESCE(cn.credited, 0) - COALESCE(n.ar, 0) ELSE 0 END AS ar_variance, \
+COALESCE(n.je, 0) AS posted_journal_net, \
+i.total - COALESCE(cn.credited, 0) - COALESCE(n.je, 0) AS journal_variance \
+FROM latest_invoices i CROSS JOIN t \
+LEFT JOIN net n ON n.target = t.target AND n.invoice_id = i.invoice_id \
+LEFT JOIN cn ON cn.invoice_id = i.invoice_id \
+WHERE i.period = $1 ORDER BY i.customer_id, i.invoice_id, t.target";
 
 /// Rows of `rows` with a non-zero number in a column whose name `column` accepts.
 fn nonzero(rows: &Rows, column: impl Fn(&str) -> bool) -> Result<usize, BillingError> {
@@ -271,7 +292,7 @@ pub async fn reconcile(root: impl Into<TableRoot>, period: &str) -> Result<Recon
     // The billing tables may not exist yet: an empty one reconciles as "nothing invoiced".
     tables::create_tables(root).await?;
     let session = Session::new();
-    for name in [SUMMARIES_TABLE, INVOICES.name, INVOICE_LINES.name, POSTINGS.name] {
+    for name in [SUMMARIES_TABLE, INVOICES.name, INVOICE_LINES.name, POSTINGS.name, CREDIT_NOTES.name] {
         session.register(root, name, name).await?;
     }
     let closed = PeriodTable::open_or_create(root).await?.closed().await?;

@@ -227,11 +227,11 @@ pub(crate) async fn append(root: &TableRoot, spec: &Spec, rows: &[Vec<Cell>]) ->
     Ok(())
 }
 
-/// Creates the billing tables (`invoices`, `invoice_lines`, `postings`) under `root`
+/// Creates the billing tables (`invoices`, `invoice_lines`, `postings`, `credit_notes`) under `root`
 /// where absent, empty.
 pub async fn create_tables(root: impl Into<TableRoot>) -> Result<(), BillingError> {
     let root = &root.into();
-    for spec in [&INVOICES, &INVOICE_LINES, &POSTINGS] {
+    for spec in [&INVOICES, &INVOICE_LINES, &POSTINGS, &crate::credit_note::CREDIT_NOTES] {
         append(root, spec, &[]).await?;
     }
     Ok(())

@@ -262,7 +262,7 @@ impl Broker {
     /// pipeline could not re-read from its committed sequence after a crash).
     pub async fn ensure_streams(&self) -> Result<()> {
         let c = &self.config;
-        let redrive = format!("{}.>", c.redrive_subject_prefix);
+        let redrive = c.redrive_stream_subject();
         if c.subjects.iter().any(|s| s.starts_with(&c.redrive_subject_prefix)) {
             return Err(IngestError::StreamConfig {
                 stream: c.stream.clone(),
@@ -274,7 +274,7 @@ impl Broker {
                 source: crate::partition::TRANSFORM_SOURCE.into(),
                 destination: crate::partition::transform_destination(c.partitions),
             };
-            (vec![crate::partition::TRANSFORM_SOURCE.to_string()], Some(transform))
+            (vec![crate::partition::USAGE_SUBJECTS.to_string()], Some(transform))
         } else {
             (c.subjects.clone(), None)
         };
@@ -358,7 +358,7 @@ impl Broker {
                 ack_policy: AckPolicy::All,
                 ack_wait: Duration::from_secs(c.ack_wait_s.max(1)),
                 max_ack_pending: -1,
-                filter_subjects: c.partition.map(|p| c.partition_filters(p)).unwrap_or_default(),
+                filter_subject: c.partition.map(crate::partition::filter).unwrap_or_default(),
                 ..Default::default()
             })
             .await
@@ -484,15 +484,11 @@ impl Broker {
     /// The last stream sequence of partition `p`'s subjects (0 when it holds none).
     pub async fn last_sequence_of(&self, p: u32) -> Result<u64> {
         let s = self.js.get_stream(&self.config.stream).await.map_err(|e| js_err("get stream")(e.to_string()))?;
-        let mut last = 0;
-        for filter in self.config.partition_filters(p) {
-            match s.get_last_raw_message_by_subject(&filter).await {
-                Ok(m) => last = last.max(m.sequence),
-                Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
-                Err(e) => return Err(js_err("last message of a partition")(e.to_string())),
-            }
+        match s.get_last_raw_message_by_subject(&crate::partition::filter(p)).await {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(js_err("last message of a partition")(e.to_string())),
         }
-        Ok(last)
     }
 
     /// Where the usage stream lives on a cluster: its leader and each replica as `name` or

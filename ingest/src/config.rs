@@ -384,9 +384,14 @@ impl NatsConfig {
         NatsConfig { partition: Some(p), consumer: format!("{}-p{p}", self.consumer), ..self.clone() }
     }
 
-    /// The subjects partition `p` reads: its usage and the DLQ entries redriven to it.
-    pub fn partition_filters(&self, p: u32) -> Vec<String> {
-        vec![format!("usage.{p}.>"), format!("{}.{p}.>", self.redrive_subject_prefix)]
+    /// The usage stream's subjects for DLQ entries redriven into it: on a partitioned stream,
+    /// `<prefix>.<customer>.<original subject>` (the stream partitions them by the customer).
+    pub fn redrive_stream_subject(&self) -> String {
+        if self.partitions > 0 {
+            format!("{}.*.>", self.redrive_subject_prefix)
+        } else {
+            format!("{}.>", self.redrive_subject_prefix)
+        }
     }
 
     /// Checks the partitioning, authentication and TLS settings fit together (no file is read).
@@ -398,15 +403,22 @@ impl NatsConfig {
                 crate::partition::MAX_PARTITIONS
             )));
         }
-        if self.partitions > 0
-            && !self.subjects.iter().all(|s| s == "usage.>" || s == crate::partition::TRANSFORM_SOURCE)
+        if self.partitions > 0 && !self.subjects.iter().all(|s| s == "usage.>" || s == crate::partition::USAGE_SUBJECTS)
         {
             return Err(config_err(format!(
                 "with partitions = {}, the usage stream's subjects are {} (usage.<customer>.<type>, the \
                  customer token deciding the partition); remove `subjects` = {:?}",
                 self.partitions,
-                crate::partition::TRANSFORM_SOURCE,
+                crate::partition::USAGE_SUBJECTS,
                 self.subjects
+            )));
+        }
+        if self.partitions > 0 && (self.redrive_subject_prefix.contains('.') || self.redrive_subject_prefix == "usage")
+        {
+            return Err(config_err(format!(
+                "with partitions = {}, redrive_subject_prefix must be one subject token other than `usage` (the \
+                 stream partitions redrives by the token after it); {:?} is not",
+                self.partitions, self.redrive_subject_prefix
             )));
         }
         for (key, inline, file) in [
@@ -573,7 +585,9 @@ mod tests {
         assert!(e.contains("5000") && e.contains("1024"), "{e}");
         let p3 = parse("partitions = 8").for_partition(3);
         assert_eq!((p3.consumer.as_str(), p3.partition), ("meterflow-p3", Some(3)));
-        assert_eq!(p3.partition_filters(3), ["usage.3.>", "usage_redrive.3.>"]);
+        assert_eq!(p3.redrive_stream_subject(), "usage_redrive.*.>");
+        let e = parse("partitions = 8\nredrive_subject_prefix = \"ops.redrive\"").validate().unwrap_err().to_string();
+        assert!(e.contains("one subject token"), "{e}");
     }
 
     fn invalid(toml_text: &str) -> String {

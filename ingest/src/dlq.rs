@@ -1,8 +1,9 @@
 //! The DLQ as an exception queue: reading its entries, and redriving them into the usage stream
 //! once the catalog has been fixed.
 //!
-//! A redriven entry is published on `<redrive_subject_prefix>.<original subject>` (a subject of
-//! the usage stream that only operators may publish to) with the original arrival time in the
+//! A redriven entry is published on `<redrive_subject_prefix>.<original subject>` (on a
+//! partitioned stream `<redrive_subject_prefix>.<customer>.<original subject>`, see
+//! [`crate::partition`]; a subject of the usage stream that only operators may publish to) with the original arrival time in the
 //! `Meterflow-Arrival` header. The pipeline reads such a message as if it had arrived on the
 //! original subject at the original time: time bounds and the dedup day are those of the first
 //! arrival, so the outcome does not depend on how long the fix took, and a second redrive of
@@ -210,7 +211,7 @@ impl Broker {
     /// Adds the redrive subjects to a usage stream created before they existed.
     pub async fn ensure_redrive_subject(&self) -> Result<()> {
         let c = self.config();
-        let subject = format!("{}.>", c.redrive_subject_prefix);
+        let subject = c.redrive_stream_subject();
         let err = |e: String| IngestError::JetStream { operation: "add the redrive subject", message: e };
         let mut stream = self.jetstream().get_stream(&c.stream).await.map_err(|e| err(e.to_string()))?;
         let mut config = stream.info().await.map_err(|e| err(e.to_string()))?.config.clone();
@@ -234,7 +235,15 @@ impl Broker {
         headers.insert("Nats-Msg-Id", id.as_str());
         headers.insert(ARRIVAL_HEADER, arrival_unix.to_string().as_str());
         headers.insert("Meterflow-Redrive-Of", format!("{}:{}", c.dlq_stream, entry.dlq_seq).as_str());
-        let subject = crate::partition::redrive_subject(&c.redrive_subject_prefix, &entry.subject, c.partitions);
+        let subject = crate::partition::redrive_subject(&c.redrive_subject_prefix, &entry.subject, c.partitions)
+            .ok_or_else(|| IngestError::StreamConfig {
+                stream: c.stream.clone(),
+                message: format!(
+                    "entry {} was published on {:?}, which has no customer token: a partitioned stream takes usage \
+                     on usage.<customer>.<type> only; publish the event again on its customer's subject",
+                    entry.dlq_seq, entry.subject
+                ),
+            })?;
         let err = |op: &'static str| move |e: String| IngestError::JetStream { operation: op, message: e };
         let ack = self
             .jetstream()

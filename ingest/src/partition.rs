@@ -1,14 +1,23 @@
-//! Partitions of the usage stream, for workers that each own some of them: the stream inserts a
-//! partition token derived from the customer's subject token with the subject transform
-//! [`TRANSFORM_SOURCE`] → [`transform_destination`] (`usage.<customer>.<type>` is stored as
-//! `usage.<p>.<customer>.<type>`). nats-server computes the token as the FNV-1a 32-bit hash of
-//! the customer token, modulo the partition count; [`partition_of`] is the same function, so a
-//! worker knows without asking the server which partition a customer's usage lands in. Dedup,
-//! windows, period totals and rating are per customer, so everything one decision needs is
-//! inside one partition. Pure.
+//! Partitions of the usage stream, for workers that each own some of them: the stream puts a
+//! partition token in front of every subject, derived from the customer's subject token, with
+//! the subject transform [`TRANSFORM_SOURCE`] → [`transform_destination`]:
+//! `usage.<customer>.<type>` is stored as `<p>.usage.<customer>.<type>`, and a redriven DLQ
+//! entry, published on `<redrive prefix>.<customer>.<original subject>`, as
+//! `<p>.<redrive prefix>.<customer>.<original subject>`. A partition's consumer then reads one
+//! filter subject, `<p>.>` ([`filter`]): nats-server serves a consumer with two filter subjects
+//! several times slower than one with a single filter (BENCHMARKS.md).
+//!
+//! nats-server computes the token as the FNV-1a 32-bit hash of the customer token, modulo the
+//! partition count; [`partition_of`] is the same function, so a worker knows without asking the
+//! server which partition a customer's usage lands in. Dedup, windows, period totals and rating
+//! are per customer, so everything one decision needs is inside one partition. Pure.
 
-/// The subjects the transform applies to: a customer token, then anything.
-pub const TRANSFORM_SOURCE: &str = "usage.*.>";
+/// The usage subjects of a partitioned stream: a customer token, then anything.
+pub const USAGE_SUBJECTS: &str = "usage.*.>";
+
+/// The subjects the transform applies to: every subject of a partitioned stream (usage and
+/// redrives), whose second token is the customer's.
+pub const TRANSFORM_SOURCE: &str = "*.*.>";
 
 /// The most partitions a stream may have.
 pub const MAX_PARTITIONS: u32 = 1024;
@@ -42,29 +51,41 @@ pub fn in_customer_partition(subject: &str, customer_id: &str, partitions: u32) 
         .is_some_and(|t| partition_of(t, partitions) == partition_of(&token(customer_id), partitions))
 }
 
-/// A subject as stored in partition `p` back as it was published: `usage.<p>.rest` is
-/// `usage.rest`, `<redrive prefix>.<p>.rest` is `<redrive prefix>.rest`; any other as it is.
+/// The one filter subject of partition `p`'s consumer: everything the stream filed under it.
+pub fn filter(p: u32) -> String {
+    format!("{p}.>")
+}
+
+/// A subject as stored in partition `p` back as it was published: `<p>.usage.rest` is
+/// `usage.rest`; a redrive, `<p>.<redrive prefix>.<customer>.<original>`, is
+/// `<redrive prefix>.<original>` (the form [`crate::dlq::as_arrived`] reads on any stream);
+/// any other as it is.
 pub fn as_published(subject: &str, p: u32, redrive_prefix: &str) -> String {
-    let strip = |head: &str| {
-        let rest = subject.strip_prefix(head)?.strip_prefix('.')?;
-        let after = rest.strip_prefix(p.to_string().as_str())?.strip_prefix('.')?;
-        Some(format!("{head}.{after}"))
+    let Some(stored) = subject.strip_prefix(p.to_string().as_str()).and_then(|s| s.strip_prefix('.')) else {
+        return subject.to_string();
     };
-    strip("usage").or_else(|| strip(redrive_prefix)).unwrap_or_else(|| subject.to_string())
+    let redriven = stored
+        .strip_prefix(redrive_prefix)
+        .and_then(|s| s.strip_prefix('.'))
+        .and_then(|s| s.split_once('.'))
+        .map(|(_customer, original)| format!("{redrive_prefix}.{original}"));
+    redriven.unwrap_or_else(|| stored.to_string())
 }
 
 /// The subject a DLQ entry first published on `subject` is redriven on: the redrive prefix,
-/// then (on a partitioned stream) the partition of its customer token, then the subject.
-pub fn redrive_subject(prefix: &str, subject: &str, partitions: u32) -> String {
-    match customer_token(subject) {
-        Some(t) if partitions > 0 => format!("{prefix}.{}.{subject}", partition_of(t, partitions)),
-        _ => format!("{prefix}.{subject}"),
+/// then (on a partitioned stream) the customer token the stream partitions it by, then the
+/// subject. `None` on a partitioned stream when the subject has no customer token (usage from
+/// before the stream was partitioned): no partition would read it.
+pub fn redrive_subject(prefix: &str, subject: &str, partitions: u32) -> Option<String> {
+    if partitions == 0 {
+        return Some(format!("{prefix}.{subject}"));
     }
+    customer_token(subject).map(|t| format!("{prefix}.{t}.{subject}"))
 }
 
 /// The destination of the partitioning transform for `partitions` partitions.
 pub fn transform_destination(partitions: u32) -> String {
-    format!("usage.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}.>")
+    format!("{{{{partition({partitions},2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.>")
 }
 
 /// FNV-1a, 32 bits (the hash nats-server's `partition()` transform uses).
@@ -91,12 +112,14 @@ mod tests {
 
     #[test]
     fn a_stored_subject_reads_as_published_and_a_redrive_goes_to_the_customers_partition() {
-        assert_eq!(as_published("usage.3.acme.api", 3, "redrive"), "usage.acme.api");
-        assert_eq!(as_published("redrive.3.usage.acme.api", 3, "redrive"), "redrive.usage.acme.api");
-        assert_eq!(as_published("usage.acme.api", 3, "redrive"), "usage.acme.api");
-        let p = partition_of("acme", 8);
-        assert_eq!(redrive_subject("redrive", "usage.acme.api", 8), format!("redrive.{p}.usage.acme.api"));
-        assert_eq!(redrive_subject("redrive", "usage.acme.api", 0), "redrive.usage.acme.api");
+        assert_eq!(as_published("3.usage.acme.api", 3, "redrive"), "usage.acme.api");
+        assert_eq!(as_published("3.redrive.acme.usage.acme.api", 3, "redrive"), "redrive.usage.acme.api");
+        assert_eq!(as_published("usage.acme.api", 3, "redrive"), "usage.acme.api", "not stored in 3");
+        assert_eq!(as_published("31.usage.acme.api", 3, "redrive"), "31.usage.acme.api", "not stored in 3");
+        assert_eq!(redrive_subject("redrive", "usage.acme.api", 8).as_deref(), Some("redrive.acme.usage.acme.api"));
+        assert_eq!(redrive_subject("redrive", "usage.acme.api", 0).as_deref(), Some("redrive.usage.acme.api"));
+        assert_eq!(redrive_subject("redrive", "usage.api", 8), None, "no customer token to partition by");
+        assert_eq!(filter(3), "3.>");
     }
 
     #[test]
@@ -115,6 +138,6 @@ mod tests {
     #[test]
     fn a_partition_count_of_zero_is_one_partition_and_the_transform_names_the_count() {
         assert_eq!(partition_of("acme", 0), 0);
-        assert_eq!(transform_destination(32), "usage.{{partition(32,1)}}.{{wildcard(1)}}.>");
+        assert_eq!(transform_destination(32), "{{partition(32,2)}}.{{wildcard(1)}}.{{wildcard(2)}}.>");
     }
 }

@@ -178,6 +178,15 @@ enum Command {
         #[arg(long)]
         retry_failed: bool,
     },
+    /// Credit notes: money taken off a line of a finalized invoice (goodwill, a dispute)
+    /// without re-issuing it. `post` sends each as an AR credit memo and a journal entry;
+    /// `reconcile` expects the invoice total less its notes.
+    CreditNote {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: CreditNoteAction,
+    },
     /// Compare, per customer and meter, the summarized usage of a period with the invoice lines
     /// that bill it, and each invoice with its posted documents. Prints the variances; exits 1
     /// when any is not zero.
@@ -363,6 +372,33 @@ enum CatalogAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum CreditNoteAction {
+    /// Issue a credit note against one line of an invoice's latest revision.
+    Issue {
+        /// The invoice id (`meterflow sql "SELECT invoice_id, customer_id, period, total FROM
+        /// latest_invoices"` lists them).
+        #[arg(long)]
+        invoice: String,
+        /// The line number on the invoice.
+        #[arg(long)]
+        line: u32,
+        /// Amount to credit, in the invoice's currency (at most what is left of the line);
+        /// without it, all that is left of the line.
+        #[arg(long)]
+        amount: Option<String>,
+        /// Why (shown on the credit memo and in the journal).
+        #[arg(long)]
+        reason: String,
+    },
+    /// The credit notes issued, of one period or of all.
+    List {
+        /// Only the invoices of this billing period.
+        #[arg(long, value_name = "PERIOD")]
+        period: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DlqAction {
     /// Entries by reason: count, oldest, and the usage subjects of the redrivable ones.
     List,
@@ -469,6 +505,27 @@ async fn run(cli: Cli) -> Result<()> {
             if !ok {
                 bail!("some documents were not posted (listed above)");
             }
+            Ok(())
+        }
+        Command::CreditNote { common, action } => {
+            init_logging("warn");
+            let config = common.load()?;
+            let out = match action {
+                CreditNoteAction::Issue { invoice, line, amount, reason } => {
+                    let amount = amount
+                        .map(|a| {
+                            a.trim()
+                                .parse::<rust_decimal::Decimal>()
+                                .with_context(|| format!("--amount {a:?} is not a decimal amount (for example 12.50)"))
+                        })
+                        .transpose()?;
+                    let request =
+                        meterflow_billing::CreditNoteRequest { invoice_id: invoice, line_no: line, amount, reason };
+                    finance::credit_note_issue(&config, &request).await?
+                }
+                CreditNoteAction::List { period } => finance::credit_note_list(&config, period.as_deref()).await?,
+            };
+            print!("{out}");
             Ok(())
         }
         Command::Reconcile { common, period, format } => {

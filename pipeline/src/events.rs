@@ -150,6 +150,8 @@ pub struct Committed<'a> {
     pub since_previous: Option<Duration>,
     /// Parquet files and bytes the commit added (none when it was already there).
     pub added: Option<(u64, u64)>,
+    /// The partition committed, on a partitioned stream.
+    pub partition: Option<u32>,
 }
 
 impl InternalEvent for Committed<'_> {
@@ -168,7 +170,15 @@ impl InternalEvent for Committed<'_> {
             m.parquet_files.inc_by(files);
             m.parquet_bytes.inc_by(bytes);
         }
-        m.committed_sequence.set(i64::try_from(self.through).unwrap_or(i64::MAX));
+        let through = i64::try_from(self.through).unwrap_or(i64::MAX);
+        match self.partition {
+            Some(p) => {
+                m.partition_committed_sequence.get_or_create(&label("partition", p.to_string())).set(through);
+            }
+            None => {
+                m.committed_sequence.set(through);
+            }
+        }
         for r in self.rows.iter().filter(|r| matches!(r.row_kind, RowKind::Late | RowKind::Adjustment)) {
             m.events_late.get_or_create(&label("meter", r.meter.clone())).inc_by(r.event_count);
         }

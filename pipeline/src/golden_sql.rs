@@ -5,7 +5,7 @@
 //! Each file runs in a fresh DataFusion session holding:
 //! - every table the product queries, empty, with the exact schema the product's own code
 //!   creates on disk (`usage_summaries`, `billing_periods`, `rejections`, `duplicates`,
-//!   `invoices`, `invoice_lines`, `postings`), plus the aliases and one-column lists the
+//!   `invoices`, `invoice_lines`, `postings`, `credit_notes`), plus the aliases and one-column lists the
 //!   billing queries read (`summaries_now`, `selected_customers`, ...);
 //! - the views every session registers ([`meterflow_sink::sql::VIEWS`]);
 //! - each product statement prepared under its name (`PREPARE usage_totals AS <the text the
@@ -66,9 +66,16 @@ async fn table_schemas() -> Vec<(String, SchemaRef)> {
     meterflow_sink::RejectionTable::open_duplicates(d).await.unwrap();
     meterflow_billing::create_tables(d).await.unwrap();
     let mut out = Vec::new();
-    for name in
-        ["usage_summaries", "billing_periods", "rejections", "duplicates", "invoices", "invoice_lines", "postings"]
-    {
+    for name in [
+        "usage_summaries",
+        "billing_periods",
+        "rejections",
+        "duplicates",
+        "invoices",
+        "invoice_lines",
+        "postings",
+        "credit_notes",
+    ] {
         let table = deltalake::open_table(meterflow_sink::table_url(d, name).unwrap()).await.unwrap();
         let schema = table.table_provider().await.unwrap().schema();
         out.push((name.to_string(), schema));

@@ -202,7 +202,65 @@ pub async fn post(config: &Config, period: &str, target: Option<&str>, retry_fai
     for (key, why) in &r.pending {
         line(&mut s, format_args!("  pending {key}: {why}"));
     }
-    Ok((s, r.failed.is_empty() && r.pending.is_empty() && r.previously_failed == 0))
+    if r.settled_first > 0 {
+        line(
+            &mut s,
+            format_args!(
+                "  {} documents of earlier revisions of re-issued invoices were still pending here and were sent \
+                 again first; post again to reverse what the target took and to send the new revisions",
+                r.settled_first
+            ),
+        );
+    }
+    let done = r.failed.is_empty() && r.pending.is_empty() && r.previously_failed == 0 && r.settled_first == 0;
+    Ok((s, done))
+}
+
+/// `meterflow credit-note issue`: issues and records a credit note.
+pub async fn credit_note_issue(config: &Config, request: &meterflow_billing::CreditNoteRequest) -> Result<String> {
+    let n = meterflow_billing::issue_credit_note(&config.tables()?, request).await?;
+    Ok(format!(
+        "credit note {}: {} {} off line {} ({}) of {} r{} ({}, {}): {}\n`meterflow post --period {}` sends it as a \
+         credit memo and a journal entry\n",
+        n.credit_note_id,
+        n.amount,
+        n.currency,
+        n.line_no,
+        n.description,
+        n.invoice_id,
+        n.revision,
+        n.customer_id,
+        n.period,
+        n.reason,
+        n.period
+    ))
+}
+
+/// `meterflow credit-note list`: the credit notes issued.
+pub async fn credit_note_list(config: &Config, period: Option<&str>) -> Result<String> {
+    let notes = meterflow_billing::credit_notes(&config.tables()?, period).await?;
+    if notes.is_empty() {
+        return Ok(format!("no credit notes{}\n", period.map(|p| format!(" on invoices of {p}")).unwrap_or_default()));
+    }
+    let mut s = String::new();
+    for n in &notes {
+        line(
+            &mut s,
+            format_args!(
+                "{}  {}  {} r{} line {}  {} {}  {}  issued {}",
+                n.credit_note_id,
+                n.customer_id,
+                n.invoice_id,
+                n.revision,
+                n.line_no,
+                n.amount,
+                n.currency,
+                n.reason,
+                n.issue_date
+            ),
+        );
+    }
+    Ok(s)
 }
 
 /// Reconciles a period; the flag is true when every variance is zero.

@@ -175,6 +175,131 @@ fn invoice_totals(env: &TestEnv) -> BTreeMap<String, Decimal> {
         .collect()
 }
 
+/// The receivables an hledger journal holds, per currency, after `hledger check -s` passes;
+/// and the balance report they were read from.
+fn hledger_receivables(journal: &Path) -> (BTreeMap<String, Decimal>, String) {
+    let check = std::process::Command::new(hledger())
+        .args(["-f", &journal.display().to_string(), "check", "-s"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "hledger check failed: {}\n{}",
+        String::from_utf8_lossy(&check.stderr),
+        std::fs::read_to_string(journal).unwrap()
+    );
+    let bal = std::process::Command::new(hledger())
+        .args(["-f", &journal.display().to_string(), "balance", "assets", "-O", "csv", "-N"])
+        .output()
+        .unwrap();
+    let bal = String::from_utf8_lossy(&bal.stdout).to_string();
+    let mut receivable: BTreeMap<String, Decimal> = BTreeMap::new();
+    for line in bal.lines().skip(1) {
+        // "account","balance" where balance is like "171.55 USD" (one commodity per row or
+        // several joined with ", ").
+        let cell = line.rsplit("\",\"").next().unwrap_or_default().trim_matches('"');
+        for amount in cell.split(", ") {
+            if let Some((n, c)) = amount.trim().split_once(' ') {
+                *receivable.entry(c.to_string()).or_default() += n.replace(',', "").parse::<Decimal>().unwrap();
+            }
+        }
+    }
+    (receivable, bal)
+}
+
+/// The JSON documents of every batch file in the folder target `outbox`.
+fn posted_documents(outbox: &Path) -> Vec<serde_json::Value> {
+    let mut docs = Vec::new();
+    for f in std::fs::read_dir(outbox).unwrap() {
+        let path = f.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                docs.push(serde_json::from_str(line).unwrap());
+            }
+        }
+    }
+    docs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_invoice_is_corrected_by_a_credit_note_and_by_a_revision_and_every_target_reconciles() {
+    let env = billed_environment().await;
+    let journal = env.dir.path().join("books.journal");
+    let hledger_target = format!("hledger:{}", journal.display());
+    let reconciles = |p: &str| run(&env, "reconcile", &["--period", p]).status.success();
+    // A period posted only to hledger (journal entries only) reconciles: no AR is expected there.
+    ok(run(&env, "post", &["--period", "2026-10", "--target", &hledger_target]));
+    let out = ok(run(&env, "reconcile", &["--period", "2026-10"]));
+    assert!(out.contains("reconciled, every variance is zero"), "{out}");
+
+    for target in [None, Some(hledger_target.as_str())] {
+        let mut args = vec!["--period", "2026-09"];
+        args.extend(target.iter().flat_map(|t| ["--target", t]));
+        ok(run(&env, "post", &args));
+    }
+    assert!(reconciles("2026-09"));
+    let acme =
+        env.sql("SELECT invoice_id, total FROM latest_invoices WHERE period = '2026-09' AND customer_id = 'acme'");
+    let (invoice, total) = (acme[1][0].clone(), acme[1][1].parse::<Decimal>().unwrap());
+
+    // A credit note on line 2 (api_calls, 27.50): too much is refused with what is left; a
+    // part is issued.
+    let too_much = ["issue", "--invoice", &invoice, "--line", "2", "--amount", "27.51", "--reason", "x"];
+    let refused = run(&env, "credit-note", &too_much);
+    let why = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(!refused.status.success() && why.contains("is more than is left of line 2 (27.50 USD"), "{why}");
+    let issued = ok(run(
+        &env,
+        "credit-note",
+        &["issue", "--invoice", &invoice, "--line", "2", "--amount", "1.50", "--reason", "goodwill: API outage"],
+    ));
+    assert!(issued.contains(&format!("credit note {invoice}-CN1: 1.50 USD off line 2")), "{issued}");
+    assert!(ok(run(&env, "credit-note", &["list", "--period", "2026-09"])).contains("goodwill: API outage"));
+    assert!(!reconciles("2026-09"), "issued but not posted: the targets hold more than is owed");
+
+    // A revision of the posted invoice (the customer's name corrected in the catalog).
+    let customers = std::fs::read_to_string(crate::common::examples_dir().join("reference/customers.toml")).unwrap();
+    let renamed = customers.replace("name = \"Acme Corporation\"", "name = \"Acme Corporation Ltd\"");
+    assert_ne!(customers, renamed);
+    let file = env.dir.path().join("renamed.toml");
+    std::fs::write(&file, renamed).unwrap();
+    ok(env.command("catalog").arg("apply").arg(&file).output().unwrap());
+    assert!(!run(&env, "invoice", &["--period", "2026-09"]).status.success(), "never rewritten silently");
+    ok(run(&env, "invoice", &["--period", "2026-09", "--revise"]));
+
+    // Each target takes the reversal of what it holds of r1, r2, and the credit note.
+    let folder = ok(run(&env, "post", &["--period", "2026-09"]));
+    assert!(folder.contains("6 documents, 6 posted now"), "r1.cm, r1.rev, r2.ar, r2.je, CN1.cm, CN1.je: {folder}");
+    let ledger = ok(run(&env, "post", &["--period", "2026-09", "--target", &hledger_target]));
+    assert!(ledger.contains("3 documents, 3 posted now"), "r1.rev, r2.je, CN1's entry: {ledger}");
+    let out = ok(run(&env, "reconcile", &["--period", "2026-09"]));
+    assert!(out.contains("reconciled, every variance is zero"), "{out}");
+
+    let docs = posted_documents(&env.data_dir().join("documents/erp"));
+    let memo = |key: String| docs.iter().find(|d| d["idempotency_key"] == key.as_str()).cloned().unwrap_or_default();
+    let reversal = memo(format!("{invoice}.r1.cm"));
+    assert_eq!(reversal["document_type"], "credit_memo", "{reversal}");
+    assert_eq!(reversal["credits_document"], format!("{invoice}.r1.ar").as_str());
+    assert_eq!(reversal["total"].as_str().map(|t| t.parse::<Decimal>().unwrap()), Some(total), "{reversal}");
+    let note = memo(format!("{invoice}-CN1.cm"));
+    assert_eq!(
+        (note["reason"].as_str(), note["total"].as_str()),
+        (Some("goodwill: API outage"), Some("1.50")),
+        "{note}"
+    );
+    assert_eq!(note["lines"][0]["revenue_account"], reversal["lines"][1]["revenue_account"], "line 2's account");
+
+    // hledger: balanced, and the receivables are the latest invoices less the credit note.
+    let (receivable, bal) = hledger_receivables(&journal);
+    let owed = env.sql(
+        "SELECT currency, SUM(total) FROM latest_invoices WHERE period IN ('2026-09', '2026-10') GROUP BY 1 ORDER BY 1",
+    );
+    let mut expected: BTreeMap<String, Decimal> =
+        owed.into_iter().skip(1).map(|r| (r[0].clone(), r[1].parse::<Decimal>().unwrap())).collect();
+    *expected.entry("USD".into()).or_default() -= Decimal::new(150, 2);
+    assert_eq!(receivable, expected, "{bal}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posting_to_a_folder_and_to_hledger_balances_reconciles_and_never_posts_twice() {
     let env = billed_environment().await;
@@ -208,22 +333,7 @@ async fn posting_to_a_folder_and_to_hledger_balances_reconciles_and_never_posts_
         String::from_utf8_lossy(&check.stderr),
         std::fs::read_to_string(&journal).unwrap()
     );
-    let bal = std::process::Command::new(hledger())
-        .args(["-f", &journal.display().to_string(), "balance", "assets", "-O", "csv", "-N"])
-        .output()
-        .unwrap();
-    let bal = String::from_utf8_lossy(&bal.stdout).to_string();
-    let mut receivable: BTreeMap<String, Decimal> = BTreeMap::new();
-    for line in bal.lines().skip(1) {
-        // "account","balance" where balance is like "171.55 USD" (one commodity per row or
-        // several joined with ", ").
-        let cell = line.rsplit("\",\"").next().unwrap_or_default().trim_matches('"');
-        for amount in cell.split(", ") {
-            if let Some((n, c)) = amount.trim().split_once(' ') {
-                *receivable.entry(c.to_string()).or_default() += n.replace(',', "").parse::<Decimal>().unwrap();
-            }
-        }
-    }
+    let (receivable, bal) = hledger_receivables(&journal);
     assert_eq!(receivable, invoice_totals(&env), "hledger receivables vs invoice totals:\n{bal}");
 
     // `meterflow status` shows the same facts for scripts.

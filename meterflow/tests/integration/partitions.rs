@@ -4,7 +4,9 @@
 //! count exactly through a worker's SIGKILL, the stream leader's SIGKILL and a paused worker.
 
 use async_nats::jetstream::stream;
-use meterflow_ingest::partition::{customer_token, partition_of, transform_destination, TRANSFORM_SOURCE};
+use meterflow_ingest::partition::{
+    customer_token, partition_of, transform_destination, TRANSFORM_SOURCE, USAGE_SUBJECTS,
+};
 use meterflow_pipeline::config::{Config, Overrides};
 
 use crate::cluster::{leader_of, streams_on_cluster};
@@ -25,7 +27,7 @@ async fn the_server_files_each_customers_usage_under_the_partition_meterflow_com
     let parts = js
         .create_stream(stream::Config {
             name: "PARTITIONED".into(),
-            subjects: vec!["usage.>".into()],
+            subjects: vec![USAGE_SUBJECTS.into(), "usage_redrive.*.>".into()],
             subject_transform: Some(stream::SubjectTransform {
                 source: TRANSFORM_SOURCE.into(),
                 destination: transform_destination(PARTITIONS),
@@ -45,9 +47,13 @@ async fn the_server_files_each_customers_usage_under_the_partition_meterflow_com
     for (i, c) in customers.iter().enumerate() {
         let stored = parts.get_raw_message(i as u64 + 1).await.unwrap();
         let p = partition_of(c, PARTITIONS);
-        assert_eq!(stored.subject.as_str(), format!("usage.{p}.{c}.api_calls"), "customer {c}");
+        assert_eq!(stored.subject.as_str(), format!("{p}.usage.{c}.api_calls"), "customer {c}");
         seen.insert(p);
     }
+    let redriven = js.publish("usage_redrive.acme.usage.acme.api_calls", "{}".into()).await.unwrap().await.unwrap();
+    let stored = parts.get_raw_message(redriven.sequence).await.unwrap();
+    let p = partition_of("acme", PARTITIONS);
+    assert_eq!(stored.subject.as_str(), format!("{p}.usage_redrive.acme.usage.acme.api_calls"), "a redrive");
     assert_eq!(seen.len(), PARTITIONS as usize, "300 customers cover every partition");
 }
 
@@ -323,6 +329,15 @@ async fn on_a_partitioned_stream_a_period_closes_by_watermark_and_usage_on_anoth
         .filter(|l| l.contains("committed seq") && l.contains(" owner ") && !l.contains("waiting for a worker"))
         .count();
     assert_eq!(owned, PARTITIONS as usize, "{status}");
+    // The stray event redriven from the DLQ is read by the partition of the subject it was
+    // published on (its one filter subject covers redrives too), and rejected again.
+    let stray_rejections = || env.sql("SELECT count(*) FROM rejections WHERE reason = 'subject_not_allowed'");
+    assert!(wait_until(Duration::from_secs(30), || stray_rejections().get(1) == Some(&vec!["1".to_string()])));
+    let replay = env.command("dlq").args(["replay", "--reason", "subject_not_allowed"]).output().unwrap();
+    let replayed = String::from_utf8_lossy(&replay.stdout).to_string();
+    assert!(replay.status.success() && replayed.contains("1 entries redriven"), "{replayed}");
+    let again = wait_until(Duration::from_secs(30), || stray_rejections().get(1) == Some(&vec!["2".to_string()]));
+    assert!(again, "the redriven event is judged again: {}", logs(&workers));
     for w in &workers {
         w.signal("-TERM");
     }
@@ -339,6 +354,8 @@ async fn on_a_partitioned_stream_a_period_closes_by_watermark_and_usage_on_anoth
     let message = refused.expect_err("an unpartitioned reader of a partitioned stream is refused").to_string();
     assert!(message.contains("partitions are fixed when the stream is created"), "{message}");
     let rejected = env.sql("SELECT reason, strpos(detail, 'usage.acme.<type>') > 0 FROM rejections");
-    assert_eq!(rejected.len(), 2, "one rejection: {rejected:?}");
-    assert_eq!(rejected[1], ["subject_not_allowed", "true"], "the detail names the subject to use");
+    assert_eq!(rejected.len(), 3, "the stray event, twice: {rejected:?}");
+    for r in &rejected[1..] {
+        assert_eq!(r, &["subject_not_allowed", "true"], "the detail names the subject to use");
+    }
 }

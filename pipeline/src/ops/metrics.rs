@@ -38,8 +38,13 @@ pub struct Metrics {
     pub redeliveries: Counter,
     /// Stream last sequence minus committed sequence.
     pub consumer_lag: Gauge,
-    /// Last stream sequence committed to usage_summaries.
+    /// Last stream sequence committed to usage_summaries (an unpartitioned stream).
     pub committed_sequence: Gauge,
+    /// On a partitioned stream: each owned partition's committed sequence, by `partition`.
+    pub partition_committed_sequence: Family<Labels, Gauge>,
+    /// On a partitioned stream: each owned partition's last sequence minus its committed
+    /// sequence, by `partition`.
+    pub partition_consumer_lag: Family<Labels, Gauge>,
     /// Last sequence in the usage stream.
     pub stream_last_sequence: Gauge,
     /// Seconds between now and each meter's watermark.
@@ -95,6 +100,8 @@ impl Metrics {
             redeliveries: Counter::default(),
             consumer_lag: Gauge::default(),
             committed_sequence: Gauge::default(),
+            partition_committed_sequence: Family::default(),
+            partition_consumer_lag: Family::default(),
             stream_last_sequence: Gauge::default(),
             watermark_age: Family::default(),
             open_windows: Gauge::default(),
@@ -153,6 +160,16 @@ impl Metrics {
             m.committed_sequence.clone(),
         );
         r.register("stream_last_sequence", "Last sequence in the usage stream", m.stream_last_sequence.clone());
+        r.register(
+            "partition_committed_sequence",
+            "On a partitioned stream: the last stream sequence each partition this worker owns committed",
+            m.partition_committed_sequence.clone(),
+        );
+        r.register(
+            "partition_consumer_lag_messages",
+            "On a partitioned stream: each owned partition's last sequence minus its committed sequence",
+            m.partition_consumer_lag.clone(),
+        );
         r.register_with_unit(
             "watermark_age",
             "Wall-clock time minus the meter's event-time watermark",

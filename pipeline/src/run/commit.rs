@@ -172,6 +172,7 @@ impl Pipeline {
             took: started.elapsed(),
             since_previous,
             added,
+            partition: self.config.nats.partition,
         });
     }
 

@@ -83,6 +83,8 @@ pub struct Pipeline {
     ops: std::sync::Arc<Ops>,
     last_commit: Option<Instant>,
     lag_read_at: Option<Instant>,
+    /// The last sequence of the stream (of the partition, on a partitioned stream) last read.
+    known_last: u64,
     /// When the DLQ depth was last asked of the broker (for the metrics and the page).
     dlq_read_at: Option<Instant>,
     /// The sequence a gap was last re-fetched from (a second gap there is asked of the stream).
@@ -434,6 +436,7 @@ impl Pipeline {
             ops,
             last_commit: None,
             lag_read_at: None,
+            known_last: 0,
             dlq_read_at: None,
             gap_refetched_at: None,
             gap_confirmed: None,
@@ -653,12 +656,23 @@ impl Pipeline {
         m.open_windows.set(i64::try_from(self.core.open_windows()).unwrap_or(i64::MAX));
         // At most one broker request a second, unless the commit went past the last sequence
         // known (the stream grew since: a lag of 0 would be stale).
-        let known_last = u64::try_from(m.stream_last_sequence.get()).unwrap_or(0);
-        if self.committed_seq > known_last || self.lag_read_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        if self.committed_seq > self.known_last
+            || self.lag_read_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
             self.lag_read_at = Some(Instant::now());
             if let Ok(last) = self.broker.last_sequence().await {
-                m.stream_last_sequence.set(i64::try_from(last).unwrap_or(i64::MAX));
-                m.consumer_lag.set(i64::try_from(last.saturating_sub(self.committed_seq)).unwrap_or(i64::MAX));
+                self.known_last = last;
+                let lag = i64::try_from(last.saturating_sub(self.committed_seq)).unwrap_or(i64::MAX);
+                match self.config.nats.partition {
+                    // A partition's last sequence is not the stream's: per partition only.
+                    Some(p) => {
+                        m.partition_consumer_lag.get_or_create(&label("partition", p.to_string())).set(lag);
+                    }
+                    None => {
+                        m.stream_last_sequence.set(i64::try_from(last).unwrap_or(i64::MAX));
+                        m.consumer_lag.set(lag);
+                    }
+                }
             }
         }
         let every = Duration::from_secs(self.config.ops.refresh_s.max(1));
