@@ -73,11 +73,11 @@ need_test_tools() {
   # Independent readers of the Delta tables, used by the tests to prove the files are standard:
   # the Python `deltalake` package (delta-rs's Python binding, a different code path from ours)
   # and DuckDB. Pinned, installed into the same project-local venv.
-  local readers=("deltalake==1.6.6" "duckdb==2.0.0" "pyarrow==26.0.1")
+  local readers=("deltalake==1.6.6" "duckdb==2.0.0" "pyarrow==26.0.1" "chdb==4.4.0" "chdb-core==26.9.0")
   if [ ! -x "$TOOLS/venv/bin/python" ]; then
     python3 -m venv "$TOOLS/venv" >&2
   fi
-  if ! "$TOOLS/venv/bin/python" -c "import deltalake, duckdb, pyarrow" >/dev/null 2>&1; then
+  if ! "$TOOLS/venv/bin/python" -c "import deltalake, duckdb, pyarrow, chdb" >/dev/null 2>&1; then
     echo "tools: installing ${readers[*]} into $TOOLS/venv" >&2
     "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${readers[@]}" >&2
   fi

@@ -1,9 +1,10 @@
 //! `meterflow-querybench`: the monthly invoice query on a month of hourly summaries, timed with
-//! meterflow's DataFusion path and with DuckDB on the same Parquet files in the same run; fails
-//! when the two engines do not return the same totals. Writes JSON and Markdown reports.
+//! meterflow's DataFusion path and with DuckDB and chdb (ClickHouse's engine in process) on the
+//! same Parquet files in the same run; fails when an engine does not return DataFusion's totals.
+//! Writes JSON and Markdown reports.
 //!
 //! ```sh
-//! . scripts/env.sh && need_test_tools   # DELTA_READER_PYTHON: a Python with duckdb
+//! . scripts/env.sh && need_test_tools   # DELTA_READER_PYTHON: a Python with duckdb and chdb
 //! cargo build --release -p meterflow-load-tests
 //! $CARGO_TARGET_DIR/release/meterflow-querybench --customers 10000 --meters 5 --hours 720 \
 //!     --data-dir /tmp/querybench/data --runs 5 --out /tmp/querybench/report --reuse
@@ -11,13 +12,13 @@
 
 use anyhow::Result;
 use clap::Parser;
-use meterflow_load_tests::query::{self, QueryBenchOptions};
+use meterflow_load_tests::query::{self, Engine, QueryBenchOptions};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "meterflow-querybench",
-    about = "Time the monthly invoice query with meterflow (DataFusion) and DuckDB on the same Delta table"
+    about = "Time the monthly invoice query with meterflow (DataFusion), DuckDB and chdb on the same Delta table"
 )]
 struct Cli {
     /// Customers.
@@ -47,10 +48,16 @@ struct Cli {
     /// Leave the generated files as written (skip the compaction the pipeline does).
     #[arg(long)]
     no_compact: bool,
+    /// Engines timed against DataFusion, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Engine::ALL)]
+    engines: Vec<Engine>,
     /// DuckDB threads (default: DuckDB's own, one per core).
     #[arg(long)]
     duckdb_threads: Option<usize>,
-    /// Python with the duckdb package.
+    /// chdb threads, ClickHouse's max_threads (default: ClickHouse's own).
+    #[arg(long)]
+    chdb_threads: Option<usize>,
+    /// Python with the engines' packages (duckdb, chdb).
     #[arg(long, env = "DELTA_READER_PYTHON")]
     python: Option<PathBuf>,
 }
@@ -59,11 +66,14 @@ struct Cli {
 async fn main() -> Result<()> {
     meterflow_load_tests::init_logging();
     let cli = Cli::parse();
-    let Some(python) = cli.python.clone() else {
-        anyhow::bail!(
-            "no Python for DuckDB: set DELTA_READER_PYTHON (`bash scripts/tools.sh` installs one and prints its \
-                path) or pass --python"
-        );
+    let python = match (cli.python.clone(), cli.engines.is_empty()) {
+        (Some(python), _) => python,
+        // DataFusion alone needs no Python.
+        (None, true) => PathBuf::new(),
+        (None, false) => anyhow::bail!(
+            "no Python for DuckDB and chdb: set DELTA_READER_PYTHON (`bash scripts/tools.sh` installs one and \
+                prints its path) or pass --python"
+        ),
     };
     let options = QueryBenchOptions {
         customers: cli.customers,
@@ -74,8 +84,10 @@ async fn main() -> Result<()> {
         reuse: cli.reuse,
         rows_per_commit: cli.rows_per_commit,
         compact: !cli.no_compact,
+        engines: cli.engines.clone(),
         python,
         duckdb_threads: cli.duckdb_threads,
+        chdb_threads: cli.chdb_threads,
         progress: true,
     };
     let command = std::env::args()

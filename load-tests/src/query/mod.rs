@@ -1,5 +1,6 @@
 //! The query benchmark: the monthly invoice query on a month of hourly summaries, timed with
-//! meterflow's DataFusion path and with DuckDB on the same Parquet files, in the same run.
+//! meterflow's DataFusion path and with other engines (DuckDB, chdb) on the same Parquet files,
+//! in the same run.
 //!
 //! ```text
 //!  1. generate: customers x meters x hours rows of one billing period (2026-10) in the real
@@ -10,14 +11,17 @@
 //!     the usage lines (fresh session, table opened at the version, the customer list, the
 //!     usage_totals_sql with the period bound, rows read typed into exact totals), timed end
 //!     to end
-//!  3. DuckDB: the same SQL text and parameter over a view on read_parquet([the files of the
-//!     same Delta snapshot]) and the same customer list table, in a Python process started once
-//!     (connect + view + list + query + Arrow fetch timed)
-//!  4. the two engines must return the same totals, row by row, and their sums must equal the
+//!  3. the other engines (`--engines`), each in a Python process started once, over a view on
+//!     the files of the same Delta snapshot and the same customer list table, connect + view +
+//!     list + query + Arrow fetch timed:
+//!     - DuckDB (duckdb.rs): the same SQL text and parameter, over read_parquet([the files]);
+//!     - chdb, ClickHouse's engine in process (chdb.rs): the SQL in ClickHouse's dialect (two
+//!       documented changes), over file('<folder>/{the files}', Parquet)
+//!  4. every engine must return DataFusion's totals, row by row, and their sums must equal the
 //!     oracle; otherwise the run fails
 //! ```
 //!
-//! Runs alternate between the engines after one untimed warm-up run of each, so both read from
+//! Runs alternate between the engines after one untimed warm-up run of each, so all read from
 //! a warm page cache and share the machine's noise alike.
 
 use anyhow::{bail, Context, Result};
@@ -28,12 +32,14 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+pub mod chdb;
 mod duckdb;
 mod generate;
+mod runner;
 
-use duckdb::DuckDb;
 use generate::*;
 pub use generate::{generate, layout};
+use runner::Runner;
 
 /// The billing period every generated row belongs to.
 pub const PERIOD: &str = "2026-10";
@@ -42,8 +48,38 @@ pub const PERIOD_HOURS: usize = 31 * 24;
 /// Name of the file next to the table that records what was generated (and the oracle).
 pub const MARKER_FILE: &str = "querybench.json";
 
-/// The DuckDB runner (see the file for its line protocol).
-const DUCKDB_SCRIPT: &str = include_str!("querybench_duckdb.py");
+/// An engine timed against meterflow's DataFusion path, on the same files, in the same run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// DuckDB (Python package `duckdb`): meterflow's SQL text as it is.
+    #[value(name = "duckdb")]
+    DuckDb,
+    /// chdb, ClickHouse's engine in process (Python package `chdb`): the SQL in ClickHouse's
+    /// dialect ([`chdb::CLICKHOUSE_SQL`]).
+    Chdb,
+}
+
+impl Engine {
+    /// Every engine, in the order they are timed and reported.
+    pub const ALL: [Engine; 2] = [Engine::DuckDb, Engine::Chdb];
+
+    /// Name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::DuckDb => "DuckDB",
+            Engine::Chdb => "chdb",
+        }
+    }
+
+    /// Name in file names.
+    fn slug(self) -> &'static str {
+        match self {
+            Engine::DuckDb => "duckdb",
+            Engine::Chdb => "chdb",
+        }
+    }
+}
 
 /// What one benchmark run does.
 #[derive(Debug, Clone)]
@@ -64,10 +100,14 @@ pub struct QueryBenchOptions {
     pub rows_per_commit: usize,
     /// Compact the table after generating it, as the running pipeline does.
     pub compact: bool,
-    /// Python with the `duckdb` package (`DELTA_READER_PYTHON`).
+    /// The engines timed against DataFusion, in this order (duplicates are timed once).
+    pub engines: Vec<Engine>,
+    /// Python with the engines' packages, `duckdb` and `chdb` (`DELTA_READER_PYTHON`).
     pub python: PathBuf,
     /// DuckDB threads (`None`: DuckDB's default, one per core).
     pub duckdb_threads: Option<usize>,
+    /// chdb threads (`None`: ClickHouse's default `max_threads`).
+    pub chdb_threads: Option<usize>,
     /// Print progress to stderr.
     pub progress: bool,
 }
@@ -134,6 +174,8 @@ pub struct EngineTimes {
     pub min_ms: f64,
     /// Median run.
     pub median_ms: f64,
+    /// Slowest run.
+    pub max_ms: f64,
 }
 
 impl EngineTimes {
@@ -145,7 +187,13 @@ impl EngineTimes {
             n if n % 2 == 1 => sorted[n / 2],
             n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
         };
-        EngineTimes { warmup_ms, min_ms: sorted.first().copied().unwrap_or(0.0), median_ms, runs_ms }
+        EngineTimes {
+            warmup_ms,
+            min_ms: sorted.first().copied().unwrap_or(0.0),
+            median_ms,
+            max_ms: sorted.last().copied().unwrap_or(0.0),
+            runs_ms,
+        }
     }
 }
 
@@ -187,26 +235,40 @@ pub struct QueryBenchReport {
     pub sql_bytes: usize,
     /// meterflow's DataFusion path (`meterflow_billing::period_usage_totals`).
     pub datafusion: EngineTimes,
-    /// DuckDB over the same files.
-    pub duckdb: EngineTimes,
-    /// Median DataFusion time / median DuckDB time (at most 1.0 meets the target).
-    pub ratio_median: f64,
-    /// Fastest DataFusion time / fastest DuckDB time.
-    pub ratio_min: f64,
-    /// The result both engines returned.
+    /// The other engines over the same files, in the order timed.
+    pub engines: Vec<EngineReport>,
+    /// The result every engine returned.
     pub result: ResultSums,
-    /// True when both engines returned the same totals row by row.
+    /// True when every engine returned DataFusion's totals row by row.
     pub engines_agree: bool,
     /// True when the result's sums equal the generation's oracle.
     pub oracle_agrees: bool,
     /// DataFusion version.
     pub datafusion_version: String,
-    /// DuckDB version.
-    pub duckdb_version: String,
-    /// DuckDB threads.
-    pub duckdb_threads: usize,
     /// Cores available to this process.
     pub cores: usize,
+}
+
+/// The figures of one engine timed against DataFusion.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineReport {
+    /// Which engine.
+    pub engine: Engine,
+    /// Its version, as its runner reports it.
+    pub version: String,
+    /// Threads it used.
+    pub threads: usize,
+    /// The SQL text it ran (with the customer list in a table).
+    pub sql: String,
+    /// Its timings.
+    pub times: EngineTimes,
+    /// Median DataFusion time / median time of this engine (for DuckDB, at most 1.0 meets the
+    /// target).
+    pub ratio_median: f64,
+    /// Fastest DataFusion time / fastest time of this engine.
+    pub ratio_min: f64,
+    /// True when it returned DataFusion's totals row by row.
+    pub agrees: bool,
 }
 
 fn dec(s: &str) -> Result<Decimal> {
@@ -235,18 +297,19 @@ fn sort_key(t: &UsageTotal) -> (&str, &str, &str, &str, &str, &str) {
     (&t.customer_id, &t.meter, &t.plan_id, &t.plan_version, &t.currency, &t.billing_period)
 }
 
-/// The first difference between two results (sorted by key), if any.
-fn first_difference(mut a: Vec<UsageTotal>, mut b: Vec<UsageTotal>) -> Option<String> {
+/// The first difference between DataFusion's result `a` and `engine`'s result `b` (both
+/// sorted by key), if any.
+fn first_difference(mut a: Vec<UsageTotal>, mut b: Vec<UsageTotal>, engine: &str) -> Option<String> {
     a.sort_by(|x, y| sort_key(x).cmp(&sort_key(y)));
     b.sort_by(|x, y| sort_key(x).cmp(&sort_key(y)));
     if a.len() != b.len() {
-        return Some(format!("{} rows from DataFusion, {} from DuckDB", a.len(), b.len()));
+        return Some(format!("{} rows from DataFusion, {} from {engine}", a.len(), b.len()));
     }
-    a.iter().zip(&b).find(|(x, y)| x != y).map(|(x, y)| format!("DataFusion {x:?}\n  DuckDB     {y:?}"))
+    a.iter().zip(&b).find(|(x, y)| x != y).map(|(x, y)| format!("DataFusion {x:?}\n  {engine:<10} {y:?}"))
 }
 
-/// Runs the benchmark: generates (or reuses) the table, times both engines, checks that they
-/// agree with each other and with the oracle. Fails when they do not.
+/// Runs the benchmark: generates (or reuses) the table, times DataFusion and the other engines,
+/// checks that they agree with each other and with the oracle. Fails when they do not.
 pub async fn run(o: &QueryBenchOptions, command: String, out_dir: &Path) -> Result<QueryBenchReport> {
     if o.customers == 0 || o.meters == 0 || o.hours == 0 {
         bail!("--customers, --meters and --hours must be at least 1");
@@ -267,28 +330,57 @@ pub async fn run(o: &QueryBenchOptions, command: String, out_dir: &Path) -> Resu
     let sql = meterflow_billing::usage_totals_sql(meterflow_billing::SUMMARIES_NOW);
     let shape =
         format!("{sql} -- $1 = '{PERIOD}', {} = {} customer ids", meterflow_billing::SELECTED_CUSTOMERS, ids.len());
-    let request = out_dir.join("duckdb-request.json");
     let files: Vec<String> = layout.paths.iter().map(|p| p.display().to_string()).collect();
-    let body = serde_json::json!({
-        "files": files, "sql": sql, "view": meterflow_billing::SUMMARIES_NOW, "threads": o.duckdb_threads,
-        "params": [PERIOD],
-        "list": {"table": meterflow_billing::SELECTED_CUSTOMERS, "column": "customer_id", "values": ids},
-    });
-    std::fs::write(&request, serde_json::to_vec(&body)?).with_context(|| format!("writing {}", request.display()))?;
-    let mut duck = DuckDb::start(&o.python, &request)?;
+    let mut runners = Vec::new();
+    for &engine in &o.engines {
+        if runners.iter().any(|r: &Runner| r.engine == engine) {
+            continue;
+        }
+        let runner = match engine {
+            Engine::DuckDb => duckdb::start(o, out_dir, &files, &sql, &ids)?,
+            Engine::Chdb => chdb::start(o, out_dir, &files, &sql, &ids)?,
+        };
+        // The runner's own count of the rows its file list reads, where it reports one.
+        if let Some(rows) = runner.ready.get("rows").and_then(serde_json::Value::as_u64) {
+            if rows != layout.rows {
+                bail!("{} reads {rows} rows from the snapshot's files, the Delta log says {}", engine.name(), layout.rows);
+            }
+        }
+        runners.push(runner);
+    }
 
-    let (df_warm, df_ms, df_result, duck_warm, duck_ms) = time_engines(o, &layout, &ids, &mut duck).await?;
-    let duck_result = duck.result(&out_dir.join("duckdb-result.jsonl"))?;
-    let (duckdb_version, duckdb_threads) = (duck.version.clone(), duck.threads);
-    drop(duck);
-
+    let (datafusion, df_result, timed) = time_engines(o, &layout, &ids, &mut runners).await?;
     let result = sums(&df_result)?;
-    let duck_sums = sums(&duck_result)?;
-    let difference = first_difference(df_result, duck_result);
+    let mut engines = Vec::new();
+    let mut problems = Vec::new();
+    for (runner, times) in runners.iter_mut().zip(timed) {
+        let name = runner.engine.name();
+        let rows = runner.result(&out_dir.join(format!("{}-result.jsonl", runner.engine.slug())))?;
+        let engine_sums = sums(&rows)?;
+        let difference = first_difference(df_result.clone(), rows, name);
+        if let Some(d) = &difference {
+            problems.push(format!("{name} disagrees with DataFusion, so the timings compare different answers:\n  {d}"));
+        } else if engine_sums != result {
+            problems.push(format!("{name}'s sums {engine_sums:?} differ from DataFusion's {result:?}"));
+        }
+        engines.push(EngineReport {
+            engine: runner.engine,
+            version: runner.version.clone(),
+            threads: runner.threads,
+            sql: match runner.engine {
+                Engine::DuckDb => sql.clone(),
+                Engine::Chdb => chdb::clickhouse_sql(&sql)?.to_string(),
+            },
+            ratio_median: datafusion.median_ms / times.median_ms.max(1e-9),
+            ratio_min: datafusion.min_ms / times.min_ms.max(1e-9),
+            times,
+            agrees: difference.is_none() && engine_sums == result,
+        });
+    }
+    drop(runners);
+
     let oracle = (dec(&generated.sum_quantity)?, dec(&generated.sum_amount)?, generated.sum_events);
-    let oracle_agrees = (dec(&result.quantity)?, dec(&result.amount)?, result.events) == oracle && result == duck_sums;
-    let datafusion = EngineTimes::new(df_warm, df_ms);
-    let duckdb = EngineTimes::new(duck_warm, duck_ms);
+    let oracle_agrees = (dec(&result.quantity)?, dec(&result.amount)?, result.events) == oracle;
     let report = QueryBenchReport {
         command,
         customers: o.customers,
@@ -299,28 +391,20 @@ pub async fn run(o: &QueryBenchOptions, command: String, out_dir: &Path) -> Resu
         reused,
         sql_shape: shape,
         sql_bytes: sql.len(),
-        ratio_median: datafusion.median_ms / duckdb.median_ms.max(1e-9),
-        ratio_min: datafusion.min_ms / duckdb.min_ms.max(1e-9),
         datafusion,
-        duckdb,
+        engines_agree: engines.iter().all(|e| e.agrees),
+        engines,
         layout,
         result,
-        engines_agree: difference.is_none(),
         oracle_agrees,
         datafusion_version: deltalake::datafusion::DATAFUSION_VERSION.to_string(),
-        duckdb_version,
-        duckdb_threads,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    if let Some(d) = difference {
-        bail!("the engines disagree, so the timings compare different answers:\n  {d}");
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
     }
     if !report.oracle_agrees {
-        bail!(
-            "the result's sums ({:?}, DuckDB {:?}) differ from the generated totals ({oracle:?})",
-            report.result,
-            duck_sums
-        );
+        bail!("the result's sums ({:?}) differ from the generated totals ({oracle:?})", report.result);
     }
     Ok(report)
 }
@@ -354,15 +438,15 @@ async fn generate_or_reuse(o: &QueryBenchOptions, expected: u64) -> Result<(Gene
     })
 }
 
-/// One warm-up and `o.runs` timed runs of the invoice query per engine, alternating; returns
-/// DataFusion's warm-up and run times and last result, and DuckDB's warm-up and run times.
-#[allow(clippy::type_complexity)] // the figures of two engines, taken apart at once by the caller
+/// One warm-up and `o.runs` timed runs of the invoice query per engine, alternating (DataFusion,
+/// then each runner in order); returns DataFusion's times and last result, and each runner's
+/// times.
 async fn time_engines(
     o: &QueryBenchOptions,
     layout: &Layout,
     ids: &[&str],
-    duck: &mut DuckDb,
-) -> Result<(f64, Vec<f64>, Vec<meterflow_billing::invoice::UsageTotal>, f64, Vec<f64>)> {
+    runners: &mut [Runner],
+) -> Result<(EngineTimes, Vec<UsageTotal>, Vec<EngineTimes>)> {
     let (data_dir, version) = (o.data_dir.as_path(), layout.version);
     let datafusion_run = || async move {
         let t = Instant::now();
@@ -370,32 +454,39 @@ async fn time_engines(
         anyhow::Ok((t.elapsed().as_secs_f64() * 1000.0, totals))
     };
     if o.progress {
+        let names: Vec<&str> =
+            std::iter::once("DataFusion").chain(runners.iter().map(|r| r.engine.name())).collect();
         eprintln!(
-            "timing the invoice query on {} files ({:.0} MB, version {version}): 1 warm-up + {} runs per \
-                engine, alternating ...",
+            "timing the invoice query on {} files ({:.0} MB, version {version}) with {}: 1 warm-up + {} runs \
+                per engine, alternating ...",
             layout.files,
             layout.bytes as f64 / 1e6,
+            names.join(", "),
             o.runs
         );
     }
     let (df_warm, mut df_result) = datafusion_run().await?;
-    let (duck_warm, _) = duck.run()?;
-    let (mut df_ms, mut duck_ms) = (Vec::new(), Vec::new());
+    let mut timed = Vec::new();
+    for r in runners.iter_mut() {
+        timed.push((r.run()?.0, Vec::new()));
+    }
+    let mut df_ms = Vec::new();
     for i in 0..o.runs {
         let (ms, totals) = datafusion_run().await?;
         df_ms.push(ms);
         df_result = totals;
-        let (dms, rows) = duck.run()?;
-        duck_ms.push(dms);
+        let mut line = format!("  run {}: DataFusion {ms:.0} ms ({} rows)", i + 1, df_result.len());
+        for (r, (_, runs)) in runners.iter_mut().zip(timed.iter_mut()) {
+            let (ems, rows) = r.run()?;
+            runs.push(ems);
+            line.push_str(&format!(", {} {ems:.0} ms ({rows} rows)", r.engine.name()));
+        }
         if o.progress {
-            eprintln!(
-                "  run {}: DataFusion {ms:.0} ms ({} rows), DuckDB {dms:.0} ms ({rows} rows)",
-                i + 1,
-                df_result.len()
-            );
+            eprintln!("{line}");
         }
     }
-    Ok((df_warm, df_ms, df_result, duck_warm, duck_ms))
+    let timed = timed.into_iter().map(|(warm, runs)| EngineTimes::new(warm, runs)).collect();
+    Ok((EngineTimes::new(df_warm, df_ms), df_result, timed))
 }
 
 impl QueryBenchReport {
@@ -420,29 +511,67 @@ impl QueryBenchReport {
         let g = &self.generated;
         let mb = |b: u64| b as f64 / 1e6;
         let runs = |t: &EngineTimes| t.runs_ms.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join(", ");
+        let row = |name: &str, t: &EngineTimes| {
+            format!(
+                "| {name} | {:.0} | {:.0} | {:.0} | {} | {:.0} |\n",
+                t.min_ms,
+                t.median_ms,
+                t.max_ms,
+                runs(t),
+                t.warmup_ms
+            )
+        };
         let compaction = match g.compaction {
             Some((removed, added, secs)) => format!("compacted {removed} files into {added} in {secs:.1} s"),
             None => "not compacted".to_string(),
+        };
+        let names: Vec<String> = self
+            .engines
+            .iter()
+            .map(|e| format!("{} {} ({} threads)", e.engine.name(), e.version, e.threads))
+            .collect();
+        let mut table = String::from(
+            "| engine | min ms | median ms | max ms | runs ms | warm-up ms |\n| --- | ---: | ---: | ---: | --- | ---: |\n",
+        );
+        table.push_str(&row("meterflow (DataFusion)", &self.datafusion));
+        let mut ratios = String::new();
+        for e in &self.engines {
+            table.push_str(&row(e.engine.name(), &e.times));
+            let target = match e.engine {
+                Engine::DuckDb => {
+                    format!("target: at most 1.00 ({})", if e.ratio_median <= 1.0 { "met" } else { "not met" })
+                }
+                Engine::Chdb => "reported, no target".to_string(),
+            };
+            ratios.push_str(&format!(
+                "**DataFusion / {}: {:.2} (median), {:.2} (min)**; {target}.\n\n",
+                e.engine.name(),
+                e.ratio_median,
+                e.ratio_min
+            ));
+        }
+        let dialect = if self.engines.iter().any(|e| e.engine == Engine::Chdb) {
+            " (chdb in ClickHouse's dialect: `$1` as `{period:String}` and \
+             `SETTINGS prefer_column_name_to_alias = 1`, see load-tests/src/query/chdb.rs)"
+        } else {
+            ""
         };
         format!(
             "# meterflow query benchmark: {c} customers x {m} meters x {h} hours\n\n\
              `{cmd}`\n\n\
              The monthly invoice query (usage lines of period {p}) over {rows} rows, timed end to end \
              (table open at the version, planning, execution, result fetched) with meterflow's DataFusion \
-             path (`meterflow_billing::period_usage_totals`, DataFusion {dfv}) and with DuckDB {dv} \
-             ({dt} threads) on the same {files} Parquet files, alternating, after one warm-up run each; \
-             {cores} cores.\n\n\
-             | engine | min ms | median ms | runs ms | warm-up ms |\n| --- | ---: | ---: | --- | ---: |\n\
-             | meterflow (DataFusion) | {dmin:.0} | {dmed:.0} | {druns} | {dwarm:.0} |\n\
-             | DuckDB | {kmin:.0} | {kmed:.0} | {kruns} | {kwarm:.0} |\n\n\
-             **DataFusion / DuckDB: {ratio:.2} (median), {ratio_min:.2} (min)**; target: at most 1.00 ({met}).\n\n\
-             Both engines returned the same {res} totals (row by row, exact decimals): quantity {q}, amount {a}, \
+             path (`meterflow_billing::period_usage_totals`, DataFusion {dfv}) and with {others} on the same \
+             {files} Parquet files, alternating, after one warm-up run each; {cores} cores.\n\n\
+             {table}\n\
+             {ratios}\
+             Every engine returned the same {res} totals (row by row, exact decimals): quantity {q}, amount {a}, \
              {e} events, equal to the generated totals: {agree}.\n\n\
              | table | |\n| --- | --- |\n\
              | rows | {rows} |\n| version read | {ver} |\n| data files | {files} ({fmin:.1} to {fmax:.1} MB) |\n\
              | bytes | {bytes:.1} MB |\n| row groups | {rg} (at most {rgmax} rows each) |\n| compression | {comp} |\n\
              | generation | {reused}{gsecs:.1} s for {grows} rows in {commits} commits ({rate:.0} rows/s); {compaction} |\n\n\
-             SQL ({sqlb} bytes): `{shape}`\n",
+             SQL ({sqlb} bytes){dialect}: `{shape}`\n",
             c = self.customers,
             m = self.meters,
             h = self.hours,
@@ -450,21 +579,9 @@ impl QueryBenchReport {
             p = self.period,
             rows = l.rows,
             dfv = self.datafusion_version,
-            dv = self.duckdb_version,
-            dt = self.duckdb_threads,
+            others = if names.is_empty() { "no other engine".to_string() } else { names.join(" and ") },
             files = l.files,
             cores = self.cores,
-            dmin = self.datafusion.min_ms,
-            dmed = self.datafusion.median_ms,
-            druns = runs(&self.datafusion),
-            dwarm = self.datafusion.warmup_ms,
-            kmin = self.duckdb.min_ms,
-            kmed = self.duckdb.median_ms,
-            kruns = runs(&self.duckdb),
-            kwarm = self.duckdb.warmup_ms,
-            ratio = self.ratio_median,
-            ratio_min = self.ratio_min,
-            met = if self.ratio_median <= 1.0 { "met" } else { "not met" },
             res = self.result.rows,
             q = self.result.quantity,
             a = self.result.amount,

@@ -52,7 +52,7 @@ def main():
     probe = connect()
     ready = {
         "ready": True,
-        "duckdb_version": duckdb.__version__,
+        "version": duckdb.__version__,
         "threads": int(probe.execute("SELECT current_setting('threads')").fetchone()[0]),
     }
     probe.close()
