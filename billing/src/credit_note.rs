@@ -179,19 +179,44 @@ impl CreditNote {
     }
 }
 
-const COLUMNS: &str = "credit_note_id, invoice_id, revision, line_no, customer_id, erp_customer_id, legal_entity, \
-currency, period, item, description, revenue_account, amount, reason, issue_date, CAST(issued_at AS BIGINT)";
+macro_rules! credit_notes_where {
+    ($condition:literal) => {
+        concat!(
+            "SELECT credit_note_id, invoice_id, revision, line_no, customer_id, erp_customer_id, legal_entity, ",
+            "currency, period, item, description, revenue_account, amount, reason, issue_date, ",
+            "CAST(issued_at AS BIGINT) AS issued_at_micros FROM credit_notes WHERE ",
+            $condition,
+            " ORDER BY invoice_id, issued_at, credit_note_id"
+        )
+    };
+}
 
-/// The credit notes whose invoices match `condition` (SQL over `credit_notes`, `$1` bound to
-/// `value`), oldest first.
-async fn read(root: &TableRoot, condition: &str, value: &str) -> Result<Vec<CreditNote>, BillingError> {
+/// The credit notes on the invoices of period `$1`, oldest first (`issued_at` as Unix
+/// microseconds).
+pub const CREDIT_NOTES_OF_PERIOD_SQL: &str = credit_notes_where!("period = $1");
+/// The credit notes of invoice `$1`, oldest first.
+pub const CREDIT_NOTES_OF_INVOICE_SQL: &str = credit_notes_where!("invoice_id = $1");
+/// Every credit note, oldest first.
+pub const ALL_CREDIT_NOTES_SQL: &str = credit_notes_where!("TRUE");
+
+/// Which credit notes to read.
+enum Which<'a> {
+    Period(&'a str),
+    Invoice(&'a str),
+    All,
+}
+
+/// The credit notes `which` names, oldest first.
+async fn read(root: &TableRoot, which: Which<'_>) -> Result<Vec<CreditNote>, BillingError> {
     let session = Session::new();
     if !session.register(root, CREDIT_NOTES.name, CREDIT_NOTES.name).await? {
         return Ok(Vec::new());
     }
-    let sql =
-        format!("SELECT {COLUMNS} FROM credit_notes WHERE {condition} ORDER BY invoice_id, issued_at, credit_note_id");
-    let rows = session.rows(&sql, &[text(value)]).await?;
+    let rows = match which {
+        Which::Period(p) => session.rows(CREDIT_NOTES_OF_PERIOD_SQL, &[text(p)]).await?,
+        Which::Invoice(i) => session.rows(CREDIT_NOTES_OF_INVOICE_SQL, &[text(i)]).await?,
+        Which::All => session.rows(ALL_CREDIT_NOTES_SQL, &[]).await?,
+    };
     let mut out = Vec::with_capacity(rows.len());
     for r in rows.iter() {
         let currency = r.text(7)?;
@@ -225,7 +250,7 @@ async fn read(root: &TableRoot, condition: &str, value: &str) -> Result<Vec<Cred
 
 /// The credit notes on the invoices of `period` (of every period when `None`).
 pub async fn credit_notes(root: impl Into<TableRoot>, period: Option<&str>) -> Result<Vec<CreditNote>, BillingError> {
-    read(&root.into(), "(period = $1 OR $1 = '')", period.unwrap_or_default()).await
+    read(&root.into(), period.map_or(Which::All, Which::Period)).await
 }
 
 /// Issues a credit note on a finalized invoice (its latest revision) and records it.
@@ -242,7 +267,7 @@ pub async fn issue_credit_note(
             request.invoice_id
         ))
     })?;
-    let earlier = read(root, "invoice_id = $1", &request.invoice_id).await?;
+    let earlier = read(root, Which::Invoice(&request.invoice_id)).await?;
     let note = CreditNote::issue(&invoice, request, &earlier, Utc::now())?;
     tables::append(root, &CREDIT_NOTES, &[note.row()]).await?;
     Ok(note)

@@ -46,6 +46,8 @@ fn statements() -> Vec<(&'static str, String)> {
         ("reconcile_usage", reconcile_usage),
         ("reconcile_usage_nothing_billed", usage_sql(&[])),
         ("reconcile_posting", POSTING_SQL.into()),
+        ("credit_notes_of_period", b::credit_note::CREDIT_NOTES_OF_PERIOD_SQL.into()),
+        ("credit_notes_of_invoice", b::credit_note::CREDIT_NOTES_OF_INVOICE_SQL.into()),
         ("status_events_accepted", status::EVENTS_ACCEPTED_SQL.into()),
         ("status_late_events", status::LATE_EVENTS_SQL.into()),
         ("status_rejects", status::REJECTS_SQL.into()),

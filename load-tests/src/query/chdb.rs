@@ -64,7 +64,13 @@ pub fn clickhouse_sql(sql: &str) -> Result<&'static str> {
 
 /// Writes the request into `out_dir` and starts the runner on it: `files` to read, meterflow's
 /// invoice `sql` (translated here) and the customer `ids` to select.
-pub(super) fn start(o: &QueryBenchOptions, out_dir: &Path, files: &[String], sql: &str, ids: &[&str]) -> Result<Runner> {
+pub(super) fn start(
+    o: &QueryBenchOptions,
+    out_dir: &Path,
+    files: &[String],
+    sql: &str,
+    ids: &[&str],
+) -> Result<Runner> {
     let request = out_dir.join("chdb-request.json");
     let body = serde_json::json!({
         "files": files, "sql": clickhouse_sql(sql)?, "view": meterflow_billing::SUMMARIES_NOW,

@@ -13,7 +13,13 @@ const SCRIPT: &str = include_str!("querybench_duckdb.py");
 
 /// Writes the request into `out_dir` and starts the runner on it: `files` to read, the invoice
 /// `sql` (meterflow's text) and the customer `ids` to select.
-pub(super) fn start(o: &QueryBenchOptions, out_dir: &Path, files: &[String], sql: &str, ids: &[&str]) -> Result<Runner> {
+pub(super) fn start(
+    o: &QueryBenchOptions,
+    out_dir: &Path,
+    files: &[String],
+    sql: &str,
+    ids: &[&str],
+) -> Result<Runner> {
     let request = out_dir.join("duckdb-request.json");
     let body = serde_json::json!({
         "files": files, "sql": sql, "view": meterflow_billing::SUMMARIES_NOW, "threads": o.duckdb_threads,

@@ -343,7 +343,11 @@ pub async fn run(o: &QueryBenchOptions, command: String, out_dir: &Path) -> Resu
         // The runner's own count of the rows its file list reads, where it reports one.
         if let Some(rows) = runner.ready.get("rows").and_then(serde_json::Value::as_u64) {
             if rows != layout.rows {
-                bail!("{} reads {rows} rows from the snapshot's files, the Delta log says {}", engine.name(), layout.rows);
+                bail!(
+                    "{} reads {rows} rows from the snapshot's files, the Delta log says {}",
+                    engine.name(),
+                    layout.rows
+                );
             }
         }
         runners.push(runner);
@@ -359,7 +363,8 @@ pub async fn run(o: &QueryBenchOptions, command: String, out_dir: &Path) -> Resu
         let engine_sums = sums(&rows)?;
         let difference = first_difference(df_result.clone(), rows, name);
         if let Some(d) = &difference {
-            problems.push(format!("{name} disagrees with DataFusion, so the timings compare different answers:\n  {d}"));
+            problems
+                .push(format!("{name} disagrees with DataFusion, so the timings compare different answers:\n  {d}"));
         } else if engine_sums != result {
             problems.push(format!("{name}'s sums {engine_sums:?} differ from DataFusion's {result:?}"));
         }
@@ -454,8 +459,7 @@ async fn time_engines(
         anyhow::Ok((t.elapsed().as_secs_f64() * 1000.0, totals))
     };
     if o.progress {
-        let names: Vec<&str> =
-            std::iter::once("DataFusion").chain(runners.iter().map(|r| r.engine.name())).collect();
+        let names: Vec<&str> = std::iter::once("DataFusion").chain(runners.iter().map(|r| r.engine.name())).collect();
         eprintln!(
             "timing the invoice query on {} files ({:.0} MB, version {version}) with {}: 1 warm-up + {} runs \
                 per engine, alternating ...",
@@ -525,11 +529,8 @@ impl QueryBenchReport {
             Some((removed, added, secs)) => format!("compacted {removed} files into {added} in {secs:.1} s"),
             None => "not compacted".to_string(),
         };
-        let names: Vec<String> = self
-            .engines
-            .iter()
-            .map(|e| format!("{} {} ({} threads)", e.engine.name(), e.version, e.threads))
-            .collect();
+        let names: Vec<String> =
+            self.engines.iter().map(|e| format!("{} {} ({} threads)", e.engine.name(), e.version, e.threads)).collect();
         let mut table = String::from(
             "| engine | min ms | median ms | max ms | runs ms | warm-up ms |\n| --- | ---: | ---: | ---: | --- | ---: |\n",
         );
