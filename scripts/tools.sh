@@ -71,8 +71,10 @@ apt_install_missing() { # apt_install_missing COMMAND PACKAGE
 # What only the tests and benchmarks use (the demo needs none of it).
 need_test_tools() {
   # Independent readers of the Delta tables, used by the tests to prove the files are standard:
-  # the Python `deltalake` package (delta-rs's Python binding, a different code path from ours)
-  # and DuckDB. Pinned, installed into the same project-local venv.
+  # the Python `deltalake` package (delta-rs's Python binding, a different code path from ours),
+  # DuckDB, and chdb (ClickHouse's engine in process; `chdb` is a wrapper over `chdb-core`, the
+  # engine, so both are pinned) for the invoice-query benchmark. Pinned, installed into the same
+  # project-local venv.
   local readers=("deltalake==1.6.6" "duckdb==2.0.0" "pyarrow==26.0.1" "chdb==4.4.0" "chdb-core==26.9.0")
   if [ ! -x "$TOOLS/venv/bin/python" ]; then
     python3 -m venv "$TOOLS/venv" >&2

@@ -9,9 +9,12 @@
 //!    parameters, only named, typed ones (bound by chdb's `params`, like `$1` by the others).
 //! 2. `SETTINGS prefer_column_name_to_alias = 1` at the end. ClickHouse lets an alias shadow a
 //!    column everywhere in the query, so in `MIN(CASE ... THEN first_seq END) AS first_seq`
-//!    (and `SUM(quantity) AS quantity`, `MAX(last_seq) AS last_seq`) the inner name would be
-//!    the aggregate itself: an aggregate inside an aggregate, refused. The setting makes a name
-//!    that is a column mean the column, as standard SQL (DataFusion, DuckDB) does.
+//!    (and `SUM(quantity) AS quantity`, `MAX(last_seq) AS last_seq`) the inner name may mean
+//!    the aggregate itself: ClickHouse's old analyzer refuses that as an aggregate inside an
+//!    aggregate; the current one (the default in the pinned chdb) falls back to the column
+//!    (tried: same result with and without the setting). The setting states standard SQL's
+//!    rule (a name that is a column means the column, as in DataFusion and DuckDB) instead of
+//!    relying on that fallback.
 //!
 //! Everything else means the same in both dialects: `SUM` of `Decimal(38, s)` is
 //! `Decimal(38, s)` (exact, as DataFusion's `Decimal128(38, s)`), `SUM` of `Int64` is `Int64`,

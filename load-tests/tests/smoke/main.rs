@@ -3,7 +3,7 @@
 //! real ones.
 //!
 //! * [`load`]: `meterflow-loadgen` over a few thousand events, every phase measured, totals exact;
-//! * [`querybench`]: `meterflow-querybench` on a small month, meterflow and DuckDB agree.
+//! * [`querybench`]: `meterflow-querybench` on a small month, meterflow, DuckDB and chdb agree.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by design
 
 mod load;
