@@ -73,7 +73,7 @@ impl Target {
     }
 
     /// Whether the target takes this kind of document (hledger takes journal entries only).
-    pub fn accepts(&self, doc: &ErpDocument) -> bool {
+    fn accepts(&self, doc: &ErpDocument) -> bool {
         !(matches!(self, Target::Hledger(_)) && doc.is_receivable())
     }
 }

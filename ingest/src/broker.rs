@@ -35,8 +35,9 @@ pub struct PendingPull {
     batch: pull::Batch,
     /// Messages on `<prefix>.<subject>` are redriven DLQ entries (see [`crate::dlq`]).
     redrive_prefix: String,
-    /// The partition the consumer reads (its subjects are read back as published).
-    partition: Option<u32>,
+    /// [`crate::partition::head`] of the partition the consumer reads (its subjects are read
+    /// back as published).
+    partition_head: Option<String>,
 }
 
 impl std::fmt::Debug for PendingPull {
@@ -72,7 +73,11 @@ impl PendingPull {
         let replicated = consumer.cached_info().cluster.as_ref().is_some_and(|c| !c.replicas.is_empty());
         let fetch = if replicated { fetch } else { fetch.max_bytes(max_bytes) };
         let batch = fetch.messages().await.map_err(|e| js_err("fetch")(e.to_string()))?;
-        Ok(PendingPull { batch, redrive_prefix: config.redrive_subject_prefix.clone(), partition: config.partition })
+        Ok(PendingPull {
+            batch,
+            redrive_prefix: config.redrive_subject_prefix.clone(),
+            partition_head: config.partition.map(crate::partition::head),
+        })
     }
 
     /// The pull's messages as delivered, in stream order, once the pull is complete (full in
@@ -99,7 +104,7 @@ impl PendingPull {
     /// The pull's messages with their stream sequences and publish times.
     pub async fn collect(self) -> Result<Vec<Fetched>> {
         let prefix = self.redrive_prefix.clone();
-        let partition = self.partition;
+        let head = self.partition_head.clone();
         let messages = self.messages().await?;
         let mut out = Vec::with_capacity(messages.len());
         for message in messages {
@@ -110,8 +115,8 @@ impl PendingPull {
                 Ok(info) => (info.stream_sequence, info.consumer_sequence, info.published.unix_timestamp()),
                 Err(e) => return Err(js_err("message info")(e.to_string())),
             };
-            let stored = match partition {
-                Some(p) => crate::partition::as_published(&message.subject, p, &prefix),
+            let stored = match head.as_deref() {
+                Some(h) => crate::partition::as_published(&message.subject, h, &prefix),
                 None => message.subject.to_string(),
             };
             let (subject, published_unix) =

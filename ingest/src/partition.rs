@@ -56,12 +56,18 @@ pub fn filter(p: u32) -> String {
     format!("{p}.>")
 }
 
-/// A subject as stored in partition `p` back as it was published: `<p>.usage.rest` is
-/// `usage.rest`; a redrive, `<p>.<redrive prefix>.<customer>.<original>`, is
-/// `<redrive prefix>.<original>` (the form [`crate::dlq::as_arrived`] reads on any stream);
+/// The token partition `p`'s subjects start with, dot included (`"<p>."`): computed once per
+/// pull, not per message.
+pub fn head(p: u32) -> String {
+    format!("{p}.")
+}
+
+/// A subject as stored in the partition whose [`head`] is `head`, back as it was published:
+/// `<p>.usage.rest` is `usage.rest`; a redrive, `<p>.<redrive prefix>.<customer>.<original>`,
+/// is `<redrive prefix>.<original>` (the form [`crate::dlq::as_arrived`] reads on any stream);
 /// any other as it is.
-pub fn as_published(subject: &str, p: u32, redrive_prefix: &str) -> String {
-    let Some(stored) = subject.strip_prefix(p.to_string().as_str()).and_then(|s| s.strip_prefix('.')) else {
+pub fn as_published(subject: &str, head: &str, redrive_prefix: &str) -> String {
+    let Some(stored) = subject.strip_prefix(head) else {
         return subject.to_string();
     };
     let redriven = stored
@@ -112,10 +118,10 @@ mod tests {
 
     #[test]
     fn a_stored_subject_reads_as_published_and_a_redrive_goes_to_the_customers_partition() {
-        assert_eq!(as_published("3.usage.acme.api", 3, "redrive"), "usage.acme.api");
-        assert_eq!(as_published("3.redrive.acme.usage.acme.api", 3, "redrive"), "redrive.usage.acme.api");
-        assert_eq!(as_published("usage.acme.api", 3, "redrive"), "usage.acme.api", "not stored in 3");
-        assert_eq!(as_published("31.usage.acme.api", 3, "redrive"), "31.usage.acme.api", "not stored in 3");
+        assert_eq!(as_published("3.usage.acme.api", &head(3), "redrive"), "usage.acme.api");
+        assert_eq!(as_published("3.redrive.acme.usage.acme.api", &head(3), "redrive"), "redrive.usage.acme.api");
+        assert_eq!(as_published("usage.acme.api", &head(3), "redrive"), "usage.acme.api", "not stored in 3");
+        assert_eq!(as_published("31.usage.acme.api", &head(3), "redrive"), "31.usage.acme.api", "not stored in 3");
         assert_eq!(redrive_subject("redrive", "usage.acme.api", 8).as_deref(), Some("redrive.acme.usage.acme.api"));
         assert_eq!(redrive_subject("redrive", "usage.acme.api", 0).as_deref(), Some("redrive.usage.acme.api"));
         assert_eq!(redrive_subject("redrive", "usage.api", 8), None, "no customer token to partition by");
