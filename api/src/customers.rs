@@ -6,6 +6,11 @@
 //!   exactly what `meterflow invoice --preview --customer ID` computes (same code, same
 //!   document).
 //!
+//! * `GET /api/v1/customers/{customerId}/credits`: the customer's prepaid credits, the balance
+//!   of each grant (the SUM of its ledger rows) and the total per unit;
+//! * `GET /api/v1/customers/{customerId}/credits/ledger`: every row of the customer's credit
+//!   ledger (grant, burn, expiry, rollover, reversal).
+//!
 //! `period` defaults to the customer's period holding now (their billing anchor day decides).
 //! Both read the committed tables at their newest version and the catalog's newest revision;
 //! decimals are strings here (as in the invoice documents), never floats.
@@ -75,10 +80,10 @@ pub struct Usage {
     pub table_version: u64,
 }
 
-/// The usage of an invoice preview, per meter.
+/// The usage of an invoice preview, per meter (prepaid credit lines are payments, not usage).
 pub fn usage_of(invoice: &Invoice) -> Vec<MeterUsage> {
     let mut per: BTreeMap<&str, (Decimal, Decimal)> = BTreeMap::new();
-    for line in &invoice.lines {
+    for line in invoice.lines.iter().filter(|l| l.kind != meterflow_billing::LineKind::Credit) {
         if let Some(m) = &line.meter {
             let e = per.entry(m.as_str()).or_default();
             e.0 += line.quantity;
@@ -177,5 +182,162 @@ pub async fn invoice_preview(
         )
         .into_response(),
         Err(p) => p.into_response(),
+    }
+}
+
+/// Checks that the key may read `customer` and that the catalog knows it.
+async fn allowed(api: &Api, headers: &HeaderMap, customer: &str) -> Result<meterflow_sink::TableRoot, Problem> {
+    let key = api.authenticate(headers).await?;
+    if !key.scope().allows(customer) {
+        return Err(Problem::forbidden(format!("this API key may not read customer {customer:?}")));
+    }
+    let reference = api.reference().await?;
+    if !reference.1.accounts().iter().any(|a| a.id == customer) {
+        return Err(Problem::not_found(format!("no customer {customer:?} in catalog revision {}", reference.0)));
+    }
+    api.config.tables().map_err(|e| Problem::unavailable(format!("{e:#}"), 1))
+}
+
+/// A customer's prepaid credits: the balance of each grant and the total per unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreditBalances {
+    /// The customer.
+    pub customer: String,
+    /// Per grant, in burn order.
+    pub grants: Vec<GrantBalance>,
+    /// Per unit (`USD`, `meter:calls`): the sum of the grants' balances.
+    pub totals: BTreeMap<String, String>,
+}
+
+/// One grant's balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantBalance {
+    /// The grant.
+    pub grant_id: String,
+    /// Its unit.
+    pub unit: String,
+    /// purchase, promotion or goodwill.
+    pub source: String,
+    /// Burn order (1 first).
+    pub priority: u32,
+    /// Expiry, if any.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The SUM of its ledger rows.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub balance: Decimal,
+}
+
+/// `GET /api/v1/customers/{customerId}/credits`
+pub async fn credits(
+    State(api): State<Arc<Api>>,
+    Path(customer): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let answer = async {
+        no_params(raw.as_deref())?;
+        let tables = allowed(&api, &headers, &customer).await?;
+        let balances = meterflow_billing::balances(&tables, &customer).await.map_err(Problem::internal)?;
+        let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
+        for b in &balances {
+            *totals.entry(b.unit.clone()).or_default() += b.balance;
+        }
+        let grants = balances
+            .into_iter()
+            .map(|b| GrantBalance {
+                grant_id: b.grant_id,
+                unit: b.unit,
+                source: b.source.as_str().into(),
+                priority: b.priority,
+                expires_at: b.expires_at,
+                balance: b.balance,
+            })
+            .collect();
+        let totals = totals.into_iter().map(|(u, t)| (u, t.to_string())).collect();
+        Ok::<_, Problem>(CreditBalances { customer: customer.clone(), grants, totals })
+    };
+    match answer.await {
+        Ok(b) => Json(b).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// A customer's credit ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreditLedger {
+    /// The customer.
+    pub customer: String,
+    /// Every row, in the order written.
+    pub entries: Vec<LedgerRow>,
+}
+
+/// One ledger row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerRow {
+    /// The grant.
+    pub grant_id: String,
+    /// grant, burn, expiry, rollover or reversal.
+    pub entry_kind: String,
+    /// Signed amount in the grant's unit.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    /// The grant's unit.
+    pub unit: String,
+    /// Signed money worth in the customer's currency.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub value: Decimal,
+    /// The billing period it counts in.
+    pub period: String,
+    /// The invoice whose run wrote it.
+    pub invoice_id: Option<String>,
+    /// That invoice's revision (0: none).
+    pub revision: u32,
+    /// What happened.
+    pub description: String,
+    /// When.
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /api/v1/customers/{customerId}/credits/ledger`
+pub async fn credit_ledger(
+    State(api): State<Arc<Api>>,
+    Path(customer): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let answer = async {
+        no_params(raw.as_deref())?;
+        let tables = allowed(&api, &headers, &customer).await?;
+        let rows = meterflow_billing::ledger(&tables, &customer).await.map_err(Problem::internal)?;
+        let entries = rows
+            .into_iter()
+            .map(|e| LedgerRow {
+                grant_id: e.grant_id,
+                entry_kind: e.kind.as_str().into(),
+                amount: e.amount,
+                unit: e.unit,
+                value: e.value,
+                period: e.period,
+                invoice_id: e.invoice_id,
+                revision: e.revision,
+                description: e.description,
+                recorded_at: e.recorded_at,
+            })
+            .collect();
+        Ok::<_, Problem>(CreditLedger { customer: customer.clone(), entries })
+    };
+    match answer.await {
+        Ok(l) => Json(l).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// Refuses any query parameter.
+fn no_params(raw: Option<&str>) -> Result<(), Problem> {
+    match url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()).next() {
+        None => Ok(()),
+        Some((k, _)) => {
+            Err(Problem::bad_request("invalid_parameter", format!("unknown query parameter {k:?}: this takes none")))
+        }
     }
 }

@@ -193,6 +193,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/meters/{meterIdOrSlug}/subjects", get(meters::subjects))
         .route("/api/v1/customers/{customerId}/usage", get(customers::usage))
         .route("/api/v1/customers/{customerId}/invoice-preview", get(customers::invoice_preview))
+        .route("/api/v1/customers/{customerId}/credits", get(customers::credits))
+        .route("/api/v1/customers/{customerId}/credits/ledger", get(customers::credit_ledger))
         .layer(middleware::from_fn_with_state(limit, deadline))
         .with_state(api.clone());
     let ingest = Router::new().route("/api/v1/events", post(ingest::post_events)).with_state(api.clone());

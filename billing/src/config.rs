@@ -21,6 +21,14 @@ pub struct BillingConfig {
     pub default_revenue_account: String,
     /// GL revenue account of recurring fees and minimum-spend true-ups.
     pub fee_revenue_account: String,
+    /// GL liability account of purchased prepaid credits not yet used (deferred revenue):
+    /// credited when credits are bought, debited as they pay invoices or expire.
+    pub deferred_revenue_account: String,
+    /// GL account debited when promotional or goodwill credits pay part of an invoice (a
+    /// contra-revenue account: the discount given).
+    pub promotional_credit_account: String,
+    /// GL revenue account credited when purchased credits expire unused (breakage).
+    pub breakage_revenue_account: String,
     /// Most ERP documents per posting batch.
     pub post_batch_size: usize,
     /// HTTP target: attempts per batch on 429, 5xx, timeouts and dropped connections.
@@ -46,6 +54,9 @@ impl Default for BillingConfig {
             receivable_account: "1200".into(),
             default_revenue_account: "4000".into(),
             fee_revenue_account: "4100".into(),
+            deferred_revenue_account: "2400".into(),
+            promotional_credit_account: "4900".into(),
+            breakage_revenue_account: "4800".into(),
             post_batch_size: 100,
             http_max_attempts: 6,
             http_backoff_initial_ms: 200,

@@ -115,6 +115,12 @@ impl CreditNote {
                 numbers.join(", ")
             ))
         })?;
+        if line.kind == crate::invoice::LineKind::Credit {
+            return Err(refuse(format!(
+                "line {} is prepaid credit applied, not a charge: credit notes take money off charged lines",
+                line.line_no
+            )));
+        }
         let credited: Decimal = earlier.iter().filter(|n| n.line_no == line.line_no).map(|n| n.amount).sum();
         let left = line.amount - credited;
         let amount = request.amount.unwrap_or(left);
@@ -132,6 +138,18 @@ impl CreditNote {
             return Err(refuse(format!(
                 "{amount} {} is more than is left of line {} ({} {}: {} billed, {} already credited)",
                 invoice.currency, line.line_no, left, invoice.currency, line.amount, credited
+            )));
+        }
+        // Prepaid credits may have paid part of the invoice: notes never take it below zero.
+        let all_notes: Decimal = earlier.iter().map(|n| n.amount).sum();
+        if amount > invoice.total - all_notes {
+            return Err(refuse(format!(
+                "{amount} {} is more than is left to pay on the invoice ({} {}: total {} after prepaid credits, \
+                 {all_notes} already credited)",
+                invoice.currency,
+                invoice.total - all_notes,
+                invoice.currency,
+                invoice.total
             )));
         }
         let mut amount = amount;
@@ -327,5 +345,17 @@ mod tests {
         assert!(e.contains("has no line 7 (its lines: 1, 2)"), "{e}");
         let e = CreditNote::issue(&inv, &ask(1, Some("-1")), &[], now()).unwrap_err().to_string();
         assert!(e.contains("must be positive"), "{e}");
+    }
+
+    #[test]
+    fn a_credit_note_never_takes_an_invoice_paid_by_prepaid_credits_below_zero() {
+        let mut credit = sample::line(3, "-55.00", "2400");
+        credit.kind = crate::invoice::LineKind::Credit;
+        let inv = sample::invoice(vec![sample::line(1, "10.00", "4010"), sample::line(2, "49.00", "4010"), credit]);
+        let e = CreditNote::issue(&inv, &ask(2, Some("5")), &[], now()).unwrap_err().to_string();
+        assert!(e.contains("more than is left to pay on the invoice (4.00 USD"), "{e}");
+        let e = CreditNote::issue(&inv, &ask(3, None), &[], now()).unwrap_err().to_string();
+        assert!(e.contains("line 3 is prepaid credit applied"), "{e}");
+        assert!(CreditNote::issue(&inv, &ask(2, Some("4")), &[], now()).is_ok());
     }
 }

@@ -329,29 +329,92 @@ pub fn reversal(
                 total: ar.total,
             })),
             ErpDocument::JournalEntry(je) if journal => {
-                let lines = je
-                    .lines
-                    .into_iter()
-                    .map(|l| JournalLine {
-                        account: l.account,
-                        debit: l.credit,
-                        credit: l.debit,
-                        memo: format!("reversal of {}: {}", je.idempotency_key, l.memo),
-                    })
-                    .collect();
-                let rev = JournalEntry {
-                    idempotency_key: format!("{}.r{}.rev", inv.invoice_id, inv.revision),
-                    date: date.to_string(),
-                    lines,
-                    ..je
-                };
-                check_balanced(&rev)?;
-                out.push(ErpDocument::JournalEntry(rev));
+                let key = format!("{}.r{}.rev", inv.invoice_id, inv.revision);
+                out.push(ErpDocument::JournalEntry(reversing(je, key, date)?));
             }
             _ => {}
         }
     }
     Ok(out)
+}
+
+/// `je` with debits and credits swapped, under `key`, dated `date`.
+pub fn reversing(je: JournalEntry, key: String, date: &str) -> Result<JournalEntry, BillingError> {
+    let lines = je
+        .lines
+        .into_iter()
+        .map(|l| JournalLine {
+            account: l.account,
+            debit: l.credit,
+            credit: l.debit,
+            memo: format!("reversal of {}: {}", je.idempotency_key, l.memo),
+        })
+        .collect();
+    let rev = JournalEntry { idempotency_key: key, date: date.to_string(), lines, ..je };
+    check_balanced(&rev)?;
+    Ok(rev)
+}
+
+/// The journal entry of prepaid credits bought (`period`: the customer's billing period the
+/// grant starts in): debit receivables (the customer owes the purchase), credit deferred
+/// revenue, a liability until the credits pay invoices (the invoice's entry then debits it) or
+/// expire ([`breakage_entry`]). Key `<grant id>.je`.
+pub fn credit_purchase_entry(
+    grant: &crate::credits::Grant,
+    period: &str,
+    config: &BillingConfig,
+) -> Result<ErpDocument, BillingError> {
+    let crate::credits::CreditUnit::Money(currency) = &grant.unit else {
+        return Err(BillingError::Credit(format!("{}: units of a meter are never sold as such", grant.grant_id)));
+    };
+    let memo = format!("prepaid credits {} bought by {}: {}", grant.grant_id, grant.customer_id, grant.reason);
+    let je = JournalEntry {
+        idempotency_key: format!("{}.je", grant.grant_id),
+        invoice_id: grant.grant_id.clone(),
+        revision: 0,
+        erp_customer_id: grant.erp_customer_id.clone(),
+        customer_id: grant.customer_id.clone(),
+        legal_entity: grant.legal_entity.clone(),
+        currency: currency.clone(),
+        date: grant.effective_from.date_naive().to_string(),
+        period: period.to_string(),
+        lines: vec![
+            side(&config.receivable_account, grant.amount, true, memo.clone()),
+            side(&config.deferred_revenue_account, grant.amount, false, memo),
+        ],
+    };
+    check_balanced(&je)?;
+    Ok(ErpDocument::JournalEntry(je))
+}
+
+/// Breakage: `amount` of purchased credits of grant `grant_id` expired unused when revision
+/// `inv.revision` of an invoice was finalized: debit deferred revenue, credit breakage revenue.
+/// Key `<grant id>.<invoice id>.r<revision>.brk`; filed under the grant, so reconcile's
+/// receivable figures of the invoice never see it.
+pub fn breakage_entry(
+    inv: &Invoice,
+    grant_id: &str,
+    amount: Decimal,
+    config: &BillingConfig,
+) -> Result<ErpDocument, BillingError> {
+    let memo = format!("prepaid credits {grant_id} of {} expired unused ({})", inv.customer_id, inv.period);
+    let je = JournalEntry {
+        idempotency_key: format!("{grant_id}.{}.r{}.brk", inv.invoice_id, inv.revision),
+        invoice_id: grant_id.to_string(),
+        revision: inv.revision,
+        erp_customer_id: inv.erp_customer_id.clone(),
+        customer_id: inv.customer_id.clone(),
+        legal_entity: inv.legal_entity.clone(),
+        currency: inv.currency.clone(),
+        date: inv.issue_date.clone(),
+        period: inv.period.clone(),
+        lines: vec![
+            side(&config.deferred_revenue_account, amount, true, memo.clone()),
+            side(&config.breakage_revenue_account, amount, false, memo),
+        ],
+    };
+    check_balanced(&je)?;
+    Ok(ErpDocument::JournalEntry(je))
 }
 
 /// The credit memo and journal entry of a credit note issued against an invoice line: the
@@ -461,6 +524,8 @@ pub fn hledger_account(account: &str, config: &BillingConfig) -> String {
     let clean: String = account.chars().map(|c| if c.is_whitespace() || c == ';' { '-' } else { c }).collect();
     if account == config.receivable_account {
         format!("assets:receivable:{clean}")
+    } else if account == config.deferred_revenue_account {
+        format!("liabilities:deferred-revenue:{clean}")
     } else {
         format!("revenue:{clean}")
     }

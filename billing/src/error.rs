@@ -48,6 +48,9 @@ pub enum BillingError {
     /// A credit note that cannot be issued (the message says why and what is allowed).
     #[error("credit note refused: {0}")]
     CreditNote(String),
+    /// A credit grant that cannot be recorded (the message says why and what is allowed).
+    #[error("credit grant refused: {0}")]
+    Credit(String),
     /// Nothing to work on.
     #[error("{0}")]
     Nothing(String),

@@ -92,6 +92,8 @@ pub enum LineKind {
     MinimumTrueUp,
     /// Late usage (or a price correction) of an earlier, already closed period.
     Adjustment,
+    /// Prepaid credit applied (negative: what a grant pays of the invoice).
+    Credit,
 }
 
 impl LineKind {
@@ -102,6 +104,7 @@ impl LineKind {
             LineKind::RecurringFee => "recurring_fee",
             LineKind::MinimumTrueUp => "minimum_true_up",
             LineKind::Adjustment => "adjustment",
+            LineKind::Credit => "credit",
         }
     }
 }
@@ -261,6 +264,19 @@ pub struct InvoiceInput<'a> {
     /// Minimum-spend true-ups still standing on earlier invoices, per (source period, plan
     /// version): late usage of such a period first reduces its true-up.
     pub minimum_remaining: BTreeMap<(String, String), Decimal>,
+    /// The customer's prepaid credits, when the invoice applies them.
+    pub credits: Option<Credits<'a>>,
+}
+
+/// The customer's prepaid credits as an invoice sees them.
+#[derive(Debug, Clone, Copy)]
+pub struct Credits<'a> {
+    /// The customer's grants.
+    pub grants: &'a [crate::credits::Grant],
+    /// The customer's credit ledger without the rows of this invoice.
+    pub history: &'a [crate::credits::Entry],
+    /// When the period closed (grants recorded later count from the next period on).
+    pub closed_at: DateTime<Utc>,
 }
 
 /// A plan version in force for part of the period: `[from, to)` within the subscription.
@@ -312,6 +328,15 @@ fn money(amount: Decimal, currency: &Currency, config: &BillingConfig) -> Decima
 /// Computes one invoice. `None` when the customer has nothing to bill for the period (no plan
 /// in force, no usage, no adjustment).
 pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, BillingError> {
+    Ok(build_invoice_with_credits(input)?.map(|(invoice, _)| invoice))
+}
+
+/// Computes one invoice with the customer's prepaid credits applied as credit lines (after
+/// every charge), and the credit ledger rows that go with it (untagged: the caller knows the
+/// revision). `None` as for [`build_invoice`].
+pub fn build_invoice_with_credits(
+    input: &InvoiceInput<'_>,
+) -> Result<Option<(Invoice, Vec<crate::credits::Entry>)>, BillingError> {
     let ctx = Ctx::new(input)?;
     let mut lines: Vec<InvoiceLine> = Vec::new();
     let spend = usage_lines(&ctx, input, &mut lines)?;
@@ -321,7 +346,24 @@ pub fn build_invoice(input: &InvoiceInput<'_>) -> Result<Option<Invoice>, Billin
     if lines.is_empty() {
         return Ok(None);
     }
-    assemble(&ctx, input, lines).map(Some)
+    let mut entries = Vec::new();
+    if let Some(c) = input.credits {
+        let burn = crate::credits::burn_down(
+            &lines,
+            c.grants,
+            c.history,
+            &input.period,
+            c.closed_at,
+            &ctx.currency,
+            ctx.config,
+        );
+        for line in burn.lines {
+            push_line(&mut lines, line);
+        }
+        entries = burn.entries;
+    }
+    let invoice = assemble(&ctx, input, lines)?;
+    Ok(Some((invoice, entries)))
 }
 
 /// What every line of one invoice shares: the period's label, the customer's currency and the
@@ -750,6 +792,7 @@ mod tests {
             adjustments_after_version: Some(3),
             preview: false,
             minimum_remaining: BTreeMap::new(),
+            credits: None,
         };
         build_invoice(&input).unwrap().unwrap()
     }
@@ -791,6 +834,7 @@ mod tests {
             adjustments_after_version: None,
             preview: false,
             minimum_remaining: BTreeMap::new(),
+            credits: None,
         };
         let inv = build_invoice(&input).unwrap().unwrap();
         assert_eq!(inv.lines[0].amount_unrounded, d("9.677419354838709677"));
@@ -815,6 +859,7 @@ mod tests {
             adjustments_after_version: None,
             preview: false,
             minimum_remaining: BTreeMap::new(),
+            credits: None,
         };
         let e = build_invoice(&input).unwrap_err().to_string();
         assert!(e.contains("meterflow rerate --period 2026-11"), "{e}");
@@ -846,6 +891,7 @@ mod tests {
             adjustments_after_version: Some(3),
             preview: false,
             minimum_remaining: [(("2026-09".to_string(), "p@2026-01-01".to_string()), d("37.50"))].into(),
+            credits: None,
         };
         let inv = build_invoice(&input).unwrap().unwrap();
         let sept: Decimal = inv.lines.iter().filter(|l| l.source_period == "2026-09").map(|l| l.amount).sum();

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::config::BillingConfig;
-use crate::invoice::{build_invoice, Account, Invoice, InvoiceInput, UsageTotal};
+use crate::invoice::{build_invoice_with_credits, Account, Credits, Invoice, InvoiceInput, UsageTotal};
 use crate::tables::{self, text, Cell, Session, INVOICES, INVOICE_LINES};
 use crate::BillingError;
 use meterflow_sink::sql::{Row, Rows};
@@ -299,16 +299,29 @@ pub async fn run_invoices(
         earlier_periods_closed(&session, &period, &closed).await?;
     }
     let remaining = minimum_remaining(root, &label, &adjustments).await?;
+    let credits = CustomerCredits {
+        grants: crate::credits::grants_of(root, &ids).await?,
+        ledger: crate::credits::ledger_of(root, &ids).await?,
+        closed_at: closed.get(&label).map_or_else(Utc::now, |c| c.closed_at),
+    };
     let run = Run { period, prices, config, version, base, preview: request.preview };
-    let invoices = build_invoices(&run, &in_scope, &usage, &adjustments, &remaining)?;
+    let invoices = build_invoices(&run, &in_scope, &usage, &adjustments, &remaining, &credits)?;
     if request.preview {
         return Ok(InvoiceRun {
-            invoices: invoices.into_iter().map(|i| (i, Outcome::Preview)).collect(),
+            invoices: invoices.into_iter().map(|(i, _)| (i, Outcome::Preview)).collect(),
             summary_version: version,
             files: Vec::new(),
         });
     }
-    finalize(root, invoices, request, version).await
+    finalize(root, invoices, request, version, &credits.ledger).await
+}
+
+/// The prepaid credits of the customers of an invoice run.
+struct CustomerCredits {
+    grants: BTreeMap<String, Vec<crate::credits::Grant>>,
+    ledger: BTreeMap<String, Vec<crate::credits::Entry>>,
+    /// When the invoiced period closed (now, for a preview of an open one).
+    closed_at: chrono::DateTime<Utc>,
 }
 
 /// The customers an invoice run covers: those billed on `period` (one, with `--customer`).
@@ -412,11 +425,21 @@ fn build_invoices(
     usage: &[UsageTotal],
     adjustments: &[UsageTotal],
     remaining: &BTreeMap<(String, String, String), rust_decimal::Decimal>,
-) -> Result<Vec<Invoice>, BillingError> {
+    credits: &CustomerCredits,
+) -> Result<Vec<(Invoice, Vec<crate::credits::Entry>)>, BillingError> {
     let mut invoices = Vec::new();
     for account in in_scope {
         let mine = |v: &[UsageTotal]| v.iter().filter(|u| u.customer_id == account.id).cloned().collect::<Vec<_>>();
         let (usage, adjustments) = (mine(usage), mine(adjustments));
+        let id = crate::invoice::invoice_id(&account.id, &account.legal_entity, &account.currency, &run.period.label());
+        // The customer's ledger without this invoice's own rows: re-running (or revising) the
+        // invoice sees what every other invoice left, never its own earlier burn.
+        let history: Vec<crate::credits::Entry> = credits
+            .ledger
+            .get(&account.id)
+            .map(|l| l.iter().filter(|e| e.invoice_id.as_deref() != Some(id.as_str())).cloned().collect())
+            .unwrap_or_default();
+        let grants = credits.grants.get(&account.id).map_or(&[][..], Vec::as_slice);
         let input = InvoiceInput {
             period: run.period,
             account,
@@ -432,9 +455,10 @@ fn build_invoices(
                 .filter(|((c, _, _), _)| *c == account.id)
                 .map(|((_, p, v), t)| ((p.clone(), v.clone()), *t))
                 .collect(),
+            credits: Some(Credits { grants, history: &history, closed_at: credits.closed_at }),
         };
-        if let Some(inv) = build_invoice(&input)? {
-            invoices.push(inv);
+        if let Some(built) = build_invoice_with_credits(&input)? {
+            invoices.push(built);
         }
     }
     Ok(invoices)
@@ -578,14 +602,16 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BillingE
 
 async fn finalize(
     root: &TableRoot,
-    invoices: Vec<Invoice>,
+    invoices: Vec<(Invoice, Vec<crate::credits::Entry>)>,
     request: &InvoiceRequest,
     version: u64,
+    ledger: &BTreeMap<String, Vec<crate::credits::Entry>>,
 ) -> Result<InvoiceRun, BillingError> {
     let existing = finalized(root).await?;
     let mut planned = Vec::new();
+    let mut entries_of = BTreeMap::new();
     let mut changed = Vec::new();
-    for mut inv in invoices {
+    for (mut inv, entries) in invoices {
         let outcome = match existing.get(&inv.invoice_id) {
             None => {
                 inv.revision = 1;
@@ -607,6 +633,7 @@ async fn finalize(
                 Outcome::Revised
             }
         };
+        entries_of.insert(inv.invoice_id.clone(), entries);
         planned.push((inv, outcome));
     }
     if !changed.is_empty() {
@@ -626,6 +653,28 @@ async fn finalize(
         .flat_map(|(i, _)| line_rows(i))
         .collect();
     tables::append(root, &INVOICE_LINES, &lines).await?;
+    // Then the credit ledger rows, before the header for the same reason.
+    let mut credit_rows = Vec::new();
+    let now = Utc::now();
+    for (inv, _) in &new {
+        let own: Vec<crate::credits::Entry> = ledger
+            .get(&inv.customer_id)
+            .map(|l| l.iter().filter(|e| e.invoice_id.as_deref() == Some(inv.invoice_id.as_str())).cloned().collect())
+            .unwrap_or_default();
+        if own.iter().any(|e| e.revision == inv.revision) {
+            continue;
+        }
+        credit_rows.extend(crate::credits::reversal_of(&own, &inv.invoice_id, inv.revision, now));
+        for e in entries_of.remove(&inv.invoice_id).unwrap_or_default() {
+            credit_rows.push(crate::credits::Entry {
+                invoice_id: Some(inv.invoice_id.clone()),
+                revision: inv.revision,
+                recorded_at: now,
+                ..e
+            });
+        }
+    }
+    crate::credits::append_entries(root, &credit_rows).await?;
     let mut headers = Vec::new();
     let mut files = Vec::new();
     for (inv, _) in &planned {

@@ -11,6 +11,8 @@
 //!        ─► post::Target (file: JSONL + CSV journal | http(s): POST with retries | hledger journal)
 //!        ─► postings ledger (pending / posted / failed per document)
 //!   reconcile: summaries vs invoice lines vs postings ─► variances (zero when clean)
+//!   credits: credit_grants + credit_ledger ─► credits::burn_down (pure) ─► credit lines on
+//!     each invoice + ledger rows (burn, expiry, rollover); purchases and breakage to journals
 //! ```
 //!
 //! The pure parts ([`invoice::build_invoice`], [`erp::documents`], [`erp::batches`]) hold the
@@ -18,6 +20,7 @@
 
 mod config;
 pub mod credit_note;
+pub mod credits;
 pub mod erp;
 mod error;
 pub mod invoice;
@@ -28,6 +31,7 @@ mod tables;
 
 pub use config::{BillingConfig, Secret};
 pub use credit_note::{credit_notes, issue_credit_note, CreditNote, CreditNoteRequest};
+pub use credits::{balances, grant_credits, grants, ledger, Balance, Grant, GrantRequest, Source};
 pub use error::BillingError;
 pub use invoice::{Account, Invoice, InvoiceLine, LineKind};
 pub use invoicing::{

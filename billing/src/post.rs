@@ -19,10 +19,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::BillingConfig;
+use crate::credits::{Entry, EntryKind, Source};
 use crate::erp::{self, Batch, ErpDocument, JournalEntry};
+use crate::invoice::Invoice;
 use crate::invoicing::{finalized_invoices, write_atomically};
 use crate::tables::{self, text, Cell, Session, POSTINGS};
 use crate::BillingError;
+use rust_decimal::Decimal;
 
 /// Where documents go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,12 +217,21 @@ pub async fn post_period(
     let label = target.label();
     let known = ledger(root, &label).await?;
     let revisions = crate::invoicing::all_revisions(root, period).await?;
-    let reversals = reversals_due(&invoices, &revisions, &known, &label, config)?;
+    let customers: Vec<&str> = invoices.iter().map(|i| i.customer_id.as_str()).collect();
+    let credit_ledger = crate::credits::ledger_of(root, &customers).await?;
+    let breakage = |inv: &Invoice| {
+        breakage_documents(inv, credit_ledger.get(&inv.customer_id).map_or(&[][..], Vec::as_slice), config)
+    };
+    let reversals = reversals_due(&invoices, &revisions, &known, &label, config, &breakage)?;
     let settled_first = reversals.resend.len();
     let mut docs = if reversals.resend.is_empty() {
         let mut docs = reversals.docs;
+        for g in crate::credits::purchases_in(root, period).await? {
+            docs.push(erp::credit_purchase_entry(&g, period, config)?);
+        }
         for inv in &invoices {
             docs.extend(erp::documents(inv, config)?);
+            docs.extend(breakage(inv)?);
         }
         for note in crate::credit_note::credit_notes(root.clone(), Some(period)).await? {
             docs.extend(erp::credit_note_documents(&note, config)?);
@@ -273,13 +285,15 @@ struct Reversals {
 /// here, a credit memo and a reversing entry (already-posted reversals are skipped by the
 /// caller like any posted document).
 fn reversals_due(
-    invoices: &[crate::invoice::Invoice],
-    revisions: &BTreeMap<(String, u32), crate::invoice::Invoice>,
+    invoices: &[Invoice],
+    revisions: &BTreeMap<(String, u32), Invoice>,
     known: &BTreeMap<String, (Status, u64)>,
     label: &str,
     config: &BillingConfig,
+    breakage: &dyn Fn(&Invoice) -> Result<Vec<ErpDocument>, BillingError>,
 ) -> Result<Reversals, BillingError> {
     let mut out = Reversals::default();
+    let status_of = |d: &ErpDocument| known.get(d.key()).map(|(s, _)| *s);
     for inv in invoices {
         for k in 1..inv.revision {
             let status = |kind: &str| known.get(&format!("{}.r{k}.{kind}", inv.invoice_id)).map(|(s, _)| *s);
@@ -293,18 +307,48 @@ fn reversals_due(
                     inv.invoice_id
                 ))
             })?;
-            if ar == Some(Status::Pending) || je == Some(Status::Pending) {
-                let pending = |d: &ErpDocument| matches!(known.get(d.key()), Some((Status::Pending, _)));
-                out.resend.extend(erp::documents(earlier, config)?.into_iter().filter(pending));
+            let mut taken = erp::documents(earlier, config)?;
+            taken.extend(breakage(earlier)?);
+            if taken.iter().any(|d| status_of(d) == Some(Status::Pending)) {
+                out.resend.extend(taken.into_iter().filter(|d| status_of(d) == Some(Status::Pending)));
                 continue;
             }
             let (ar, je) = (ar == Some(Status::Posted), je == Some(Status::Posted));
             if ar || je {
                 out.docs.extend(erp::reversal(earlier, ar, je, &inv.issue_date, config)?);
             }
+            for d in taken.into_iter().filter(|d| d.key().ends_with(".brk") && status_of(d) == Some(Status::Posted)) {
+                if let ErpDocument::JournalEntry(e) = d {
+                    let key = format!("{}.rev", e.idempotency_key);
+                    out.docs.push(ErpDocument::JournalEntry(erp::reversing(e, key, &inv.issue_date)?));
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// The breakage entries of invoice revision `inv`: per purchased grant, what expired unused
+/// when that revision was finalized (its `expiry` rows in `ledger`).
+fn breakage_documents(
+    inv: &Invoice,
+    ledger: &[Entry],
+    config: &BillingConfig,
+) -> Result<Vec<ErpDocument>, BillingError> {
+    let mut per_grant: BTreeMap<&str, Decimal> = BTreeMap::new();
+    for e in ledger.iter().filter(|e| {
+        e.invoice_id.as_deref() == Some(inv.invoice_id.as_str())
+            && e.revision == inv.revision
+            && e.kind == EntryKind::Expiry
+            && e.source == Source::Purchase
+    }) {
+        *per_grant.entry(e.grant_id.as_str()).or_default() -= e.value;
+    }
+    per_grant
+        .into_iter()
+        .filter(|(_, amount)| *amount > Decimal::ZERO)
+        .map(|(grant, amount)| erp::breakage_entry(inv, grant, amount, config))
+        .collect()
 }
 
 /// Sends each batch to the target and records every document's outcome in the postings ledger.
@@ -575,7 +619,6 @@ fn per_document(batch: &Batch, body: &str, status: u16) -> Vec<Delivery> {
 mod tests {
     use super::*;
     use crate::erp::{ArInvoice, ErpDocument};
-    use rust_decimal::Decimal;
 
     fn doc(key: &str) -> ErpDocument {
         ErpDocument::ArInvoice(ArInvoice {
@@ -618,24 +661,26 @@ mod tests {
             keys.iter().map(|(k, s)| (k.to_string(), (*s, 1))).collect()
         };
         let keys = |docs: &[ErpDocument]| docs.iter().map(|d| d.key().to_string()).collect::<Vec<_>>();
+        let no_breakage = |_: &Invoice| Ok(Vec::new());
 
         let both = posted(&[("INV-202611-1.r1.ar", Status::Posted), ("INV-202611-1.r1.je", Status::Posted)]);
-        let due = reversals_due(std::slice::from_ref(&r2), &revisions, &both, "erp", &config).unwrap();
+        let due = reversals_due(std::slice::from_ref(&r2), &revisions, &both, "erp", &config, &no_breakage).unwrap();
         assert_eq!(keys(&due.docs), ["INV-202611-1.r1.cm", "INV-202611-1.r1.rev"]);
         assert!(due.resend.is_empty());
         let (memo, entry) = (due.docs[0].amount().0, due.docs[1].amount().0);
         assert_eq!((memo, entry), (Decimal::new(-1500, 2), Decimal::new(-1500, 2)), "the whole of r1, taken off");
 
         let journal_only = posted(&[("INV-202611-1.r1.je", Status::Posted)]);
-        let due = reversals_due(std::slice::from_ref(&r2), &revisions, &journal_only, "hledger", &config).unwrap();
+        let due = reversals_due(std::slice::from_ref(&r2), &revisions, &journal_only, "hledger", &config, &no_breakage)
+            .unwrap();
         assert_eq!(keys(&due.docs), ["INV-202611-1.r1.rev"], "an hledger journal took no AR invoice");
 
         let unsure = posted(&[("INV-202611-1.r1.ar", Status::Posted), ("INV-202611-1.r1.je", Status::Pending)]);
-        let due = reversals_due(std::slice::from_ref(&r2), &revisions, &unsure, "erp", &config).unwrap();
+        let due = reversals_due(std::slice::from_ref(&r2), &revisions, &unsure, "erp", &config, &no_breakage).unwrap();
         assert!(due.docs.is_empty(), "nothing reversed while r1's entry is unconfirmed");
         assert_eq!(keys(&due.resend), ["INV-202611-1.r1.je"], "r1's entry is sent again first");
 
-        let none = reversals_due(&[r2], &revisions, &BTreeMap::new(), "erp", &config).unwrap();
+        let none = reversals_due(&[r2], &revisions, &BTreeMap::new(), "erp", &config, &no_breakage).unwrap();
         assert!(none.docs.is_empty() && none.resend.is_empty(), "r1 never posted here: nothing to reverse");
     }
 

@@ -29,6 +29,14 @@ pub(crate) enum Kind {
     /// DECIMAL(38, scale).
     Dec(u8),
     Time,
+    OptTime,
+}
+
+impl Kind {
+    /// Whether the column takes nulls.
+    fn nullable(self) -> bool {
+        matches!(self, Kind::OptText | Kind::OptTime)
+    }
 }
 
 /// A cell value.
@@ -39,6 +47,7 @@ pub(crate) enum Cell {
     Int(i64),
     Dec(Decimal),
     Time(DateTime<Utc>),
+    OptTime(Option<DateTime<Utc>>),
 }
 
 /// One billing table: name, description, columns.
@@ -138,7 +147,7 @@ fn arrow_type(kind: Kind) -> ArrowType {
         Kind::Text | Kind::OptText => ArrowType::Utf8,
         Kind::Int => ArrowType::Int64,
         Kind::Dec(s) => ArrowType::Decimal128(38, s as i8),
-        Kind::Time => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        Kind::Time | Kind::OptTime => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
     }
 }
 
@@ -147,7 +156,7 @@ fn delta_type(table: &str, kind: Kind) -> Result<DataType, BillingError> {
         Kind::Text | Kind::OptText => DataType::STRING,
         Kind::Int => DataType::LONG,
         Kind::Dec(s) => DataType::decimal(38, s).map_err(|e| delta_err(table, e))?,
-        Kind::Time => DataType::TIMESTAMP,
+        Kind::Time | Kind::OptTime => DataType::TIMESTAMP,
     })
 }
 
@@ -191,11 +200,12 @@ fn encode(spec: &Spec, rows: &[Vec<Cell>]) -> Result<RecordBatch, BillingError> 
                 }
                 Arc::new(b.finish().with_precision_and_scale(38, *scale as i8).map_err(|e| bad(e.to_string()))?)
             }
-            Kind::Time => {
+            Kind::Time | Kind::OptTime => {
                 let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
                 for r in rows {
                     match cell(r)? {
                         Cell::Time(t) => b.append_value(t.timestamp_micros()),
+                        Cell::OptTime(t) => b.append_option(t.map(|t| t.timestamp_micros())),
                         other => return Err(bad(format!("{name}: {other:?} is not a time"))),
                     }
                 }
@@ -204,11 +214,8 @@ fn encode(spec: &Spec, rows: &[Vec<Cell>]) -> Result<RecordBatch, BillingError> 
         };
         columns.push(array);
     }
-    let fields: Vec<Field> = spec
-        .columns
-        .iter()
-        .map(|(name, kind)| Field::new(*name, arrow_type(*kind), matches!(kind, Kind::OptText)))
-        .collect();
+    let fields: Vec<Field> =
+        spec.columns.iter().map(|(name, kind)| Field::new(*name, arrow_type(*kind), kind.nullable())).collect();
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| bad(e.to_string()))
 }
 
@@ -216,7 +223,7 @@ fn encode(spec: &Spec, rows: &[Vec<Cell>]) -> Result<RecordBatch, BillingError> 
 pub(crate) async fn append(root: &TableRoot, spec: &Spec, rows: &[Vec<Cell>]) -> Result<(), BillingError> {
     let mut fields = Vec::with_capacity(spec.columns.len());
     for (name, kind) in spec.columns {
-        fields.push(StructField::new(*name, delta_type(spec.name, *kind)?, matches!(kind, Kind::OptText)));
+        fields.push(StructField::new(*name, delta_type(spec.name, *kind)?, kind.nullable()));
     }
     let table = open_or_create_table(root, spec.name, spec.comment, fields, vec![]).await?;
     if rows.is_empty() {
@@ -227,11 +234,19 @@ pub(crate) async fn append(root: &TableRoot, spec: &Spec, rows: &[Vec<Cell>]) ->
     Ok(())
 }
 
-/// Creates the billing tables (`invoices`, `invoice_lines`, `postings`, `credit_notes`) under `root`
+/// Creates the billing tables (`invoices`, `invoice_lines`, `postings`, `credit_notes`,
+/// `credit_grants`, `credit_ledger`) under `root`
 /// where absent, empty.
 pub async fn create_tables(root: impl Into<TableRoot>) -> Result<(), BillingError> {
     let root = &root.into();
-    for spec in [&INVOICES, &INVOICE_LINES, &POSTINGS, &crate::credit_note::CREDIT_NOTES] {
+    for spec in [
+        &INVOICES,
+        &INVOICE_LINES,
+        &POSTINGS,
+        &crate::credit_note::CREDIT_NOTES,
+        &crate::credits::CREDIT_GRANTS,
+        &crate::credits::CREDIT_LEDGER,
+    ] {
         append(root, spec, &[]).await?;
     }
     Ok(())

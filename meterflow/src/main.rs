@@ -187,6 +187,14 @@ enum Command {
         #[command(subcommand)]
         action: CreditNoteAction,
     },
+    /// Prepaid credits: grants in money or in units of a meter that pay invoices in priority
+    /// then expiry order; every movement is a row of the `credit_ledger` table.
+    Credits {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: CreditsAction,
+    },
     /// Compare, per customer and meter, the summarized usage of a period with the invoice lines
     /// that bill it, and each invoice with its posted documents. Prints the variances; exits 1
     /// when any is not zero.
@@ -372,6 +380,62 @@ enum CatalogAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum CreditsAction {
+    /// Grant credits to a customer. They pay the invoices of periods closed from now on.
+    Grant {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+        /// Amount: money in the customer's currency (at most its minor units), or units of
+        /// `--meter`.
+        #[arg(long)]
+        amount: String,
+        /// Grant units of this meter instead of money.
+        #[arg(long)]
+        meter: Option<String>,
+        /// Burn order: 1 burns first.
+        #[arg(long, default_value_t = 10)]
+        priority: u32,
+        /// In force from (RFC 3339 or YYYY-MM-DD; default now).
+        #[arg(long, value_name = "TIME")]
+        effective_from: Option<String>,
+        /// Expiry (RFC 3339 or YYYY-MM-DD); the unused balance then expires.
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
+        /// Grant the amount again every billing period.
+        #[arg(long)]
+        recurring: bool,
+        /// With --recurring: carry at most this much unused into the next period.
+        #[arg(long)]
+        rollover_cap: Option<String>,
+        /// purchase (deferred revenue until used), promotion or goodwill.
+        #[arg(long, default_value = "purchase")]
+        source: String,
+        /// Why (shown on the invoice and in the ledger).
+        #[arg(long)]
+        reason: String,
+    },
+    /// A customer's grants.
+    List {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+    },
+    /// A customer's balance per grant (the SUM of its ledger rows).
+    Balance {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+    },
+    /// A customer's credit ledger: every grant, burn, expiry, rollover and reversal row.
+    Ledger {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum CreditNoteAction {
     /// Issue a credit note against one line of an invoice's latest revision.
     Issue {
@@ -524,6 +588,50 @@ async fn run(cli: Cli) -> Result<()> {
                     finance::credit_note_issue(&config, &request).await?
                 }
                 CreditNoteAction::List { period } => finance::credit_note_list(&config, period.as_deref()).await?,
+            };
+            print!("{out}");
+            Ok(())
+        }
+        Command::Credits { common, action } => {
+            init_logging("warn");
+            let config = common.load()?;
+            let out = match action {
+                CreditsAction::Grant {
+                    customer,
+                    amount,
+                    meter,
+                    priority,
+                    effective_from,
+                    expires,
+                    recurring,
+                    rollover_cap,
+                    source,
+                    reason,
+                } => {
+                    let request = meterflow_billing::GrantRequest {
+                        customer_id: customer,
+                        amount: finance::decimal_arg("--amount", &amount)?,
+                        meter,
+                        priority,
+                        effective_from: effective_from
+                            .as_deref()
+                            .map(|t| finance::time_arg("--effective-from", t))
+                            .transpose()?,
+                        expires_at: expires.as_deref().map(|t| finance::time_arg("--expires", t)).transpose()?,
+                        recurring,
+                        rollover_cap: rollover_cap
+                            .as_deref()
+                            .map(|c| finance::decimal_arg("--rollover-cap", c))
+                            .transpose()?,
+                        source: meterflow_billing::Source::parse(&source)
+                            .with_context(|| format!("--source {source:?}: use purchase, promotion or goodwill"))?,
+                        reason,
+                    };
+                    finance::credits_grant(&config, &request).await?
+                }
+                CreditsAction::List { customer } => finance::credits_list(&config, &customer).await?,
+                CreditsAction::Balance { customer } => finance::credits_balance(&config, &customer).await?,
+                CreditsAction::Ledger { customer } => finance::credits_ledger(&config, &customer).await?,
             };
             print!("{out}");
             Ok(())

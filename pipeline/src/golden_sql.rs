@@ -5,7 +5,7 @@
 //! Each file runs in a fresh DataFusion session holding:
 //! - every table the product queries, empty, with the exact schema the product's own code
 //!   creates on disk (`usage_summaries`, `billing_periods`, `rejections`, `duplicates`,
-//!   `invoices`, `invoice_lines`, `postings`, `credit_notes`), plus the aliases and one-column lists the
+//!   `invoices`, `invoice_lines`, `postings`, `credit_notes`, `credit_grants`, `credit_ledger`), plus the aliases and one-column lists the
 //!   billing queries read (`summaries_now`, `selected_customers`, ...);
 //! - the views every session registers ([`meterflow_sink::sql::VIEWS`]);
 //! - each product statement prepared under its name (`PREPARE usage_totals AS <the text the
@@ -48,6 +48,10 @@ fn statements() -> Vec<(&'static str, String)> {
         ("reconcile_posting", POSTING_SQL.into()),
         ("credit_notes_of_period", b::credit_note::CREDIT_NOTES_OF_PERIOD_SQL.into()),
         ("credit_notes_of_invoice", b::credit_note::CREDIT_NOTES_OF_INVOICE_SQL.into()),
+        ("credit_grants", b::credits::GRANTS_SQL.into()),
+        ("credit_ledger", b::credits::LEDGER_SQL.into()),
+        ("credit_balances", b::credits::BALANCES_SQL.into()),
+        ("credit_purchases_of_period", b::credits::PURCHASES_OF_PERIOD_SQL.into()),
         ("status_events_accepted", status::EVENTS_ACCEPTED_SQL.into()),
         ("status_late_events", status::LATE_EVENTS_SQL.into()),
         ("status_rejects", status::REJECTS_SQL.into()),
@@ -77,6 +81,8 @@ async fn table_schemas() -> Vec<(String, SchemaRef)> {
         "invoice_lines",
         "postings",
         "credit_notes",
+        "credit_grants",
+        "credit_ledger",
     ] {
         let table = deltalake::open_table(meterflow_sink::table_url(d, name).unwrap()).await.unwrap();
         let schema = table.table_provider().await.unwrap().schema();

@@ -223,6 +223,38 @@ fn print_next_steps(config: &Config, config_path: &Path) {
     );
 }
 
+/// Grants prepaid credits to the first customer before its first period closes: 20.00 bought
+/// (burns first, expires at the period's end) and 5.00 of promotion. Returns the customer.
+async fn grant_demo_credits(config: &Config, periods: &[String]) -> Result<Option<String>> {
+    let (_, reference) = meterflow_pipeline::catalog::current_reference(config).await?;
+    let Some(account) = reference.accounts().into_iter().next() else { return Ok(None) };
+    let theirs = periods.iter().filter_map(|p| meterflow_rater::Period::parse(p)).find(|p| account.bills_on(p));
+    let Some(p) = theirs else { return Ok(None) };
+    let period = p.label();
+    let grants = [
+        (Decimal::new(2000, 2), 1, Some(p.end), meterflow_billing::Source::Purchase, "prepaid top-up"),
+        (Decimal::new(500, 2), 2, None, meterflow_billing::Source::Promotion, "welcome offer"),
+    ];
+    println!("\nPrepaid credits for {} before {period} closes:", account.id);
+    for (amount, priority, expires_at, source, reason) in grants {
+        let request = meterflow_billing::GrantRequest {
+            customer_id: account.id.clone(),
+            amount,
+            meter: None,
+            priority,
+            effective_from: Some(p.start),
+            expires_at,
+            recurring: false,
+            rollover_cap: None,
+            source,
+            reason: reason.into(),
+        };
+        print!("  {}", finance::credits_grant(config, &request).await?.lines().next().unwrap_or_default());
+        println!();
+    }
+    Ok(Some(account.id))
+}
+
 /// The month-end close, run now on the demo's periods: close, invoice, post to a folder,
 /// reconcile; prints each step.
 async fn period_close(config: &Config, sql: &ReadOnlySql) -> Result<()> {
@@ -233,6 +265,7 @@ async fn period_close(config: &Config, sql: &ReadOnlySql) -> Result<()> {
         "\nPeriod close (the demo closes its periods now; in production the watermark closes them after \
         the period ends):"
     );
+    let credited = grant_demo_credits(config, &periods).await?;
     for p in &periods {
         println!("  {}", finance::close(config, p).await?);
     }
@@ -246,6 +279,11 @@ async fn period_close(config: &Config, sql: &ReadOnlySql) -> Result<()> {
             json: false,
         };
         println!("\n{}", finance::invoice(config, &opts).await?);
+    }
+    if let Some(customer) = &credited {
+        println!("Prepaid credits of {customer} after invoicing (`meterflow credits balance` and `ledger`):");
+        print!("{}", finance::credits_balance(config, customer).await?);
+        println!("{}", finance::credits_ledger(config, customer).await?);
     }
     for p in &periods {
         let (text, ok) = finance::post(config, p, None, false).await?;

@@ -263,6 +263,136 @@ pub async fn credit_note_list(config: &Config, period: Option<&str>) -> Result<S
     Ok(s)
 }
 
+/// A decimal command-line value, or a message naming the option.
+pub fn decimal_arg(option: &str, value: &str) -> Result<rust_decimal::Decimal> {
+    value.trim().parse().with_context(|| format!("{option} {value:?} is not a decimal amount (for example 12.50)"))
+}
+
+/// A time command-line value: RFC 3339, or a date (its midnight UTC).
+pub fn time_arg(option: &str, value: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    let value = value.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .with_context(|| {
+            format!("{option} {value:?} is neither RFC 3339 (2026-11-05T10:00:00Z) nor a date (2026-11-05)")
+        })
+}
+
+/// `meterflow credits grant`: records a grant.
+pub async fn credits_grant(config: &Config, request: &meterflow_billing::GrantRequest) -> Result<String> {
+    let (_, reference) = meterflow_pipeline::catalog::current_reference(config).await?;
+    let account = reference
+        .accounts()
+        .into_iter()
+        .find(|a| a.id == request.customer_id)
+        .with_context(|| format!("no customer `{}` in the catalog", request.customer_id))?;
+    let meters: Vec<String> = reference.meters.configs().iter().map(|m| m.name.clone()).collect();
+    let g = meterflow_billing::grant_credits(&config.tables()?, request, &account, &meters).await?;
+    Ok(format!(
+        "granted {} {} to {} as {} (priority {}, {}{}{}): {}
+they pay invoices of periods closed from now on;          `meterflow credits balance --customer {}` shows what is left
+",
+        g.amount,
+        meterflow_billing::credits::CreditUnit::label(&g.unit),
+        g.customer_id,
+        g.grant_id,
+        g.priority,
+        g.source.as_str(),
+        g.expires_at.map(|e| format!(", expires {}", e.to_rfc3339())).unwrap_or_default(),
+        if g.recurring { format!(", every period, rolls over up to {}", g.rollover_cap) } else { String::new() },
+        g.reason,
+        g.customer_id
+    ))
+}
+
+/// `meterflow credits list`: a customer's grants.
+pub async fn credits_list(config: &Config, customer: &str) -> Result<String> {
+    let grants = meterflow_billing::grants(&config.tables()?, customer).await?;
+    if grants.is_empty() {
+        return Ok(format!("no credits granted to {customer}\n"));
+    }
+    let mut s = String::new();
+    for g in &grants {
+        line(
+            &mut s,
+            format_args!(
+                "{}  {} {}  priority {}  {}  from {}  expires {}{}  granted {}  {}",
+                g.grant_id,
+                g.amount,
+                g.unit.label(),
+                g.priority,
+                g.source.as_str(),
+                g.effective_from.format("%Y-%m-%d"),
+                g.expires_at.map_or_else(|| "never".to_string(), |e| e.format("%Y-%m-%d").to_string()),
+                if g.recurring { format!("  every period, rollover cap {}", g.rollover_cap) } else { String::new() },
+                g.granted_at.to_rfc3339(),
+                g.reason
+            ),
+        );
+    }
+    Ok(s)
+}
+
+/// `meterflow credits balance`: the balance of each grant, and the money total.
+pub async fn credits_balance(config: &Config, customer: &str) -> Result<String> {
+    let balances = meterflow_billing::balances(&config.tables()?, customer).await?;
+    if balances.is_empty() {
+        return Ok(format!("no credits granted to {customer}\n"));
+    }
+    let mut s = String::new();
+    let mut totals: std::collections::BTreeMap<&str, rust_decimal::Decimal> = Default::default();
+    for b in &balances {
+        *totals.entry(b.unit.as_str()).or_default() += b.balance;
+        line(
+            &mut s,
+            format_args!(
+                "{}  {} {}  priority {}  {}  expires {}",
+                b.grant_id,
+                b.balance,
+                b.unit,
+                b.priority,
+                b.source.as_str(),
+                b.expires_at.map_or_else(|| "never".to_string(), |e| e.format("%Y-%m-%d").to_string())
+            ),
+        );
+    }
+    for (unit, total) in totals {
+        line(&mut s, format_args!("total  {total} {unit}"));
+    }
+    Ok(s)
+}
+
+/// `meterflow credits ledger`: every ledger row of a customer.
+pub async fn credits_ledger(config: &Config, customer: &str) -> Result<String> {
+    let rows = meterflow_billing::ledger(&config.tables()?, customer).await?;
+    if rows.is_empty() {
+        return Ok(format!("no credit ledger rows for {customer}\n"));
+    }
+    let mut s = String::new();
+    for e in &rows {
+        line(
+            &mut s,
+            format_args!(
+                "{}  {}  {:<8} {:>14} {:<12} value {:>12}  {}  {}",
+                e.period,
+                e.grant_id,
+                e.kind.as_str(),
+                e.amount.to_string(),
+                e.unit,
+                e.value.to_string(),
+                e.invoice_id.as_deref().map(|i| format!("{i} r{}", e.revision)).unwrap_or_else(|| "-".into()),
+                e.description
+            ),
+        );
+    }
+    Ok(s)
+}
+
 /// Reconciles a period; the flag is true when every variance is zero.
 pub async fn reconcile(config: &Config, period: &str, format: Format) -> Result<(String, bool)> {
     let r = reconcile_period(&config.tables()?, period).await?;

@@ -771,3 +771,182 @@ async fn invoices_reproduce_byte_for_byte_after_a_compaction_a_month_ago_and_vac
     }
     assert_eq!(invoice_files(&again), first, "the invoice documents, byte for byte");
 }
+
+/// hledger's balance of the accounts matching `query` per commodity (zero balances left out).
+fn hledger_balance(journal: &Path, query: &str) -> BTreeMap<String, Decimal> {
+    let bal = std::process::Command::new(hledger())
+        .args(["-f", &journal.display().to_string(), "balance", query, "-O", "csv", "-N"])
+        .output()
+        .unwrap();
+    let mut out: BTreeMap<String, Decimal> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&bal.stdout).lines().skip(1) {
+        let cell = line.rsplit("\",\"").next().unwrap_or_default().trim_matches('"');
+        for amount in cell.split(", ") {
+            if let Some((n, c)) = amount.trim().split_once(' ') {
+                *out.entry(c.to_string()).or_default() += n.replace(',', "").parse::<Decimal>().unwrap();
+            }
+        }
+    }
+    out.retain(|_, v| !v.is_zero());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepaid_credits_pay_invoices_in_priority_order_expire_into_breakage_and_every_journal_balances() {
+    let env = TestEnv::start();
+    env.ensure_streams().await;
+    let js = env.jetstream().await;
+    publish_fixed_workload(&js).await;
+    env.run_until_idle(&[NO_AUTO_CLOSE]);
+    let d = |s: &str| s.parse::<Decimal>().unwrap();
+    let grant = |args: &[&str]| run(&env, "credits", &[&["grant", "--customer", "acme"], args].concat());
+
+    // Refusals say what to change.
+    let bad = grant(&["--amount", "1.001", "--reason", "x"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("more decimals than USD has (2)"), "{bad:?}");
+    let bad = grant(&["--amount", "5", "--meter", "nope", "--source", "promotion", "--reason", "x"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no priced meter `nope`"), "{bad:?}");
+
+    // Before September closes: 15,000 API calls free (burns first), 30.00 bought (expires with
+    // September), 10.00 of promotion (no expiry).
+    ok(grant(&[
+        "--amount",
+        "15000",
+        "--meter",
+        "api_calls",
+        "--priority",
+        "1",
+        "--source",
+        "promotion",
+        "--effective-from",
+        "2026-09-01",
+        "--reason",
+        "launch offer",
+    ]));
+    ok(grant(&[
+        "--amount",
+        "30.00",
+        "--priority",
+        "2",
+        "--effective-from",
+        "2026-09-01",
+        "--expires",
+        "2026-10-01",
+        "--reason",
+        "prepaid top-up",
+    ]));
+    ok(grant(&[
+        "--amount",
+        "10",
+        "--priority",
+        "3",
+        "--source",
+        "goodwill",
+        "--effective-from",
+        "2026-09-01",
+        "--reason",
+        "sorry",
+    ]));
+    for p in ["2026-09", "2026-09-15"] {
+        ok(run(&env, "close", &["--period", p]));
+    }
+    let late = r#"{"requests":1000,"region":"us-east-1"}"#;
+    publish(&js, "usage.fixed", event("late1", "acme", "api_calls", "2026-09-29T10:00:00Z", late), None).await;
+    env.run_until_idle(&[NO_AUTO_CLOSE]);
+    for p in ["2026-10", "2026-10-15"] {
+        ok(run(&env, "close", &["--period", p]));
+    }
+    for p in ["2026-09", "2026-10"] {
+        ok(run(&env, "invoice", &["--period", p]));
+    }
+
+    // September: usage 28.60 (api_calls 27.50 for 150,000 calls). 15,000 calls are worth 2.75;
+    // the bought credits pay the other 25.85 and 4.15 of them expire; fees are not paid by
+    // credits. October: the goodwill credits pay its usage, 1.00 and the late 0.15.
+    let lines = env.sql(
+        "SELECT period, line_kind, amount, revenue_account FROM latest_invoice_lines WHERE customer_id = 'acme' \
+         AND line_kind = 'credit' ORDER BY period, line_no",
+    );
+    let credit: Vec<(String, Decimal, String)> =
+        lines.iter().skip(1).map(|r| (r[0].clone(), d(&r[2]), r[3].clone())).collect();
+    assert_eq!(
+        credit,
+        vec![
+            ("2026-09".into(), d("-2.75"), "4900".into()),
+            ("2026-09".into(), d("-25.85"), "2400".into()),
+            ("2026-10".into(), d("-1.15"), "4900".into()),
+        ]
+    );
+    let totals = env.sql("SELECT period, total FROM latest_invoices WHERE customer_id = 'acme' ORDER BY period");
+    assert_eq!((d(&totals[1][1]), d(&totals[2][1])), (d("120.40"), d("147.85")), "149.00 less the credits");
+
+    let balance = ok(run(&env, "credits", &["balance", "--customer", "acme"]));
+    assert!(balance.contains("G-acme-1  0 meter:api_calls"), "{balance}");
+    assert!(balance.contains("G-acme-2  0.00 USD") && balance.contains("G-acme-3  8.85 USD"), "{balance}");
+    let kinds = env.sql(
+        "SELECT grant_id, entry_kind, SUM(amount) FROM credit_ledger WHERE customer_id = 'acme' GROUP BY 1, 2 ORDER BY 1, 2",
+    );
+    let kinds: Vec<String> =
+        kinds.iter().skip(1).map(|r| format!("{} {} {}", r[0], r[1], d(&r[2]).normalize())).collect();
+    assert_eq!(
+        kinds,
+        [
+            "G-acme-1 burn -15000",
+            "G-acme-1 grant 15000",
+            "G-acme-2 burn -25.85",
+            "G-acme-2 expiry -4.15",
+            "G-acme-2 grant 30",
+            "G-acme-3 burn -1.15",
+            "G-acme-3 grant 10"
+        ]
+    );
+
+    // Re-running changes nothing, in the invoices or the ledger.
+    let rows = env.sql("SELECT COUNT(*) FROM credit_ledger");
+    for p in ["2026-09", "2026-10"] {
+        assert!(ok(run(&env, "invoice", &["--period", p])).contains("1 unchanged"));
+    }
+    assert_eq!(env.sql("SELECT COUNT(*) FROM credit_ledger"), rows);
+
+    // The journals, checked by hledger: the purchase is deferred revenue, used credits leave it,
+    // the expired rest is breakage revenue; deferred revenue ends at zero.
+    let journal = env.dir.path().join("books.journal");
+    let target = format!("hledger:{}", journal.display());
+    for p in ["2026-09", "2026-10"] {
+        ok(run(&env, "post", &["--period", p, "--target", &target]));
+        ok(run(&env, "post", &["--period", p]));
+    }
+    let (receivable, bal) = hledger_receivables(&journal);
+    let owed = env.sql("SELECT SUM(total) FROM latest_invoices WHERE currency = 'USD'");
+    assert_eq!(receivable.get("USD").copied(), Some(d(&owed[1][0]) + d("30.00")), "invoices + the purchase: {bal}");
+    assert_eq!(hledger_balance(&journal, "liabilities"), BTreeMap::new(), "deferred revenue all used or expired");
+    assert_eq!(hledger_balance(&journal, "revenue:4800"), BTreeMap::from([("USD".to_string(), d("-4.15"))]));
+    assert_eq!(hledger_balance(&journal, "revenue:4900"), BTreeMap::from([("USD".to_string(), d("3.90"))]));
+    for p in ["2026-09", "2026-10"] {
+        let out = ok(run(&env, "reconcile", &["--period", p]));
+        assert!(out.contains("reconciled, every variance is zero"), "{out}");
+    }
+
+    // A revision burns again from scratch: its earlier rows are reversed, never rewritten.
+    let customers = std::fs::read_to_string(crate::common::examples_dir().join("reference/customers.toml")).unwrap();
+    let file = env.dir.path().join("renamed.toml");
+    std::fs::write(&file, customers.replace("name = \"Acme Corporation\"", "name = \"Acme Corporation Ltd\"")).unwrap();
+    ok(env.command("catalog").arg("apply").arg(&file).output().unwrap());
+    ok(run(&env, "invoice", &["--period", "2026-09", "--revise"]));
+    let net =
+        env.sql("SELECT entry_kind, SUM(amount) FROM credit_ledger WHERE grant_id = 'G-acme-2' GROUP BY 1 ORDER BY 1");
+    let net: Vec<String> = net.iter().skip(1).map(|r| format!("{} {}", r[0], d(&r[1]).normalize())).collect();
+    assert_eq!(net, ["burn -51.7", "expiry -8.3", "grant 30", "reversal 30"], "r1's burn and expiry undone once");
+    let balance = ok(run(&env, "credits", &["balance", "--customer", "acme"]));
+    assert!(balance.contains("G-acme-2  0.00 USD") && balance.contains("G-acme-3  8.85 USD"), "{balance}");
+    ok(run(&env, "post", &["--period", "2026-09", "--target", &target]));
+    let folder = ok(run(&env, "post", &["--period", "2026-09"]));
+    assert!(
+        folder.contains("7 documents, 6 posted now"),
+        "r1.cm, r1.rev, r1's breakage reversed, r2.ar, r2.je, r2's breakage (the purchase was posted): {folder}"
+    );
+    assert_eq!(hledger_balance(&journal, "liabilities"), BTreeMap::new(), "the breakage of r1 reversed, r2's posted");
+    assert_eq!(hledger_balance(&journal, "revenue:4800"), BTreeMap::from([("USD".to_string(), d("-4.15"))]));
+    let out = ok(run(&env, "reconcile", &["--period", "2026-09"]));
+    assert!(out.contains("reconciled, every variance is zero"), "{out}");
+}

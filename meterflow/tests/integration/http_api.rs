@@ -180,6 +180,27 @@ async fn the_http_api_ingests_durably_answers_meter_queries_exactly_and_keeps_te
     assert_eq!(get(&base, &acme, "/api/v1/customers/globex/usage").await.status, 403);
     assert_eq!(get(&base, &admin, "/api/v1/customers/nobody/usage").await.status, 404);
 
+    // Prepaid credits: a grant made with the CLI, its balance and ledger over HTTP.
+    let out =
+        env.command("credits").args(["grant", "--customer", "acme", "--amount", "5", "--reason", "trial"]).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let a = get(&base, &acme, "/api/v1/customers/acme/credits").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let credits = a.json();
+    assert_eq!(
+        (credits["totals"]["USD"].as_str(), credits["grants"][0]["grant_id"].as_str()),
+        (Some("5.00"), Some("G-acme-1"))
+    );
+    let a = get(&base, &acme, "/api/v1/customers/acme/credits/ledger").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        (a.json()["entries"][0]["entry_kind"].as_str(), a.json()["entries"][0]["amount"].as_str()),
+        (Some("grant"), Some("5.00"))
+    );
+    assert_eq!(get(&base, &acme, "/api/v1/customers/globex/credits").await.status, 403);
+    assert_eq!(get(&base, &acme, "/api/v1/customers/acme/credits?x=1").await.status, 400);
+
     // The operations page and metrics moved onto the same server.
     let a = send(reqwest::Client::new().get(format!("{base}/metrics"))).await;
     assert_eq!(a.status, 200);
