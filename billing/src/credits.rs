@@ -84,6 +84,12 @@ pub(crate) const CREDIT_LEDGER: Spec = Spec {
     ],
 };
 
+/// The largest grant (and rollover cap) accepted: sums of many stay far from overflowing.
+pub const MAX_AMOUNT: Decimal = Decimal::from_parts(2_764_472_320, 232_830, 0, false, 0); // 10^15
+
+/// A grant's place in the burn order (see [`Grant`]'s `order`).
+type BurnOrder<'a> = (u32, bool, Option<DateTime<Utc>>, DateTime<Utc>, DateTime<Utc>, &'a str);
+
 /// Where a grant comes from. Purchased credits are deferred revenue until used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -217,13 +223,19 @@ impl Grant {
         if request.reason.trim().is_empty() {
             return Err(refuse("give a --reason (it is shown on the invoice and in the ledger)".into()));
         }
-        if request.amount <= Decimal::ZERO {
-            return Err(refuse(format!("the amount must be positive, not {}", request.amount)));
+        if request.amount <= Decimal::ZERO || request.amount > MAX_AMOUNT {
+            return Err(refuse(format!(
+                "the amount must be positive and at most {MAX_AMOUNT}, not {}",
+                request.amount
+            )));
+        }
+        if request.priority == 0 {
+            return Err(refuse("--priority counts from 1 (1 burns first)".into()));
         }
         let unit = match &request.meter {
             Some(m) if meters.iter().any(|k| k == m) => CreditUnit::Meter(m.clone()),
             Some(m) => {
-                return Err(refuse(format!("no priced meter `{m}` (meters: {})", meters.join(", "))));
+                return Err(refuse(format!("no meter `{m}` (meters: {})", meters.join(", "))));
             }
             None => {
                 let scale = meterflow_rater::minor_units(&account.currency).unwrap_or(2);
@@ -252,8 +264,18 @@ impl Grant {
             (Some(_), false) => {
                 return Err(refuse("--rollover-cap applies to --recurring grants only".into()));
             }
-            (Some(c), true) if c < Decimal::ZERO => return Err(refuse("--rollover-cap cannot be negative".into())),
-            (Some(c), true) => c,
+            (Some(c), true) if c < Decimal::ZERO || c > MAX_AMOUNT => {
+                return Err(refuse(format!("--rollover-cap must be between 0 and {MAX_AMOUNT}")));
+            }
+            (Some(c), true) => {
+                if let CreditUnit::Money(code) = &unit {
+                    let scale = meterflow_rater::minor_units(code).unwrap_or(2);
+                    if c.normalize().scale() > scale {
+                        return Err(refuse(format!("--rollover-cap {c} has more decimals than {code} has ({scale})")));
+                    }
+                }
+                c
+            }
         };
         let mut amount = request.amount.normalize();
         if let CreditUnit::Money(c) = &unit {
@@ -284,9 +306,16 @@ impl Grant {
             && self.expires_at.is_none_or(|e| e > period.start)
     }
 
-    /// Burn order: priority, earliest expiry (none last), earliest effective, id.
-    fn order(&self) -> (u32, bool, Option<DateTime<Utc>>, DateTime<Utc>, &str) {
-        (self.priority, self.expires_at.is_none(), self.expires_at, self.effective_from, &self.grant_id)
+    /// Burn order: priority, earliest expiry (none last), earliest effective, earliest recorded.
+    fn order(&self) -> BurnOrder<'_> {
+        (
+            self.priority,
+            self.expires_at.is_none(),
+            self.expires_at,
+            self.effective_from,
+            self.granted_at,
+            &self.grant_id,
+        )
     }
 
     /// The ledger row recording a one-off grant, in the customer's period that holds its start.
@@ -478,7 +507,12 @@ pub fn burn_down(
             ));
             balance += g.amount;
         }
-        if g.in_force(period, closed_at) && balance > Decimal::ZERO && payable > Decimal::ZERO {
+        // Money credits pay invoices in their own currency only.
+        let payable_here = match &g.unit {
+            CreditUnit::Money(c) => *c == currency.code,
+            CreditUnit::Meter(_) => true,
+        };
+        if g.in_force(period, closed_at) && payable_here && balance > Decimal::ZERO && payable > Decimal::ZERO {
             let (used, value) = match &g.unit {
                 CreditUnit::Money(_) => {
                     let used = balance.min(payable);
@@ -490,7 +524,10 @@ pub fn burn_down(
                 payable -= value;
                 balance -= used;
                 out.entries.push(g.entry(EntryKind::Burn, -used, -value, label.clone(), format!("paid on {label}")));
-                out.lines.push(credit_line(g, used, value, &label, balance, config));
+                // What was left after this invoice, counting no later period: re-running the
+                // invoice prints the same line whatever later invoices used since.
+                let left = if g.recurring { balance } else { balance_until(g, history, period) - used };
+                out.lines.push(credit_line(g, used, value, &label, left, config));
             }
         }
         let ends = g.expires_at.is_some_and(|e| e <= period.end);
@@ -517,6 +554,17 @@ fn balance_before(g: &Grant, history: &[Entry], label: &str) -> Decimal {
     history.iter().filter(|e| e.grant_id == g.grant_id && (!g.recurring || e.period == label)).map(|e| e.amount).sum()
 }
 
+/// A one-off grant's balance from its rows of periods up to `period` (a customer's period
+/// labels sort in time order).
+fn balance_until(g: &Grant, history: &[Entry], period: &Period) -> Decimal {
+    history
+        .iter()
+        .filter(|e| e.grant_id == g.grant_id)
+        .filter(|e| Period::parse(&e.period).is_none_or(|p| p.start <= period.start))
+        .map(|e| e.amount)
+        .sum()
+}
+
 /// Burns up to `balance` units of meter `meter` against its usage lines (in line order), each
 /// unit valued at its line's average unit price; the money value rounded once per line and
 /// never more than `payable`. Returns (units used, value).
@@ -532,15 +580,29 @@ fn burn_units(
     let (mut used, mut value, mut balance) = (Decimal::ZERO, Decimal::ZERO, balance);
     for (i, left) in units_left.iter_mut() {
         let Some(line) = lines.get(*i) else { continue };
-        if line.kind != LineKind::Usage || line.meter.as_deref() != Some(meter) || line.quantity <= Decimal::ZERO {
+        let priced = line.quantity > Decimal::ZERO && line.amount > Decimal::ZERO;
+        if line.kind != LineKind::Usage || line.meter.as_deref() != Some(meter) || !priced {
             continue;
         }
-        let take = balance.min(*left);
-        if take <= Decimal::ZERO {
+        let still = payable - value;
+        let mut take = balance.min(*left);
+        if take <= Decimal::ZERO || still <= Decimal::ZERO {
             continue;
         }
-        let worth = line.amount.checked_mul(take).and_then(|x| x.checked_div(line.quantity)).unwrap_or_default();
-        let worth = round_money(worth, currency, config.rounding).min(payable - value).max(Decimal::ZERO);
+        let worth_of = |units: Decimal| {
+            line.amount.checked_mul(units).and_then(|x| x.checked_div(line.quantity)).unwrap_or_default()
+        };
+        let mut worth = round_money(worth_of(take), currency, config.rounding);
+        if worth > still {
+            // Only what is left to pay: the units that pay exactly that, never units for nothing.
+            take = still
+                .checked_mul(line.quantity)
+                .and_then(|x| x.checked_div(line.amount))
+                .map(|u| u.round_dp_with_strategy(9, rust_decimal::RoundingStrategy::AwayFromZero))
+                .unwrap_or(take)
+                .min(take);
+            worth = still;
+        }
         *left -= take;
         balance -= take;
         used += take;
@@ -575,7 +637,7 @@ fn credit_line(
             g.grant_id,
             g.source.as_str(),
             g.reason,
-            left.normalize()
+            in_unit(left, &unit)
         ),
         meter: match &g.unit {
             CreditUnit::Meter(m) => Some(m.clone()),
@@ -617,6 +679,36 @@ pub(crate) fn reversal_of(own: &[Entry], invoice_id: &str, revision: u32, now: D
             ..e.clone()
         })
         .collect()
+}
+
+/// Why re-issuing invoice `invoice_id` of period `period` with credit rows `new` cannot go
+/// ahead: a recurring grant would carry a different amount into a later period whose invoice
+/// already used what was carried before (`ledger`: the customer's rows). `None` when nothing
+/// conflicts.
+pub(crate) fn carry_conflict(invoice_id: &str, period: &str, new: &[Entry], ledger: &[Entry]) -> Option<String> {
+    let own = |e: &Entry| e.invoice_id.as_deref() == Some(invoice_id);
+    // An invoice's rows in another period than its own are what it carried into the next one
+    // (and the reversals of those).
+    let carried = |rows: &mut dyn Iterator<Item = &Entry>| {
+        let mut out: BTreeMap<(String, String), Decimal> = BTreeMap::new();
+        for e in rows.filter(|e| e.period != period) {
+            *out.entry((e.grant_id.clone(), e.period.clone())).or_default() += e.amount;
+        }
+        out
+    };
+    let before = carried(&mut ledger.iter().filter(|e| own(e)));
+    let after = carried(&mut new.iter());
+    for ((grant, into), b) in &before {
+        let a = after.get(&(grant.clone(), into.clone())).copied().unwrap_or_default();
+        let used_later = ledger.iter().any(|e| &e.grant_id == grant && &e.period == into && !own(e));
+        if *b != a && used_later {
+            return Some(format!(
+                "{invoice_id}: re-issuing it would carry {a} instead of {b} of recurring grant {grant} into {into}, \
+                 whose invoice already used what was carried; correct this invoice with a credit note instead"
+            ));
+        }
+    }
+    None
 }
 
 // ---- tables ----------------------------------------------------------------------------
@@ -739,11 +831,13 @@ pub async fn ledger(root: impl Into<TableRoot>, customer: &str) -> Result<Vec<En
     Ok(ledger_of(&root.into(), &[customer]).await?.remove(customer).unwrap_or_default())
 }
 
-/// The purchased grants whose own ledger row falls in billing period `$1` (posted with it).
+/// The purchased grants whose own ledger row falls in billing period `$1` or earlier: posting a
+/// period sends every purchase up to it (a purchase recorded after its period was posted goes
+/// with the next one; the target's ledger skips those already posted).
 pub const PURCHASES_OF_PERIOD_SQL: &str = "SELECT DISTINCT customer_id, grant_id FROM credit_ledger \
-WHERE period = $1 AND entry_kind = 'grant' AND source = 'purchase' AND invoice_id IS NULL ORDER BY 1, 2";
+WHERE period <= $1 AND entry_kind = 'grant' AND source = 'purchase' AND invoice_id IS NULL ORDER BY 1, 2";
 
-/// The purchased grants that start in billing period `period`.
+/// The purchased grants that start in billing period `period` or earlier.
 pub async fn purchases_in(root: &TableRoot, period: &str) -> Result<Vec<Grant>, BillingError> {
     let session = Session::new();
     if !session.register(root, CREDIT_LEDGER.name, CREDIT_LEDGER.name).await? {
@@ -811,9 +905,18 @@ pub async fn grant_credits(
     let _lock = tables::lock_billing(root)?;
     let earlier = grants(root.clone(), &account.id).await?;
     let grant = Grant::new(request, account, meters, earlier.len(), Utc::now())?;
+    // A one-off grant whose own ledger row a crash kept from being written gets it now.
+    let recorded = ledger(root.clone(), &account.id).await?;
+    let mut rows: Vec<Vec<Cell>> = earlier
+        .iter()
+        .filter(|g| !g.recurring)
+        .filter(|g| !recorded.iter().any(|e| e.grant_id == g.grant_id && e.kind == EntryKind::Grant))
+        .map(|g| g.granted_row(account.anchor_day).row())
+        .collect();
     tables::append(root, &CREDIT_GRANTS, &[grant.row()]).await?;
-    let rows: Vec<Vec<Cell>> =
-        if grant.recurring { Vec::new() } else { vec![grant.granted_row(account.anchor_day).row()] };
+    if !grant.recurring {
+        rows.push(grant.granted_row(account.anchor_day).row());
+    }
     tables::append(root, &CREDIT_LEDGER, &rows).await?;
     Ok(grant)
 }
@@ -902,7 +1005,7 @@ mod tests {
         );
         let credited: Decimal = out.lines.iter().map(|l| l.amount).sum();
         assert_eq!(credited, d("-70.00"), "the invoice is paid in full, not beyond");
-        assert!(out.lines[2].description.contains("40 USD left"), "{}", out.lines[2].description);
+        assert!(out.lines[2].description.contains("40.00 USD left"), "{}", out.lines[2].description);
     }
 
     #[test]
@@ -981,6 +1084,54 @@ mod tests {
     }
 
     #[test]
+    fn unit_credits_stop_where_nothing_is_left_to_pay_and_never_pay_another_currency() {
+        let lines = [usage(1, "calls", "150000", "27.50"), usage(2, "gb", "1", "5.00")];
+        let money = grant("M", "30.00", 1, None);
+        let mut units = grant("U", "15000", 2, None);
+        (units.unit, units.source) = (CreditUnit::Meter("calls".into()), Source::Promotion);
+        let out = run(&lines, &[money.clone(), units.clone()], &[granted(&money), granted(&units)]);
+        // 2.50 is left after the money grant: 2.50 x 150,000 / 27.50 calls pay it, not 15,000.
+        assert_eq!(burns(&out)[1], ("U".into(), EntryKind::Burn, d("-13636.363636364")));
+        assert_eq!(out.lines.iter().map(|l| l.amount).sum::<Decimal>(), d("-32.50"));
+        let mut euro = grant("E", "10.00", 1, None);
+        euro.unit = CreditUnit::Money("EUR".into());
+        assert_eq!(run(&lines, std::slice::from_ref(&euro), &[granted(&euro)]).lines, vec![]);
+    }
+
+    #[test]
+    fn an_invoice_line_shows_what_was_left_then_whatever_later_invoices_used() {
+        let lines = [usage(1, "calls", "10", "5.00")];
+        let g = grant("A", "20.00", 1, None);
+        let mut december = g.entry(EntryKind::Burn, d("-10.00"), d("-10.00"), "2026-12".into(), String::new());
+        december.invoice_id = Some("INV-DEC".into());
+        let first = run(&lines, std::slice::from_ref(&g), &[granted(&g)]);
+        let again = run(&lines, std::slice::from_ref(&g), &[granted(&g), december]);
+        assert_eq!(first, again);
+        assert!(first.lines[0].description.ends_with("15.00 USD left"), "{}", first.lines[0].description);
+    }
+
+    #[test]
+    fn a_reissue_may_not_change_a_carry_a_later_invoice_already_used() {
+        let mut g = grant("R", "10.00", 1, None);
+        g.recurring = true;
+        let tagged = |kind, amount: &str, period: &str, invoice: &str| Entry {
+            invoice_id: Some(invoice.into()),
+            ..g.entry(kind, d(amount), d(amount), period.into(), String::new())
+        };
+        let ledger = [
+            tagged(EntryKind::Rollover, "-5", "2026-11", "NOV"),
+            tagged(EntryKind::Rollover, "5", "2026-12", "NOV"),
+            tagged(EntryKind::Burn, "-15", "2026-12", "DEC"),
+        ];
+        let same = [tagged(EntryKind::Rollover, "5", "2026-12", "NOV")];
+        assert_eq!(carry_conflict("NOV", "2026-11", &same, &ledger), None);
+        let e = carry_conflict("NOV", "2026-11", &[], &ledger).unwrap();
+        assert!(e.contains("would carry 0 instead of 5 of recurring grant R into 2026-12"), "{e}");
+        assert_eq!(carry_conflict("NOV", "2026-11", &[], &ledger[..2]), None, "December not invoiced yet");
+        assert_eq!(MAX_AMOUNT, Decimal::from(1_000_000_000_000_000_i64));
+    }
+
+    #[test]
     fn a_grant_is_checked_before_it_is_recorded() {
         let account = Account {
             id: "acme".into(),
@@ -1014,7 +1165,16 @@ mod tests {
         let e = Grant::new(&GrantRequest { meter: Some("gb".into()), ..ask("5") }, &account, &meters, 0, now)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("no priced meter `gb` (meters: calls)"), "{e}");
+        assert!(e.contains("no meter `gb` (meters: calls)"), "{e}");
+        let e =
+            Grant::new(&GrantRequest { priority: 0, ..ask("5") }, &account, &meters, 0, now).unwrap_err().to_string();
+        assert!(e.contains("--priority counts from 1"), "{e}");
+        let e = Grant::new(&ask("1000000000000000.01"), &account, &meters, 0, now).unwrap_err().to_string();
+        assert!(e.contains("at most 1000000000000000"), "{e}");
+        // Without --effective-from a grant starts now, so an expiry already past is refused.
+        let past = GrantRequest { expires_at: Some(at(2026, 6, 1)), ..ask("5") };
+        let e = Grant::new(&past, &account, &meters, 0, now).unwrap_err().to_string();
+        assert!(e.contains("expiry must be after the grant takes effect"), "{e}");
         let e = Grant::new(&GrantRequest { recurring: true, ..ask("5") }, &account, &meters, 0, now)
             .unwrap_err()
             .to_string();

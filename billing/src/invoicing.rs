@@ -611,6 +611,7 @@ async fn finalize(
     let mut planned = Vec::new();
     let mut entries_of = BTreeMap::new();
     let mut changed = Vec::new();
+    let mut conflicts = Vec::new();
     for (mut inv, entries) in invoices {
         let outcome = match existing.get(&inv.invoice_id) {
             None => {
@@ -629,12 +630,25 @@ async fn finalize(
                     ));
                     continue;
                 }
+                let customer_ledger = ledger.get(&inv.customer_id).map_or(&[][..], Vec::as_slice);
+                if let Some(why) =
+                    crate::credits::carry_conflict(&inv.invoice_id, &inv.period, &entries, customer_ledger)
+                {
+                    conflicts.push(why);
+                    continue;
+                }
                 inv.revision = rev + 1;
                 Outcome::Revised
             }
         };
         entries_of.insert(inv.invoice_id.clone(), entries);
         planned.push((inv, outcome));
+    }
+    if !conflicts.is_empty() {
+        return Err(BillingError::InvoiceChanged(format!(
+            "these invoices cannot be re-issued, so nothing was written:\n  {}",
+            conflicts.join("\n  ")
+        )));
     }
     if !changed.is_empty() {
         return Err(BillingError::InvoiceChanged(format!(

@@ -805,7 +805,7 @@ async fn prepaid_credits_pay_invoices_in_priority_order_expire_into_breakage_and
     let bad = grant(&["--amount", "1.001", "--reason", "x"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("more decimals than USD has (2)"), "{bad:?}");
     let bad = grant(&["--amount", "5", "--meter", "nope", "--source", "promotion", "--reason", "x"]);
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("no priced meter `nope`"), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no meter `nope`"), "{bad:?}");
 
     // Before September closes: 15,000 API calls free (burns first), 30.00 bought (expires with
     // September), 10.00 of promotion (no expiry).
