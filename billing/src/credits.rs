@@ -443,6 +443,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Whether the run of invoice `invoice_id` (any revision) wrote it.
+    pub(crate) fn written_by(&self, invoice_id: &str) -> bool {
+        self.invoice_id.as_deref() == Some(invoice_id)
+    }
+
     fn row(&self) -> Vec<Cell> {
         vec![
             Cell::Text(self.grant_id.clone()),
@@ -657,9 +662,34 @@ fn credit_line(
     }
 }
 
+/// The ledger rows revision `revision` of invoice `invoice_id` writes: the reversal of what
+/// its earlier revisions' rows still add up to, then its own `entries` tagged with it. Empty
+/// when `ledger` (the customer's) already holds rows of that revision: a re-run after a crash
+/// between the ledger and the invoice header writes nothing twice.
+pub(crate) fn rows_of_revision(
+    ledger: &[Entry],
+    invoice_id: &str,
+    revision: u32,
+    entries: Vec<Entry>,
+    now: DateTime<Utc>,
+) -> Vec<Entry> {
+    let own: Vec<Entry> = ledger.iter().filter(|e| e.written_by(invoice_id)).cloned().collect();
+    if own.iter().any(|e| e.revision == revision) {
+        return Vec::new();
+    }
+    let mut rows = reversal_of(&own, invoice_id, revision, now);
+    rows.extend(entries.into_iter().map(|e| Entry {
+        invoice_id: Some(invoice_id.to_string()),
+        revision,
+        recorded_at: now,
+        ..e
+    }));
+    rows
+}
+
 /// The rows undoing what `own` (the rows an invoice's earlier revisions wrote) still adds up
 /// to, per grant and period, tagged with revision `revision`.
-pub(crate) fn reversal_of(own: &[Entry], invoice_id: &str, revision: u32, now: DateTime<Utc>) -> Vec<Entry> {
+fn reversal_of(own: &[Entry], invoice_id: &str, revision: u32, now: DateTime<Utc>) -> Vec<Entry> {
     let mut net: BTreeMap<(String, String), (Decimal, Decimal, &Entry)> = BTreeMap::new();
     for e in own {
         let n = net.entry((e.grant_id.clone(), e.period.clone())).or_insert((Decimal::ZERO, Decimal::ZERO, e));
@@ -686,7 +716,7 @@ pub(crate) fn reversal_of(own: &[Entry], invoice_id: &str, revision: u32, now: D
 /// already used what was carried before (`ledger`: the customer's rows). `None` when nothing
 /// conflicts.
 pub(crate) fn carry_conflict(invoice_id: &str, period: &str, new: &[Entry], ledger: &[Entry]) -> Option<String> {
-    let own = |e: &Entry| e.invoice_id.as_deref() == Some(invoice_id);
+    let own = |e: &Entry| e.written_by(invoice_id);
     // An invoice's rows in another period than its own are what it carried into the next one
     // (and the reversals of those).
     let carried = |rows: &mut dyn Iterator<Item = &Entry>| {
@@ -1073,14 +1103,22 @@ mod tests {
     }
 
     #[test]
-    fn a_reissue_reverses_what_the_earlier_revision_still_adds_up_to() {
+    fn a_reissue_reverses_what_the_earlier_revision_still_adds_up_to_and_a_rerun_writes_nothing_twice() {
         let g = grant("A", "50.00", 1, None);
+        let now = at(2026, 12, 5);
         let mut burn = g.entry(EntryKind::Burn, d("-20"), d("-20"), "2026-11".into(), String::new());
         burn.invoice_id = Some("INV".into());
-        let rows = reversal_of(&[burn.clone()], "INV", 2, at(2026, 12, 5));
-        assert_eq!((rows.len(), rows[0].amount, rows[0].kind, rows[0].revision), (1, d("20"), EntryKind::Reversal, 2));
-        let twice = reversal_of(&[burn, rows[0].clone()], "INV", 3, at(2026, 12, 5));
-        assert!(twice.is_empty(), "nothing left to reverse");
+        burn.revision = 1;
+        let again = g.entry(EntryKind::Burn, d("-25"), d("-25"), "2026-11".into(), String::new());
+        let mut ledger = vec![granted(&g), burn];
+        let rows = rows_of_revision(&ledger, "INV", 2, vec![again.clone()], now);
+        let summary: Vec<(EntryKind, Decimal, u32)> = rows.iter().map(|e| (e.kind, e.amount, e.revision)).collect();
+        assert_eq!(summary, vec![(EntryKind::Reversal, d("20"), 2), (EntryKind::Burn, d("-25"), 2)]);
+        assert!(rows.iter().all(|e| e.written_by("INV")));
+        ledger.extend(rows);
+        assert!(rows_of_revision(&ledger, "INV", 2, vec![again.clone()], now).is_empty(), "already written");
+        let third = rows_of_revision(&ledger, "INV", 3, vec![], now);
+        assert_eq!(third.iter().map(|e| e.amount).collect::<Vec<_>>(), vec![d("25")], "only what r2 still adds up to");
     }
 
     #[test]

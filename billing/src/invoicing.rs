@@ -434,11 +434,9 @@ fn build_invoices(
         let id = crate::invoice::invoice_id(&account.id, &account.legal_entity, &account.currency, &run.period.label());
         // The customer's ledger without this invoice's own rows: re-running (or revising) the
         // invoice sees what every other invoice left, never its own earlier burn.
-        let history: Vec<crate::credits::Entry> = credits
-            .ledger
-            .get(&account.id)
-            .map(|l| l.iter().filter(|e| e.invoice_id.as_deref() != Some(id.as_str())).cloned().collect())
-            .unwrap_or_default();
+        let customer_ledger = credits.ledger.get(&account.id).map_or(&[][..], Vec::as_slice);
+        let history: Vec<crate::credits::Entry> =
+            customer_ledger.iter().filter(|e| !e.written_by(&id)).cloned().collect();
         let grants = credits.grants.get(&account.id).map_or(&[][..], Vec::as_slice);
         let input = InvoiceInput {
             period: run.period,
@@ -668,25 +666,18 @@ async fn finalize(
         .collect();
     tables::append(root, &INVOICE_LINES, &lines).await?;
     // Then the credit ledger rows, before the header for the same reason.
-    let mut credit_rows = Vec::new();
     let now = Utc::now();
+    let mut credit_rows = Vec::new();
     for (inv, _) in &new {
-        let own: Vec<crate::credits::Entry> = ledger
-            .get(&inv.customer_id)
-            .map(|l| l.iter().filter(|e| e.invoice_id.as_deref() == Some(inv.invoice_id.as_str())).cloned().collect())
-            .unwrap_or_default();
-        if own.iter().any(|e| e.revision == inv.revision) {
-            continue;
-        }
-        credit_rows.extend(crate::credits::reversal_of(&own, &inv.invoice_id, inv.revision, now));
-        for e in entries_of.remove(&inv.invoice_id).unwrap_or_default() {
-            credit_rows.push(crate::credits::Entry {
-                invoice_id: Some(inv.invoice_id.clone()),
-                revision: inv.revision,
-                recorded_at: now,
-                ..e
-            });
-        }
+        let customer_ledger = ledger.get(&inv.customer_id).map_or(&[][..], Vec::as_slice);
+        let entries = entries_of.remove(&inv.invoice_id).unwrap_or_default();
+        credit_rows.extend(crate::credits::rows_of_revision(
+            customer_ledger,
+            &inv.invoice_id,
+            inv.revision,
+            entries,
+            now,
+        ));
     }
     crate::credits::append_entries(root, &credit_rows).await?;
     let mut headers = Vec::new();

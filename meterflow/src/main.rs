@@ -571,71 +571,8 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::CreditNote { common, action } => {
-            init_logging("warn");
-            let config = common.load()?;
-            let out = match action {
-                CreditNoteAction::Issue { invoice, line, amount, reason } => {
-                    let amount = amount
-                        .map(|a| {
-                            a.trim()
-                                .parse::<rust_decimal::Decimal>()
-                                .with_context(|| format!("--amount {a:?} is not a decimal amount (for example 12.50)"))
-                        })
-                        .transpose()?;
-                    let request =
-                        meterflow_billing::CreditNoteRequest { invoice_id: invoice, line_no: line, amount, reason };
-                    finance::credit_note_issue(&config, &request).await?
-                }
-                CreditNoteAction::List { period } => finance::credit_note_list(&config, period.as_deref()).await?,
-            };
-            print!("{out}");
-            Ok(())
-        }
-        Command::Credits { common, action } => {
-            init_logging("warn");
-            let config = common.load()?;
-            let out = match action {
-                CreditsAction::Grant {
-                    customer,
-                    amount,
-                    meter,
-                    priority,
-                    effective_from,
-                    expires,
-                    recurring,
-                    rollover_cap,
-                    source,
-                    reason,
-                } => {
-                    let request = meterflow_billing::GrantRequest {
-                        customer_id: customer,
-                        amount: finance::decimal_arg("--amount", &amount)?,
-                        meter,
-                        priority,
-                        effective_from: effective_from
-                            .as_deref()
-                            .map(|t| finance::time_arg("--effective-from", t))
-                            .transpose()?,
-                        expires_at: expires.as_deref().map(|t| finance::time_arg("--expires", t)).transpose()?,
-                        recurring,
-                        rollover_cap: rollover_cap
-                            .as_deref()
-                            .map(|c| finance::decimal_arg("--rollover-cap", c))
-                            .transpose()?,
-                        source: meterflow_billing::Source::parse(&source)
-                            .with_context(|| format!("--source {source:?}: use purchase, promotion or goodwill"))?,
-                        reason,
-                    };
-                    finance::credits_grant(&config, &request).await?
-                }
-                CreditsAction::List { customer } => finance::credits_list(&config, &customer).await?,
-                CreditsAction::Balance { customer } => finance::credits_balance(&config, &customer).await?,
-                CreditsAction::Ledger { customer } => finance::credits_ledger(&config, &customer).await?,
-            };
-            print!("{out}");
-            Ok(())
-        }
+        Command::CreditNote { common, action } => credit_note_command(common, action).await,
+        Command::Credits { common, action } => credits_command(common, action).await,
         Command::Reconcile { common, period, format } => {
             init_logging("warn");
             let (text, clean) = finance::reconcile(&common.load()?, &period, format.into()).await?;
@@ -694,6 +631,63 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// `meterflow dlq`: the exception queue.
+/// `meterflow credit-note`.
+async fn credit_note_command(common: Common, action: CreditNoteAction) -> Result<()> {
+    init_logging("warn");
+    let config = common.load()?;
+    let out = match action {
+        CreditNoteAction::Issue { invoice, line, amount, reason } => {
+            let amount = amount.map(|a| finance::decimal_arg("--amount", &a)).transpose()?;
+            let request = meterflow_billing::CreditNoteRequest { invoice_id: invoice, line_no: line, amount, reason };
+            finance::credit_note_issue(&config, &request).await?
+        }
+        CreditNoteAction::List { period } => finance::credit_note_list(&config, period.as_deref()).await?,
+    };
+    print!("{out}");
+    Ok(())
+}
+
+/// `meterflow credits`.
+async fn credits_command(common: Common, action: CreditsAction) -> Result<()> {
+    init_logging("warn");
+    let config = common.load()?;
+    let out = match action {
+        CreditsAction::Grant {
+            customer,
+            amount,
+            meter,
+            priority,
+            effective_from,
+            expires,
+            recurring,
+            rollover_cap,
+            source,
+            reason,
+        } => {
+            let time = |option: &str, t: Option<String>| t.map(|t| finance::time_arg(option, &t)).transpose();
+            let request = meterflow_billing::GrantRequest {
+                customer_id: customer,
+                amount: finance::decimal_arg("--amount", &amount)?,
+                meter,
+                priority,
+                effective_from: time("--effective-from", effective_from)?,
+                expires_at: time("--expires", expires)?,
+                recurring,
+                rollover_cap: rollover_cap.map(|c| finance::decimal_arg("--rollover-cap", &c)).transpose()?,
+                source: meterflow_billing::Source::parse(&source)
+                    .with_context(|| format!("--source {source:?}: use purchase, promotion or goodwill"))?,
+                reason,
+            };
+            finance::credits_grant(&config, &request).await?
+        }
+        CreditsAction::List { customer } => finance::credits_list(&config, &customer).await?,
+        CreditsAction::Balance { customer } => finance::credits_balance(&config, &customer).await?,
+        CreditsAction::Ledger { customer } => finance::credits_ledger(&config, &customer).await?,
+    };
+    print!("{out}");
+    Ok(())
+}
+
 async fn dlq_command(common: Common, action: DlqAction) -> Result<()> {
     init_logging("warn");
     let config = common.load()?;

@@ -448,3 +448,22 @@ pub async fn reconcile(config: &Config, period: &str, format: Format) -> Result<
     }
     Ok((s, r.variances == 0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_amounts_and_times_are_read_exactly_or_refused_naming_the_option() {
+        assert_eq!(decimal_arg("--amount", " 12.50 ").unwrap().to_string(), "12.50");
+        let e = format!("{:#}", decimal_arg("--amount", "12,50").unwrap_err());
+        assert!(e.contains("--amount \"12,50\" is not a decimal amount"), "{e}");
+        assert_eq!(time_arg("--expires", "2026-10-01").unwrap().to_rfc3339(), "2026-10-01T00:00:00+00:00");
+        assert_eq!(
+            time_arg("--expires", "2026-10-01T12:00:00+02:00").unwrap().to_rfc3339(),
+            "2026-10-01T10:00:00+00:00"
+        );
+        let e = format!("{:#}", time_arg("--effective-from", "next week").unwrap_err());
+        assert!(e.contains("--effective-from \"next week\" is neither RFC 3339"), "{e}");
+    }
+}

@@ -82,13 +82,19 @@ fn customer_of(path: &Path) -> String {
     v["customer_id"].as_str().unwrap().to_string()
 }
 
-/// Runs the fixed workload and closes and invoices its periods; returns the environment.
-async fn billed_environment() -> TestEnv {
+/// Runs the fixed workload through the pipeline; nothing closed yet.
+async fn summarized_environment() -> (TestEnv, async_nats::jetstream::Context) {
     let env = TestEnv::start();
     env.ensure_streams().await;
     let js = env.jetstream().await;
     publish_fixed_workload(&js).await;
     env.run_until_idle(&[NO_AUTO_CLOSE]);
+    (env, js)
+}
+
+/// Runs the fixed workload and closes and invoices its periods; returns the environment.
+async fn billed_environment() -> TestEnv {
+    let (env, js) = summarized_environment().await;
     for p in ["2026-09", "2026-09-15"] {
         ok(run(&env, "close", &["--period", p]));
     }
@@ -793,11 +799,7 @@ fn hledger_balance(journal: &Path, query: &str) -> BTreeMap<String, Decimal> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepaid_credits_pay_invoices_in_priority_order_expire_into_breakage_and_every_journal_balances() {
-    let env = TestEnv::start();
-    env.ensure_streams().await;
-    let js = env.jetstream().await;
-    publish_fixed_workload(&js).await;
-    env.run_until_idle(&[NO_AUTO_CLOSE]);
+    let (env, js) = summarized_environment().await;
     let d = |s: &str| s.parse::<Decimal>().unwrap();
     let grant = |args: &[&str]| run(&env, "credits", &[&["grant", "--customer", "acme"], args].concat());
 
@@ -806,6 +808,8 @@ async fn prepaid_credits_pay_invoices_in_priority_order_expire_into_breakage_and
     assert!(String::from_utf8_lossy(&bad.stderr).contains("more decimals than USD has (2)"), "{bad:?}");
     let bad = grant(&["--amount", "5", "--meter", "nope", "--source", "promotion", "--reason", "x"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no meter `nope`"), "{bad:?}");
+    let bad = grant(&["--amount", "5", "--source", "gift", "--reason", "x"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use purchase, promotion or goodwill"), "{bad:?}");
 
     // Before September closes: 15,000 API calls free (burns first), 30.00 bought (expires with
     // September), 10.00 of promotion (no expiry).
